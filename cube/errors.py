@@ -1,0 +1,58 @@
+"""Cube's typed errors: each carries the HTTP status it becomes, so the API turns any of them into the one
+JSON error shape `{"error": ..., "status": N}` in a single place, and the client turns that shape back into the
+same exception class. Catch `CubeError` to catch them all."""
+
+
+class CubeError(Exception):
+    status = 500
+
+    def __init__(self, message: str = ""):
+        super().__init__(message or self.__class__.__name__)
+        self.message = message or self.__class__.__name__
+
+    def to_dict(self) -> dict:
+        return {"error": self.message, "status": self.status}
+
+
+class BadRequest(CubeError):
+    status = 400
+
+
+class Unauthorized(CubeError):
+    status = 401
+
+
+class NotFound(CubeError):
+    status = 404
+
+
+class Conflict(CubeError):
+    status = 409
+
+
+class InvalidTransition(Conflict):
+    """A task state change that the transition table does not allow."""
+
+
+class Unavailable(CubeError):
+    """A peer (worker, manager, Docker engine) could not be reached or did not answer in time."""
+    status = 503
+
+
+class RuntimeFailure(CubeError):
+    """The container runtime refused or failed an operation."""
+    status = 500
+
+
+class ImageUnavailable(RuntimeFailure):
+    """The image is not present and could not be pulled."""
+    status = 424
+
+
+_BY_STATUS = {cls.status: cls for cls in (BadRequest, Unauthorized, NotFound, Conflict, Unavailable,
+                                          ImageUnavailable, RuntimeFailure)}
+
+
+def from_status(status: int, message: str) -> CubeError:
+    """The client side of the translation: an HTTP status and message back into a typed error."""
+    return _BY_STATUS.get(status, CubeError)(message)

@@ -1,0 +1,181 @@
+"""The container runtime as the worker sees it: a small interface (Nomad's driver verbs: start, stop, remove,
+inspect, list owned, logs, events) and `FakeRuntime`, an in-memory implementation that can be told to fail, for
+fast tests and simulated clusters. The real one is `cube.docker_runtime.DockerRuntime`.
+
+Every container a runtime creates carries the labels `cube.task_id` and `cube.node`: they are how a restarted
+worker finds (adopts) its containers and how it recognises containers that no task owns.
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+from .errors import ImageUnavailable, NotFound, RuntimeFailure
+from .model import Task
+
+LABEL_TASK = "cube.task_id"
+LABEL_NODE = "cube.node"
+LABEL_GENERATION = "cube.generation"
+
+
+@dataclass
+class ContainerInfo:
+    id: str
+    task_id: str
+    node: str
+    status: str                      # created, running, exited, dead, ... (Docker's words)
+    exit_code: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    host_ports: dict = field(default_factory=dict)  # "80/tcp" -> host port
+    image: str = ""
+    error: str = ""                  # the engine's own explanation of a failure, when it gives one
+    oom_killed: bool = False
+    generation: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "restarting")
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("exited", "dead")
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    """Something happened to a container this node owns: `action` is Docker's (start, die, oom, destroy)."""
+    action: str
+    container_id: str
+    task_id: str
+
+
+class Runtime(Protocol):
+    def start(self, task: Task, node: str) -> ContainerInfo:
+        """Pull the image if missing, create the container with labels and limits, start it."""
+
+    def restart(self, container_id: str) -> ContainerInfo:
+        """Start an ended container again (same container, same logs)."""
+
+    def stop(self, container_id: str, timeout: float = 10) -> None: ...
+    def remove(self, container_id: str) -> None: ...
+    def inspect(self, container_id: str) -> ContainerInfo: ...
+    def list_owned(self, node: str) -> list[ContainerInfo]: ...
+    def logs(self, container_id: str, tail: int | None = None, follow: bool = False) -> Iterator[bytes]: ...
+
+    def events(self, node: str, stop: threading.Event) -> Iterator[RuntimeEvent]:
+        """Blocks, yielding events of this node's containers until `stop` is set."""
+
+    def close(self) -> None: ...
+
+
+class FakeRuntime:
+    """Containers as dicts. `fail_images` makes starts of those images fail as a missing image would;
+    `fail_next` makes the next N starts fail with RuntimeFailure. `kill(id, code)` ends a container as a crash would,
+    and emits a `die` event."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.containers: dict[str, ContainerInfo] = {}
+        self.logs_by_id: dict[str, list[bytes]] = {}
+        self.fail_images: set[str] = set()
+        self.fail_next = 0
+        self.starts = 0
+        self._ids = itertools.count(1)
+        self._ports = itertools.count(32768)
+        self._subscribers: list[queue.Queue] = []
+
+    def _emit(self, action: str, info: ContainerInfo) -> None:
+        for q in list(self._subscribers):
+            q.put(RuntimeEvent(action, info.id, info.task_id))
+
+    def start(self, task: Task, node: str) -> ContainerInfo:
+        with self._lock:
+            if task.spec.image in self.fail_images:
+                raise ImageUnavailable(f"image {task.spec.image!r} is not present and could not be pulled")
+            if self.fail_next:
+                self.fail_next -= 1
+                raise RuntimeFailure("fake runtime told to fail")
+            self.starts += 1
+            cid = f"fake{next(self._ids):08d}"
+            ports = {p.key: p.host or next(self._ports) for p in task.spec.ports}
+            info = ContainerInfo(cid, task.id, node, "running", started_at=time.time(), host_ports=ports,
+                                 image=task.spec.image, generation=task.generation)
+            self.containers[cid] = info
+            self.logs_by_id[cid] = [f"started {task.spec.image} {' '.join(task.spec.command)}\n".encode()]
+        self._emit("start", info)
+        return _copy(info)
+
+    def restart(self, container_id: str) -> ContainerInfo:
+        with self._lock:
+            info = self._get(container_id)
+            info.status, info.exit_code, info.started_at, info.finished_at = "running", None, time.time(), None
+            self.starts += 1
+        self._emit("start", info)
+        return _copy(info)
+
+    def kill(self, container_id: str, exit_code: int = 137) -> None:
+        with self._lock:
+            info = self._get(container_id)
+            info.status, info.exit_code, info.finished_at = "exited", exit_code, time.time()
+        self._emit("die", info)
+
+    def stop(self, container_id: str, timeout: float = 10) -> None:
+        with self._lock:
+            info = self._get(container_id)
+            if info.running:
+                info.status, info.exit_code, info.finished_at = "exited", 0, time.time()
+        self._emit("die", info)
+
+    def remove(self, container_id: str) -> None:
+        with self._lock:
+            info = self.containers.pop(container_id, None)
+        if info:
+            self._emit("destroy", info)
+
+    def inspect(self, container_id: str) -> ContainerInfo:
+        with self._lock:
+            return _copy(self._get(container_id))
+
+    def list_owned(self, node: str) -> list[ContainerInfo]:
+        with self._lock:
+            return [_copy(c) for c in self.containers.values() if c.node == node]
+
+    def logs(self, container_id: str, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
+        with self._lock:
+            self._get(container_id)
+            lines = list(self.logs_by_id.get(container_id, []))
+        return iter(lines[-tail:] if tail else lines)
+
+    def events(self, node: str, stop: threading.Event) -> Iterator[RuntimeEvent]:
+        q: queue.Queue = queue.Queue()
+        self._subscribers.append(q)
+        try:
+            while not stop.is_set():
+                try:
+                    event = q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                with self._lock:
+                    owner = self.containers.get(event.container_id)
+                if owner is None or owner.node == node or event.action == "destroy":
+                    yield event
+        finally:
+            self._subscribers.remove(q)
+
+    def close(self) -> None:
+        pass
+
+    def _get(self, container_id: str) -> ContainerInfo:
+        info = self.containers.get(container_id)
+        if info is None:
+            raise NotFound(f"no container {container_id}")
+        return info
+
+
+def _copy(info: ContainerInfo) -> ContainerInfo:
+    return ContainerInfo(**{**info.__dict__, "host_ports": dict(info.host_ports)})
