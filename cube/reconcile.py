@@ -1,0 +1,113 @@
+"""The worker's reconciliation as a pure diff (Nomad's reconciler, kubelet's sync loop): from the tasks a worker
+holds (desired + last observed state) and the containers the runtime shows for this node, compute a `Plan` of what
+to do. No I/O and no clock inside: `now` is an argument, so every branch is testable with plain data.
+
+Rules, in the order they are decided for each task:
+- containers of a task whose generation is older than the task's are stale copies (the task was re-placed): removed;
+  of several current containers the recorded one (else the newest running) is kept, the rest removed;
+- desired `stop`: any container is stopped and removed, then the task is completed;
+- desired `run` and the container runs: recorded as running (this is how a restarted worker adopts its containers);
+- desired `run` and the container ended: restarted when the restart policy allows (after the backoff), otherwise the
+  task completes (exit 0) or fails;
+- desired `run` and no container: started if the task is waiting to start; if it was running, its container
+  vanished, which counts as a failure;
+- a container labelled for this node that no task owns is an orphan: removed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .model import Desired, State, Task
+from .runtime import ContainerInfo
+
+BACKOFF_BASE = 1.0   # seconds before the second restart; doubles after, first restart is immediate
+BACKOFF_MAX = 30.0
+
+
+def backoff(restarts: int) -> float:
+    """Delay before restart number `restarts` + 1: 0 for the first, then 1, 2, 4, ... up to BACKOFF_MAX."""
+    if restarts <= 0:
+        return 0.0
+    return min(BACKOFF_BASE * 2 ** (restarts - 1), BACKOFF_MAX)
+
+
+@dataclass
+class Plan:
+    start: list[str] = field(default_factory=list)                     # task ids to create a container for
+    restart: list[tuple[str, str]] = field(default_factory=list)       # (task id, ended container id)
+    died: list[tuple[str, ContainerInfo | None]] = field(default_factory=list)  # ended since last seen
+    stop: list[tuple[str, str]] = field(default_factory=list)          # (task id, container id)
+    stopped: list[str] = field(default_factory=list)                   # desired stop, nothing left: complete
+    observe: list[tuple[str, ContainerInfo]] = field(default_factory=list)  # running, record is behind
+    orphans: list[str] = field(default_factory=list)                   # container ids nobody owns
+
+    def empty(self) -> bool:
+        return not any((self.start, self.restart, self.died, self.stop, self.stopped, self.observe,
+                        self.orphans))
+
+
+def diff(tasks: dict[str, Task], containers: list[ContainerInfo], now: float,
+         busy: frozenset[str] = frozenset(), due: dict[str, float] | None = None) -> Plan:
+    """`busy`: task ids with an action in flight (left alone this round). `due`: task id -> earliest restart
+    time (backoff)."""
+    due = due or {}
+    plan = Plan()
+    by_task: dict[str, list[ContainerInfo]] = {}
+    for c in containers:
+        if c.task_id in tasks:
+            by_task.setdefault(c.task_id, []).append(c)
+        else:
+            plan.orphans.append(c.id)
+    for task_id, task in tasks.items():
+        if task_id in busy:
+            continue
+        current, extra = _current(task, by_task.get(task_id, []))
+        plan.orphans.extend(c.id for c in extra)
+        if task.desired is Desired.STOP:
+            _plan_stop(plan, task, current)
+        else:
+            _plan_run(plan, task, current, now, due.get(task_id, 0.0))
+    return plan
+
+
+def _current(task: Task, containers: list[ContainerInfo]) -> tuple[ContainerInfo | None, list[ContainerInfo]]:
+    """The container that stands for `task`, and the others (stale generations and duplicates)."""
+    live = [c for c in containers if c.generation >= task.generation]
+    stale = [c for c in containers if c.generation < task.generation]
+    if not live:
+        return None, stale
+    recorded = [c for c in live if c.id == task.container_id]
+    running = sorted((c for c in live if c.running), key=lambda c: c.started_at or 0, reverse=True)
+    keep = (recorded or running or sorted(live, key=lambda c: c.started_at or 0, reverse=True))[0]
+    return keep, stale + [c for c in live if c is not keep]
+
+
+def _plan_stop(plan: Plan, task: Task, current: ContainerInfo | None) -> None:
+    if current is not None:
+        plan.stop.append((task.id, current.id))
+    elif task.state is not State.COMPLETED:
+        plan.stopped.append(task.id)
+
+
+def _plan_run(plan: Plan, task: Task, current: ContainerInfo | None, now: float, due: float) -> None:
+    if task.state in (State.COMPLETED, State.FAILED):
+        # Terminal here: the manager decides whether it is placed again (with a new generation). An ended
+        # container stays for its logs; one still running has no business running.
+        if current is not None and current.running:
+            plan.orphans.append(current.id)
+        return
+    if current is not None and current.running:
+        if task.state is not State.RUNNING or task.container_id != current.id or \
+                task.host_ports != current.host_ports:
+            plan.observe.append((task.id, current))
+        return
+    if current is not None:  # ended
+        if task.state is State.RUNNING:
+            plan.died.append((task.id, current))
+        elif now >= due:
+            plan.restart.append((task.id, current.id))
+        return
+    if task.state is State.RUNNING:
+        plan.died.append((task.id, None))
+    elif now >= due:
+        plan.start.append(task.id)
