@@ -1,0 +1,200 @@
+"""The HTTP APIs (bottle is imported here only) and the server that runs them (cheroot, threaded, keep-alive,
+optional TLS — never bottle's single-threaded default). This module decides the wire contract: routes, the one
+JSON error shape `{"error": ..., "status": N}` (every CubeError and every bottle error goes through
+`_error_body`), bearer-token auth on every route but /health, and how request bodies are parsed and rejected.
+The routes only translate HTTP to calls on a Worker or Manager object; the logic lives there.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from typing import Callable
+
+import bottle
+from cheroot import wsgi
+
+from . import __version__
+from .errors import BadRequest, CubeError, Unauthorized
+from .model import InvalidSpec, Task
+
+log = logging.getLogger("cube.api")
+bottle.BaseRequest.MEMFILE_MAX = 4 * 1024 * 1024
+
+
+def _error_body(status: int, message: str) -> str:
+    return json.dumps({"error": message, "status": status})
+
+
+def _json_response(data, status: int = 200) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(json.dumps(data), status=status, headers={"Content-Type": "application/json"})
+
+
+def _errors_plugin(callback):
+    """Turns every CubeError (and InvalidSpec) raised by a route into the JSON error shape."""
+    def wrapper(*args, **kwargs):
+        try:
+            result = callback(*args, **kwargs)
+        except bottle.HTTPResponse:
+            raise
+        except InvalidSpec as error:
+            return _json_response({"error": str(error), "status": 400}, 400)
+        except CubeError as error:
+            return _json_response(error.to_dict(), error.status)
+        except Exception:
+            log.exception("internal error in %s %s", bottle.request.method, bottle.request.path)
+            return _json_response({"error": "internal error: see the server's log", "status": 500}, 500)
+        if isinstance(result, bottle.HTTPResponse) or not isinstance(result, (dict, list)):
+            return result
+        return _json_response(result)
+    return wrapper
+
+
+def _auth_plugin(token: str | None):
+    expected = f"Bearer {token}".encode() if token else None
+
+    def plugin(callback):
+        def wrapper(*args, **kwargs):
+            if expected is not None and bottle.request.path != "/health":
+                given = bottle.request.get_header("Authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    error = Unauthorized("missing or wrong cluster token: pass it as 'Authorization: Bearer "
+                                         "<token>' (cube token prints it on the manager)")
+                    return _json_response(error.to_dict(), 401)
+            return callback(*args, **kwargs)
+        return wrapper
+    return plugin
+
+
+def _new_app(token: str | None) -> bottle.Bottle:
+    app = bottle.Bottle(catchall=False)
+    app.install(_errors_plugin)
+    app.install(_auth_plugin(token))
+
+    def default_error(res: bottle.HTTPError):
+        res.content_type = "application/json"
+        message = res.body if isinstance(res.body, str) and res.body else res.status_line
+        if res.status_code == 404:
+            message = f"no such route: {bottle.request.method} {bottle.request.path}"
+        elif res.status_code == 405:
+            message = f"method {bottle.request.method} not allowed on {bottle.request.path}"
+        return _error_body(res.status_code, message)
+    app.default_error_handler = default_error
+    return app
+
+
+def read_json() -> object:
+    """The request body as JSON, or a 400 that says what is wrong with it."""
+    raw = bottle.request.body.read()
+    if not raw:
+        raise BadRequest("request body is empty: send a JSON object")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadRequest(f"request body is not valid JSON: {error}") from None
+
+
+def query_number(name: str, default: float | None, kind=float) -> float | None:
+    raw = bottle.request.query.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be a number, not {raw!r}") from None
+
+
+def query_flag(name: str) -> bool:
+    return bottle.request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _stream_logs(chunks) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(chunks, status=200, headers={"Content-Type": "text/plain; charset=utf-8"})
+
+
+def worker_app(worker, token: str | None) -> bottle.Bottle:
+    """The worker's API: the book's routes plus health, logs, state (the manager's long poll) and events."""
+    app = _new_app(token)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "role": "worker", "name": worker.name, "version": __version__}
+
+    @app.post("/tasks")
+    def post_task():
+        task = Task.from_dict(read_json())
+        task, created = worker.accept(task)
+        return _json_response(task.to_dict(), 201 if created else 200)
+
+    @app.get("/tasks")
+    def list_tasks():
+        return [t.to_dict() for t in worker.list()]
+
+    @app.get("/tasks/<task_id>")
+    def get_task(task_id):
+        return worker.detail(task_id)
+
+    @app.delete("/tasks/<task_id>")
+    def delete_task(task_id):
+        worker.stop_task(task_id)
+        return bottle.HTTPResponse(status=204)
+
+    @app.post("/tasks/<task_id>/restart")
+    def restart_task(task_id):
+        body = read_json() if bottle.request.content_length else {}
+        reason = body.get("reason", "restart requested") if isinstance(body, dict) else "restart requested"
+        return worker.restart_task(task_id, str(reason)).to_dict()
+
+    @app.get("/tasks/<task_id>/logs")
+    def logs(task_id):
+        tail = query_number("tail", None, int)
+        return _stream_logs(worker.logs(task_id, tail=tail, follow=query_flag("follow")))
+
+    @app.get("/stats")
+    def stats():
+        return worker.stats()
+
+    @app.get("/state")
+    def state():
+        version = query_number("version", None, int)
+        return worker.state(version=version, wait=query_number("wait", 0.0) or 0.0,
+                            events_since=query_number("events_since", -1, int))
+
+    @app.get("/events")
+    def events():
+        since = query_number("since", 0, int)
+        limit = query_number("limit", 1000, int)
+        return [e.to_dict() for e in worker.store.events(since=since, limit=limit)]
+
+    return app
+
+
+class Server:
+    """A cheroot server for one WSGI app on a background thread. Port 0 picks a free port (see `.port`)."""
+
+    def __init__(self, app: Callable, host: str = "0.0.0.0", port: int = 0, threads: int = 16,
+                 certfile: str | None = None, keyfile: str | None = None):
+        self._server = wsgi.Server((host, port), app, numthreads=threads, server_name=f"cube/{__version__}",
+                                   timeout=60)
+        if certfile and keyfile:
+            from cheroot.ssl.builtin import BuiltinSSLAdapter
+            self._server.ssl_adapter = BuiltinSSLAdapter(certfile, keyfile)
+        self._server.prepare()
+        self.host = host
+        self.port = self._server.bind_addr[1]
+        self.scheme = "https" if certfile and keyfile else "http"
+        self._thread = threading.Thread(target=self._server.serve, name="cube-http", daemon=True)
+
+    def start(self) -> "Server":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._thread.join(timeout=5)
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"{self.scheme}://{host}:{self.port}"

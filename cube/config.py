@@ -1,0 +1,75 @@
+"""Where Cube keeps things and how it finds its cluster token: default ports, default data directories (the system
+service's state directory for root, the user's data directory otherwise, `CUBE_DATA` to move them), and the token
+rules — `--token`, then `CUBE_TOKEN`, then a token file (`--token-file`, `CUBE_TOKEN_FILE`), then the local manager's
+own token file. The manager creates its token at first start, random, mode 0600; the token is never logged.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+from .errors import CubeError
+
+MANAGER_PORT = 5555
+WORKER_PORT = 5556
+TOKEN_FILE = "token"
+
+
+def data_root() -> str:
+    if os.environ.get("CUBE_DATA"):
+        return os.environ["CUBE_DATA"]
+    if os.geteuid() == 0:
+        return "/var/lib/cube"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "cube")
+
+
+def data_dir(role: str, given: str | None = None) -> str:
+    """The data directory of a role (manager, worker, dev): `given`, or one under data_root()."""
+    return os.path.abspath(os.path.expanduser(given)) if given else os.path.join(data_root(), role)
+
+
+def read_token_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as error:
+        raise CubeError(f"cannot read token file {path}: {error.strerror}") from None
+    if not token:
+        raise CubeError(f"token file {path} is empty")
+    return token
+
+
+def find_token(token: str | None = None, token_file: str | None = None, manager_data: str | None = None) -> str | None:
+    """The token by the rules above, or None when there is none anywhere."""
+    if token:
+        return str(token)
+    if os.environ.get("CUBE_TOKEN"):
+        return os.environ["CUBE_TOKEN"].strip()
+    path = token_file or os.environ.get("CUBE_TOKEN_FILE")
+    if path:
+        return read_token_file(path)
+    for role in ("manager", "dev"):
+        local = os.path.join(manager_data or data_dir(role), TOKEN_FILE)
+        if os.path.exists(local):
+            try:
+                return read_token_file(local)
+            except CubeError:
+                return None
+        if manager_data:
+            break
+    return None
+
+
+def ensure_token(directory: str, token: str | None = None) -> str:
+    """The manager's token: the given one (kept for next time), the one kept in `directory`, or a new random one."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, TOKEN_FILE)
+    if not token and os.path.exists(path):
+        return read_token_file(path)
+    token = token or secrets.token_urlsafe(24)
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    os.replace(path + ".tmp", path)
+    return token

@@ -1,0 +1,407 @@
+"""The `Runtime` on a real Docker engine, and the only module that imports `docker`. It decides how a task
+becomes a container (name, labels, limits, ports), how few round trips that takes, and how every failure of the
+engine reads to a user: missing containers are `NotFound`, images that cannot be had are `ImageUnavailable`,
+an engine that does not answer is `Unavailable`, anything else the engine refuses is `RuntimeFailure`.
+
+Speed: `start` is one create, one start and one inspect (the inspect reads back the host ports Docker chose).
+The image is not looked up first: a create answered with "No such image" is what triggers the pull, so a
+present image costs nothing extra. `list_owned` is one call to `/containers/json` (the summary list) instead of
+the SDK's `containers.list()`, which inspects each container (N+1 calls); the summary has labels, state, ports
+and a status text such as "Exited (3) 2 seconds ago", from which the exit code is read. It has no start or
+finish times: call `inspect` for those.
+
+Threads: one client (a pooled `requests` session) is shared by all threads; its pool is larger than the
+worker's thread pool so concurrent calls never wait for a connection. Streams that may stay quiet for a long
+time (followed logs, pulls) go through a second client without a read timeout.
+"""
+from __future__ import annotations
+
+import calendar
+import contextlib
+import logging
+import math
+import re
+import threading
+import time
+from typing import Callable, Iterator
+
+import docker
+import docker.errors
+import requests.exceptions
+import urllib3.exceptions
+
+from .errors import CubeError, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
+from .model import Task
+from .runtime import LABEL_GENERATION, LABEL_NODE, LABEL_TASK, ContainerInfo, RuntimeEvent
+
+log = logging.getLogger(__name__)
+
+POOL_SIZE = 16  # > the worker's 4-8 threads plus open event/log streams, so no call waits for a connection
+EVENT_ACTIONS = frozenset({"create", "start", "restart", "die", "kill", "oom", "stop", "destroy", "pause",
+                           "unpause"})
+_EXITED = re.compile(r"^Exited \((-?\d+)\)")
+_TIMESTAMP = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
+_NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
+_STREAM_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+class DockerRuntime:
+    def __init__(self, base_url: str | None = None, pull_timeout: float = 60.0, api_timeout: float = 30.0):
+        self.base_url = base_url
+        self.pull_timeout = pull_timeout
+        self.api_timeout = api_timeout
+        self._lock = threading.Lock()
+        self._client = None          # connected lazily: a worker may start before its engine answers
+        self._stream_client = None
+        self._pulls: dict[str, _Pull] = {}
+
+    # -- connection ----------------------------------------------------------------------------------------
+
+    def _api(self):
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._connect(self.api_timeout, version=None)
+        return self._client.api
+
+    def _stream_api(self):
+        if self._stream_client is None:
+            version = self._api().api_version  # reuse the negotiated version: no second /version call
+            with self._lock:
+                if self._stream_client is None:
+                    self._stream_client = self._connect(None, version=version)
+        return self._stream_client.api
+
+    def _connect(self, timeout: float | None, version: str | None):
+        with self._translate("connecting to the Docker engine"):
+            try:
+                if self.base_url:
+                    return docker.DockerClient(base_url=self.base_url, timeout=timeout, version=version,
+                                               max_pool_size=POOL_SIZE)
+                return docker.from_env(timeout=timeout, version=version, max_pool_size=POOL_SIZE)
+            except docker.errors.DockerException as e:
+                # from_env asks the engine for its API version; failing that means it does not answer
+                raise Unavailable(f"the Docker engine at {self._where()} does not answer: {e}") from None
+
+    def _where(self) -> str:
+        return self.base_url or "DOCKER_HOST or /var/run/docker.sock"
+
+    @contextlib.contextmanager
+    def _translate(self, doing: str):
+        """Turns the SDK's and the transport's exceptions into Cube's, prefixed with what was being done."""
+        try:
+            yield
+        except CubeError:
+            raise
+        except docker.errors.ImageNotFound as e:
+            raise ImageUnavailable(f"{doing}: {_explain(e)}") from None
+        except docker.errors.NotFound as e:
+            raise NotFound(f"{doing}: {_explain(e)}") from None
+        except docker.errors.APIError as e:
+            raise RuntimeFailure(f"{doing}: {_explain(e)}") from None
+        except requests.exceptions.Timeout:
+            raise Unavailable(f"{doing}: the Docker engine at {self._where()} did not answer within "
+                              f"{self.api_timeout:g} s") from None
+        except (requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError) as e:
+            raise Unavailable(f"{doing}: the Docker engine at {self._where()} does not answer ({e})") from None
+        except docker.errors.DockerException as e:
+            raise RuntimeFailure(f"{doing}: {e}") from None
+
+    # -- the Runtime protocol ------------------------------------------------------------------------------
+
+    def start(self, task: Task, node: str) -> ContainerInfo:
+        api = self._api()
+        spec = task.spec
+        name = container_name(task)
+        with self._translate(f"starting task {task.id} ({spec.image})"):
+            limits = {}
+            if spec.cpu > 0:
+                limits["nano_cpus"] = int(spec.cpu * 1e9)
+            if spec.memory > 0:
+                limits["mem_limit"] = spec.memory
+            host_config = api.create_host_config(port_bindings={p.key: p.host for p in spec.ports} or None,
+                                                 **limits)
+            labels = {**dict(spec.labels), LABEL_TASK: task.id, LABEL_NODE: node,
+                      LABEL_GENERATION: str(task.generation)}  # cube's labels last: a spec cannot forge them
+
+            def create() -> str:
+                return api.create_container(
+                    spec.image, command=list(spec.command) or None, name=name, environment=dict(spec.env),
+                    labels=labels, ports=[(p.container, p.protocol) for p in spec.ports] or None,
+                    host_config=host_config)["Id"]
+
+            container_id = self._create(create, task, name)
+            try:
+                api.start(container_id)
+            except docker.errors.APIError as e:
+                # A container that never ran (port taken, command not found) is removed, so a retry starts clean
+                # and nothing is left behind for the reconciler to puzzle over.
+                self.remove(container_id)
+                raise RuntimeFailure(f"task {task.id} ({spec.image}) could not start: {_explain(e)}") from None
+            return _from_inspect(api.inspect_container(container_id))
+
+    def _create(self, create: Callable[[], str], task: Task, name: str) -> str:
+        """Creates, pulling the image on "No such image" and clearing a leftover container of the same task
+        (a crashed earlier attempt) on a name conflict; each repair is tried once."""
+        pulled = cleared = False
+        while True:
+            try:
+                return create()
+            except docker.errors.ImageNotFound:
+                if pulled:
+                    raise
+                self._pull(task.spec.image)
+                pulled = True
+            except docker.errors.APIError as e:
+                if e.status_code != 409 or cleared:
+                    raise
+                self._clear_name(name, task.id)
+                cleared = True
+
+    def _clear_name(self, name: str, task_id: str) -> None:
+        api = self._api()
+        try:
+            existing = api.inspect_container(name)
+        except docker.errors.NotFound:
+            return  # removed meanwhile
+        owner = ((existing.get("Config") or {}).get("Labels") or {}).get(LABEL_TASK)
+        if owner != task_id:
+            raise RuntimeFailure(f"a container named {name} already exists and does not belong to task "
+                                 f"{task_id}; remove it (docker rm -f {name}) or rename the task")
+        log.info("removing leftover container %s of task %s before starting it again", name, task_id)
+        self.remove(existing["Id"])
+
+    def _pull(self, image: str) -> None:
+        """Pulls `image`, waiting at most `pull_timeout`. Concurrent starts of one image share one pull; a pull
+        that times out goes on in the background, so a later start may find the image."""
+        with self._lock:
+            pull = self._pulls.get(image)
+            if pull is None:
+                pull = self._pulls[image] = _Pull(image)
+                threading.Thread(target=self._run_pull, args=(pull,), name=f"pull {image}", daemon=True).start()
+        if not pull.done.wait(self.pull_timeout):
+            raise ImageUnavailable(f"image {image!r} is not present locally and could not be pulled within "
+                                   f"{self.pull_timeout:g} s (the pull goes on in the background)")
+        if pull.error:
+            raise ImageUnavailable(f"image {image!r} is not present locally and could not be pulled: {pull.error}")
+
+    def _run_pull(self, pull: "_Pull") -> None:
+        try:
+            log.info("pulling image %s", pull.image)
+            # Errors may come as the HTTP status (registry unreachable) or inside the progress stream.
+            for message in self._stream_api().pull(pull.image, stream=True, decode=True):
+                if isinstance(message, dict) and message.get("error"):
+                    pull.error = str(message["error"])
+        except docker.errors.APIError as e:
+            pull.error = _explain(e)
+        except CubeError as e:
+            pull.error = e.message
+        except (*_STREAM_ERRORS, docker.errors.DockerException) as e:
+            pull.error = f"the pull was interrupted ({e})"
+        finally:
+            with self._lock:
+                self._pulls.pop(pull.image, None)
+            pull.done.set()
+
+    def restart(self, container_id: str) -> ContainerInfo:
+        api = self._api()
+        with self._translate(f"restarting container {container_id}"):
+            api.start(container_id)
+            return _from_inspect(api.inspect_container(container_id))
+
+    def stop(self, container_id: str, timeout: float = 10) -> None:
+        api = self._api()
+        with self._translate(f"stopping container {container_id}"):
+            # Docker's grace period is whole seconds; round up so the container gets at least what was asked.
+            # Stopping a stopped container is answered 304, which the SDK treats as success.
+            api.stop(container_id, timeout=max(0, math.ceil(timeout)))
+
+    def remove(self, container_id: str) -> None:
+        api = self._api()
+        with self._translate(f"removing container {container_id}"):
+            try:
+                api.remove_container(container_id, force=True, v=True)
+            except docker.errors.NotFound:
+                pass  # already gone: removal is idempotent
+            except docker.errors.APIError as e:
+                if not (e.status_code == 409 and "already in progress" in _explain(e)):
+                    raise
+
+    def inspect(self, container_id: str) -> ContainerInfo:
+        api = self._api()
+        with self._translate(f"inspecting container {container_id}"):
+            return _from_inspect(api.inspect_container(container_id))
+
+    def list_owned(self, node: str) -> list[ContainerInfo]:
+        api = self._api()
+        with self._translate(f"listing the containers of node {node}"):
+            summaries = api.containers(all=True, filters={"label": f"{LABEL_NODE}={node}"})
+        return [_from_summary(s) for s in summaries]
+
+    def logs(self, container_id: str, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
+        # A followed log may be silent for longer than the API timeout: it reads through the no-timeout client.
+        api = self._stream_api() if follow else self._api()
+        with self._translate(f"reading the logs of container {container_id}"):
+            stream = api.logs(container_id, stdout=True, stderr=True, stream=True, follow=follow,
+                              timestamps=False, tail=tail or "all")  # as FakeRuntime: no tail (or 0) is all
+        return self._guarded(stream, f"reading the logs of container {container_id}")
+
+    def _guarded(self, stream, doing: str) -> Iterator[bytes]:
+        with self._translate(doing):
+            yield from stream
+
+    def events(self, node: str, stop: threading.Event) -> Iterator[RuntimeEvent]:
+        """Follows Docker's event stream for this node's containers. A watcher thread closes the stream as soon
+        as `stop` is set, so the generator ends within ~0.1 s even when no event comes. When the engine goes
+        away the stream is reopened with backoff, from the time of the last event seen (events in Docker's
+        buffer since then are replayed; the one already yielded is skipped)."""
+        filters = {"type": "container", "label": [f"{LABEL_NODE}={node}"]}
+        last_nano, last_keys = 0, set()
+        backoff = 0.25
+        while not stop.is_set():
+            try:
+                since = f"{last_nano // 10**9}.{last_nano % 10**9:09d}" if last_nano else None
+                with self._translate("following Docker events"):
+                    stream = self._stream_api().events(since=since, filters=filters, decode=True)
+            except (Unavailable, RuntimeFailure) as e:
+                log.warning("%s; retrying in %.1f s", e.message, backoff)
+                if stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.25
+            watcher = _StreamCloser(stream, stop)
+            try:
+                for raw in stream:
+                    nano = int(raw.get("timeNano") or 0)
+                    key = (raw.get("id"), raw.get("Action"))
+                    if nano < last_nano or (nano == last_nano and key in last_keys):
+                        continue  # replayed after a reconnect
+                    last_keys = last_keys | {key} if nano == last_nano else {key}
+                    last_nano = nano
+                    event = _event(raw)
+                    if event:
+                        yield event
+                    if stop.is_set():
+                        return
+            except _STREAM_ERRORS as e:
+                log.warning("Docker event stream broke (%s); reconnecting", e)
+            finally:
+                watcher.finish()
+            if stop.wait(backoff):
+                return
+
+    def close(self) -> None:
+        with self._lock:
+            for client in (self._client, self._stream_client):
+                if client is not None:
+                    client.close()
+            self._client = self._stream_client = None
+
+
+class _Pull:
+    def __init__(self, image: str):
+        self.image = image
+        self.error = ""
+        self.done = threading.Event()
+
+
+class _StreamCloser:
+    """Closes a blocking Docker stream from another thread once `stop` is set (a read blocked on a quiet stream
+    can be ended no other way); polls so that it also ends when the stream ends first."""
+
+    def __init__(self, stream, stop: threading.Event):
+        self._stream, self._stop, self._finished = stream, stop, threading.Event()
+        threading.Thread(target=self._watch, name="docker-events-closer", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._finished.is_set():
+            if self._stop.wait(0.1):
+                self._close()
+                return
+
+    def finish(self) -> None:
+        self._finished.set()
+        self._close()
+
+    def _close(self) -> None:
+        with contextlib.suppress(Exception):  # already closed or shut down by the other side
+            self._stream.close()
+
+
+def container_name(task: Task) -> str:
+    """`cube-<name>-<task id>`: readable in `docker ps`, unique per task id."""
+    task_id = _NAME_UNSAFE.sub("-", task.id)
+    name = _NAME_UNSAFE.sub("-", task.spec.name)[:40].strip("-.")
+    return f"cube-{name}-{task_id}" if name and name != task.id else f"cube-{task_id}"
+
+
+def _explain(error: docker.errors.APIError) -> str:
+    return str(error.explanation or error).strip()
+
+
+def _event(raw: dict) -> RuntimeEvent | None:
+    action = str(raw.get("Action") or raw.get("status") or "").split(":")[0]
+    if raw.get("Type", "container") != "container" or action not in EVENT_ACTIONS:
+        return None
+    actor = raw.get("Actor") or {}
+    attributes = actor.get("Attributes") or {}
+    return RuntimeEvent(action, actor.get("ID") or raw.get("id", ""), attributes.get(LABEL_TASK, ""))
+
+
+def parse_time(value: str | None) -> float | None:
+    """Docker's RFC 3339 timestamps with nanoseconds → epoch seconds; the zero time (year 1) → None."""
+    match = _TIMESTAMP.match(value or "")
+    if not match or match.group(1) == "0001":
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    epoch = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    fraction = float(f"0.{match.group(7)}") if match.group(7) else 0.0
+    zone = match.group(8) or "Z"
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        epoch -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    return epoch + fraction
+
+
+def _generation(labels: dict) -> int:
+    try:
+        return int(labels.get(LABEL_GENERATION) or 0)
+    except ValueError:
+        return 0
+
+
+def _from_inspect(data: dict) -> ContainerInfo:
+    state = data.get("State") or {}
+    config = data.get("Config") or {}
+    labels = config.get("Labels") or {}
+    status = state.get("Status", "")
+    ports = {}
+    for key, bindings in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        host = next((b["HostPort"] for b in bindings or () if b.get("HostPort")), None)
+        if host:
+            ports[key] = int(host)
+    if not ports:  # a stopped container has no live bindings; fixed host ports are still known
+        for key, bindings in ((data.get("HostConfig") or {}).get("PortBindings") or {}).items():
+            host = next((b["HostPort"] for b in bindings or () if b.get("HostPort")), None)
+            if host:
+                ports[key] = int(host)
+    return ContainerInfo(
+        id=data["Id"], task_id=labels.get(LABEL_TASK, ""), node=labels.get(LABEL_NODE, ""), status=status,
+        exit_code=state.get("ExitCode") if status in ("exited", "dead") else None,
+        started_at=parse_time(state.get("StartedAt")), finished_at=parse_time(state.get("FinishedAt")),
+        host_ports=ports, image=config.get("Image") or data.get("Image", ""), error=state.get("Error") or "",
+        oom_killed=bool(state.get("OOMKilled")), generation=_generation(labels))
+
+
+def _from_summary(data: dict) -> ContainerInfo:
+    """From `/containers/json`: no times, no OOM flag; the exit code comes from the status text."""
+    labels = data.get("Labels") or {}
+    status = data.get("State", "")
+    match = _EXITED.match(data.get("Status") or "")
+    ports = {f"{p['PrivatePort']}/{p.get('Type', 'tcp')}": int(p["PublicPort"])
+             for p in data.get("Ports") or () if p.get("PublicPort")}
+    return ContainerInfo(
+        id=data["Id"], task_id=labels.get(LABEL_TASK, ""), node=labels.get(LABEL_NODE, ""), status=status,
+        exit_code=int(match.group(1)) if match else None, host_ports=ports, image=data.get("Image", ""),
+        generation=_generation(labels))
