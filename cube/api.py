@@ -16,7 +16,7 @@ import bottle
 from cheroot import wsgi
 
 from . import __version__
-from .errors import BadRequest, CubeError, Unauthorized
+from .errors import BadRequest, CubeError, NotFound, Unauthorized
 from .model import InvalidSpec, Task
 
 log = logging.getLogger("cube.api")
@@ -68,7 +68,8 @@ def _auth_plugin(token: str | None):
 
 
 def _new_app(token: str | None) -> bottle.Bottle:
-    app = bottle.Bottle(catchall=False)
+    app = bottle.Bottle()
+    app.config["catchall"] = False
     app.install(_errors_plugin)
     app.install(_auth_plugin(token))
 
@@ -166,6 +167,97 @@ def worker_app(worker, token: str | None) -> bottle.Bottle:
         since = query_number("since", 0, int)
         limit = query_number("limit", 1000, int)
         return [e.to_dict() for e in worker.store.events(since=since, limit=limit)]
+
+    return app
+
+
+def manager_app(manager, membership, token: str | None) -> bottle.Bottle:
+    """The manager's API: the book's routes plus jobs, events, logs (proxied from the worker), nodes, health."""
+    app = _new_app(token)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "role": "manager", "version": __version__}
+
+    @app.post("/tasks")
+    def post_task():
+        task, created = manager.submit_task(read_json())
+        return _json_response(task.to_dict(), 201 if created else 200)
+
+    @app.get("/tasks")
+    def list_tasks():
+        job = bottle.request.query.get("job") or None
+        state = bottle.request.query.get("state") or None
+        return [t.to_dict() for t in manager.list_tasks(job=job, state=state)]
+
+    @app.get("/tasks/<ref>")
+    def get_task(ref):
+        return manager.task_detail(manager.find_task(ref).id)
+
+    @app.delete("/tasks/<ref>")
+    def delete_task(ref):
+        manager.stop_task(manager.find_task(ref).id)
+        return bottle.HTTPResponse(status=204)
+
+    @app.get("/tasks/<ref>/logs")
+    def task_logs(ref):
+        task = manager.find_task(ref)
+        node = manager.nodes.get(task.node)
+        if node is None:
+            raise NotFound(f"task {task.id} has not been placed on a node yet ({task.reason or task.state.value})")
+        params = {"tail": query_number("tail", None, int), "follow": "1" if query_flag("follow") else None}
+        client = membership.client(node)
+        return _stream_logs(client.stream(f"/tasks/{task.id}/logs", params=params,
+                                          timeout=None if query_flag("follow") else 30))
+
+    @app.post("/jobs")
+    def post_job():
+        job, created = manager.submit_job(read_json())
+        return _json_response(manager.job_detail(job.name), 201 if created else 200)
+
+    @app.get("/jobs")
+    def list_jobs():
+        return [manager.job_detail(name) for name in sorted(manager.jobs)]
+
+    @app.get("/jobs/<name>")
+    def get_job(name):
+        return manager.job_detail(name)
+
+    @app.delete("/jobs/<name>")
+    def delete_job(name):
+        manager.stop_job(name)
+        return bottle.HTTPResponse(status=204)
+
+    @app.post("/jobs/<name>/scale")
+    def scale_job(name):
+        body = read_json()
+        if not isinstance(body, dict) or "count" not in body:
+            raise BadRequest('send {"count": N}')
+        manager.scale_job(name, body["count"])
+        return manager.job_detail(name)
+
+    @app.get("/nodes")
+    def list_nodes():
+        return manager.list_nodes()
+
+    @app.post("/nodes")
+    def add_node():
+        body = read_json()
+        if not isinstance(body, dict) or not isinstance(body.get("address"), str):
+            raise BadRequest('send {"address": "http://HOST:PORT"}')
+        return _json_response(membership.add(body["address"]).to_dict(), 201)
+
+    @app.get("/events")
+    def events():
+        since = query_number("since", 0, int)
+        limit = query_number("limit", 1000, int)
+        wait = query_number("wait", 0.0) or 0.0
+        task_id = bottle.request.query.get("task") or None
+        found = manager.store.events(since=since, limit=limit, task_id=task_id)
+        if not found and wait > 0:
+            manager.wait_changed(min(wait, 30.0))
+            found = manager.store.events(since=since, limit=limit, task_id=task_id)
+        return [e.to_dict() for e in found]
 
     return app
 

@@ -38,9 +38,35 @@ class Commands:
                    disk=parse_size(disk, "--disk") if disk else None, labels=_pairs(label, "--label"),
                    certfile=certfile, keyfile=keyfile, manager=manager, mdns=mdns)
 
+    def manager(self, port: int = 5555, data: str | None = None, token: str | None = None,
+                scheduler: str = "epvm", workers=(), host: str = "0.0.0.0", node_timeout: float = 5.0,
+                mdns: bool = True, certfile: str | None = None, keyfile: str | None = None, verbose: bool = False):
+        """Run the manager: accepts work, schedules it onto workers, keeps it running."""
+        from .service import run_manager, setup_logging
+        setup_logging(verbose)
+        run_manager(port=int(port), host=host, data=data, token=token, strategy=scheduler,
+                    workers=_list(workers), node_timeout=float(node_timeout), certfile=certfile, keyfile=keyfile,
+                    mdns=mdns)
+
+    def dev(self, port: int = 5555, data: str | None = None, workers: int = 1, scheduler: str = "epvm",
+            cpus: float | None = None, memory=None, verbose: bool = False):
+        """A whole cluster in one process: a manager and N local workers on this machine's Docker engine."""
+        from .model import parse_size
+        from .service import run_dev, setup_logging
+        setup_logging(verbose)
+        run_dev(port=int(port), data=data, workers=int(workers), strategy=scheduler,
+                cpus=float(cpus) if cpus else None, memory=parse_size(memory, "--memory") if memory else None)
+
     def version(self):
         """Print the version."""
         print(f"cube {__version__}")
+
+
+def _list(values) -> list[str]:
+    """`a,b` or a list (fire parses `a,b` as a tuple) -> list of non-empty strings."""
+    if isinstance(values, str):
+        values = values.split(",")
+    return [str(v).strip() for v in values or () if str(v).strip()]
 
 
 def _pairs(values, flag: str) -> dict:

@@ -321,8 +321,13 @@ class _StreamCloser:
                 return
 
     def finish(self) -> None:
+        """Called by the reading thread when it is done: also releases the socket, which `close` only shuts."""
         self._finished.set()
         self._close()
+        response = getattr(self._stream, "_response", None)
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.close()
 
     def _close(self) -> None:
         with contextlib.suppress(Exception):  # already closed or shut down by the other side

@@ -83,3 +83,114 @@ def _announce_worker(worker, port: int, mdns: bool, manager: str | None, token: 
         return closers
     closers.extend(announce.worker(worker, port, mdns=mdns, manager=manager, token=token))
     return closers
+
+
+class ManagerService:
+    """A manager with everything around it: store, membership (long polls), health checks, HTTP server.
+    `cube manager` runs one; `cube dev` runs one plus in-process workers; tests start them on port 0."""
+
+    def __init__(self, port=5555, host="0.0.0.0", data=None, token=None, strategy="epvm", node_timeout=5.0,
+                 poll_wait=2.0, certfile=None, keyfile=None, role="manager"):
+        from .api import Server, manager_app
+        from .config import ensure_token
+        from .health import HealthChecker
+        from .manager import Manager
+        from .membership import Membership
+        from .store import DiskStore
+        self.directory = data_dir(role, data)
+        self.token = ensure_token(self.directory, token)
+        self.store = DiskStore(os.path.join(self.directory, "store"))
+        self.manager = Manager(self.store, strategy=strategy)
+        self.membership = Membership(self.manager, self.token, node_timeout=node_timeout, poll_wait=poll_wait)
+        self.health = HealthChecker(self.manager)
+        self.server = Server(manager_app(self.manager, self.membership, self.token), host, port,
+                             certfile=certfile, keyfile=keyfile)
+        self._closers: list = []
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> "ManagerService":
+        self.server.start()
+        self.membership.start()
+        self.health.start()
+        with open(os.path.join(self.directory, "url"), "w") as handle:
+            handle.write(self.url + "\n")
+        return self
+
+    def add_workers(self, addresses) -> None:
+        """Static workers: admitted in the background, retried until they answer (they may start later)."""
+        for address in addresses:
+            threading.Thread(target=self._admit, args=(address,), daemon=True, name="cube-admit").start()
+
+    def _admit(self, address: str) -> None:
+        delay = 0.5
+        while not self.membership._closed.is_set():
+            try:
+                self.membership.add(address)
+                return
+            except CubeError as error:
+                log.warning("worker %s not admitted yet: %s", address, error.message)
+            self.membership._closed.wait(delay)
+            delay = min(delay * 2, 10)
+
+    def on_close(self, closer) -> None:
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            closer()
+        self.health.close()
+        self.membership.close()
+        self.server.stop()
+        self.manager.close()
+        self.store.close()
+
+
+def run_manager(port=5555, host="0.0.0.0", data=None, token=None, strategy="epvm", workers=(), node_timeout=5.0,
+                certfile=None, keyfile=None, mdns=True) -> None:
+    """`cube manager`: serve the manager API until stopped."""
+    service = ManagerService(port, host, data, token, strategy, node_timeout, certfile=certfile,
+                             keyfile=keyfile).start()
+    service.add_workers(workers)
+    log.info("manager serving on %s (data %s, scheduler %s)", service.url, service.directory, strategy)
+    try:
+        wait_for_signal()
+    finally:
+        log.info("manager stopping")
+        service.close()
+
+
+def start_dev(port=5555, data=None, workers=1, strategy="epvm", host="127.0.0.1", runtime=None, cpus=None,
+              memory=None, node_timeout=5.0) -> ManagerService:
+    """A whole cluster in one process: a manager and `workers` local workers on the real Docker engine."""
+    from .api import Server, worker_app
+    service = ManagerService(port, host, data, None, strategy, node_timeout, role="dev")
+    if runtime is None:
+        from .docker_runtime import DockerRuntime
+        runtime = DockerRuntime()
+    service.start()
+    base = socket.gethostname()
+    for i in range(1, int(workers) + 1):
+        worker = build_worker(f"{base}-dev-{i}", os.path.join(service.directory, f"worker-{i}"), cpus, memory,
+                              runtime=runtime)
+        server = Server(worker_app(worker, service.token), host, 0).start()
+        worker.start()
+        service.on_close(worker.store.close)
+        service.on_close(worker.close)
+        service.on_close(server.stop)
+        service.membership.add(server.url)
+    return service
+
+
+def run_dev(port=5555, data=None, workers=1, strategy="epvm", cpus=None, memory=None) -> None:
+    """`cube dev`: start the one-process cluster, print how to reach it, run until stopped."""
+    service = start_dev(port, data, workers, strategy, cpus=cpus, memory=memory)
+    print(f"cube dev: manager {service.url} with {workers} worker(s); data {service.directory}")
+    print(f"token: {service.token}")
+    print(f"try:   cube run --image IMAGE   (this machine finds the manager and token by itself)", flush=True)
+    try:
+        wait_for_signal()
+    finally:
+        service.close()

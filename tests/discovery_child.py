@@ -47,8 +47,9 @@ def browse(kind: str) -> None:
 
     browser = discovery.Browser(kind, on_add=report("add"), on_remove=report("remove"))
     wait_for_sigterm()
+    started = time.monotonic()
     browser.close()
-    say("closed")
+    say("closed", seconds=time.monotonic() - started)
 
 
 def find_manager(timeout: str) -> None:

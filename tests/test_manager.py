@@ -1,0 +1,178 @@
+"""Manager tests on the fake runtime: a real manager and real workers talking HTTP on loopback (fast: no Docker),
+plus manager restarts from its diskcache store."""
+import time
+
+import pytest
+
+from cube.client import Client
+from cube.errors import BadRequest, Conflict, NotFound, Unauthorized
+from cube.runtime import FakeRuntime
+from cube.service import start_dev
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    runtime = FakeRuntime()
+    service = start_dev(port=0, data=str(tmp_path / "dev"), workers=2, runtime=runtime, cpus=2, memory=4 << 30,
+                        node_timeout=2.0)
+    client = Client(service.url, service.token)
+    yield service, client, runtime
+    service.close()
+
+
+def running(client, ref):
+    task = client.get(f"/tasks/{ref}")
+    return task if task["state"] == "running" else None
+
+
+def test_task_submitted_runs_within_a_second(cluster):
+    service, client, runtime = cluster
+    started = time.monotonic()
+    task = client.post("/tasks", {"image": "busybox", "command": ["sleep", "60"], "ports": ["80"]})
+    assert task["state"] in ("scheduled", "running") and task["node"]
+    got = wait_for(lambda: running(client, task["id"]), timeout=5)
+    assert time.monotonic() - started < 1.0
+    assert got["host_ports"]["80/tcp"] and got["container_id"]
+    states = [e["state"] for e in got["events"]]
+    assert states[0] == "pending" and "running" in states
+
+
+def test_job_of_three_spreads_and_scales(cluster):
+    service, client, runtime = cluster
+    job = client.post("/jobs", {"name": "web", "count": 3, "task": {"image": "busybox", "cpu": 0.5}})
+    assert len(job["tasks"]) == 3
+    wait_for(lambda: client.get("/jobs/web")["running"] == 3)
+    nodes = {t["node"] for t in client.get("/tasks", job="web")}
+    assert len(nodes) == 2, "E-PVM spreads three tasks over two empty nodes"
+    assert sorted(t["name"] for t in client.get("/jobs/web")["tasks"]) == ["web-1", "web-2", "web-3"]
+    client.post("/jobs/web/scale", {"count": 1})
+    wait_for(lambda: len([t for t in client.get("/tasks", job="web") if t["state"] == "running"]) == 1)
+    wait_for(lambda: len(runtime.containers) == 1)
+    client.delete("/jobs/web")
+    wait_for(lambda: not runtime.containers)
+
+
+def test_no_node_fits_stays_pending_with_reasons_then_places(cluster):
+    service, client, runtime = cluster
+    task = client.post("/tasks", {"image": "busybox", "memory": "8g"})
+    assert task["state"] == "pending"
+    detail = client.get(f"/tasks/{task['id']}")
+    assert "insufficient memory (needs 8 GiB, free 4 GiB)" in detail["reason"]
+    assert set(detail["placement"]["reasons"]) == set(service.manager.nodes)
+    client.delete(f"/tasks/{task['id']}")
+    assert client.get(f"/tasks/{task['id']}")["state"] == "completed"
+
+
+def test_pending_task_placed_when_capacity_frees(cluster):
+    service, client, runtime = cluster
+    big = [client.post("/tasks", {"image": "busybox", "cpu": 2}) for _ in range(2)]
+    waiting = client.post("/tasks", {"image": "busybox", "cpu": 1.5})
+    assert waiting["state"] == "pending"
+    client.delete(f"/tasks/{big[0]['id']}")
+    wait_for(lambda: running(client, waiting["id"]))
+
+
+def test_bad_input_is_400_with_message(cluster):
+    service, client, runtime = cluster
+    with pytest.raises(BadRequest, match="image is required"):
+        client.post("/tasks", {"command": ["true"]})
+    with pytest.raises(BadRequest, match="unknown field in task spec: imagee"):
+        client.post("/tasks", {"image": "x", "imagee": "y"})
+    with pytest.raises(BadRequest, match="from 1 to 65535"):
+        client.post("/tasks", {"image": "x", "ports": ["70000"]})
+    with pytest.raises(BadRequest, match="count must be"):
+        client.post("/jobs", {"name": "j", "count": -1, "task": {"image": "x"}})
+    with pytest.raises(BadRequest, match="not valid JSON"):
+        client._local.conn = None
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", service.server.port)
+        conn.request("POST", "/tasks", body=b"{nope", headers={"Authorization": f"Bearer {service.token}"})
+        response = conn.getresponse()
+        from cube.client import _error
+        raise _error(response.status, response.read())
+    assert client.get("/tasks") == []
+
+
+def test_wrong_token_is_401_and_health_is_open(cluster):
+    service, client, runtime = cluster
+    with pytest.raises(Unauthorized):
+        Client(service.url, "wrong").get("/tasks")
+    assert Client(service.url).health()["status"] == "ok"
+
+
+def test_unknown_task_and_job_are_404(cluster):
+    service, client, runtime = cluster
+    with pytest.raises(NotFound):
+        client.get("/tasks/nope")
+    with pytest.raises(NotFound):
+        client.delete("/jobs/nope")
+
+
+def test_same_client_id_is_idempotent_and_names_unique(cluster):
+    service, client, runtime = cluster
+    first = client.post("/tasks", {"id": "abc123", "name": "web", "image": "busybox"})
+    again = client.post("/tasks", {"id": "abc123", "name": "web", "image": "busybox"})
+    assert first["id"] == again["id"] == "abc123"
+    with pytest.raises(Conflict, match="already"):
+        client.post("/tasks", {"name": "web", "image": "busybox"})
+    wait_for(lambda: running(client, "abc123"))
+    assert runtime.starts == 1
+
+
+def test_worker_down_reschedules_and_returning_node_stops_its_copy(cluster):
+    service, client, runtime = cluster
+    task = client.post("/tasks", {"image": "busybox"})
+    first = wait_for(lambda: running(client, task["id"]))
+    node = first["node"]
+    membership = service.membership
+    # Make the node unreachable for the manager without touching its containers: point it at a dead port.
+    real = service.manager.nodes[node].address
+    service.manager.nodes[node].address = "http://127.0.0.1:9"
+    moved = wait_for(lambda: (t := client.get(f"/tasks/{task['id']}"))["node"] != node
+                     and t["state"] == "running" and t, timeout=10)
+    assert moved["generation"] == first["generation"] + 1
+    assert client.get("/nodes")[[n["name"] for n in client.get("/nodes")].index(node)]["state"] == "down"
+    running_copies = [c for c in runtime.containers.values() if c.task_id == task["id"] and c.running]
+    assert len(running_copies) == 2, "the lost node still runs its copy until it is heard from again"
+    service.manager.nodes[node].address = real
+    wait_for(lambda: len([c for c in runtime.containers.values()
+                          if c.task_id == task["id"] and c.running]) == 1, timeout=10)
+    survivor = [c for c in runtime.containers.values() if c.task_id == task["id"] and c.running][0]
+    assert survivor.node == moved["node"]
+    assert membership is service.membership
+
+
+def test_manager_restart_keeps_everything_and_restarts_nothing(tmp_path):
+    runtime = FakeRuntime()
+    data = str(tmp_path / "dev")
+    service = start_dev(port=0, data=data, workers=1, runtime=runtime)
+    client = Client(service.url, service.token)
+    job = client.post("/jobs", {"name": "api", "count": 2, "task": {"image": "busybox"}})
+    single = client.post("/tasks", {"image": "busybox", "name": "solo"})
+    wait_for(lambda: client.get("/jobs/api")["running"] == 2 and running(client, single["id"]))
+    events_before = len(client.get("/events"))
+    service.close()
+    starts = runtime.starts
+    again = start_dev(port=0, data=data, workers=1, runtime=runtime)
+    try:
+        client = Client(again.url, again.token)
+        assert client.get("/jobs/api")["running"] == 2
+        assert running(client, single["id"])
+        time.sleep(1.0)
+        assert runtime.starts == starts, "no container started again"
+        assert len(runtime.containers) == 3
+        assert len(client.get("/events")) >= events_before
+        assert {t["name"] for t in client.get("/tasks")} == {"api-1", "api-2", "solo"}
+        assert job["name"] == "api"
+    finally:
+        again.close()
