@@ -211,26 +211,38 @@ def _epvm(spec: TaskSpec, candidates: list, state: SchedulerState) -> NodeScore:
     return score
 
 
-def _free_fit(cpu: float, memory: float, node: Node) -> float:
-    """Nomad's fit after placing a demand of `cpu` cores and `memory` bytes: 10**free_cpu + 10**free_memory, with
-    free fractions in [0, 1]: 2 = full, 20 = empty."""
+def _after(cpu: float, memory: float, node: Node) -> tuple[float, float]:
+    """Cpu and memory utilisation of the node after placing a demand of `cpu` cores and `memory` bytes (a resource
+    the node does not declare counts as full)."""
     used_cpu, used_memory = _loads(node)
     capacity = node.capacity
-    free_cpu = 1.0 - (used_cpu + cpu) / capacity.cpu if capacity.cpu > 0 else 0.0
-    free_memory = 1.0 - (used_memory + memory) / capacity.memory if capacity.memory > 0 else 0.0
-    return 10.0 ** min(max(free_cpu, 0.0), 1.0) + 10.0 ** min(max(free_memory, 0.0), 1.0)
+    return ((used_cpu + cpu) / capacity.cpu if capacity.cpu > 0 else 1.0,
+            (used_memory + memory) / capacity.memory if capacity.memory > 0 else 1.0)
 
 
 def _binpack(spec: TaskSpec, candidates: list, state: SchedulerState) -> NodeScore:
+    # Nomad's binpack fit: 10**free_cpu + 10**free_memory (free fractions clamped to [0, 1]) runs from 2 (full) to
+    # 20 (empty); the exponent makes the freer resource dominate, so nodes fill evenly in both resources.
     cpu, memory = _demand(spec)
-    return lambda node: (20.0 - _free_fit(cpu, memory, node)) / 18.0   # 1: the node is full after placing
+
+    def score(node: Node) -> float:
+        cpu_after, memory_after = _after(cpu, memory, node)
+        fit = 10.0 ** min(max(1.0 - cpu_after, 0.0), 1.0) + 10.0 ** min(max(1.0 - memory_after, 0.0), 1.0)
+        return (20.0 - fit) / 18.0   # 1: the node is full after placing
+    return score
 
 
 def _spread(spec: TaskSpec, candidates: list, state: SchedulerState) -> NodeScore:
-    # Lowest utilisation after placing; task count enters through the nominal load, so tasks that reserve nothing
-    # still go to the node with the fewest tasks.
+    # Lowest utilisation after placing, judged on the fuller resource first (Nomad's inverted binpack fit would let
+    # an idle cpu hide a full memory), with the mean to tell nodes of equal dominant use apart. Task count enters
+    # through the nominal load, so tasks that reserve nothing still go to the node with the fewest tasks.
     cpu, memory = _demand(spec)
-    return lambda node: (_free_fit(cpu, memory, node) - 2.0) / 18.0    # 1: the node is empty after placing
+
+    def score(node: Node) -> float:
+        cpu_after, memory_after = _after(cpu, memory, node)
+        dominant = cpu_after if cpu_after > memory_after else memory_after
+        return 1.0 - (dominant + (cpu_after + memory_after) / 2) / 2   # 1: the node is empty after placing
+    return score
 
 
 def _roundrobin(spec: TaskSpec, candidates: list, state: SchedulerState) -> NodeScore:
@@ -314,7 +326,8 @@ def place(spec: TaskSpec, nodes: list[Node], strategy: str = DEFAULT_STRATEGY, s
 
     `limit`: look for at most this many feasible nodes, visiting the list in a seeded pseudo-random order
     (Nomad's bounded candidate set; 2 is "power of two choices"). The walk goes on past infeasible nodes, so a
-    sampled placement fails only when no node at all fits. None looks at every node (exact, O(nodes))."""
+    sampled placement fails only when no node at all fits; which nodes it looks at depends on the seed and on the
+    list order, so pass the nodes in a stable order to replay it. None looks at every node (exact, O(nodes))."""
     _check_limit(limit)
     return _place(spec, nodes, scorer(strategy), _seed_hash(seed), state if state is not None else SchedulerState(),
                   limit)

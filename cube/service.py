@@ -69,8 +69,8 @@ def run_worker(name=None, port=5556, host="0.0.0.0", data=None, token=None, toke
         log.info("worker %s stopping", worker.name)
         for close in extras:
             close()
+        worker.close()  # wakes the manager's long poll, so the server stops at once
         server.stop()
-        worker.close()
         worker.store.close()
 
 
@@ -139,10 +139,10 @@ class ManagerService:
         self._closers.append(closer)
 
     def close(self) -> None:
-        for closer in reversed(self._closers):
-            closer()
         self.health.close()
         self.membership.close()
+        for closer in reversed(self._closers):
+            closer()
         self.server.stop()
         self.manager.close()
         self.store.close()
@@ -177,9 +177,10 @@ def start_dev(port=5555, data=None, workers=1, strategy="epvm", host="127.0.0.1"
                               runtime=runtime)
         server = Server(worker_app(worker, service.token), host, 0).start()
         worker.start()
+        # Closed last-registered first: the worker wakes its long polls, then its server can stop at once.
         service.on_close(worker.store.close)
-        service.on_close(worker.close)
         service.on_close(server.stop)
+        service.on_close(worker.close)
         service.membership.add(server.url)
     return service
 
