@@ -250,6 +250,9 @@ def manager_app(manager, membership, token: str | None) -> bottle.Bottle:
     @app.get("/events")
     def events():
         since = query_number("since", 0, int)
+        tail = query_number("tail", None, int)
+        if tail is not None:  # the newest `tail` events
+            since = max(since, manager.store.last_event_id() - tail)
         limit = query_number("limit", 1000, int)
         wait = query_number("wait", 0.0) or 0.0
         task_id = bottle.request.query.get("task") or None

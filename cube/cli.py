@@ -1,47 +1,204 @@
 """The `cube` command line (fire is imported here only). It decides what users type and see: commands and flags,
 human output by default and `--json` for scripts, exit code 0 on success and a one-line error with a next step
-otherwise — never a traceback for a user's mistake. Imports are lazy: `cube status` must not load the docker SDK.
+otherwise — never a traceback for a user's mistake. Flags are checked against each command's signature before fire
+runs, so a typo gets one clear line instead of fire's usage dump. Imports are lazy: `cube status` loads neither the
+docker SDK nor zeroconf unless it has to look for the manager on the LAN.
 """
 from __future__ import annotations
 
+import inspect
+import json
+import os
 import sys
+import time
 
 from . import __version__
 from .errors import CubeError
 
 USAGE = f"""cube {__version__} — a small container orchestrator for your LAN
 
-Usage: cube COMMAND [FLAGS]
+Usage: cube COMMAND [FLAGS]        (cube COMMAND --help for its flags)
 
-Cluster processes:
-  worker     run a worker on this node      cube worker --port 5556 --data DIR --name NAME --token T
-             [--cpus N] [--memory 4g] [--disk 20g] [--label k=v]... [--manager URL] [--no-mdns]
-  version    print the version
+Work:
+  run       run a container (or --count N of them) on the cluster
+  status    list tasks and jobs, or show one in detail (alias: ps)
+  stop      stop a task or a job
+  scale     change a job's count
+  logs      print a task's output
+  events    what happened, as it happens
+  nodes     list the cluster's nodes (alias: node)
 
-Run `cube COMMAND --help` for a command's flags.
+Cluster:
+  dev       a whole cluster in this process (manager + local workers)
+  manager   run the manager
+  worker    run a worker on this node
+  token     print the cluster token
+  install   install this file as a systemd service (worker or manager)
+  uninstall remove the systemd service
+  doctor    check that this machine can run Cube
+
+Every command reads CUBE_MANAGER (manager URL) and CUBE_TOKEN from the environment; without them it finds the
+manager on this machine, then on the LAN (mDNS).
 """
+
+ALIASES = {"ps": "status", "node": "nodes"}
 
 
 class Commands:
-    """cube: a small container orchestrator for your LAN."""
+    """Each method is a command; its docstring is its --help."""
+
+    # ---- work ----------------------------------------------------------------------------------------------
+
+    def run(self, image: str | None = None, name: str | None = None, count: int = 1, cmd: str | None = None,
+            env=(), port=(), cpu: float = 0.0, memory=0, disk=0, restart: str = "on-failure",
+            max_restarts: int = 3, health: str | None = None, health_interval: float = 10.0, constraint=(),
+            label=(), batch: bool = False, detach: bool = False, file: str | None = None, timeout: float = 120.0,
+            manager: str | None = None, token: str | None = None, json: bool = False):
+        """cube run --image IMAGE [--name N] [--count N] [--cmd "sleep 3600"] [--env K=V]... [--port 8080|8080:80]...
+          [--cpu 0.5] [--memory 256m] [--disk 1g] [--restart no|on-failure|always] [--max-restarts 3]
+          [--health /path] [--constraint arch=aarch64]... [--batch] [--detach] [-f spec.json] [--json]
+
+Runs a container on the cluster and waits until it runs (or, with --batch, until it completes).
+--count N (or --batch) makes a job of N tasks; --detach returns at once."""
+        from .run import build_request, submit_and_wait
+        client = _client(manager, token)
+        kind, body = build_request(locals())
+        result = submit_and_wait(client, kind, body, detach=detach, timeout=float(timeout), as_json=json)
+        _print(result, json)
+        return None
+
+    def status(self, ref: str | None = None, manager: str | None = None, token: str | None = None,
+               json: bool = False, all: bool = False):
+        """cube status [ID_OR_NAME_OR_JOB] [--all] [--json]
+
+Lists tasks (stopped ones with --all), or shows one task or job in detail with its events and placement."""
+        from . import output
+        client = _client(manager, token)
+        if ref is None:
+            tasks = client.get("/tasks")
+            if not all:
+                tasks = [t for t in tasks if t["desired"] == "run" or t["state"] in ("pending", "scheduled",
+                                                                                       "running")]
+            _print(tasks if json else (output.tasks_table(tasks) if tasks else "no tasks: try `cube run --image "
+                                       "IMAGE`"), json)
+            return None
+        ref = str(ref)
+        job = _job_or_none(client, ref)
+        if job is not None:
+            _print(job if json else f"job {job['name']} ({job['type']}): {job['running']}/{job['count']} running\n"
+                   + output.tasks_table(job["tasks"]), json)
+            return None
+        task = client.get(f"/tasks/{ref}")
+        _print(task if json else output.task_detail(task), json)
+        return None
+
+    def stop(self, ref: str, manager: str | None = None, token: str | None = None, json: bool = False):
+        """cube stop ID_OR_NAME_OR_JOB
+
+Stops a task (its container is stopped and removed), or every task of a job."""
+        client = _client(manager, token)
+        ref = str(ref)
+        if _job_or_none(client, ref) is not None:
+            client.delete(f"/jobs/{ref}")
+            _print({"stopped": ref, "kind": "job"} if json else f"stopped job {ref}", json)
+        else:
+            task = client.get(f"/tasks/{ref}")
+            client.delete(f"/tasks/{task['id']}")
+            _print({"stopped": task["id"], "kind": "task"} if json else f"stopped task {task['id']} ({task['name']})",
+                   json)
+
+    def scale(self, job: str, count: int, manager: str | None = None, token: str | None = None,
+              json: bool = False):
+        """cube scale JOB N
+
+Changes how many tasks a job runs."""
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise CubeError(f"count must be a whole number, not {count!r}")
+        answer = _client(manager, token).post(f"/jobs/{job}/scale", {"count": count})
+        _print(answer if json else f"job {job}: count {answer['count']} ({answer['running']} running now)", json)
+
+    def logs(self, ref: str, follow: bool = False, tail: int | None = None, manager: str | None = None,
+             token: str | None = None):
+        """cube logs ID_OR_NAME [--follow] [--tail N]
+
+Prints a task's output (stdout and stderr)."""
+        client = _client(manager, token)
+        params = {"tail": tail, "follow": "1" if follow else None}
+        out = sys.stdout.buffer
+        for chunk in client.stream(f"/tasks/{ref}/logs", params=params, timeout=None if follow else 30):
+            out.write(chunk)
+            out.flush()
+
+    def events(self, follow: bool = False, since: int = 0, task: str | None = None, manager: str | None = None,
+               token: str | None = None, json: bool = False):
+        """cube events [--follow] [--since N] [--task ID] [--json]
+
+Prints what happened (task state changes, placements, restarts); --follow keeps printing as it happens."""
+        from . import output
+        import json as jsonlib
+        client = _client(manager, token)
+        cursor = int(since)
+        tail = None if since else 50  # without --since: the last 50, then (with --follow) what comes
+        while True:
+            batch = client.get("/events", since=cursor, tail=tail, task=task, wait=25 if follow else None)
+            tail = None
+            for event in batch:
+                print(jsonlib.dumps(event) if json else output.event_line(event), flush=True)
+                cursor = max(cursor, event["id"])
+            if not follow and len(batch) < 1000:
+                return None
+
+    def nodes(self, manager: str | None = None, token: str | None = None, json: bool = False):
+        """cube nodes [--json]
+
+Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), tasks."""
+        from . import output
+        nodes = _client(manager, token).get("/nodes")
+        _print(nodes if json else (output.nodes_table(nodes) if nodes else "no nodes yet: start `cube worker` on a "
+                                   "machine (or `cube dev` here)"), json)
+
+    # ---- cluster processes ---------------------------------------------------------------------------------
+
+    def token(self, data: str | None = None):
+        """cube token [--data DIR]
+
+Prints the cluster token kept by the manager on this machine (or by `cube dev`)."""
+        from .config import TOKEN_FILE, data_dir, read_token_file
+        places = [os.path.join(data_dir("manager", data), TOKEN_FILE)] if data else \
+            [os.path.join(data_dir(role), TOKEN_FILE) for role in ("manager", "dev")]
+        for path in places:
+            if os.path.exists(path):
+                print(read_token_file(path))
+                return None
+        raise CubeError(f"no cluster token at {' or '.join(places)}: run this on the manager's machine (as the user "
+                        f"that runs it), or pass --data DIR")
 
     def worker(self, port: int = 5556, data: str | None = None, name: str | None = None, token: str | None = None,
                token_file: str | None = None, cpus: float | None = None, memory=None, disk=None, label=(),
                host: str = "0.0.0.0", manager: str | None = None, mdns: bool = True, certfile: str | None = None,
                keyfile: str | None = None, verbose: bool = False):
-        """Run a worker: runs the tasks the manager assigns to this node as Docker containers."""
+        """cube worker [--port 5556] [--data DIR] [--name NAME] [--token T | --token-file F] [--cpus N]
+          [--memory 4g] [--disk 20g] [--label k=v]... [--manager URL] [--no-mdns] [--certfile F --keyfile F]
+
+Runs a worker: runs the tasks the manager assigns to this node as Docker containers. Without --manager it
+announces itself on the LAN (mDNS) and registers with the manager it finds."""
         from .model import parse_size
         from .service import run_worker, setup_logging
         setup_logging(verbose)
-        run_worker(name=name, port=int(port), host=host, data=data, token=token, token_file=token_file,
-                   cpus=float(cpus) if cpus else None, memory=parse_size(memory, "--memory") if memory else None,
+        run_worker(name=str(name) if name else None, port=int(port), host=host, data=data, token=token,
+                   token_file=token_file, cpus=float(cpus) if cpus else None,
+                   memory=parse_size(memory, "--memory") if memory else None,
                    disk=parse_size(disk, "--disk") if disk else None, labels=_pairs(label, "--label"),
                    certfile=certfile, keyfile=keyfile, manager=manager, mdns=mdns)
 
     def manager(self, port: int = 5555, data: str | None = None, token: str | None = None,
                 scheduler: str = "epvm", workers=(), host: str = "0.0.0.0", node_timeout: float = 5.0,
                 mdns: bool = True, certfile: str | None = None, keyfile: str | None = None, verbose: bool = False):
-        """Run the manager: accepts work, schedules it onto workers, keeps it running."""
+        """cube manager [--port 5555] [--data DIR] [--token T] [--scheduler epvm|roundrobin|binpack|spread]
+          [--workers host:port,...] [--node-timeout 5] [--no-mdns] [--certfile F --keyfile F]
+
+Runs the manager: accepts work, schedules it onto workers, keeps it running. Creates the cluster token at first
+start (`cube token` prints it)."""
         from .service import run_manager, setup_logging
         setup_logging(verbose)
         run_manager(port=int(port), host=host, data=data, token=token, strategy=scheduler,
@@ -50,7 +207,10 @@ class Commands:
 
     def dev(self, port: int = 5555, data: str | None = None, workers: int = 1, scheduler: str = "epvm",
             cpus: float | None = None, memory=None, verbose: bool = False):
-        """A whole cluster in one process: a manager and N local workers on this machine's Docker engine."""
+        """cube dev [--port 5555] [--data DIR] [--workers 1] [--scheduler epvm] [--cpus N] [--memory 4g]
+
+A whole cluster in one process: a manager and N local workers on this machine's Docker engine. Prints the
+manager URL and token; `cube run` in another terminal finds it by itself."""
         from .model import parse_size
         from .service import run_dev, setup_logging
         setup_logging(verbose)
@@ -58,8 +218,71 @@ class Commands:
                 cpus=float(cpus) if cpus else None, memory=parse_size(memory, "--memory") if memory else None)
 
     def version(self):
-        """Print the version."""
+        """cube version
+
+Prints the version."""
         print(f"cube {__version__}")
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+
+def _client(manager: str | None, token: str | None):
+    from .client import Client
+    from .config import find_token
+    url = _manager_url(manager)
+    return Client(url, find_token(token), timeout=15.0)
+
+
+def _manager_url(given: str | None) -> str:
+    """--manager, CUBE_MANAGER, the manager on this machine, then mDNS; else an error saying what was tried."""
+    if given:
+        return str(given)
+    if os.environ.get("CUBE_MANAGER"):
+        return os.environ["CUBE_MANAGER"]
+    from .config import data_dir
+    tried = []
+    for role in ("manager", "dev"):
+        path = os.path.join(data_dir(role), "url")
+        if os.path.exists(path):
+            with open(path) as handle:
+                url = handle.read().strip()
+            if _answers(url):
+                return url
+            tried.append(url)
+    if os.environ.get("CUBE_NO_MDNS") != "1":
+        from .discovery import find_manager
+        found = find_manager(timeout=2.0)
+        if found is not None:
+            return found.url
+        tried.append("mDNS on the LAN")
+    raise CubeError(f"no manager found (tried {', '.join(tried) or 'nothing'}): start one with `cube dev`, or pass "
+                    f"--manager URL / set CUBE_MANAGER")
+
+
+def _answers(url: str) -> bool:
+    from .client import Client
+    try:
+        Client(url, timeout=1.0).health(timeout=1.0)
+        return True
+    except CubeError:
+        return False
+
+
+def _job_or_none(client, ref: str):
+    from .errors import NotFound
+    try:
+        return client.get(f"/jobs/{ref}")
+    except NotFound:
+        return None
+
+
+def _print(value, as_json: bool) -> None:
+    if value is None:
+        return
+    if as_json:
+        print(json.dumps(value, indent=2, sort_keys=True))
+    else:
+        print(value)
 
 
 def _list(values) -> list[str]:
@@ -70,43 +293,63 @@ def _list(values) -> list[str]:
 
 
 def _pairs(values, flag: str) -> dict:
-    from .model import InvalidSpec
     if isinstance(values, str):
         values = [values]
     out = {}
     for item in values or ():
         if not isinstance(item, str) or "=" not in item:
-            raise InvalidSpec(f"{flag} takes key=value, not {item!r}")
+            raise CubeError(f"{flag} takes key=value, not {item!r}")
         key, value = item.split("=", 1)
         out[key] = value
     return out
 
 
-REPEATABLE = ("--label", "--env", "--port", "--constraint")
+# Flags that may be given several times, per command (elsewhere `--port` is one number).
+REPEATABLE = {"run": ("--label", "--env", "--port", "--constraint"), "worker": ("--label",),
+              "install": ("--label",)}
+SHORT = {"-f": "--file", "-n": "--count"}
 
 
-def _gather_repeated(argv: list[str]) -> list[str]:
-    """fire keeps only the last of a repeated flag; collect `--env A=1 --env B=2` into `--env '["A=1","B=2"]'`."""
-    import json
+def _normalise(command: str, argv: list[str]) -> list[str]:
+    """Shapes fire does not take: `--no-mdns` (fire wants `--nomdns`), short flags, and repeated flags (fire keeps
+    only the last: `--env A=1 --env B=2` becomes `--env '["A=1","B=2"]'`)."""
     seen: dict[str, list[str]] = {}
     rest: list[str] = []
     i = 0
     while i < len(argv):
-        arg = argv[i]
+        arg = SHORT.get(argv[i], argv[i])
         flag, eq, value = arg.partition("=")
-        if flag in REPEATABLE:
+        if flag in REPEATABLE.get(command, ()):
             if not eq:
                 if i + 1 >= len(argv):
                     raise CubeError(f"{flag} needs a value")
                 value = argv[i + 1]
                 i += 1
             seen.setdefault(flag, []).append(value)
+        elif arg.startswith("--no-") and not eq:
+            rest.append(f"--{arg[5:]}=False")
         else:
             rest.append(arg)
         i += 1
     for flag, values in seen.items():
         rest += [flag, json.dumps(values)]
     return rest
+
+
+def _check_flags(command: str, argv: list[str]) -> None:
+    """Every --flag must be a parameter of the command (fire's own message for a typo is a page of usage)."""
+    params = inspect.signature(getattr(Commands, command)).parameters
+    names = {p.replace("_", "-") for p in params if p != "self"}
+    for arg in argv:
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0]
+            if name not in names and name.replace("-", "_") not in params:
+                raise CubeError(f"unknown flag --{name} for `cube {command}`: see `cube {command} --help`")
+
+
+def _command_help(command: str) -> str:
+    doc = inspect.getdoc(getattr(Commands, command)) or ""
+    return "Usage: " + doc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,16 +360,27 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in ("--version", "-V"):
         print(f"cube {__version__}")
         return 0
+    command = ALIASES.get(argv[0], argv[0])
+    if command.startswith("_") or not callable(getattr(Commands, command, None)):
+        print(f"cube: unknown command {argv[0]!r}: see `cube --help`", file=sys.stderr)
+        return 2
+    rest = argv[1:]
+    if any(a in ("-h", "--help") for a in rest):
+        print(_command_help(command))
+        return 0
     from .model import InvalidSpec
     try:
-        argv = _gather_repeated(argv)
+        rest = _normalise(command, rest)
+        _check_flags(command, rest)
         import fire
-        fire.Fire(Commands, command=argv, name="cube")
+        fire.Fire(Commands, command=[command] + rest, name="cube")
     except (CubeError, InvalidSpec) as error:
-        print(f"cube: {error}", file=sys.stderr)
+        print(f"cube {command}: {getattr(error, 'message', None) or error}", file=sys.stderr)
         return 1
-    except fire.core.FireExit as exit_:
-        return int(exit_.code or 0)
     except KeyboardInterrupt:
         return 130
+    except SystemExit as exit_:  # fire.core.FireExit: fire has printed its message already
+        return int(exit_.code or 0) if isinstance(exit_.code, int) else 2
+    except BrokenPipeError:
+        return 0
     return 0

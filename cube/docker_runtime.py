@@ -22,7 +22,6 @@ import logging
 import math
 import re
 import threading
-import time
 from typing import Callable, Iterator
 
 import docker

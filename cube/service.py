@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 from .config import data_dir, find_token
 from .errors import CubeError
@@ -75,14 +76,91 @@ def run_worker(name=None, port=5556, host="0.0.0.0", data=None, token=None, toke
 
 
 def _announce_worker(worker, port: int, mdns: bool, manager: str | None, token: str) -> list:
-    """mDNS advertisement and registration with a manager, when those are available. Returns closers."""
+    """Advertise the worker on the LAN (mDNS) and keep it registered with its manager. Returns closers."""
     closers = []
-    try:
-        from . import announce
-    except ImportError:
-        return closers
-    closers.extend(announce.worker(worker, port, mdns=mdns, manager=manager, token=token))
+    if mdns:
+        from .discovery import Advertiser
+        try:
+            advertiser = Advertiser("worker", worker.name, port, {"id": node_id(worker.store)})
+            closers.append(advertiser.close)
+        except CubeError as error:
+            log.warning("not announcing on mDNS: %s", error.message)
+    if manager or mdns:
+        registrar = Registrar(worker, port, manager, token, mdns)
+        registrar.start()
+        closers.insert(0, registrar.close)
     return closers
+
+
+def node_id(store) -> str:
+    """A random id kept in the store: stable across restarts, distinct between two nodes with one hostname."""
+    value = store.get("meta", "node_id")
+    if not value:
+        import secrets
+        value = {"id": secrets.token_hex(4)}
+        store.put("meta", "node_id", value)
+    return value["id"]
+
+
+class Registrar:
+    """Keeps a worker known to a manager: when no manager has polled the worker for a while (first start,
+    manager lost its data, new manager), it registers again with `POST /nodes` — level-triggered, so a missed
+    registration is repaired by the next round. The manager is the given URL, or the one mDNS finds."""
+
+    QUIET = 10.0   # seconds without a manager's poll before registering (again)
+
+    def __init__(self, worker, port: int, manager: str | None, token: str, mdns: bool):
+        self.worker, self.port, self.manager, self.token, self.mdns = worker, port, manager, token, mdns
+        self._closed = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="cube-register", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._closed.wait(delay):
+            delay = 2.0
+            if time.monotonic() - self.worker.last_polled < self.QUIET:
+                continue
+            url = self.manager or self._find()
+            if url:
+                self._register(url)
+
+    def _find(self) -> str | None:
+        from .discovery import find_manager
+        found = find_manager(timeout=3.0)
+        return found.url if found else None
+
+    def _register(self, url: str) -> None:
+        from .client import Client
+        from .errors import Unauthorized
+        client = Client(url, self.token, timeout=10.0)
+        address = f"http://{_source_address(url)}:{self.port}"
+        try:
+            client.post("/nodes", {"address": address})
+            log.info("registered with manager %s as %s", url, address)
+        except Unauthorized as error:
+            log.error("manager %s refused this worker: %s — start the worker with the token `cube token` prints "
+                      "on the manager", url, error.message)
+        except CubeError as error:
+            log.warning("cannot register with manager %s: %s", url, error.message)
+
+
+def _source_address(url: str) -> str:
+    """The local address the manager at `url` reaches us by: the source of a route towards it (no packet sent)."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((parts.hostname, parts.port or 80))
+        return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+    finally:
+        probe.close()
 
 
 class ManagerService:
@@ -135,6 +213,18 @@ class ManagerService:
             self.membership._closed.wait(delay)
             delay = min(delay * 2, 10)
 
+    def announce(self) -> None:
+        """Advertise the manager on the LAN and admit the workers that advertise themselves."""
+        from .discovery import Advertiser, Browser
+        try:
+            advertiser = Advertiser("manager", f"cube-manager-{socket.gethostname()}", self.server.port,
+                                    {"id": node_id(self.store)})
+            self.on_close(advertiser.close)
+        except CubeError as error:
+            log.warning("not announcing on mDNS: %s", error.message)
+        browser = Browser("worker", on_add=lambda found: self.add_workers([found.url]))
+        self.on_close(browser.close)
+
     def on_close(self, closer) -> None:
         self._closers.append(closer)
 
@@ -154,6 +244,8 @@ def run_manager(port=5555, host="0.0.0.0", data=None, token=None, strategy="epvm
     service = ManagerService(port, host, data, token, strategy, node_timeout, certfile=certfile,
                              keyfile=keyfile).start()
     service.add_workers(workers)
+    if mdns:
+        service.announce()
     log.info("manager serving on %s (data %s, scheduler %s)", service.url, service.directory, strategy)
     try:
         wait_for_signal()

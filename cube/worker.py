@@ -52,10 +52,14 @@ class Worker:
         self._settled: dict[str, float] = {}     # task id -> monotonic time its last action ended
         self._due: dict[str, float] = {}         # task id -> earliest restart (backoff)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-action")
+        # Stops wait up to stop_timeout for a container to exit: on a pool of their own they never hold up
+        # a start or a restart.
+        self._stop_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-stop")
         self._kick = threading.Event()
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sync = False                       # tests: run actions inline in tick()
+        self.last_polled = float("-inf")         # monotonic time of the last state() call (a manager's poll)
 
     # ---- what the API calls -------------------------------------------------------------------------------
 
@@ -106,7 +110,7 @@ class Worker:
                 event = transition(task, State.SCHEDULED, now, f"{reason}; restarting ({task.restarts} of {limit})")
             self._save(task, event)
             self._busy.add(task_id)
-        self._submit(task_id, self._stop_container, task_id, container_id, False)
+        self._submit(task_id, self._stop_container, task_id, container_id, False, pool=self._stop_pool)
         return task.copy()
 
     def get(self, task_id: str) -> Task:
@@ -152,6 +156,7 @@ class Worker:
         """Everything the manager needs in one answer. With `version` equal to the current one and `wait` > 0,
         waits up to `wait` seconds for a change first (long poll): the manager hears of a change at once,
         and a silent node answers anyway, which is its heartbeat."""
+        self.last_polled = time.monotonic()
         with self._changed:
             if version is not None and wait > 0 and version == self.version:
                 self._changed.wait_for(lambda: self.version != version or self._closed.is_set(),
@@ -196,7 +201,7 @@ class Worker:
         for task_id, info in plan.died:
             self._submit(task_id, self._died, task_id, info)
         for task_id, container_id in plan.stop:
-            self._submit(task_id, self._stop_container, task_id, container_id, True)
+            self._submit(task_id, self._stop_container, task_id, container_id, True, pool=self._stop_pool)
         for task_id in plan.stopped:
             self._submit(task_id, self._complete_stopped, task_id)
         for task_id, info in plan.observe:
@@ -206,9 +211,9 @@ class Worker:
                 if container_id in self._busy:
                     continue
                 self._busy.add(container_id)
-            self._submit(container_id, self._remove_orphan, container_id)
+            self._submit(container_id, self._remove_orphan, container_id, pool=self._stop_pool)
 
-    def _submit(self, key: str, fn, *args) -> None:
+    def _submit(self, key: str, fn, *args, pool: ThreadPoolExecutor | None = None) -> None:
         """Run an action for `key` (already marked busy) on the pool; clear the mark and wake the loop after."""
         def run():
             try:
@@ -223,7 +228,7 @@ class Worker:
         if self._sync:
             run()
         else:
-            self._pool.submit(run)
+            (pool or self._pool).submit(run)
 
     # ---- actions (each runs with its task marked busy) -------------------------------------------------------
 
@@ -363,7 +368,16 @@ class Worker:
                 log.warning("runtime unavailable: %s", error.message)
             except Exception:
                 log.exception("reconcile failed")
-            self._kick.wait(self.reconcile_interval)
+            self._kick.wait(self._next_wait())
+
+    def _next_wait(self) -> float:
+        """Until the next full reconcile, or sooner when a restart's backoff ends before it."""
+        with self._lock:
+            due = [at for tid, at in self._due.items() if tid in self.tasks
+                   and self.tasks[tid].state is State.SCHEDULED]
+        if not due:
+            return self.reconcile_interval
+        return max(0.0, min(self.reconcile_interval, min(due) - self.clock()))
 
     def _watch_events(self) -> None:
         while not self._closed.is_set():
@@ -382,6 +396,7 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout=3)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._stop_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _allocated(tasks: list[Task]) -> Resources:

@@ -145,8 +145,8 @@ def test_list_owned_sees_exited_containers_with_exit_code(runtime, busybox_image
 
 
 def test_logs_return_stdout_and_stderr(runtime, busybox_image, node_name):
-    info = runtime.start(make_task(busybox_image, command=["sh", "-c", "echo hello; echo oops >&2; sleep 0.2; echo bye"]),
-                         node_name)
+    script = "echo hello; echo oops >&2; sleep 0.2; echo bye"  # the pause orders stderr before the last line
+    info = runtime.start(make_task(busybox_image, command=["sh", "-c", script]), node_name)
     wait_ended(runtime, info.id)
     output = b"".join(runtime.logs(info.id))
     assert b"hello" in output and b"oops" in output and b"bye" in output

@@ -1,0 +1,82 @@
+"""How Cube shows things to a person: aligned tables, human ages and sizes, one-task detail. Pure formatting over
+the API's JSON; the `--json` output of the CLI bypasses this module entirely."""
+from __future__ import annotations
+
+import time
+
+from .model import format_size
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def age(since: float | None, now: float | None = None) -> str:
+    if not since:
+        return "-"
+    seconds = max(0, int((now or time.time()) - since))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def ports(host_ports: dict, spec_ports: list | None = None) -> str:
+    if host_ports:
+        return ",".join(f"{host}->{key}" for key, host in sorted(host_ports.items()))
+    return ",".join(f"{p['container']}/{p['protocol']}" for p in spec_ports or []) or "-"
+
+
+def tasks_table(tasks: list[dict]) -> str:
+    rows = [[t["id"], t["name"], t["state"], t.get("node") or "-", t["image"],
+             ports(t.get("host_ports") or {}, (t.get("spec") or {}).get("ports")), t.get("restarts", 0),
+             age(t.get("created_at"))] for t in tasks]
+    return table(["ID", "NAME", "STATE", "NODE", "IMAGE", "PORTS", "RESTARTS", "AGE"], rows)
+
+
+def nodes_table(nodes: list[dict]) -> str:
+    rows = []
+    for n in nodes:
+        alloc = n.get("allocated") or {}
+        rows.append([n["name"], n["address"], n["state"], n.get("arch") or "-",
+                     f"{alloc.get('cpu', 0):g}/{n.get('cpus', 0):g}",
+                     f"{format_size(alloc.get('memory', 0))}/{format_size(n.get('memory', 0))}",
+                     f"{format_size(alloc.get('disk', 0))}/{format_size(n.get('disk', 0))}", n.get("tasks", 0)])
+    return table(["NAME", "ADDRESS", "STATE", "ARCH", "CPU", "MEMORY", "DISK", "TASKS"], rows)
+
+
+def event_line(e: dict) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(e["time"])) + f".{int(e['time'] * 1000) % 1000:03d}"
+    node = f" [{e['node']}]" if e.get("node") else ""
+    return f"{stamp} {e['task_id']} {e['state']:<9}{node} {e.get('message', '')}".rstrip()
+
+
+def task_detail(t: dict) -> str:
+    spec = t.get("spec") or {}
+    lines = [
+        f"ID:        {t['id']}",
+        f"Name:      {t['name']}" + (f"   (job {t['job']})" if t.get("job") else ""),
+        f"State:     {t['state']} (desired: {t['desired']})" + (f" — {t['reason']}" if t.get("reason") else ""),
+        f"Node:      {t.get('node') or '-'}",
+        f"Image:     {t['image']}" + (f"   command: {' '.join(spec.get('command') or [])}"
+                                      if spec.get("command") else ""),
+        f"Ports:     {ports(t.get('host_ports') or {}, spec.get('ports'))}",
+        f"Resources: cpu {spec.get('cpu', 0):g}, memory {format_size(spec.get('memory', 0))}, "
+        f"disk {format_size(spec.get('disk', 0))}",
+        f"Restarts:  {t.get('restarts', 0)} (policy {spec.get('restart', {}).get('name')}, "
+        f"max {spec.get('restart', {}).get('max_restarts')})",
+        f"Container: {(t.get('container_id') or '-')[:12]}   age {age(t.get('created_at'))}",
+    ]
+    placement = t.get("placement") or {}
+    if placement.get("reasons"):
+        lines.append("Placement: " + (f"on {placement['node']}; " if placement.get("node") else "")
+                     + "rejected nodes:")
+        lines += [f"  {name}: {why}" for name, why in sorted(placement["reasons"].items())]
+    if t.get("events"):
+        lines.append("Events:")
+        lines += ["  " + event_line(e) for e in t["events"]]
+    return "\n".join(lines)

@@ -1,0 +1,197 @@
+"""`cube run`: turning flags (or a spec file) into a task or job request, submitting it, and waiting until the work
+runs — or saying exactly why it cannot (no node fits, image cannot be pulled, container exits). Waiting follows the
+manager's event stream (long poll), so the command returns as soon as the last task runs. The task id is chosen
+here, so a retried submission is the same task, never a second one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+
+from .errors import CubeError
+from .model import InvalidSpec, Job, TaskSpec
+
+
+def build_request(flags: dict) -> tuple[str, dict]:
+    """("task", body) or ("job", body) from the `run` command's flags."""
+    if flags.get("file"):
+        return _from_file(flags["file"])
+    if not flags.get("image"):
+        raise CubeError("--image is required (e.g. `cube run --image nginx`), or give a spec file with -f")
+    spec = {
+        "image": str(flags["image"]),
+        "command": _command(flags.get("cmd")),
+        "env": _as_list(flags.get("env")),
+        "ports": [str(p) for p in _as_list(flags.get("port"))],
+        "cpu": flags.get("cpu") or 0,
+        "memory": flags.get("memory") or 0,
+        "disk": flags.get("disk") or 0,
+        "restart": {"name": str(flags.get("restart") or "on-failure"),
+                    "max_restarts": flags.get("max_restarts", 3)},
+        "constraints": [str(c) for c in _as_list(flags.get("constraint"))],
+        "labels": dict(str(item).split("=", 1) for item in _as_list(flags.get("label")) if "=" in str(item)),
+    }
+    if flags.get("health"):
+        spec["health"] = {"path": str(flags["health"]), "interval": flags.get("health_interval", 10.0)}
+    count = flags.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise CubeError(f"--count must be a whole number of at least 1, not {count!r}")
+    name = str(flags["name"]) if flags.get("name") not in (None, "") else ""
+    if count > 1 or flags.get("batch"):
+        name = name or f"{_base(spec['image'])}-{uuid.uuid4().hex[:4]}"
+        body = {"name": name, "count": count, "type": "batch" if flags.get("batch") else "service", "task": spec}
+        _validate(Job.from_dict, body)
+        return "job", body
+    if name:
+        spec["name"] = name
+    _validate(TaskSpec.from_dict, spec)
+    return "task", {"id": uuid.uuid4().hex[:12], **spec}
+
+
+def _validate(parse, body) -> None:
+    # Checked here too, so a typo is reported before any network round trip, with the same words the manager uses.
+    try:
+        parse(body)
+    except InvalidSpec as error:
+        raise CubeError(str(error)) from None
+
+
+def _from_file(path: str) -> tuple[str, dict]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            body = json.load(handle)
+    except OSError as error:
+        raise CubeError(f"cannot read {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise CubeError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise CubeError(f"{path} must hold a JSON object: a task spec, or a job with name, count and task")
+    if "task" in body or "count" in body:
+        _validate(Job.from_dict, body)
+        return "job", body
+    _validate(TaskSpec.from_dict, body)
+    return "task", {"id": uuid.uuid4().hex[:12], **body}
+
+
+def _command(cmd) -> list[str]:
+    if cmd in (None, ""):
+        return []
+    if isinstance(cmd, (list, tuple)):
+        return [str(c) for c in cmd]
+    import shlex
+    return shlex.split(str(cmd))
+
+
+def _as_list(value) -> list:
+    if value in (None, "", ()):
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _base(image: str) -> str:
+    name = image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:40] or "job"
+
+
+def submit_and_wait(client, kind: str, body: dict, detach: bool, timeout: float, as_json: bool):
+    """Submit; unless detached, wait until every task runs (batch: completes). Returns what to print."""
+    progress = Progress(enabled=not as_json and sys.stderr.isatty())
+    cursor = _event_cursor(client)
+    if kind == "job":
+        answer = client.post("/jobs", body)
+        ids = [t["id"] for t in answer["tasks"]]
+        batch = answer.get("type") == "batch"
+    else:
+        answer = client.post("/tasks", body)
+        ids = [answer["id"]]
+        batch = False
+    if not detach:
+        tasks = _wait(client, ids, batch, timeout, cursor, progress)
+    else:
+        tasks = [client.get(f"/tasks/{i}") for i in ids]
+    progress.done()
+    if as_json:
+        return tasks if kind == "job" else tasks[0]
+    return _summary(kind, answer, tasks, detach)
+
+
+def _event_cursor(client) -> int:
+    newest = client.get("/events", tail=1)
+    return newest[-1]["id"] if newest else 0
+
+
+def _wait(client, ids: list[str], batch: bool, timeout: float, cursor: int, progress) -> list[dict]:
+    goal = {"completed"} if batch else {"running"}
+    deadline = time.monotonic() + timeout
+    wanted = set(ids)
+    while True:
+        tasks = [client.get(f"/tasks/{i}") for i in ids]
+        _fail_if_stuck(tasks, batch)
+        if all(t["state"] in goal for t in tasks):
+            return tasks
+        left = deadline - time.monotonic()
+        if left <= 0:
+            waiting = [t for t in tasks if t["state"] not in goal]
+            raise CubeError(f"{len(waiting)} task(s) not {'/'.join(goal)} after {timeout:g} s (e.g. {waiting[0]['id']} "
+                            f"is {waiting[0]['state']}: {waiting[0]['reason'] or 'no reason given'}); "
+                            f"`cube status {waiting[0]['id']}` shows its events")
+        events = client.get("/events", since=cursor, wait=min(left, 5.0), limit=1000)
+        for event in events:
+            cursor = max(cursor, event["id"])
+            if event["task_id"] in wanted:
+                progress.show(event)
+
+
+def _fail_if_stuck(tasks: list[dict], batch: bool) -> None:
+    for t in tasks:
+        if t["state"] == "failed":
+            raise CubeError(f"task {t['id']} ({t['name']}) failed: {t['reason']}; `cube status {t['id']}` shows its "
+                            f"events")
+        if t["state"] == "completed" and not batch:
+            raise CubeError(f"task {t['id']} ({t['name']}) ended: {t['reason'] or 'completed'}; use --batch for "
+                            f"work that runs to completion, `cube logs {t['id']}` for its output")
+        if t["state"] == "pending" and t.get("reason", "").startswith(("no node fits", "no nodes")):
+            raise CubeError(f"task {t['id']} cannot be placed: {t['reason']}. It stays pending and starts when a node "
+                            f"fits (`cube stop {t['job'] or t['id']}` cancels it)")
+
+
+def _summary(kind: str, answer: dict, tasks: list[dict], detach: bool) -> str:
+    from .output import ports
+    verb = "submitted" if detach else "running"
+    if kind == "job":
+        states = {}
+        for t in tasks:
+            states[t["state"]] = states.get(t["state"], 0) + 1
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        return f"job {answer['name']}: {len(tasks)} task(s) {verb} ({counts})"
+    t = tasks[0]
+    where = f" on {t['node']}" if t.get("node") else ""
+    published = ports(t.get("host_ports") or {})
+    return f"{t['id']} {verb}{where}" + (f", ports {published}" if published != "-" else "")
+
+
+class Progress:
+    """One updating line on stderr while waiting (only on a terminal)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and os.environ.get("TERM") != "dumb"
+        self._shown = False
+
+    def show(self, event: dict) -> None:
+        if not self.enabled:
+            return
+        words = {"pending": "placing", "scheduled": "starting", "running": "running"}
+        text = f"{event['task_id']}: {words.get(event['state'], event['state'])} — {event.get('message', '')}"
+        sys.stderr.write("\r\033[K" + text[:150])
+        sys.stderr.flush()
+        self._shown = True
+
+    def done(self) -> None:
+        if self._shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
