@@ -59,6 +59,7 @@ class Worker:
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sync = False                       # tests: run actions inline in tick()
+        self._dead_ids: set[str] = set()             # container ids the event stream reported dead
         self.last_polled = float("-inf")         # monotonic time of the last state() call (a manager's poll)
 
     # ---- what the API calls -------------------------------------------------------------------------------
@@ -173,7 +174,7 @@ class Worker:
         """One reconcile round: list containers, diff against the tasks, start the actions. With `_sync` the
         actions run before tick returns (tests)."""
         listed_at = time.monotonic()
-        containers = self.runtime.list_owned(self.name)
+        containers = self._fresh(self.runtime.list_owned(self.name))
         now = self.clock() if now is None else now
         with self._lock:
             # A task whose action ended after the listing began is judged next round: the listing may
@@ -185,6 +186,23 @@ class Worker:
                 self._busy.add(task_id)
         self._apply(plan)
         return plan
+
+    def _fresh(self, containers: list[ContainerInfo]) -> list[ContainerInfo]:
+        """Docker's container list can lag its own `die` event by a few milliseconds: a container reported dead
+        by the event stream is inspected directly (which also gives the OOM flag and finish time)."""
+        with self._lock:
+            died, self._dead_ids = self._dead_ids, set()
+        if not died:
+            return containers
+        fresh = []
+        for info in containers:
+            if info.id in died:
+                try:
+                    info = self.runtime.inspect(info.id)
+                except NotFound:
+                    continue
+            fresh.append(info)
+        return fresh
 
     @staticmethod
     def _plan_task_ids(plan: Plan) -> set[str]:
@@ -382,7 +400,10 @@ class Worker:
     def _watch_events(self) -> None:
         while not self._closed.is_set():
             try:
-                for _ in self.runtime.events(self.name, self._closed):
+                for event in self.runtime.events(self.name, self._closed):
+                    if event.action in ("die", "oom"):
+                        with self._lock:
+                            self._dead_ids.add(event.container_id)
                     self._kick.set()
             except Exception as error:  # the engine restarted or the stream broke: the loop still reconciles
                 log.warning("runtime event stream ended: %s", error)
