@@ -23,11 +23,14 @@ from typing import Callable
 
 from . import scheduler
 from .errors import BadRequest, Conflict, CubeError, NotFound
-from .model import (Desired, Event, InvalidSpec, Job, Node, State, Task, TaskSpec, new_id, transition)
+from .model import (Desired, Event, InvalidSpec, Job, Node, Resources, State, Task, TaskSpec, new_id,
+                    transition)
 from .store import Store
 
 log = logging.getLogger("cube.manager")
 ACTIVE = (State.PENDING, State.SCHEDULED, State.RUNNING)
+SAMPLE_ABOVE = 64   # nodes; above this, placement samples SAMPLE_LIMIT feasible nodes
+SAMPLE_LIMIT = 16
 
 
 def holds(task: Task) -> bool:
@@ -59,7 +62,7 @@ class Manager:
     def _load(self) -> None:
         for data in self.store.values("nodes"):
             node = Node.from_dict(data)
-            node.allocated, node.used_ports, node.tasks = scheduler.Resources(), set(), 0
+            node.allocated, node.used_ports, node.tasks = Resources(), set(), 0
             self.nodes[node.name] = node
         for data in self.store.values("jobs"):
             job = Job.from_dict(data)
@@ -187,7 +190,7 @@ class Manager:
             if task.state is not State.PENDING or task.desired is not Desired.RUN:
                 continue
             placement = scheduler.place(task.spec, nodes, self.strategy, seed=f"{task.id}:{task.generation}",
-                                        state=self.sched_state)
+                                        state=self.sched_state, limit=self._limit(len(nodes)))
             record = {"task_id": task.id, "time": self.clock(), "node": placement.node.name if placement.node
                       else "", "reasons": dict(placement.reasons), "strategy": self.strategy}
             previous = self.placements.get(task.id)
@@ -207,6 +210,12 @@ class Manager:
             self._commit(task, transition(task, State.SCHEDULED, self.clock(),
                                           f"placed on {task.node} ({self.strategy})"))
             self._dispatch(task.node, "POST", "/tasks", task.to_dict(), task.id)
+
+    @staticmethod
+    def _limit(n_nodes: int) -> int | None:
+        """Small clusters: every node is scored. Large ones: the first 16 feasible nodes in a seeded order (Nomad's
+        and Sparrow's sampling) — measured ~45x faster at 1,000 nodes for ~5% less even placement (BENCHMARKS.md)."""
+        return None if n_nodes <= SAMPLE_ABOVE else SAMPLE_LIMIT
 
     def schedule_pending(self) -> int:
         """Try every pending task again (capacity may have appeared). Returns how many were placed."""

@@ -32,7 +32,7 @@ def wait_for_signal(extra_stop: threading.Event | None = None) -> None:
 
 
 def build_worker(name: str | None, data: str | None, cpus=None, memory=None, disk=None, labels=None,
-                 runtime=None, reconcile_interval: float = 5.0, threads: int = 4):
+                 runtime=None, reconcile_interval: float = 5.0, threads: int = 4, stop_timeout: float = 10.0):
     """A Worker on the real Docker engine (or the given runtime) with its diskcache store."""
     from .metrics import Metrics
     from .store import DiskStore
@@ -44,26 +44,25 @@ def build_worker(name: str | None, data: str | None, cpus=None, memory=None, dis
         runtime = DockerRuntime()
     return Worker(name or socket.gethostname(), runtime, DiskStore(os.path.join(directory, "store")),
                   metrics=Metrics(directory, cpus, memory, disk), labels=labels,
-                  reconcile_interval=reconcile_interval, threads=threads)
+                  reconcile_interval=reconcile_interval, threads=threads, stop_timeout=stop_timeout)
 
 
 def run_worker(name=None, port=5556, host="0.0.0.0", data=None, token=None, token_file=None, cpus=None,
                memory=None, disk=None, labels=None, certfile=None, keyfile=None, manager=None, mdns=True,
-               ready: threading.Event | None = None) -> None:
+               reconcile_interval: float = 5.0, stop_timeout: float = 10.0) -> None:
     """`cube worker`: serve the worker API until stopped."""
     from .api import Server, worker_app
     token = find_token(token, token_file)
     if not token:
         raise CubeError("the worker needs the cluster token: pass --token, set CUBE_TOKEN or --token-file "
                         "(print it on the manager with `cube token`)")
-    worker = build_worker(name, data, cpus, memory, disk, labels)
+    worker = build_worker(name, data, cpus, memory, disk, labels, reconcile_interval=reconcile_interval,
+                          stop_timeout=stop_timeout)
     server = Server(worker_app(worker, token), host, port, certfile=certfile, keyfile=keyfile)
     worker.start()
     server.start()
     log.info("worker %s serving on %s:%s (data %s)", worker.name, host, server.port, data_dir("worker", data))
     extras = _announce_worker(worker, server.port, mdns, manager, token)
-    if ready is not None:
-        ready.set()
     try:
         wait_for_signal()
     finally:

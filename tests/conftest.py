@@ -38,3 +38,101 @@ def node_name(busybox_image) -> str:
                          text=True, timeout=30).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, timeout=60)
+
+
+ROOT = HERE.parent
+PYZ = ROOT / "dist" / "cube.pyz"
+
+
+@pytest.fixture(scope="session")
+def pyz() -> str:
+    """The built zipapp: the tests run the artifact users get (`./build.sh` makes it; .ci/run builds first)."""
+    if not PYZ.exists():
+        pytest.fail(f"{PYZ} is missing: run ./build.sh first")
+    return str(PYZ)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A cube process started from the pyz, with its output in a file; killed (and reaped) at the end."""
+
+    def __init__(self, argv: list[str], log_path, env: dict | None = None):
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        full_env = {**os.environ, "CUBE_NO_MDNS": "1", **(env or {})}
+        self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+                                      start_new_session=True)
+
+    def wait_http(self, url: str, timeout: float = 30.0) -> None:
+        import time
+        from cube.client import Client
+        from cube.errors import CubeError
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"process exited with {self.popen.returncode}:\n{self.output()}")
+            try:
+                Client(url, timeout=1.0).health(timeout=1.0)
+                return
+            except CubeError:
+                time.sleep(0.05)
+        raise AssertionError(f"{url} did not answer within {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self._log.flush()
+        return pathlib.Path(self.log_path).read_text(errors="replace")[-4000:]
+
+    def kill(self, sig=9) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, 9)
+                self.popen.wait(timeout=5)
+        self._log.close()
+
+
+@pytest.fixture
+def procs():
+    started: list[Proc] = []
+
+    def start(argv, log_path, env=None) -> Proc:
+        proc = Proc(argv, log_path, env)
+        started.append(proc)
+        return proc
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02):
+    import time
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s (last value {last!r})")
+
+
+def docker_ids(*filters: str) -> list[str]:
+    argv = ["docker", "ps", "-q", "--no-trunc"]
+    for f in filters:
+        argv += ["--filter", f]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.split()
+
+
+def docker_inspect(container_id: str) -> dict:
+    import json
+    out = subprocess.run(["docker", "inspect", container_id], capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout)[0]
