@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
 # Builds Cube. `./build.sh` makes a virtualenv (.venv) if needed, installs the project and its test/build extras,
-# and builds dist/cube.pyz with shiv (reproducible: same sources, same bytes).
-# `./build.sh test` builds, then runs the test suite (the README's test command).
+# and builds dist/cube-<version>-<arch>.pyz for this machine's architecture, copied to dist/cube.pyz.
+# `./build.sh all` (or --all) builds every architecture from this one machine: x86_64, aarch64, armv7l.
+# `./build.sh test [pytest args]` builds, then runs the test suite (the README's test command).
+#
+# What a pyz holds, and why one file runs on CPython 3.11 to 3.13:
+# - pure-python packages, plus psutil's abi3 wheel for the target architecture (one binary for every CPython >= 3.6),
+#   fetched with pip's --platform, so no compiler and no emulation is needed to build for a Raspberry Pi;
+# - zeroconf and charset_normalizer ship accelerators compiled for one CPython version next to their .py sources:
+#   they are removed, so every Python runs the same pure-python code; any other version-specific binary, or a
+#   binary of the wrong architecture, stops the build;
+# - armv7l: PyPI has no psutil wheel for it, so that pyz carries none and uses the system's python3-psutil
+#   (see cube/zipapp.py, which also keeps the host's site-packages out of the pyz's way).
+# Reproducible: same sources, same bytes (SOURCE_DATE_EPOCH, no bytecode, fixed umask and order, shiv --reproducible).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=.venv
+ARCHES=(x86_64 aarch64 armv7l)
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+umask 022
 
 venv() {
   if [ ! -x "$VENV/bin/python" ]; then
@@ -21,24 +34,79 @@ venv() {
   fi
 }
 
-pyz() {
-  mkdir -p dist
-  local site
-  site=$(mktemp -d)
-  # Install the project (not editable) into a clean folder, then zip it: the pyz holds exactly these packages.
+project() {  # project KEY: a field of pyproject.toml's [project] table (lists joined by spaces)
+  "$VENV/bin/python" -c 'import sys, tomllib
+value = tomllib.load(open("pyproject.toml", "rb"))["project"][sys.argv[1]]
+print(" ".join(value) if isinstance(value, list) else value)' "$1"
+}
+
+pyz() {  # pyz ARCH: build dist/cube-<version>-ARCH.pyz
+  local arch=$1 version site tmp out deps=()
+  version=$(project version)
+  out=dist/cube-$version-$arch.pyz
+  tmp=$(mktemp -d)
+  site=$tmp/site-packages
+  mkdir -p dist "$site"
+  # setuptools reuses build/lib: a module deleted from cube/ would otherwise still ship.
+  rm -rf build/lib build/bdist.*
   "$VENV/bin/pip" install -q --no-compile --no-deps --target "$site" . >/dev/null
-  "$VENV/bin/pip" install -q --no-compile --target "$site" \
-      $("$VENV/bin/python" -c 'import tomllib;print(" ".join(tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"]))') >/dev/null
-  find "$site" -name '__pycache__' -prune -exec rm -rf {} +
-  rm -rf "$site"/bin
+  for dep in $(project dependencies); do
+    # armv7l: no psutil wheel on PyPI; cube.zipapp borrows the system's python3-psutil instead.
+    if [ "$arch" = armv7l ] && [[ $dep == psutil* ]]; then continue; fi
+    deps+=("$dep")
+  done
+  "$VENV/bin/pip" install -q --no-compile --target "$site" --only-binary=:all: --implementation cp \
+      --python-version 3.11 --platform "manylinux2014_$arch" "${deps[@]}" >/dev/null
+  "$VENV/bin/python" - "$site" "$arch" <<'EOF'
+"""Make the installed tree the same for every CPython and check that its binaries fit the target architecture."""
+import pathlib, re, shutil, sys
+site, arch = pathlib.Path(sys.argv[1]), sys.argv[2]
+ELF_MACHINE = {"x86_64": 62, "aarch64": 183, "armv7l": 40}
+for junk in sorted(site.rglob("__pycache__")) + [site / "bin"]:
+    shutil.rmtree(junk, ignore_errors=True)
+for info in site.glob("*.dist-info/direct_url.json"):
+    info.unlink()  # names the build directory: not the same on another checkout
+for lib in sorted(site.rglob("*.so")):
+    version_specific = re.match(r"(.+)\.cpython-3\d+-[^.]+\.so$", lib.name)
+    if version_specific and lib.with_name(version_specific.group(1) + ".py").exists():
+        lib.unlink()  # an optional accelerator: the .py next to it is the same module
+        continue
+    if version_specific or not lib.name.endswith(".abi3.so"):
+        sys.exit(f"build.sh: {lib.relative_to(site)} works on one CPython version only and has no pure-python twin")
+    header = lib.read_bytes()[:20]
+    if int.from_bytes(header[18:20], "little") != ELF_MACHINE[arch]:
+        sys.exit(f"build.sh: {lib.relative_to(site)} is not an {arch} binary")
+EOF
+  # Run by shiv's bootstrap before the entry point: see cube/zipapp.py.
+  printf 'from cube import zipapp\nzipapp.start(site_packages, arch="%s")\n' "$arch" >"$tmp/cube_preamble.py"
   "$VENV/bin/shiv" --site-packages "$site" --reproducible --compressed -p '/usr/bin/env python3' \
-      -e cube.cli:main -o dist/cube.pyz >/dev/null
-  rm -rf "$site"
-  echo "built dist/cube.pyz ($(du -k dist/cube.pyz | cut -f1) KiB)"
+      --preamble "$tmp/cube_preamble.py" -e cube.cli:main -o "$out" >/dev/null
+  rm -rf "$tmp"
+  echo "built $out ($(du -k "$out" | cut -f1) KiB)"
+}
+
+host_arch() {
+  local arch
+  arch=$(uname -m)
+  case "$arch" in
+    x86_64|aarch64|armv7l) echo "$arch" ;;
+    arm64) echo aarch64 ;;
+    *) echo "build.sh: no build for this machine's architecture ($arch); try ./build.sh all" >&2; exit 2 ;;
+  esac
+}
+
+build() {  # build [all]: the host's architecture (also as dist/cube.pyz), or every architecture
+  local host arches
+  host=$(host_arch)
+  arches=("$host")
+  if [ "${1:-}" = all ]; then arches=("${ARCHES[@]}"); fi
+  for arch in "${arches[@]}"; do pyz "$arch"; done
+  cp "dist/cube-$(project version)-$host.pyz" dist/cube.pyz
 }
 
 case "${1:-build}" in
-  build) venv; pyz ;;
-  test) venv; pyz; shift; exec "$VENV/bin/python" -m pytest -q "$@" ;;
-  *) echo "usage: ./build.sh [build|test [pytest args]]" >&2; exit 2 ;;
+  build) venv; build ;;
+  all|--all) venv; build all ;;
+  test) venv; build; shift; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  *) echo "usage: ./build.sh [build|all|test [pytest args]]" >&2; exit 2 ;;
 esac
