@@ -50,6 +50,7 @@ pyz() {  # pyz ARCH: build dist/cube-<version>-ARCH.pyz
   # setuptools reuses build/lib: a module deleted from cube/ would otherwise still ship.
   rm -rf build/lib build/bdist.*
   "$VENV/bin/pip" install -q --no-compile --no-deps --target "$site" . >/dev/null
+  rm -rf "$site/bin"  # cube's console script: the pyz has its own entry point
   for dep in $(project dependencies); do
     # armv7l: no psutil wheel on PyPI; cube.zipapp borrows the system's python3-psutil instead.
     if [ "$arch" = armv7l ] && [[ $dep == psutil* ]]; then continue; fi
@@ -66,6 +67,8 @@ for junk in sorted(site.rglob("__pycache__")) + [site / "bin"]:
     shutil.rmtree(junk, ignore_errors=True)
 for info in site.glob("*.dist-info/direct_url.json"):
     info.unlink()  # names the build directory: not the same on another checkout
+for declarations in sorted(site.rglob("*.pxd")):
+    declarations.unlink()  # Cython declarations: they only served the removed accelerators
 for lib in sorted(site.rglob("*.so")):
     version_specific = re.match(r"(.+)\.cpython-3\d+-[^.]+\.so$", lib.name)
     if version_specific and lib.with_name(version_specific.group(1) + ".py").exists():

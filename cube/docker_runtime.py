@@ -409,3 +409,20 @@ def _from_summary(data: dict) -> ContainerInfo:
         id=data["Id"], task_id=labels.get(LABEL_TASK, ""), node=labels.get(LABEL_NODE, ""), status=status,
         exit_code=int(match.group(1)) if match else None, host_ports=ports, image=data.get("Image", ""),
         generation=_generation(labels))
+
+
+def engine_info(base_url: str | None = None, timeout: float = 5.0) -> dict:
+    """What `cube doctor` reports about the engine (one /version and one /info call); Unavailable if it does not
+    answer. `memory_limit` False means the kernel's memory cgroup is off, so task memory limits cannot hold."""
+    runtime = DockerRuntime(base_url, api_timeout=timeout)
+    try:
+        api = runtime._api()
+        with runtime._translate("asking the Docker engine about itself"):
+            version, info = api.version(), api.info()
+    finally:
+        runtime.close()
+    return {"version": version.get("Version"), "api_version": version.get("ApiVersion"),
+            "os": info.get("OperatingSystem"), "arch": info.get("Architecture"),
+            "cgroup_version": info.get("CgroupVersion"), "cgroup_driver": info.get("CgroupDriver"),
+            "memory_limit": info.get("MemoryLimit"), "root_dir": info.get("DockerRootDir"),
+            "warnings": list(info.get("Warnings") or [])}

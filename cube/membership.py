@@ -52,9 +52,22 @@ class Membership:
             raise Unauthorized(f"worker at {address} refused our cluster token: start it with the token "
                                f"`cube token` prints") from None
         node = node_from_stats(stats, probe.base_url, self.clock())
+        node.name = self._unique_name(node)
         self.manager.node_up(node)
         self._start_poller(node.name)
         return node
+
+    def _unique_name(self, node: Node) -> str:
+        """Nodes are known by name; two machines both called `raspberrypi` must both join. The same node (by its
+        id) keeps the name it has; another node with a taken name gets its id appended."""
+        node_id = node.labels.get("node_id", "")
+        for known in self.manager.nodes.values():
+            if node_id and known.labels.get("node_id") == node_id:
+                return known.name
+        taken = self.manager.nodes.get(node.name)
+        if taken is None or not node_id or not taken.labels.get("node_id"):
+            return node.name
+        return f"{node.name}-{node_id}"
 
     def resume(self) -> None:
         """After a manager restart: poll every node it knew (they are judged by the same deadline)."""
@@ -97,7 +110,9 @@ class Membership:
         node.last_seen = self.clock()
         stats = answer.get("stats") or {}
         if node.state == "down" or _capacity_changed(node, stats):
-            self.manager.node_up(node_from_stats(stats, node.address, node.last_seen))
+            fresh = node_from_stats(stats, node.address, node.last_seen)
+            fresh.name = node.name
+            self.manager.node_up(fresh)
         self.manager.observe(node.name, answer.get("tasks") or [], answer.get("events") or [])
 
     def check_deadlines(self) -> None:
@@ -129,6 +144,7 @@ def node_from_stats(stats: dict, address: str, now: float) -> Node:
     labels = dict(stats.get("labels") or {})
     labels.setdefault("arch", stats.get("arch", ""))
     labels.setdefault("hostname", stats.get("hostname", ""))
+    labels["node_id"] = str(stats.get("id") or "")
     return Node(name=stats["name"], address=address, capacity=capacity, labels=labels, last_seen=now)
 
 

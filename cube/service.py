@@ -12,6 +12,7 @@ import threading
 import time
 
 from .config import data_dir, find_token
+from .worker import node_id
 from .errors import CubeError
 
 log = logging.getLogger("cube")
@@ -42,7 +43,10 @@ def build_worker(name: str | None, data: str | None, cpus=None, memory=None, dis
     if runtime is None:
         from .docker_runtime import DockerRuntime
         runtime = DockerRuntime()
-    return Worker(name or socket.gethostname(), runtime, DiskStore(os.path.join(directory, "store")),
+    store = DiskStore(os.path.join(directory, "store"))
+    # An explicit name is the user's promise that it is unique; the default (the hostname) may not be.
+    key = name or f"{socket.gethostname()}.{node_id(store)}"
+    return Worker(name or socket.gethostname(), runtime, store, key=key,
                   metrics=Metrics(directory, cpus, memory, disk), labels=labels,
                   reconcile_interval=reconcile_interval, threads=threads, stop_timeout=stop_timeout)
 
@@ -80,7 +84,7 @@ def _announce_worker(worker, port: int, mdns: bool, manager: str | None, token: 
     if mdns:
         from .discovery import Advertiser
         try:
-            advertiser = Advertiser("worker", worker.name, port, {"id": node_id(worker.store)})
+            advertiser = Advertiser("worker", worker.name, port, {"id": worker.id})
             closers.append(advertiser.close)
         except CubeError as error:
             log.warning("not announcing on mDNS: %s", error.message)
@@ -89,16 +93,6 @@ def _announce_worker(worker, port: int, mdns: bool, manager: str | None, token: 
         registrar.start()
         closers.insert(0, registrar.close)
     return closers
-
-
-def node_id(store) -> str:
-    """A random id kept in the store: stable across restarts, distinct between two nodes with one hostname."""
-    value = store.get("meta", "node_id")
-    if not value:
-        import secrets
-        value = {"id": secrets.token_hex(4)}
-        store.put("meta", "node_id", value)
-    return value["id"]
 
 
 class Registrar:
@@ -175,7 +169,7 @@ class ManagerService:
         from .membership import Membership
         from .store import DiskStore
         self.directory = data_dir(role, data)
-        self.token = ensure_token(self.directory, token)
+        self.token = ensure_token(self.directory, token or os.environ.get("CUBE_TOKEN") or None)
         self.store = DiskStore(os.path.join(self.directory, "store"))
         self.manager = Manager(self.store, strategy=strategy)
         self.membership = Membership(self.manager, self.token, node_timeout=node_timeout, poll_wait=poll_wait)
@@ -217,7 +211,7 @@ class ManagerService:
         from .discovery import Advertiser, Browser
         try:
             advertiser = Advertiser("manager", f"cube-manager-{socket.gethostname()}", self.server.port,
-                                    {"id": node_id(self.store)})
+                                    {"id": node_id(self.store)})  # the manager's own id, for its instance name
             self.on_close(advertiser.close)
         except CubeError as error:
             log.warning("not announcing on mDNS: %s", error.message)

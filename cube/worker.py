@@ -32,8 +32,12 @@ log = logging.getLogger("cube.worker")
 class Worker:
     def __init__(self, name: str, runtime: Runtime, store: Store, *, metrics: Metrics | None = None,
                  labels: dict | None = None, reconcile_interval: float = 5.0, threads: int = 4,
-                 stop_timeout: float = 10.0, clock: Callable[[], float] = time.time):
+                 stop_timeout: float = 10.0, clock: Callable[[], float] = time.time, key: str | None = None):
         self.name = name
+        # What this worker's containers are labelled with (cube.node): its name by default. Two workers with one
+        # hostname sharing one Docker engine need distinct keys, or each would remove the other's containers.
+        self.key = key or name
+        self.id = node_id(store)
         self.runtime = runtime
         self.store = store
         self.metrics = metrics or Metrics()
@@ -145,7 +149,7 @@ class Worker:
         with self._lock:
             active = [t for t in self.tasks.values() if t.desired is Desired.RUN
                       and t.state in (State.SCHEDULED, State.RUNNING)]
-        data.update(name=self.name, version=__version__, labels=self.node_labels(), tasks=len(active),
+        data.update(name=self.name, id=self.id, version=__version__, labels=self.node_labels(), tasks=len(active),
                     allocated=_allocated(active).to_dict())
         return data
 
@@ -174,7 +178,7 @@ class Worker:
         """One reconcile round: list containers, diff against the tasks, start the actions. With `_sync` the
         actions run before tick returns (tests)."""
         listed_at = time.monotonic()
-        containers = self._fresh(self.runtime.list_owned(self.name))
+        containers = self._fresh(self.runtime.list_owned(self.key))
         now = self.clock() if now is None else now
         with self._lock:
             # A task whose action ended after the listing began is judged next round: the listing may
@@ -253,7 +257,7 @@ class Worker:
     def _start(self, task_id: str) -> None:
         task = self.get(task_id)
         try:
-            info = self.runtime.start(task, self.name)
+            info = self.runtime.start(task, self.key)
         except ImageUnavailable as error:
             self._update(task_id, State.FAILED, f"cannot start: {error.message}")
             return
@@ -400,7 +404,7 @@ class Worker:
     def _watch_events(self) -> None:
         while not self._closed.is_set():
             try:
-                for event in self.runtime.events(self.name, self._closed):
+                for event in self.runtime.events(self.key, self._closed):
                     if event.action in ("die", "oom"):
                         with self._lock:
                             self._dead_ids.add(event.container_id)
@@ -418,6 +422,16 @@ class Worker:
             thread.join(timeout=3)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._stop_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def node_id(store: Store) -> str:
+    """A random id kept in the store: stable across restarts, distinct between two nodes with one hostname."""
+    value = store.get("meta", "node_id")
+    if not value:
+        import secrets
+        value = {"id": secrets.token_hex(4)}
+        store.put("meta", "node_id", value)
+    return value["id"]
 
 
 def _allocated(tasks: list[Task]) -> Resources:
