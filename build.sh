@@ -18,6 +18,7 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=.venv
 ARCHES=(x86_64 aarch64 armv7l)
+DIST=${CUBE_DIST:-dist}  # where the pyz files go (tests build into temporary directories)
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 umask 022
@@ -43,10 +44,10 @@ print(" ".join(value) if isinstance(value, list) else value)' "$1"
 pyz() {  # pyz ARCH: build dist/cube-<version>-ARCH.pyz
   local arch=$1 version site tmp out deps=()
   version=$(project version)
-  out=dist/cube-$version-$arch.pyz
+  out=$DIST/cube-$version-$arch.pyz
   tmp=$(mktemp -d)
   site=$tmp/site-packages
-  mkdir -p dist "$site"
+  mkdir -p "$DIST" "$site"
   # setuptools reuses build/lib: a module deleted from cube/ would otherwise still ship.
   rm -rf build/lib build/bdist.*
   "$VENV/bin/pip" install -q --no-compile --no-deps --target "$site" . >/dev/null
@@ -104,7 +105,7 @@ build() {  # build [all]: the host's architecture (also as dist/cube.pyz), or ev
   arches=("$host")
   if [ "${1:-}" = all ]; then arches=("${ARCHES[@]}"); fi
   for arch in "${arches[@]}"; do pyz "$arch"; done
-  cp "dist/cube-$(project version)-$host.pyz" dist/cube.pyz
+  cp "$DIST/cube-$(project version)-$host.pyz" "$DIST/cube.pyz"
 }
 
 case "${1:-build}" in

@@ -220,6 +220,45 @@ manager URL and token; `cube run` in another terminal finds it by itself."""
         run_dev(port=int(port), data=data, workers=int(workers), strategy=scheduler,
                 cpus=float(cpus) if cpus else None, memory=parse_size(memory, "--memory") if memory else None)
 
+    def install(self, role: str, token: str | None = None, manager: str | None = None, label=(),
+                port: int | None = None, name: str | None = None, workers=(), scheduler: str | None = None,
+                mdns: bool = True, pyz: str | None = None, root: str | None = None):
+        """cube install worker|manager [--token T] [--manager URL] [--label k=v]... [--port N] [--name NAME]
+          [--workers host:port,...] [--scheduler S] [--no-mdns]
+
+Installs this cube.pyz as a systemd service (run it with sudo): copies it to /usr/local/bin/cube, writes
+/etc/systemd/system/cube-ROLE.service and /etc/cube/cube.env (mode 0600: the token and the service's flags), then
+enables and starts the service. Flags given replace the service's previous ones; without flags they are kept, so
+running a newer pyz's install again upgrades in place."""
+        from . import install
+        args = install.role_args(str(role), port=port, manager=manager, labels=[label] if isinstance(label, str)
+                                 else list(label), name=name, workers=_list(workers), scheduler=scheduler, mdns=mdns)
+        host = install.Host(str(root)) if root else install.Host()
+        for line in install.install(str(role), pyz=pyz, token=None if token is None else str(token), args=args,
+                                    host=host):
+            print(line)
+
+    def uninstall(self, role: str, purge: bool = False, root: str | None = None):
+        """cube uninstall worker|manager [--purge]
+
+Stops and removes the systemd service. Keeps /etc/cube/cube.env and the data in /var/lib/cube unless --purge;
+the last service to go takes /usr/local/bin/cube with it."""
+        from . import install
+        host = install.Host(str(root)) if root else install.Host()
+        for line in install.uninstall(str(role), purge=bool(purge), host=host):
+            print(line)
+
+    def doctor(self, role: str = "worker", json: bool = False):
+        """cube doctor [--role worker|manager] [--json]
+
+Checks that this machine can run a Cube worker (or manager): Docker engine, memory cgroup, multicast, disk, clock,
+Python, architecture. Prints one line per check and what to fix; exits 1 when a check fails."""
+        from . import doctor
+        checks = doctor.run(str(role))
+        print(doctor.render(checks, as_json=bool(json)))
+        if doctor.failed(checks):
+            raise SystemExit(1)
+
     def version(self):
         """cube version
 

@@ -129,7 +129,7 @@ class DockerRuntime:
                     labels=labels, ports=[(p.container, p.protocol) for p in spec.ports] or None,
                     host_config=host_config)["Id"]
 
-            container_id = self._create(create, task, name)
+            container_id = self._create(create, task, name, node)
             try:
                 api.start(container_id)
             except docker.errors.APIError as e:
@@ -139,7 +139,7 @@ class DockerRuntime:
                 raise RuntimeFailure(f"task {task.id} ({spec.image}) could not start: {_explain(e)}") from None
             return _from_inspect(api.inspect_container(container_id))
 
-    def _create(self, create: Callable[[], str], task: Task, name: str) -> str:
+    def _create(self, create: Callable[[], str], task: Task, name: str, node: str) -> str:
         """Creates, pulling the image on "No such image" and clearing a leftover container of the same task
         (a crashed earlier attempt) on a name conflict; each repair is tried once."""
         pulled = cleared = False
@@ -154,19 +154,19 @@ class DockerRuntime:
             except docker.errors.APIError as e:
                 if e.status_code != 409 or cleared:
                     raise
-                self._clear_name(name, task.id)
+                self._clear_name(name, task.id, node)
                 cleared = True
 
-    def _clear_name(self, name: str, task_id: str) -> None:
+    def _clear_name(self, name: str, task_id: str, node: str) -> None:
         api = self._api()
         try:
             existing = api.inspect_container(name)
         except docker.errors.NotFound:
             return  # removed meanwhile
-        owner = ((existing.get("Config") or {}).get("Labels") or {}).get(LABEL_TASK)
-        if owner != task_id:
+        labels = (existing.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_TASK) != task_id or labels.get(LABEL_NODE) != node:
             raise RuntimeFailure(f"a container named {name} already exists and does not belong to task "
-                                 f"{task_id}; remove it (docker rm -f {name}) or rename the task")
+                                 f"{task_id} on node {node}; remove it (docker rm -f {name}) or rename the task")
         log.info("removing leftover container %s of task %s before starting it again", name, task_id)
         self.remove(existing["Id"])
 
@@ -334,10 +334,13 @@ class _StreamCloser:
 
 
 def container_name(task: Task) -> str:
-    """`cube-<name>-<task id>`: readable in `docker ps`, unique per task id."""
+    """`cube-<name>-<task id>.<generation>`: readable in `docker ps`, unique per placement. A task moved to another
+    node gets a new generation, so its new container never fights over a name with the stale copy (which matters
+    when two nodes share one engine, and keeps `docker ps` on a shared host unambiguous)."""
     task_id = _NAME_UNSAFE.sub("-", task.id)
     name = _NAME_UNSAFE.sub("-", task.spec.name)[:40].strip("-.")
-    return f"cube-{name}-{task_id}" if name and name != task.id else f"cube-{task_id}"
+    base = f"cube-{name}-{task_id}" if name and name != task.id else f"cube-{task_id}"
+    return f"{base}.{task.generation}" if task.generation else base
 
 
 def _explain(error: docker.errors.APIError) -> str:

@@ -25,6 +25,7 @@ from typing import Callable
 
 from .config import MANAGER_PORT, TOKEN_FILE, WORKER_PORT
 from .errors import CubeError
+from .zipapp import interpreter_arch
 
 ROLES = ("worker", "manager")
 PYZ = "/usr/local/bin/cube"
@@ -145,21 +146,28 @@ def write_examples(directory: str) -> list[str]:
 
 @dataclass
 class Host:
-    """Where install acts: `root` is the machine's root directory ("/" for real). On another root, systemctl
-    is only asked to enable or disable units there (`systemctl --root=DIR`): no daemon, nothing starts."""
+    """Where install acts: `root` is the machine's root directory ("/" for real). On another root, systemctl is
+    only asked to enable or disable units there (`systemctl --root=DIR`): no daemon, nothing starts — unless
+    `live` says otherwise, which tests use with a `run` that records the commands instead of running them."""
     root: str = "/"
     euid: int = field(default_factory=os.geteuid)
     run: Callable[[list[str]], subprocess.CompletedProcess] | None = None
+    live: bool | None = None
+    settle: float = 3.0   # how long a started service must stay up before install calls it running
+    wait: float = 10.0    # how long to wait for a new manager's token, for the join hint
 
-    @property
-    def live(self) -> bool:
-        return os.path.realpath(self.root) == "/"
+    def __post_init__(self):
+        self.root = os.path.abspath(self.root)
+        if self.live is None:
+            self.live = os.path.realpath(self.root) == "/"
 
     def path(self, absolute: str) -> str:
-        return absolute if self.live else os.path.join(self.root, absolute.lstrip("/"))
+        return os.path.join(self.root, absolute.lstrip("/"))
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        command = ["systemctl"] + ([] if self.live else [f"--root={self.root}"]) + list(args)
+        return self.command(["systemctl"] + ([] if self.live else [f"--root={self.root}"]) + list(args), check)
+
+    def command(self, command: list[str], check: bool = True) -> subprocess.CompletedProcess:
         if self.run is not None:
             return self.run(command)
         try:
@@ -216,6 +224,17 @@ def build_id(path: str) -> str | None:
             return json.loads(archive.read("environment.json"))["build_id"]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
+
+
+def pyz_arch(path: str) -> str | None:
+    """The architecture a pyz was built for, from the preamble build.sh writes into it (None if unknown)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            preamble = archive.read("site-packages/bin/cube_preamble.py").decode()
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
+    match = re.search(r'arch="([\w-]+)"', preamble)
+    return match.group(1) if match else None
 
 
 def prune_extractions(directory: str, keep: str | None) -> list[str]:
@@ -338,7 +357,7 @@ def role_args(role: str, port=None, manager=None, labels=(), name=None, workers=
 # -- install and uninstall -------------------------------------------------------------------------------------
 
 def install(role: str, pyz: str | None = None, token: str | None = None, args: str | None = None,
-            host: Host | None = None, wait: float = 10.0) -> list[str]:
+            host: Host | None = None) -> list[str]:
     """Install (or update) a role's service; returns what was done, one line each, for the user."""
     host = host or Host()
     _role(role)
@@ -354,8 +373,13 @@ def install(role: str, pyz: str | None = None, token: str | None = None, args: s
     source = pyz or running_pyz()
     if not build_id(source):
         raise CubeError(f"{source} is not a cube.pyz")
+    built, machine = pyz_arch(source), interpreter_arch(host.path(PYTHON))
+    if built and machine and built != machine:
+        raise CubeError(f"{source} is the {built} build, and this machine's {PYTHON} runs {machine} programs: "
+                        f"install cube-<version>-{machine}.pyz instead (./build.sh all makes it)")
     with open(source, "rb") as handle:
         binary = handle.read()
+    fresh = not _installed(role, host)
     done: list[str] = []
     new_binary = write_file(host.path(PYZ), binary, 0o755)
     done.append(f"{'copied ' + source + ' to' if new_binary else 'kept'} {PYZ}")
@@ -379,13 +403,13 @@ def install(role: str, pyz: str | None = None, token: str | None = None, args: s
             else:
                 host.systemctl("start", name)
         _check_running(restart, host)
-        done.append(f"{'restarted' if changed else 'running'} {' '.join(restart)} "
+        done.append(f"{'started' if fresh else 'restarted' if changed else 'running'} {' '.join(restart)} "
                     f"(systemctl status {unit}; journalctl -u {unit} -f)")
     else:
         done.append(f"enabled {unit}")
     prune_extractions(host.path(SHIV_ROOT), build_id(host.path(PYZ)))
     if role == "manager":
-        done.extend(_join_hint(args, host, wait if host.live else 0))
+        done.extend(_join_hint(args, host, host.wait if host.live else 0))
     return done
 
 
@@ -417,15 +441,15 @@ def _install_manager_token(token: str, host: Host, done: list[str]) -> bool:
     return wrote
 
 
-def _check_running(units: list[str], host: Host, settle: float = 3.0) -> None:
+def _check_running(units: list[str], host: Host) -> None:
     """A service that dies at once (no token, port taken) restarts forever: say so now, with its last words."""
-    time.sleep(settle)
+    time.sleep(host.settle)
     for unit in units:
         state = host.systemctl("show", "-p", "ActiveState", "-p", "NRestarts", unit, check=False).stdout or ""
         fields = dict(line.split("=", 1) for line in state.splitlines() if "=" in line)
         if fields.get("ActiveState") != "active" or fields.get("NRestarts", "0") != "0":
-            log = subprocess.run(["journalctl", "-u", unit, "-n", "15", "--no-pager", "-o", "cat"],
-                                 capture_output=True, text=True, check=False).stdout.strip()
+            log = (host.command(["journalctl", "-u", unit, "-n", "15", "--no-pager", "-o", "cat"],
+                                check=False).stdout or "").strip()
             raise CubeError(f"{unit} does not stay up ({fields.get('ActiveState', 'unknown')}); its last lines:\n"
                             f"{log}\nfix, then run install again (journalctl -u {unit} for more)")
 

@@ -57,7 +57,10 @@ def _borrow_psutil() -> str | None:
     """Import the system's psutil while the host's paths are still there; once imported it stays in
     sys.modules, and its submodules load from its own directory. Returns the problem when there is none."""
     try:
-        importlib.import_module("psutil")
+        module = importlib.import_module("psutil")
+        if getattr(module, "__file__", None) is None:  # an empty directory imports as a namespace package
+            del sys.modules["psutil"]
+            raise ImportError("no module named 'psutil'")
     except ImportError as error:
         return (f"this build of cube uses the system's psutil (PyPI has none for {BUILD_ARCH}), and it cannot "
                 f"be imported ({error}): install it with `sudo apt install python3-psutil`")

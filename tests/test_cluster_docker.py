@@ -121,7 +121,8 @@ def test_killed_worker_tasks_move_and_return_stops_the_stale_copy(cluster, busyb
     for task_id in moved_ids:
         wait_for(lambda: len(running_containers(task_id)) == 1, timeout=30)
     wait_for(lambda: [n["state"] for n in client.get("/nodes") if n["name"] == victim] == ["ready"], timeout=30)
-    assert client.get("/jobs/moving")["running"] == 4
+    job = client.get("/jobs/moving")
+    assert job["running"] == 4, [(t["name"], t["node"], t["state"], t["reason"]) for t in job["tasks"]]
 
 
 def test_manager_kill_9_mid_submission_loses_and_duplicates_nothing(cluster, busybox_image):

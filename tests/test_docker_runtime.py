@@ -64,7 +64,7 @@ def test_start_applies_labels_limits_env_and_command(runtime, sdk, busybox_image
     assert abs(info.started_at - time.time()) < 30 and info.finished_at is None
 
     attrs = sdk.api.inspect_container(info.id)
-    assert attrs["Name"] == f"/cube-web-{task.id}" == "/" + container_name(task)
+    assert attrs["Name"] == f"/cube-web-{task.id}.{task.generation}" == "/" + container_name(task)
     labels = attrs["Config"]["Labels"]
     assert labels["cube.task_id"] == task.id and labels["cube.generation"] == "3"
     assert labels["cube.node"] == node_name and labels["team"] == "blue"

@@ -112,10 +112,11 @@ def test_worker_kill_9_restart_adopts_without_duplicates(worker, busybox_image):
     for body in bodies:
         client.post("/tasks", body)
     before = {b["id"]: wait_for(lambda: running(client, b["id"]), timeout=20)["container_id"] for b in bodies}
+    worker["proc"].kill(signal.SIGKILL)
+    # While the worker is dead, a container appears with its label that no task owns.
     orphan = subprocess.run(["docker", "run", "-d", "--label", f"cube.node={worker['node']}", "--label",
                              "cube.task_id=nobody", busybox_image, "sleep", "300"], capture_output=True, text=True,
                             check=True).stdout.strip()
-    worker["proc"].kill(signal.SIGKILL)
     worker["start"]()
     wait_for(lambda: not docker_ids(f"id={orphan}"), timeout=20)
     for body in bodies:
