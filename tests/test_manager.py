@@ -4,20 +4,11 @@ import time
 
 import pytest
 
+from conftest import wait_for
 from cube.client import Client
 from cube.errors import BadRequest, Conflict, NotFound, Unauthorized
 from cube.runtime import FakeRuntime
 from cube.service import start_dev
-
-
-def wait_for(predicate, timeout=10.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 @pytest.fixture
