@@ -346,11 +346,15 @@ class Manager:
             self.save_node(node)
             moved = []
             for task in self.tasks.values():
-                if task.node == node_name and task.desired is Desired.RUN and task.state in (State.SCHEDULED,
-                                                                                              State.RUNNING):
+                if task.node != node_name or task.state not in (State.SCHEDULED, State.RUNNING):
+                    continue
+                if task.desired is Desired.RUN:
                     self._commit(task, transition(task, State.PENDING, self.clock(),
                                                   f"node {node_name} is down ({why}): rescheduling"))
                     moved.append(task)
+                else:  # a stop that could not be delivered: done here; the node is told again when it returns
+                    self._commit(task, transition(task, State.COMPLETED, self.clock(),
+                                                  f"stopped (node {node_name} is down)"))
             log.warning("node %s down (%s): rescheduling %d task(s)", node_name, why, len(moved))
             self._place(moved)
             self._changed.notify_all()

@@ -165,3 +165,17 @@ def test_manager_restart_keeps_everything_and_restarts_nothing(tmp_path):
         assert job["name"] == "api"
     finally:
         again.close()
+
+
+def test_stop_while_node_is_down_completes_and_reaches_the_node_when_back(cluster):
+    service, client, runtime = cluster
+    task = client.post("/tasks", {"image": "busybox"})
+    node = wait_for(lambda: running(client, task["id"]))["node"]
+    real = service.manager.nodes[node].address
+    service.manager.nodes[node].address = "http://127.0.0.1:9"
+    client.delete(f"/tasks/{task['id']}")
+    wait_for(lambda: client.get(f"/tasks/{task['id']}")["state"] == "completed", timeout=10)
+    assert any(c.running for c in runtime.containers.values()), "the unreachable node still runs it"
+    service.manager.nodes[node].address = real
+    wait_for(lambda: not runtime.containers, timeout=10)
+    assert client.get(f"/tasks/{task['id']}")["state"] == "completed"
