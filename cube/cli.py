@@ -92,20 +92,15 @@ Lists tasks (stopped ones with --all), or shows one task or job in detail with i
         _print(task if json else output.task_detail(task), json)
         return None
 
-    def stop(self, ref: str, manager: str | None = None, token: str | None = None, json: bool = False):
-        """cube stop ID_OR_NAME_OR_JOB
+    def stop(self, ref: str, detach: bool = False, timeout: float = 60.0, manager: str | None = None,
+             token: str | None = None, json: bool = False):
+        """cube stop ID_OR_NAME_OR_JOB [--detach]
 
-Stops a task (its container is stopped and removed), or every task of a job."""
-        client = _client(manager, token)
-        ref = str(ref)
-        if _job_or_none(client, ref) is not None:
-            client.delete(f"/jobs/{ref}")
-            _print({"stopped": ref, "kind": "job"} if json else f"stopped job {ref}", json)
-        else:
-            task = client.get(f"/tasks/{ref}")
-            client.delete(f"/tasks/{task['id']}")
-            _print({"stopped": task["id"], "kind": "task"} if json else f"stopped task {task['id']} ({task['name']})",
-                   json)
+Stops a task (its container is stopped and removed), or every task of a job; waits until they are stopped
+(containers get the worker's stop timeout, 10 s by default, to exit) unless --detach."""
+        from .run import stop_and_wait
+        message = stop_and_wait(_client(manager, token), str(ref), bool(detach), float(timeout))
+        _print({"result": message} if json else message, json)
 
     def scale(self, job: str, count: int, manager: str | None = None, token: str | None = None,
               json: bool = False):
@@ -209,8 +204,9 @@ start (`cube token` prints it)."""
                     mdns=mdns)
 
     def dev(self, port: int = 5555, data: str | None = None, workers: int = 1, scheduler: str = "epvm",
-            cpus: float | None = None, memory=None, verbose: bool = False):
+            cpus: float | None = None, memory=None, stop_timeout: float = 10.0, verbose: bool = False):
         """cube dev [--port 5555] [--data DIR] [--workers 1] [--scheduler epvm] [--cpus N] [--memory 4g]
+          [--stop-timeout 10]
 
 A whole cluster in one process: a manager and N local workers on this machine's Docker engine. Prints the
 manager URL and token; `cube run` in another terminal finds it by itself."""
@@ -218,7 +214,8 @@ manager URL and token; `cube run` in another terminal finds it by itself."""
         from .service import run_dev, setup_logging
         setup_logging(verbose)
         run_dev(port=int(port), data=data, workers=int(workers), strategy=scheduler,
-                cpus=float(cpus) if cpus else None, memory=parse_size(memory, "--memory") if memory else None)
+                cpus=float(cpus) if cpus else None, memory=parse_size(memory, "--memory") if memory else None,
+                stop_timeout=float(stop_timeout))
 
     def install(self, role: str, token: str | None = None, manager: str | None = None, label=(),
                 port: int | None = None, name: str | None = None, workers=(), scheduler: str | None = None,

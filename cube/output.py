@@ -31,8 +31,15 @@ def ports(host_ports: dict, spec_ports: list | None = None) -> str:
     return ",".join(f"{p['container']}/{p['protocol']}" for p in spec_ports or []) or "-"
 
 
+def shown_state(task: dict) -> str:
+    """The state a person cares about: a task told to stop whose container still runs is `stopping`."""
+    if task.get("desired") == "stop" and task["state"] in ("scheduled", "running"):
+        return "stopping"
+    return task["state"]
+
+
 def tasks_table(tasks: list[dict]) -> str:
-    rows = [[t["id"], t["name"], t["state"], t.get("node") or "-", t["image"],
+    rows = [[t["id"], t["name"], shown_state(t), t.get("node") or "-", t["image"],
              ports(t.get("host_ports") or {}, (t.get("spec") or {}).get("ports")), t.get("restarts", 0),
              age(t.get("created_at"))] for t in tasks]
     return table(["ID", "NAME", "STATE", "NODE", "IMAGE", "PORTS", "RESTARTS", "AGE"], rows)
@@ -60,7 +67,7 @@ def task_detail(t: dict) -> str:
     lines = [
         f"ID:        {t['id']}",
         f"Name:      {t['name']}" + (f"   (job {t['job']})" if t.get("job") else ""),
-        f"State:     {t['state']} (desired: {t['desired']})" + (f" — {t['reason']}" if t.get("reason") else ""),
+        f"State:     {shown_state(t)} (desired: {t['desired']})" + (f" — {t['reason']}" if t.get("reason") else ""),
         f"Node:      {t.get('node') or '-'}",
         f"Image:     {t['image']}" + (f"   command: {' '.join(spec.get('command') or [])}"
                                       if spec.get("command") else ""),

@@ -164,11 +164,9 @@ def _summary(kind: str, answer: dict, tasks: list[dict], detach: bool) -> str:
     from .output import ports
     verb = "submitted" if detach else "running"
     if kind == "job":
-        states = {}
-        for t in tasks:
-            states[t["state"]] = states.get(t["state"], 0) + 1
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-        return f"job {answer['name']}: {len(tasks)} task(s) {verb} ({counts})"
+        nodes = sorted({t["node"] for t in tasks if t.get("node")})
+        where = f" on {', '.join(nodes)}" if nodes and not detach else ""
+        return f"job {answer['name']}: {len(tasks)} task(s) {verb}{where}"
     t = tasks[0]
     where = f" on {t['node']}" if t.get("node") else ""
     published = ports(t.get("host_ports") or {})
@@ -195,3 +193,29 @@ class Progress:
         if self._shown:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
+
+
+def stop_and_wait(client, ref: str, detach: bool, timeout: float) -> str:
+    """`cube stop`: a job (all its tasks) or a task; waits until the containers are stopped unless detached."""
+    from .errors import NotFound
+    try:
+        job = client.get(f"/jobs/{ref}")
+    except NotFound:
+        job = None
+    if job is not None:
+        client.delete(f"/jobs/{ref}")
+        ids, what = [t["id"] for t in job["tasks"]], f"job {ref}"
+    else:
+        task = client.get(f"/tasks/{ref}")
+        client.delete(f"/tasks/{task['id']}")
+        ids, what = [task["id"]], f"task {task['id']} ({task['name']})"
+    if detach:
+        return f"stopping {what}"
+    deadline = time.monotonic() + timeout
+    while True:
+        tasks = [client.get(f"/tasks/{i}") for i in ids]
+        if all(t["state"] in ("completed", "failed") for t in tasks):
+            return f"stopped {what}"
+        if time.monotonic() > deadline:
+            return f"stopping {what}: still stopping after {timeout:g} s (`cube status` follows it)"
+        time.sleep(0.1)

@@ -248,7 +248,7 @@ def run_manager(port=5555, host="0.0.0.0", data=None, token=None, strategy="epvm
 
 
 def start_dev(port=5555, data=None, workers=1, strategy="epvm", host="127.0.0.1", runtime=None, cpus=None,
-              memory=None, node_timeout=5.0) -> ManagerService:
+              memory=None, node_timeout=5.0, stop_timeout=10.0) -> ManagerService:
     """A whole cluster in one process: a manager and `workers` local workers on the real Docker engine."""
     from .api import Server, worker_app
     service = ManagerService(port, host, data, None, strategy, node_timeout, role="dev")
@@ -259,7 +259,7 @@ def start_dev(port=5555, data=None, workers=1, strategy="epvm", host="127.0.0.1"
     base = socket.gethostname()
     for i in range(1, int(workers) + 1):
         worker = build_worker(f"{base}-dev-{i}", os.path.join(service.directory, f"worker-{i}"), cpus, memory,
-                              runtime=runtime)
+                              runtime=runtime, stop_timeout=stop_timeout)
         server = Server(worker_app(worker, service.token), host, 0).start()
         worker.start()
         # Closed last-registered first: the worker wakes its long polls, then its server can stop at once.
@@ -270,9 +270,9 @@ def start_dev(port=5555, data=None, workers=1, strategy="epvm", host="127.0.0.1"
     return service
 
 
-def run_dev(port=5555, data=None, workers=1, strategy="epvm", cpus=None, memory=None) -> None:
+def run_dev(port=5555, data=None, workers=1, strategy="epvm", cpus=None, memory=None, stop_timeout=10.0) -> None:
     """`cube dev`: start the one-process cluster, print how to reach it, run until stopped."""
-    service = start_dev(port, data, workers, strategy, cpus=cpus, memory=memory)
+    service = start_dev(port, data, workers, strategy, cpus=cpus, memory=memory, stop_timeout=stop_timeout)
     print(f"cube dev: manager {service.url} with {workers} worker(s); data {service.directory}")
     print(f"token: {service.token}")
     print(f"try:   cube run --image IMAGE   (this machine finds the manager and token by itself)", flush=True)

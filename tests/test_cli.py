@@ -19,7 +19,7 @@ def dev(pyz, tmp_path_factory, busybox_image):
     env.pop("CUBE_TOKEN", None)
     port = free_port()
     log = open(data / "dev.log", "wb")
-    proc = subprocess.Popen([pyz, "dev", "--port", str(port), "--workers", "2"], stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([pyz, "dev", "--port", str(port), "--workers", "2", "--stop-timeout", "1"], stdout=log, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
 
     def cube(*args, check=None, timeout=60):
