@@ -3,6 +3,7 @@
 # and builds dist/cube-<version>-<arch>.pyz for this machine's architecture, copied to dist/cube.pyz.
 # `./build.sh all` (or --all) builds every architecture from this one machine: x86_64, aarch64, armv7l.
 # `./build.sh test [pytest args]` builds, then runs the test suite (the README's test command).
+# `./build.sh dev [flags]` builds, then runs `cube dev` (a one-machine cluster) from dist/cube.pyz.
 #
 # What a pyz holds, and why one file runs on CPython 3.11 to 3.13:
 # - pure-python packages, plus psutil's abi3 wheel for the target architecture (one binary for every CPython >= 3.6),
@@ -112,5 +113,6 @@ case "${1:-build}" in
   build) venv; build ;;
   all|--all) venv; build all ;;
   test) venv; build; shift; exec "$VENV/bin/python" -m pytest -q "$@" ;;
-  *) echo "usage: ./build.sh [build|all|test [pytest args]]" >&2; exit 2 ;;
+  dev) venv; build; shift; exec "$DIST/cube.pyz" dev "$@" ;;
+  *) echo "usage: ./build.sh [build|all|test [pytest args]|dev [cube dev flags]]" >&2; exit 2 ;;
 esac

@@ -172,10 +172,10 @@ Prints the cluster token kept by the manager on this machine (or by `cube dev`).
                token_file: str | None = None, cpus: float | None = None, memory=None, disk=None, label=(),
                host: str = "0.0.0.0", manager: str | None = None, mdns: bool = True, certfile: str | None = None,
                keyfile: str | None = None, reconcile_interval: float = 5.0, stop_timeout: float = 10.0,
-               verbose: bool = False):
+               threads: int = 4, verbose: bool = False):
         """cube worker [--port 5556] [--data DIR] [--name NAME] [--token T | --token-file F] [--cpus N]
           [--memory 4g] [--disk 20g] [--label k=v]... [--manager URL] [--no-mdns] [--certfile F --keyfile F]
-          [--reconcile-interval 5] [--stop-timeout 10]
+          [--reconcile-interval 5] [--stop-timeout 10] [--threads 4]
 
 Runs a worker: runs the tasks the manager assigns to this node as Docker containers. Without --manager it
 announces itself on the LAN (mDNS) and registers with the manager it finds."""
@@ -187,7 +187,8 @@ announces itself on the LAN (mDNS) and registers with the manager it finds."""
                    memory=parse_size(memory, "--memory") if memory else None,
                    disk=parse_size(disk, "--disk") if disk else None, labels=_pairs(label, "--label"),
                    certfile=certfile, keyfile=keyfile, manager=manager, mdns=mdns,
-                   reconcile_interval=float(reconcile_interval), stop_timeout=float(stop_timeout))
+                   reconcile_interval=float(reconcile_interval), stop_timeout=float(stop_timeout),
+                   threads=int(threads))
 
     def manager(self, port: int = 5555, data: str | None = None, token: str | None = None,
                 scheduler: str = "epvm", workers=(), host: str = "0.0.0.0", node_timeout: float = 5.0,

@@ -42,7 +42,7 @@ class Probes:
 
     def docker(self) -> dict:
         from .docker_runtime import engine_info
-        return engine_info()
+        return engine_info(timeout=10.0)
 
     def read(self, path: str) -> str | None:
         try:

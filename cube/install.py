@@ -105,9 +105,9 @@ ENV_TEMPLATE = f"""\
 # Mode 0600: it holds the cluster token. `cube install` writes it and keeps what is already here unless told
 # otherwise; after editing, `sudo systemctl restart cube-worker` (or cube-manager).
 
-# The cluster token that workers present to the manager. The manager makes one at its first start and keeps it in
-# {STATE_DIR}/manager/{TOKEN_FILE}: copy that value here on every worker. A worker on the manager's own
-# node finds it by itself.
+# The cluster token: workers present it, the manager requires it. Without one here the manager makes one at its
+# first start and keeps it in {STATE_DIR}/manager/{TOKEN_FILE}: copy that value here on every worker (a worker
+# on the manager's own node finds it by itself).
 CUBE_TOKEN=
 
 # Flags of `cube worker` (see `cube worker --help`), split at spaces: port, manager address (without one the worker
@@ -402,7 +402,7 @@ def install(role: str, pyz: str | None = None, token: str | None = None, args: s
                 host.systemctl("restart", name)
             else:
                 host.systemctl("start", name)
-        _check_running(restart, host)
+        _check_running(restart, host, restarted=changed)
         done.append(f"{'started' if fresh else 'restarted' if changed else 'running'} {' '.join(restart)} "
                     f"(systemctl status {unit}; journalctl -u {unit} -f)")
     else:
@@ -422,7 +422,7 @@ def _install_env(role: str, token: str | None, args: str | None, host: Host, don
         text = ENV_TEMPLATE
     current = read_env(text)
     values = {}
-    if token and role == "worker":
+    if token:  # both services read it; the manager prefers it to the token file it keeps
         values["CUBE_TOKEN"] = str(token)
     if args is not None or ARGS[role] not in current:
         values[ARGS[role]] = args if args is not None else read_env(ENV_TEMPLATE)[ARGS[role]]
@@ -433,7 +433,7 @@ def _install_env(role: str, token: str | None, args: str | None, host: Host, don
 
 
 def _install_manager_token(token: str, host: Host, done: list[str]) -> bool:
-    """The manager keeps its token in its data directory (and reads it from there only)."""
+    """The manager's own copy, where `cube token` and a worker on this node look for it."""
     path = host.path(f"{STATE_DIR}/manager/{TOKEN_FILE}")
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     wrote = write_file(path, (token + "\n").encode(), 0o600)
@@ -441,13 +441,14 @@ def _install_manager_token(token: str, host: Host, done: list[str]) -> bool:
     return wrote
 
 
-def _check_running(units: list[str], host: Host) -> None:
-    """A service that dies at once (no token, port taken) restarts forever: say so now, with its last words."""
-    time.sleep(host.settle)
+def _check_running(units: list[str], host: Host, restarted: bool) -> None:
+    """A service that dies at once (no token, port taken) restarts forever: say so now, with its last words.
+    NRestarts counts automatic restarts since the last start by hand, so it says something only after one."""
+    time.sleep(host.settle if restarted else 0)
     for unit in units:
         state = host.systemctl("show", "-p", "ActiveState", "-p", "NRestarts", unit, check=False).stdout or ""
         fields = dict(line.split("=", 1) for line in state.splitlines() if "=" in line)
-        if fields.get("ActiveState") != "active" or fields.get("NRestarts", "0") != "0":
+        if fields.get("ActiveState") != "active" or (restarted and fields.get("NRestarts", "0") != "0"):
             log = (host.command(["journalctl", "-u", unit, "-n", "15", "--no-pager", "-o", "cat"],
                                 check=False).stdout or "").strip()
             raise CubeError(f"{unit} does not stay up ({fields.get('ActiveState', 'unknown')}); its last lines:\n"

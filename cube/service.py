@@ -53,15 +53,15 @@ def build_worker(name: str | None, data: str | None, cpus=None, memory=None, dis
 
 def run_worker(name=None, port=5556, host="0.0.0.0", data=None, token=None, token_file=None, cpus=None,
                memory=None, disk=None, labels=None, certfile=None, keyfile=None, manager=None, mdns=True,
-               reconcile_interval: float = 5.0, stop_timeout: float = 10.0) -> None:
-    """`cube worker`: serve the worker API until stopped."""
+               reconcile_interval: float = 5.0, stop_timeout: float = 10.0, threads: int = 4) -> None:
+    """`cube worker`: serve the worker API until stopped. `threads`: how many container actions run at once."""
     from .api import Server, worker_app
     token = find_token(token, token_file)
     if not token:
         raise CubeError("the worker needs the cluster token: pass --token, set CUBE_TOKEN or --token-file "
                         "(print it on the manager with `cube token`)")
     worker = build_worker(name, data, cpus, memory, disk, labels, reconcile_interval=reconcile_interval,
-                          stop_timeout=stop_timeout)
+                          stop_timeout=stop_timeout, threads=threads)
     server = Server(worker_app(worker, token), host, port, certfile=certfile, keyfile=keyfile)
     worker.start()
     server.start()

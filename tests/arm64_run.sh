@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# The Raspberry Pi builds on an emulated Pi: a Debian 12 tree of the target architecture (debootstrap, cached under
+# The Raspberry Pi builds on an emulated Pi: a Debian tree of the target architecture (debootstrap, cached under
 # /var/cache/cube-ci) run with systemd-nspawn through qemu-user-static. Inside: `cube.pyz --help`, `version`,
 # `doctor`, then a worker self-test — a manager and a worker of that architecture (psutil and all) run a task on
 # this machine's Docker engine, whose socket is bound in. Private network: nothing reaches the host's interfaces.
 #
-# Usage: tests/arm64_run.sh [arm64|armhf]   (default arm64: the aarch64 pyz; armhf: the armv7l pyz, which uses the
-# tree's python3-psutil, and must explain itself when that is missing). Needs dist/cube-<version>-<arch>.pyz
-# (./build.sh all). Cold (debootstrap under emulation) about 3 min, warm about 30 s.
+# Usage: tests/arm64_run.sh [arm64|armhf|amd64] [bookworm|trixie]
+#   arm64: the aarch64 pyz (default); armhf: the armv7l pyz, which uses the tree's python3-psutil and must explain
+#   itself when that is missing; amd64: the x86_64 pyz, no emulation. bookworm has Python 3.11 (default), trixie 3.13.
+# Needs dist/cube-<version>-<arch>.pyz (./build.sh all). Cold (debootstrap under emulation) about 3 min, warm 20 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEBARCH=${1:-arm64}
+SUITE=${2:-bookworm}
 case "$DEBARCH" in
   arm64) ARCH=aarch64 QEMU=qemu-aarch64 PACKAGES=python3 ;;
   armhf) ARCH=armv7l QEMU=qemu-arm PACKAGES=python3,python3-psutil ;;
-  *) echo "usage: tests/arm64_run.sh [arm64|armhf]" >&2; exit 2 ;;
+  amd64) ARCH=x86_64 QEMU= PACKAGES=python3 ;;
+  *) echo "usage: tests/arm64_run.sh [arm64|armhf|amd64] [bookworm|trixie]" >&2; exit 2 ;;
 esac
+[ "$(uname -m)" = "$ARCH" ] && QEMU=
 VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' cube/__init__.py)
 PYZ=$(realpath "dist/cube-$VERSION-$ARCH.pyz")
 CACHE=${CUBE_CI_CACHE:-/var/cache/cube-ci}
 MIRROR=${CUBE_CI_MIRROR:-http://deb.debian.org/debian}
-TREE=$CACHE/bookworm-$DEBARCH
-NODE=cube-qemu-$DEBARCH
+TREE=$CACHE/$SUITE-$DEBARCH
+NODE=cube-tree-$SUITE-$DEBARCH
 export DEBIAN_FRONTEND=noninteractive
 started=$(date +%s)
 [ -f "$PYZ" ] || { echo "arm64_run: no $PYZ: run ./build.sh all first" >&2; exit 1; }
@@ -28,17 +32,21 @@ started=$(date +%s)
 need=()
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
-[ -x /usr/bin/$QEMU-static ] || need+=(qemu-user-static)
-command -v update-binfmts >/dev/null || need+=(binfmt-support)
+if [ -n "$QEMU" ]; then
+  [ -x /usr/bin/$QEMU-static ] || need+=(qemu-user-static)
+  command -v update-binfmts >/dev/null || need+=(binfmt-support)
+fi
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
-[ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-[ -e /proc/sys/fs/binfmt_misc/$QEMU ] || update-binfmts --enable $QEMU
+if [ -n "$QEMU" ]; then
+  [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  [ -e /proc/sys/fs/binfmt_misc/$QEMU ] || update-binfmts --enable $QEMU
+fi
 if [ ! -d "$TREE" ]; then
-  echo "arm64_run: building the $DEBARCH Debian tree in $TREE (once, under emulation)"
+  echo "arm64_run: building the $SUITE $DEBARCH Debian tree in $TREE (once${QEMU:+, under emulation})"
   rm -rf "$TREE.tmp"
   mkdir -p "$CACHE"
-  debootstrap --arch="$DEBARCH" --variant=minbase --include="$PACKAGES" bookworm "$TREE.tmp" "$MIRROR" \
-      >"$CACHE/bookworm-$DEBARCH.log" 2>&1 || { tail -20 "$CACHE/bookworm-$DEBARCH.log"; exit 1; }
+  debootstrap --arch="$DEBARCH" --variant=minbase --include="$PACKAGES" "$SUITE" "$TREE.tmp" "$MIRROR" \
+      >"$TREE.log" 2>&1 || { tail -20 "$TREE.log"; exit 1; }
   mv "$TREE.tmp" "$TREE"
 fi
 bash tests/make_image.sh
@@ -111,4 +119,4 @@ if [ "$DEBARCH" = armhf ]; then
   echo "$out (exit $status)"
   [ $status -eq 1 ] && grep -q "apt install python3-psutil" <<<"$out"
 fi
-echo "arm64_run: $DEBARCH passed in $(( $(date +%s) - started )) s"
+echo "arm64_run: $SUITE $DEBARCH ($ARCH pyz) passed in $(( $(date +%s) - started )) s"

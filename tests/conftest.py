@@ -13,7 +13,10 @@ HERE = pathlib.Path(__file__).parent
 
 def _docker_answers() -> bool:
     try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+        # `docker version` asks the engine too, and stays cheap where `docker info` can hang (seen after a
+        # swarm was left on Docker 20.10).
+        return subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
+                              timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 

@@ -83,12 +83,12 @@ cube() { /usr/local/bin/cube "$@"; }
 
 step "systemd $(systemctl --version | head -1 | cut -d' ' -f2), $(python3 -V), $(uname -m)"
 step "install manager"
-/usr/bin/python3 /cube-test/cube.pyz install manager --port 15555 --no-mdns
+/cube-test/cube.pyz install manager --port 15555 --no-mdns
 wait_for 20 get http://127.0.0.1:15555/health
 TOKEN=$(cat /var/lib/cube/manager/token)
 
 step "install worker"
-/usr/bin/python3 /cube-test/cube.pyz install worker --manager http://127.0.0.1:15555 --token "$TOKEN" \
+/cube-test/cube.pyz install worker --manager http://127.0.0.1:15555 --token "$TOKEN" \
     --port 15556 --name "$NODE" --no-mdns --label boot=nspawn
 wait_for 20 get http://127.0.0.1:15556/health
 ls -l /usr/local/bin/cube /etc/cube/cube.env /etc/systemd/system/cube-*.service
@@ -106,7 +106,7 @@ cube stop boot-task
 
 step "install again: nothing changes, nothing restarts"
 before=$(systemctl show -p MainPID --value cube-worker cube-manager | tr '\n' ' ')
-/usr/bin/python3 /cube-test/cube.pyz install worker
+/cube-test/cube.pyz install worker
 after=$(systemctl show -p MainPID --value cube-worker cube-manager | tr '\n' ' ')
 echo "main pids before: $before after: $after"
 test "$before" = "$after"

@@ -134,7 +134,7 @@ def test_install_manager_keeps_its_token_in_its_data_directory(root, host, pyz):
     done = install.install("manager", pyz=pyz, token="sekrit", host=host)
     token = root / "var/lib/cube/manager/token"
     assert token.read_text() == "sekrit\n" and mode(token) == 0o600
-    assert env_of(root)["CUBE_TOKEN"] == ""  # the manager does not read it from the environment
+    assert env_of(root)["CUBE_TOKEN"] == "sekrit"  # the manager prefers it to its token file
     assert any(line.startswith("workers join with:") and line.endswith("--token sekrit") for line in done)
 
 
