@@ -33,8 +33,11 @@ def wait_for_signal(extra_stop: threading.Event | None = None) -> None:
 
 
 def build_worker(name: str | None, data: str | None, cpus=None, memory=None, disk=None, labels=None,
-                 runtime=None, reconcile_interval: float = 5.0, threads: int = 4, stop_timeout: float = 10.0):
-    """A Worker on the real Docker engine (or the given runtime) with its diskcache store."""
+                 runtime=None, reconcile_interval: float = 5.0, threads: int = 4, stop_timeout: float = 10.0,
+                 unique_key: bool = False):
+    """A Worker on the real Docker engine (or the given runtime) with its diskcache store. `unique_key`: label
+    its containers with the name plus the node id even though a name is given (`cube dev`'s generated names repeat
+    from one dev cluster to the next on the same engine)."""
     from .metrics import Metrics
     from .store import DiskStore
     from .worker import Worker
@@ -45,7 +48,7 @@ def build_worker(name: str | None, data: str | None, cpus=None, memory=None, dis
         runtime = DockerRuntime()
     store = DiskStore(os.path.join(directory, "store"))
     # An explicit name is the user's promise that it is unique; the default (the hostname) may not be.
-    key = name or f"{socket.gethostname()}.{node_id(store)}"
+    key = f"{name or socket.gethostname()}.{node_id(store)}" if unique_key or not name else name
     return Worker(name or socket.gethostname(), runtime, store, key=key,
                   metrics=Metrics(directory, cpus, memory, disk), labels=labels,
                   reconcile_interval=reconcile_interval, threads=threads, stop_timeout=stop_timeout)
@@ -259,7 +262,7 @@ def start_dev(port=5555, data=None, workers=1, strategy="epvm", host="127.0.0.1"
     base = socket.gethostname()
     for i in range(1, int(workers) + 1):
         worker = build_worker(f"{base}-dev-{i}", os.path.join(service.directory, f"worker-{i}"), cpus, memory,
-                              runtime=runtime, stop_timeout=stop_timeout)
+                              runtime=runtime, stop_timeout=stop_timeout, unique_key=True)
         server = Server(worker_app(worker, service.token), host, 0).start()
         worker.start()
         # Closed last-registered first: the worker wakes its long polls, then its server can stop at once.
