@@ -24,7 +24,9 @@ class Membership:
         self.manager = manager
         self.token = token
         self.node_timeout = node_timeout
-        self.poll_wait = poll_wait
+        # A silent worker answers its long poll after `poll_wait`: that is its heartbeat, so it must come a few
+        # times within the deadline, or a healthy idle node would be declared down.
+        self.poll_wait = min(poll_wait, node_timeout / 3)
         self.clock = clock
         self._clients: dict[str, Client] = {}
         self._pollers: dict[str, threading.Thread] = {}

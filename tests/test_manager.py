@@ -15,7 +15,7 @@ from cube.service import start_dev
 def cluster(tmp_path):
     runtime = FakeRuntime()
     service = start_dev(port=0, data=str(tmp_path / "dev"), workers=2, runtime=runtime, cpus=2, memory=4 << 30,
-                        node_timeout=2.0)
+                        node_timeout=3.0)
     client = Client(service.url, service.token)
     yield service, client, runtime
     service.close()
