@@ -113,6 +113,7 @@ case "${1:-build}" in
   build) venv; build ;;
   all|--all) venv; build all ;;
   test) venv; build; shift; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  bench) venv; build; shift; exec "$VENV/bin/python" -m bench "$@" ;;
   dev) venv; build; shift; exec "$DIST/cube.pyz" dev "$@" ;;
-  *) echo "usage: ./build.sh [build|all|test [pytest args]|dev [cube dev flags]]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh [build|all|test [pytest args]|bench [bench args]|dev [cube dev flags]]" >&2; exit 2 ;;
 esac

@@ -21,6 +21,7 @@ from .model import InvalidSpec, Task
 
 log = logging.getLogger("cube.api")
 bottle.BaseRequest.MEMFILE_MAX = 4 * 1024 * 1024
+KEEPALIVE_LIMIT = 256  # idle keep-alive connections kept open, and the listen backlog (see Server)
 
 
 def _error_body(status: int, message: str) -> str:
@@ -270,8 +271,12 @@ class Server:
 
     def __init__(self, app: Callable, host: str = "0.0.0.0", port: int = 0, threads: int = 16,
                  certfile: str | None = None, keyfile: str | None = None):
+        # cheroot's defaults (a listen backlog of 5, at most 10 idle keep-alive connections) close the connections
+        # of the 11th client on and then drop its reconnections' SYNs, which clients resend only after 1, 3, 7 s:
+        # with 50 clients, p99 was over a second (BENCHMARKS.md, api). Keep-alive connections are cheap here.
         self._server = wsgi.Server((host, port), app, numthreads=threads, server_name=f"cube/{__version__}",
-                                   timeout=60)
+                                   timeout=60, request_queue_size=KEEPALIVE_LIMIT)
+        self._server.keep_alive_conn_limit = KEEPALIVE_LIMIT
         if certfile and keyfile:
             from cheroot.ssl.builtin import BuiltinSSLAdapter
             self._server.ssl_adapter = BuiltinSSLAdapter(certfile, keyfile)

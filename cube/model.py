@@ -394,11 +394,15 @@ class Event:
     node: str = ""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        # Written out: dataclasses.asdict deep-copies field by field, and every task change makes an event.
+        return {"id": self.id, "task_id": self.task_id, "state": self.state, "time": self.time,
+                "message": self.message, "node": self.node}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Event":
-        return cls(**{f.name: data.get(f.name, "") for f in dataclasses.fields(cls)})
+        get = data.get
+        return cls(get("id", ""), get("task_id", ""), get("state", ""), get("time", ""), get("message", ""),
+                   get("node", ""))
 
 
 def transition(task: Task, to: State, now: float, message: str = "") -> Event:

@@ -168,9 +168,14 @@ class Worker:
                                        timeout=min(wait, 30.0))
             tasks = [t.to_dict() for t in self.tasks.values()]
             current = self.version
-        events = self.store.events(since=events_since, limit=500) if events_since >= 0 else []
+        if events_since >= 0:
+            events = self.store.events(since=events_since, limit=500)
+            # The cursor is the last event handed over: an event appended after the read is sent next time.
+            last = events[-1].id if events else events_since
+        else:
+            events, last = [], self.store.last_event_id()
         return {"node": self.name, "version": current, "tasks": tasks, "stats": self.stats(),
-                "events": [e.to_dict() for e in events], "last_event": self.store.last_event_id()}
+                "events": [e.to_dict() for e in events], "last_event": last}
 
     # ---- the loop -----------------------------------------------------------------------------------------
 

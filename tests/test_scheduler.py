@@ -359,13 +359,10 @@ def test_simulate_measures_speed_and_spread_without_touching_the_nodes():
     assert batch["placed"] == 100 and batch["nodes_used"] == 50 and batch["tasks_max"] == 2
 
 
-def test_speed_on_a_thousand_nodes():
-    # Guards against an accidental O(nodes) per copy in place_many, and checks sampling keeps single placements
-    # well above the 4,000/s the manager's benchmark needs (measured here: ~150,000/s and ~25,000/s).
+def test_a_thousand_nodes_fill_evenly():
+    # Speed is measured in bench/scheduling.py (BENCHMARKS.md), not asserted here; this checks the result.
     nodes = make_cluster(1000, cpu=8, memory="16g")
-    began = time.perf_counter()
     placements = place_many(make_spec(cpu=0.25, memory="256m"), 10_000, nodes, "epvm", seed="big")
-    assert time.perf_counter() - began < 3.0
     assert all(p.node for p in placements) and {node.tasks for node in nodes} == {10}
     specs = [make_spec(cpu=c) for c in (0, 0.1, 0.25, 0.5)] * 500
-    assert simulate(nodes, specs, "epvm", limit=16)["placements_per_s"] > 4000
+    assert simulate(nodes, specs, "epvm", limit=16)["unplaced"] == 0
