@@ -167,9 +167,3 @@ class DiskStore(Store):
             for cache in self._caches.values():
                 cache.close()
             self._caches.clear()
-
-
-def open_store(directory: str | None) -> Store:
-    """A DiskStore under `directory`, or a MemoryStore when none is given."""
-    return DiskStore(directory) if directory else MemoryStore()
-
