@@ -12,7 +12,7 @@
 #   they are removed, so every Python runs the same pure-python code; any other version-specific binary, or a
 #   binary of the wrong architecture, stops the build;
 # - armv7l: PyPI has no psutil wheel for it, so that pyz carries none and uses the system's python3-psutil
-#   (see cube/zipapp.py, which also keeps the host's site-packages out of the pyz's way).
+#   (see cube/ops/zipapp.py, which also keeps the host's site-packages out of the pyz's way).
 # Reproducible: same sources, same bytes (SOURCE_DATE_EPOCH, no bytecode, fixed umask and order, shiv --reproducible).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -82,10 +82,10 @@ for lib in sorted(site.rglob("*.so")):
     if int.from_bytes(header[18:20], "little") != ELF_MACHINE[arch]:
         sys.exit(f"build.sh: {lib.relative_to(site)} is not an {arch} binary")
 EOF
-  # Run by shiv's bootstrap before the entry point: see cube/zipapp.py.
-  printf 'from cube import zipapp\nzipapp.start(site_packages, arch="%s")\n' "$arch" >"$tmp/cube_preamble.py"
+  # Run by shiv's bootstrap before the entry point: see cube/ops/zipapp.py.
+  printf 'from cube.ops import zipapp\nzipapp.start(site_packages, arch="%s")\n' "$arch" >"$tmp/cube_preamble.py"
   "$VENV/bin/shiv" --site-packages "$site" --reproducible --compressed -p '/usr/bin/env python3' \
-      --preamble "$tmp/cube_preamble.py" -e cube.cli:main -o "$out" >/dev/null
+      --preamble "$tmp/cube_preamble.py" -e cube.cli.main:main -o "$out" >/dev/null
   rm -rf "$tmp"
   echo "built $out ($(du -k "$out" | cut -f1) KiB)"
 }

@@ -107,7 +107,7 @@ class FakeCluster:
                                      ",".join(f"127.0.0.1:{p}" for p in ports)), self.dir / "manager.log")
             self.procs.append(manager)
             manager.wait_http(self.url)
-            from cube.client import Client
+            from cube.cluster.client import Client
             self.client = Client(self.url, TOKEN, timeout=120)
             wait_for(lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == self.n,
                      timeout=30, what="fake workers ready")

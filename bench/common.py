@@ -21,8 +21,8 @@ import tempfile
 import time
 import uuid
 
-from cube.client import Client
-from cube.errors import CubeError
+from cube.cluster.client import Client
+from cube.core.errors import CubeError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYZ = pathlib.Path(os.environ.get("CUBE_BENCH_PYZ") or ROOT / "dist" / "cube.pyz")  # the artifact under test

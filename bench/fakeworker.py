@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cube.api import Server, worker_app
-from cube.metrics import Metrics
-from cube.runtime import FakeRuntime
-from cube.service import wait_for_signal
+from cube.cluster.api import Server, worker_app
+from cube.worker.metrics import Metrics
+from cube.worker.runtime import FakeRuntime
+from cube.cluster.service import wait_for_signal
 from cube.store import MemoryStore
-from cube.worker import Worker
+from cube.worker.worker import Worker
 
 from .common import TOKEN
 

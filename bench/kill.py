@@ -5,7 +5,7 @@ replacement (Cube restarts the same container; Swarm starts a new one), so Cube 
 clock and neither is polled. The manager's view (the task running again with one more restart) is reported too.
 
 Restart policy: Cube's default, `on-failure` with 3 restarts; the first restart is immediate and later ones back off
-(1 s, 2 s, 4 s ... up to 30 s: `cube.reconcile.backoff`). "Replacement running" is a first restart, so every sample
+(1 s, 2 s, 4 s ... up to 30 s: `cube.worker.reconcile.backoff`). "Replacement running" is a first restart, so every sample
 kills a task that has not been restarted yet (fresh tasks, one kill each). A second kill of the same tasks is
 measured separately to show the backoff. Swarm: a one-replica service with the default restart policy
 (condition any, delay 5 s).

@@ -22,8 +22,8 @@ import tempfile
 import time
 
 from cube import scheduler
-from cube.manager import Manager
-from cube.model import Node, Resources, TaskSpec
+from cube.manager.manager import Manager
+from cube.core.model import Node, Resources, TaskSpec
 from cube.store import DiskStore, MemoryStore
 
 from .stats import Row

@@ -75,8 +75,8 @@ class Proc:
 
     def wait_http(self, url: str, timeout: float = 30.0) -> None:
         import time
-        from cube.client import Client
-        from cube.errors import CubeError
+        from cube.cluster.client import Client
+        from cube.core.errors import CubeError
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:

@@ -1,4 +1,4 @@
-"""A child process for tests/test_discovery.py, run inside a test namespace: it drives cube.discovery and
+"""A child process for tests/test_discovery.py, run inside a test namespace: it drives cube.cluster.discovery and
 reports what happens as JSON lines on stdout (each with a wall-clock "t" so the test can time discovery).
 
     advertise KIND NAME PORT [key=value ...]   register, print "ready", close on SIGTERM, print "closed"
@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from cube import discovery
+from cube.cluster import discovery
 
 
 def say(event: str, **fields) -> None:

@@ -2,7 +2,7 @@
 sensible defaults, overridden per test, so a test states only what it is about."""
 from __future__ import annotations
 
-from cube.model import Node, Resources, TaskSpec, parse_size
+from cube.core.model import Node, Resources, TaskSpec, parse_size
 
 IMAGE = "cube-busybox:latest"
 

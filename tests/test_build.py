@@ -31,7 +31,7 @@ def test_pyz_runs_help_and_version_as_users_and_units_start_it(pyz, tmp_path):
 
 def test_pyz_does_not_see_the_hosts_packages(pyz, tmp_path):
     """This interpreter's site-packages holds pytest; the pyz must not import it from there."""
-    probe = "import importlib.util, cube.zipapp as z; print(importlib.util.find_spec('pytest'), z.BUILD_ARCH)"
+    probe = "import importlib.util, cube.ops.zipapp as z; print(importlib.util.find_spec('pytest'), z.BUILD_ARCH)"
     done = run(sys.executable, pyz, input=probe + "\n",
                env={**os.environ, "SHIV_INTERPRETER": "1", "SHIV_ROOT": str(tmp_path)})
     assert f"None {HOST_ARCH}" in done.stdout, done.stdout + done.stderr

@@ -145,6 +145,6 @@ def test_status_does_not_import_the_docker_sdk(dev, pyz):
                             env={**os.environ, "CUBE_DATA": str(dev[2]), "CUBE_NO_MDNS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
-    assert "cube.model" in imported, "the import trace covers cube itself"
+    assert "cube.core.model" in imported, "the import trace covers cube itself"
     assert not {m for m in imported if m == "docker" or m.startswith("docker.")}
     assert "zeroconf" not in imported and "bottle" not in imported

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from conftest import docker_ids, free_port, wait_for
-from cube.client import Client
-from cube.errors import CubeError
+from cube.cluster.client import Client
+from cube.core.errors import CubeError
 
 pytestmark = pytest.mark.docker
 TOKEN = "cluster-test-token"

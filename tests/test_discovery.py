@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cube import discovery
+from cube.cluster import discovery
 import netns  # tests/ is on sys.path (no __init__.py: pytest's rootdir-relative imports)
 
 pytestmark = pytest.mark.netns

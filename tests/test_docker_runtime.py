@@ -12,9 +12,9 @@ import urllib.request
 import docker
 import pytest
 
-from cube.docker_runtime import DockerRuntime, container_name, parse_time
-from cube.errors import ImageUnavailable, NotFound, RuntimeFailure, Unavailable
-from cube.model import Task, TaskSpec, new_id
+from cube.worker.docker_runtime import DockerRuntime, container_name, parse_time
+from cube.core.errors import ImageUnavailable, NotFound, RuntimeFailure, Unavailable
+from cube.core.model import Task, TaskSpec, new_id
 
 pytestmark = pytest.mark.docker
 

@@ -1,5 +1,5 @@
 """`cube doctor` on machines we do not have (a Raspberry Pi with the memory cgroup off, a clock in 1970, no LAN),
-by replacing its probes; then once on this machine for real. Also the pyz's start-up rules (cube.zipapp)."""
+by replacing its probes; then once on this machine for real. Also the pyz's start-up rules (cube.ops.zipapp)."""
 import json
 import os
 import platform
@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from cube import doctor, zipapp
-from cube.errors import CubeError, Unavailable
+from cube.ops import doctor
+
+from cube.ops import zipapp
+from cube.core.errors import CubeError, Unavailable
 
 GIB = 1024 ** 3
 ENGINE = {"version": "24.0.7", "api_version": "1.43", "arch": "aarch64", "cgroup_version": "2",
@@ -150,7 +152,7 @@ def test_this_machine(busybox_image, pyz, tmp_path):
     assert checks["arch"]["detail"].startswith(platform.machine())
 
 
-# -- cube.zipapp: what the pyz may import ------------------------------------------------------------------------
+# -- cube.ops.zipapp: what the pyz may import ------------------------------------------------------------------------
 
 def test_isolate_drops_what_the_host_added_after_the_pyz():
     own = "/root/.shiv/cube_x/site-packages"

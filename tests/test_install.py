@@ -12,9 +12,9 @@ import zipfile
 
 import pytest
 
-from cube import install
-from cube.cli import main
-from cube.errors import CubeError
+from cube.ops import install
+from cube.cli.main import main
+from cube.core.errors import CubeError
 
 REPO = pathlib.Path(__file__).parent.parent
 

@@ -5,10 +5,10 @@ import time
 import pytest
 
 from conftest import wait_for
-from cube.client import Client
-from cube.errors import BadRequest, Conflict, NotFound, Unauthorized
-from cube.runtime import FakeRuntime
-from cube.service import start_dev
+from cube.cluster.client import Client
+from cube.core.errors import BadRequest, Conflict, NotFound, Unauthorized
+from cube.worker.runtime import FakeRuntime
+from cube.cluster.service import start_dev
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_bad_input_is_400_with_message(cluster):
         conn = http.client.HTTPConnection("127.0.0.1", service.server.port)
         conn.request("POST", "/tasks", body=b"{nope", headers={"Authorization": f"Bearer {service.token}"})
         response = conn.getresponse()
-        from cube.client import _error
+        from cube.cluster.client import _error
         raise _error(response.status, response.read())
     assert client.get("/tasks") == []
 

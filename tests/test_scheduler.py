@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from cube.errors import BadRequest
-from cube.scheduler import (CHECKS, LIEB, SCORERS, SchedulerState, feasible, place, place_many, release, reserve,
+from cube.core.errors import BadRequest
+from cube.scheduler.place import (CHECKS, LIEB, SCORERS, SchedulerState, feasible, place, place_many, release, reserve,
                             simulate)
 from factories import make_cluster, make_node, make_spec  # tests/ is on sys.path (pytest rootdir imports)
 

@@ -1,12 +1,12 @@
 """Worker unit tests on the fake runtime and the in-memory store, driven by tick(now): no threads, no clock."""
 import pytest
 
-from cube.errors import Conflict, NotFound
-from cube.model import Desired, State, Task, TaskSpec, new_id
-from cube.reconcile import backoff
-from cube.runtime import FakeRuntime
+from cube.core.errors import Conflict, NotFound
+from cube.core.model import Desired, State, Task, TaskSpec, new_id
+from cube.worker.reconcile import backoff
+from cube.worker.runtime import FakeRuntime
 from cube.store import MemoryStore
-from cube.worker import Worker
+from cube.worker.worker import Worker
 
 
 class Clock:

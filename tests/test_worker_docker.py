@@ -9,8 +9,8 @@ import time
 import pytest
 
 from conftest import docker_ids, docker_inspect, free_port, wait_for
-from cube.client import Client
-from cube.errors import BadRequest, NotFound, Unauthorized
+from cube.cluster.client import Client
+from cube.core.errors import BadRequest, NotFound, Unauthorized
 
 pytestmark = pytest.mark.docker
 TOKEN = "test-token-123"

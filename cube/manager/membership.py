@@ -11,9 +11,9 @@ import logging
 import threading
 import time
 
-from .client import Client
-from .errors import CubeError, Unauthorized
-from .model import Node, Resources
+from cube.cluster.client import Client
+from cube.core.errors import CubeError, Unauthorized
+from cube.core.model import Node, Resources
 
 log = logging.getLogger("cube.membership")
 

@@ -23,9 +23,9 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .config import MANAGER_PORT, TOKEN_FILE, WORKER_PORT
-from .errors import CubeError
-from .zipapp import interpreter_arch
+from cube.cluster.config import MANAGER_PORT, TOKEN_FILE, WORKER_PORT
+from cube.core.errors import CubeError
+from cube.ops.zipapp import interpreter_arch
 
 ROLES = ("worker", "manager")
 PYZ = "/usr/local/bin/cube"

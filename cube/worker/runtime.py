@@ -1,6 +1,6 @@
 """The container runtime as the worker sees it: a small interface (Nomad's driver verbs: start, stop, remove,
 inspect, list owned, logs, events) and `FakeRuntime`, an in-memory implementation that can be told to fail, for
-fast tests and simulated clusters. The real one is `cube.docker_runtime.DockerRuntime`.
+fast tests and simulated clusters. The real one is `cube.worker.docker_runtime.DockerRuntime`.
 
 Every container a runtime creates carries the labels `cube.task_id` and `cube.node`: they are how a restarted
 worker finds (adopts) its containers and how it recognises containers that no task owns.
@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
-from .errors import ImageUnavailable, NotFound, RuntimeFailure
-from .model import Task
+from cube.core.errors import ImageUnavailable, NotFound, RuntimeFailure
+from cube.core.model import Task
 
 LABEL_TASK = "cube.task_id"
 LABEL_NODE = "cube.node"

@@ -15,9 +15,9 @@ from typing import Callable
 import bottle
 from cheroot import wsgi
 
-from . import __version__
-from .errors import BadRequest, CubeError, NotFound, Unauthorized
-from .model import InvalidSpec, Task
+from cube import __version__
+from cube.core.errors import BadRequest, CubeError, NotFound, Unauthorized
+from cube.core.model import InvalidSpec, Task
 
 log = logging.getLogger("cube.api")
 bottle.BaseRequest.MEMFILE_MAX = 4 * 1024 * 1024

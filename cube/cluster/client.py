@@ -13,7 +13,7 @@ import threading
 from typing import Iterator
 from urllib.parse import urlencode, urlsplit
 
-from .errors import CubeError, Unavailable, from_status
+from cube.core.errors import CubeError, Unavailable, from_status
 
 
 class Client:

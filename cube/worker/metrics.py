@@ -10,7 +10,7 @@ import socket
 
 import psutil
 
-from .model import Resources
+from cube.core.model import Resources
 
 
 def machine_arch() -> str:

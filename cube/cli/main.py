@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
-from . import __version__
-from .errors import CubeError
+from cube import __version__
+from cube.core.errors import CubeError
 
 USAGE = f"""cube {__version__} — a small container orchestrator for your LAN
 
@@ -60,7 +60,7 @@ class Commands:
 
 Runs a container on the cluster and waits until it runs (or, with --batch, until it completes).
 --count N (or --batch) makes a job of N tasks; --detach returns at once."""
-        from .run import build_request, submit_and_wait
+        from cube.cli.run import build_request, submit_and_wait
         client = _client(manager, token)
         kind, body = build_request(locals())
         result = submit_and_wait(client, kind, body, detach=detach, timeout=float(timeout), as_json=json)
@@ -72,7 +72,7 @@ Runs a container on the cluster and waits until it runs (or, with --batch, until
         """cube status [ID_OR_NAME_OR_JOB] [--all] [--json]
 
 Lists tasks (stopped ones with --all), or shows one task or job in detail with its events and placement."""
-        from . import output
+        from cube.cli import output
         client = _client(manager, token)
         if ref is None:
             tasks = client.get("/tasks")
@@ -98,7 +98,7 @@ Lists tasks (stopped ones with --all), or shows one task or job in detail with i
 
 Stops a task (its container is stopped and removed), or every task of a job; waits until they are stopped
 (containers get the worker's stop timeout, 10 s by default, to exit) unless --detach."""
-        from .run import stop_and_wait
+        from cube.cli.run import stop_and_wait
         message = stop_and_wait(_client(manager, token), str(ref), bool(detach), float(timeout))
         _print({"result": message} if json else message, json)
 
@@ -129,7 +129,7 @@ Prints a task's output (stdout and stderr)."""
         """cube events [--follow] [--since N] [--task ID] [--json]
 
 Prints what happened (task state changes, placements, restarts); --follow keeps printing as it happens."""
-        from . import output
+        from cube.cli import output
         import json as jsonlib
         client = _client(manager, token)
         cursor = int(since)
@@ -147,7 +147,7 @@ Prints what happened (task state changes, placements, restarts); --follow keeps 
         """cube nodes [--json]
 
 Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), tasks."""
-        from . import output
+        from cube.cli import output
         nodes = _client(manager, token).get("/nodes")
         _print(nodes if json else (output.nodes_table(nodes) if nodes else "no nodes yet: start `cube worker` on a "
                                    "machine (or `cube dev` here)"), json)
@@ -158,7 +158,7 @@ Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), 
         """cube token [--data DIR]
 
 Prints the cluster token kept by the manager on this machine (or by `cube dev`)."""
-        from .config import TOKEN_FILE, data_dir, read_token_file
+        from cube.cluster.config import TOKEN_FILE, data_dir, read_token_file
         places = [os.path.join(data_dir("manager", data), TOKEN_FILE)] if data else \
             [os.path.join(data_dir(role), TOKEN_FILE) for role in ("manager", "dev")]
         for path in places:
@@ -179,8 +179,8 @@ Prints the cluster token kept by the manager on this machine (or by `cube dev`).
 
 Runs a worker: runs the tasks the manager assigns to this node as Docker containers. Without --manager it
 announces itself on the LAN (mDNS) and registers with the manager it finds."""
-        from .model import parse_size
-        from .service import run_worker, setup_logging
+        from cube.core.model import parse_size
+        from cube.cluster.service import run_worker, setup_logging
         setup_logging(verbose)
         run_worker(name=str(name) if name else None, port=int(port), host=host, data=data, token=token,
                    token_file=token_file, cpus=float(cpus) if cpus else None,
@@ -198,7 +198,7 @@ announces itself on the LAN (mDNS) and registers with the manager it finds."""
 
 Runs the manager: accepts work, schedules it onto workers, keeps it running. Creates the cluster token at first
 start (`cube token` prints it)."""
-        from .service import run_manager, setup_logging
+        from cube.cluster.service import run_manager, setup_logging
         setup_logging(verbose)
         run_manager(port=int(port), host=host, data=data, token=token, strategy=scheduler,
                     workers=_list(workers), node_timeout=float(node_timeout), certfile=certfile, keyfile=keyfile,
@@ -211,8 +211,8 @@ start (`cube token` prints it)."""
 
 A whole cluster in one process: a manager and N local workers on this machine's Docker engine. Prints the
 manager URL and token; `cube run` in another terminal finds it by itself."""
-        from .model import parse_size
-        from .service import run_dev, setup_logging
+        from cube.core.model import parse_size
+        from cube.cluster.service import run_dev, setup_logging
         setup_logging(verbose)
         run_dev(port=int(port), data=data, workers=int(workers), strategy=scheduler,
                 cpus=float(cpus) if cpus else None, memory=parse_size(memory, "--memory") if memory else None,
@@ -228,7 +228,7 @@ Installs this cube.pyz as a systemd service (run it with sudo): copies it to /us
 /etc/systemd/system/cube-ROLE.service and /etc/cube/cube.env (mode 0600: the token and the service's flags), then
 enables and starts the service. Flags given replace the service's previous ones; without flags they are kept, so
 running a newer pyz's install again upgrades in place."""
-        from . import install
+        from cube.ops import install
         args = install.role_args(str(role), port=port, manager=manager, labels=[label] if isinstance(label, str)
                                  else list(label), name=name, workers=_list(workers), scheduler=scheduler, mdns=mdns)
         host = install.Host(str(root)) if root else install.Host()
@@ -241,7 +241,7 @@ running a newer pyz's install again upgrades in place."""
 
 Stops and removes the systemd service. Keeps /etc/cube/cube.env and the data in /var/lib/cube unless --purge;
 the last service to go takes /usr/local/bin/cube with it."""
-        from . import install
+        from cube.ops import install
         host = install.Host(str(root)) if root else install.Host()
         for line in install.uninstall(str(role), purge=bool(purge), host=host):
             print(line)
@@ -251,7 +251,7 @@ the last service to go takes /usr/local/bin/cube with it."""
 
 Checks that this machine can run a Cube worker (or manager): Docker engine, memory cgroup, multicast, disk, clock,
 Python, architecture. Prints one line per check and what to fix; exits 1 when a check fails."""
-        from . import doctor
+        from cube.ops import doctor
         checks = doctor.run(str(role))
         print(doctor.render(checks, as_json=bool(json)))
         if doctor.failed(checks):
@@ -267,8 +267,8 @@ Prints the version."""
 # ---- helpers ---------------------------------------------------------------------------------------------------
 
 def _client(manager: str | None, token: str | None):
-    from .client import Client
-    from .config import find_token
+    from cube.cluster.client import Client
+    from cube.cluster.config import find_token
     url = _manager_url(manager)
     return Client(url, find_token(token), timeout=15.0)
 
@@ -279,7 +279,7 @@ def _manager_url(given: str | None) -> str:
         return str(given)
     if os.environ.get("CUBE_MANAGER"):
         return os.environ["CUBE_MANAGER"]
-    from .config import data_dir
+    from cube.cluster.config import data_dir
     tried = []
     for role in ("manager", "dev"):
         path = os.path.join(data_dir(role), "url")
@@ -290,7 +290,7 @@ def _manager_url(given: str | None) -> str:
                 return url
             tried.append(url)
     if os.environ.get("CUBE_NO_MDNS") != "1":
-        from .discovery import find_manager
+        from cube.cluster.discovery import find_manager
         found = find_manager(timeout=2.0)
         if found is not None:
             return found.url
@@ -300,7 +300,7 @@ def _manager_url(given: str | None) -> str:
 
 
 def _answers(url: str) -> bool:
-    from .client import Client
+    from cube.cluster.client import Client
     try:
         Client(url, timeout=1.0).health(timeout=1.0)
         return True
@@ -309,7 +309,7 @@ def _answers(url: str) -> bool:
 
 
 def _job_or_none(client, ref: str):
-    from .errors import NotFound
+    from cube.core.errors import NotFound
     try:
         return client.get(f"/jobs/{ref}")
     except NotFound:
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print(_command_help(command))
         return 0
-    from .model import InvalidSpec
+    from cube.core.model import InvalidSpec
     try:
         rest = _normalise(command, rest)
         _check_flags(command, rest)

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-from .model import Desired, State, Task
+from cube.core.model import Desired, State, Task
 
 log = logging.getLogger("cube.health")
 

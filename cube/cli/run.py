@@ -11,8 +11,8 @@ import sys
 import time
 import uuid
 
-from .errors import CubeError
-from .model import InvalidSpec, Job, TaskSpec
+from cube.core.errors import CubeError
+from cube.core.model import InvalidSpec, Job, TaskSpec
 
 
 def build_request(flags: dict) -> tuple[str, dict]:
@@ -161,7 +161,7 @@ def _fail_if_stuck(tasks: list[dict], batch: bool) -> None:
 
 
 def _summary(kind: str, answer: dict, tasks: list[dict], detach: bool) -> str:
-    from .output import ports
+    from cube.cli.output import ports
     verb = "submitted" if detach else "running"
     if kind == "job":
         nodes = sorted({t["node"] for t in tasks if t.get("node")})
@@ -197,7 +197,7 @@ class Progress:
 
 def stop_and_wait(client, ref: str, detach: bool, timeout: float) -> str:
     """`cube stop`: a job (all its tasks) or a task; waits until the containers are stopped unless detached."""
-    from .errors import NotFound
+    from cube.core.errors import NotFound
     try:
         job = client.get(f"/jobs/{ref}")
     except NotFound:

@@ -21,11 +21,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from . import scheduler
-from .errors import BadRequest, Conflict, CubeError, NotFound
-from .model import (Desired, Event, InvalidSpec, Job, Node, Resources, State, Task, TaskSpec, new_id,
+from cube import scheduler
+from cube.core.errors import BadRequest, Conflict, CubeError, NotFound
+from cube.core.model import (Desired, Event, InvalidSpec, Job, Node, Resources, State, Task, TaskSpec, new_id,
                     transition)
-from .store import Store
+from cube.store import Store
 
 log = logging.getLogger("cube.manager")
 ACTIVE = (State.PENDING, State.SCHEDULED, State.RUNNING)

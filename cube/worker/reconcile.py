@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import Desired, State, Task
-from .runtime import ContainerInfo
+from cube.core.model import Desired, State, Task
+from cube.worker.runtime import ContainerInfo
 
 BACKOFF_BASE = 1.0   # seconds before the second restart; doubles after, first restart is immediate
 BACKOFF_MAX = 30.0

@@ -11,9 +11,9 @@ import socket
 import threading
 import time
 
-from .config import data_dir, find_token
-from .worker import node_id
-from .errors import CubeError
+from cube.cluster.config import data_dir, find_token
+from cube.worker.worker import node_id
+from cube.core.errors import CubeError
 
 log = logging.getLogger("cube")
 
@@ -38,13 +38,13 @@ def build_worker(name: str | None, data: str | None, cpus=None, memory=None, dis
     """A Worker on the real Docker engine (or the given runtime) with its diskcache store. `unique_key`: label
     its containers with the name plus the node id even though a name is given (`cube dev`'s generated names repeat
     from one dev cluster to the next on the same engine)."""
-    from .metrics import Metrics
-    from .store import DiskStore
-    from .worker import Worker
+    from cube.worker.metrics import Metrics
+    from cube.store import DiskStore
+    from cube.worker.worker import Worker
     directory = data_dir("worker", data)
     os.makedirs(directory, exist_ok=True)
     if runtime is None:
-        from .docker_runtime import DockerRuntime
+        from cube.worker.docker_runtime import DockerRuntime
         runtime = DockerRuntime()
     store = DiskStore(os.path.join(directory, "store"))
     # An explicit name is the user's promise that it is unique; the default (the hostname) may not be.
@@ -58,7 +58,7 @@ def run_worker(name=None, port=5556, host="0.0.0.0", data=None, token=None, toke
                memory=None, disk=None, labels=None, certfile=None, keyfile=None, manager=None, mdns=True,
                reconcile_interval: float = 5.0, stop_timeout: float = 10.0, threads: int = 4) -> None:
     """`cube worker`: serve the worker API until stopped. `threads`: how many container actions run at once."""
-    from .api import Server, worker_app
+    from cube.cluster.api import Server, worker_app
     token = find_token(token, token_file)
     if not token:
         raise CubeError("the worker needs the cluster token: pass --token, set CUBE_TOKEN or --token-file "
@@ -85,7 +85,7 @@ def _announce_worker(worker, port: int, mdns: bool, manager: str | None, token: 
     """Advertise the worker on the LAN (mDNS) and keep it registered with its manager. Returns closers."""
     closers = []
     if mdns:
-        from .discovery import Advertiser
+        from cube.cluster.discovery import Advertiser
         try:
             advertiser = Advertiser("worker", worker.name, port, {"id": worker.id})
             closers.append(advertiser.close)
@@ -126,13 +126,13 @@ class Registrar:
                 self._register(url)
 
     def _find(self) -> str | None:
-        from .discovery import find_manager
+        from cube.cluster.discovery import find_manager
         found = find_manager(timeout=3.0)
         return found.url if found else None
 
     def _register(self, url: str) -> None:
-        from .client import Client
-        from .errors import Unauthorized
+        from cube.cluster.client import Client
+        from cube.core.errors import Unauthorized
         client = Client(url, self.token, timeout=10.0)
         address = f"http://{_source_address(url)}:{self.port}"
         try:
@@ -165,12 +165,12 @@ class ManagerService:
 
     def __init__(self, port=5555, host="0.0.0.0", data=None, token=None, strategy="epvm", node_timeout=5.0,
                  poll_wait=2.0, certfile=None, keyfile=None, role="manager"):
-        from .api import Server, manager_app
-        from .config import ensure_token
-        from .health import HealthChecker
-        from .manager import Manager
-        from .membership import Membership
-        from .store import DiskStore
+        from cube.cluster.api import Server, manager_app
+        from cube.cluster.config import ensure_token
+        from cube.manager.health import HealthChecker
+        from cube.manager.manager import Manager
+        from cube.manager.membership import Membership
+        from cube.store import DiskStore
         self.directory = data_dir(role, data)
         self.token = ensure_token(self.directory, token or os.environ.get("CUBE_TOKEN") or None)
         self.store = DiskStore(os.path.join(self.directory, "store"))
@@ -211,7 +211,7 @@ class ManagerService:
 
     def announce(self) -> None:
         """Advertise the manager on the LAN and admit the workers that advertise themselves."""
-        from .discovery import Advertiser, Browser
+        from cube.cluster.discovery import Advertiser, Browser
         try:
             advertiser = Advertiser("manager", f"cube-manager-{socket.gethostname()}", self.server.port,
                                     {"id": node_id(self.store)})  # the manager's own id, for its instance name
@@ -253,10 +253,10 @@ def run_manager(port=5555, host="0.0.0.0", data=None, token=None, strategy="epvm
 def start_dev(port=5555, data=None, workers=1, strategy="epvm", host="127.0.0.1", runtime=None, cpus=None,
               memory=None, node_timeout=5.0, stop_timeout=10.0) -> ManagerService:
     """A whole cluster in one process: a manager and `workers` local workers on the real Docker engine."""
-    from .api import Server, worker_app
+    from cube.cluster.api import Server, worker_app
     service = ManagerService(port, host, data, None, strategy, node_timeout, role="dev")
     if runtime is None:
-        from .docker_runtime import DockerRuntime
+        from cube.worker.docker_runtime import DockerRuntime
         runtime = DockerRuntime()
     service.start()
     base = socket.gethostname()

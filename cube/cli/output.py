@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .model import format_size
+from cube.core.model import format_size
 
 
 def table(headers: list[str], rows: list[list]) -> str:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
-from .errors import BadRequest
-from .model import Node, Resources, TaskSpec, format_size
+from cube.core.errors import BadRequest
+from cube.core.model import Node, Resources, TaskSpec, format_size
 
 EPSILON = 1e-9  # allocations are float sums: 0.1 + 0.2 must still fit in 0.3 free
 

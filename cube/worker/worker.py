@@ -18,13 +18,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from . import __version__
-from .errors import Conflict, CubeError, ImageUnavailable, NotFound, Unavailable
-from .metrics import Metrics, machine_arch
-from .model import Desired, Event, Resources, State, Task, transition
-from .reconcile import Plan, backoff, diff
-from .runtime import ContainerInfo, Runtime
-from .store import Store
+from cube import __version__
+from cube.core.errors import Conflict, CubeError, ImageUnavailable, NotFound, Unavailable
+from cube.worker.metrics import Metrics, machine_arch
+from cube.core.model import Desired, Event, Resources, State, Task, transition
+from cube.worker.reconcile import Plan, backoff, diff
+from cube.worker.runtime import ContainerInfo, Runtime
+from cube.store import Store
 
 log = logging.getLogger("cube.worker")
 

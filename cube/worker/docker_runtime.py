@@ -29,9 +29,9 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
-from .errors import CubeError, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
-from .model import Task
-from .runtime import LABEL_GENERATION, LABEL_NODE, LABEL_TASK, ContainerInfo, RuntimeEvent
+from cube.core.errors import CubeError, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
+from cube.core.model import Task
+from cube.worker.runtime import LABEL_GENERATION, LABEL_NODE, LABEL_TASK, ContainerInfo, RuntimeEvent
 
 log = logging.getLogger(__name__)
 

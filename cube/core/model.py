@@ -408,7 +408,7 @@ class Event:
 def transition(task: Task, to: State, now: float, message: str = "") -> Event:
     """Move `task` to state `to` (in place) or raise InvalidTransition. Returns the event to record
     (id 0: the store numbers it)."""
-    from .errors import InvalidTransition
+    from cube.core.errors import InvalidTransition
     if to not in TRANSITIONS[task.state]:
         raise InvalidTransition(f"task {task.id}: cannot go from {task.state.value} to {to.value}")
     task.state = to

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 
-from .errors import CubeError
+from cube.core.errors import CubeError
 
 MANAGER_PORT = 5555
 WORKER_PORT = 5556

@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 
-from .errors import CubeError
+from cube.core.errors import CubeError
 
 BUILD_ARCH: str | None = None  # the architecture the running pyz was built for; None when run from sources
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l"}

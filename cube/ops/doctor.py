@@ -17,8 +17,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from .config import data_dir
-from .errors import CubeError
+from cube.cluster.config import data_dir
+from cube.core.errors import CubeError
 
 IFF_UP, IFF_LOOPBACK, IFF_RUNNING, IFF_MULTICAST = 0x1, 0x8, 0x40, 0x1000
 # Interfaces that never face the LAN: Docker's and container networks' own.
@@ -41,7 +41,7 @@ class Probes:
     """The machine as doctor sees it. Tests replace any method on an instance."""
 
     def docker(self) -> dict:
-        from .docker_runtime import engine_info
+        from cube.worker.docker_runtime import engine_info
         return engine_info(timeout=10.0)
 
     def read(self, path: str) -> str | None:
@@ -90,7 +90,7 @@ class Probes:
 
     def arch(self) -> tuple[str, str | None, str | None]:
         """(the kernel's machine, the interpreter's architecture, the architecture the pyz was built for)."""
-        from . import zipapp
+        from cube.ops import zipapp
         return platform.machine(), zipapp.interpreter_arch(), zipapp.BUILD_ARCH
 
     def psutil(self) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from cube import __version__
-from cube.errors import Unavailable
+from cube.core.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,43 @@
+"""Where Cube keeps what must survive a `kill -9`: records by kind (tasks, jobs, nodes, ...) and a numbered event
+log. One interface, two backends: `DiskStore` (diskcache, the only module that imports it) for the real thing and
+`MemoryStore` for fast tests and simulations; `tests/test_store.py` runs one suite against both.
+
+Records are plain JSON-able dicts; callers convert to and from model objects. Nothing is written unless a caller
+writes: reading never touches the disk's write path (SD cards wear out), so eviction is off and statistics too.
+"""
+from __future__ import annotations
+
+from cube.core.model import Event
+
+EVENT_RETENTION = 200_000  # events kept; older ones are culled as new ones arrive
+
+
+class Store:
+    """The interface. Each method is atomic on its own."""
+
+    def put(self, kind: str, key: str, value: dict) -> None: raise NotImplementedError
+    def get(self, kind: str, key: str) -> dict | None: raise NotImplementedError
+    def delete(self, kind: str, key: str) -> None: raise NotImplementedError
+    def values(self, kind: str) -> list[dict]: raise NotImplementedError
+    def _append(self, event: dict) -> int: raise NotImplementedError
+    def _event(self, seq: int) -> dict | None: raise NotImplementedError
+    def last_event_id(self) -> int: raise NotImplementedError
+    def _task_event_ids(self, task_id: str) -> list[int]: raise NotImplementedError
+    def close(self) -> None: pass
+
+    def append_event(self, event: Event) -> Event:
+        """Numbers the event (ids grow by one from 1) and keeps it; returns it with its id."""
+        data = event.to_dict()
+        data["id"] = self._append(data)
+        return Event.from_dict(data)
+
+    def events(self, since: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
+        """Events with id > since, oldest first, at most `limit`."""
+        if task_id is not None:
+            ids = [i for i in self._task_event_ids(task_id) if i > since][:limit]
+        else:
+            last = self.last_event_id()
+            start = max(since + 1, last - EVENT_RETENTION + 1, 1)
+            ids = range(start, min(last, start + limit - 1) + 1)
+        found = (self._event(i) for i in ids)
+        return [Event.from_dict(e) for e in found if e is not None]
