@@ -37,6 +37,7 @@ def node_name(busybox_image) -> str:
     """A node name of this test only (`test-<hex>`); every container labelled with it is removed afterwards."""
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
+    kill_started()  # a worker still running could create a container after the sweep below
     ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=cube.node={name}"], capture_output=True,
                          text=True, timeout=30).stdout.split()
     if ids:
@@ -103,17 +104,23 @@ class Proc:
         self._log.close()
 
 
+_STARTED: list[Proc] = []
+
+
+def kill_started() -> None:
+    """Kill every process the `procs` fixture started that still runs (container sweeps call it first)."""
+    while _STARTED:
+        _STARTED.pop().kill()
+
+
 @pytest.fixture
 def procs():
-    started: list[Proc] = []
-
     def start(argv, log_path, env=None) -> Proc:
         proc = Proc(argv, log_path, env)
-        started.append(proc)
+        _STARTED.append(proc)
         return proc
     yield start
-    for proc in started:
-        proc.kill()
+    kill_started()
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02):
@@ -139,3 +146,43 @@ def docker_inspect(container_id: str) -> dict:
     import json
     out = subprocess.run(["docker", "inspect", container_id], capture_output=True, text=True, timeout=30)
     return json.loads(out.stdout)[0]
+
+
+def _leftovers(basetemp: str) -> list[str]:
+    """What this run left behind: containers of Cube on the machine's engine, processes started from the run's
+    temporary directory, network namespaces named with this process's pid."""
+    found = []
+    if _docker_answers():
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", "label=cube.node"], capture_output=True,
+                             text=True, timeout=30).stdout.split()
+        found += [f"container {i}" for i in ids]
+    me = str(os.getpid())
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit() or entry.name == me:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if basetemp and basetemp in argv:
+            found.append(f"process {entry.name}: {argv[:120]}")
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    found += [f"network namespace {n}" for n in names if f"-{me}-" in n]
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite must leave no container, process or namespace behind (issue 9): the run fails if it does."""
+    if getattr(session.config, "workerinput", None) is not None:
+        return
+    try:
+        basetemp = str(session.config._tmp_path_factory.getbasetemp())
+    except (AttributeError, ValueError):
+        basetemp = ""
+    left = _leftovers(basetemp)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["", "the tests left these behind:", *(f"  {item}" for item in left)]
+        if reporter:
+            reporter.write_line("\n".join(lines), red=True)
+        session.exitstatus = 1

@@ -2,7 +2,6 @@
 (which node, which reasons, which scores) and on the nodes' bookkeeping afterwards."""
 import copy
 import random
-import time
 from collections import Counter
 
 import pytest

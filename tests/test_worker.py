@@ -2,8 +2,8 @@
 import pytest
 
 from cube.core.errors import Conflict, NotFound
-from cube.core.model import Desired, State, Task, TaskSpec, new_id
-from cube.worker.reconcile import backoff
+from cube.core.model import Assignment, Desired, State, TaskSpec, new_id
+from cube.worker.restarts import backoff
 from cube.worker.runtime import FakeRuntime
 from cube.store import MemoryStore
 from cube.worker.worker import Worker
@@ -19,7 +19,7 @@ class Clock:
 
 def make_task(**spec):
     spec.setdefault("image", "busybox")
-    return Task(id=new_id(), spec=TaskSpec.from_dict(spec))
+    return Assignment(id=new_id(), spec=TaskSpec.from_dict(spec), generation=1)
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_restart_limit_fails_task_with_reason(worker, clock):
         worker.tick()
     got = worker.get(task.id)
     assert got.state is State.FAILED
-    assert "exited with code 2" in got.reason and "1 of 1 restarts used" in got.reason
+    assert "exited with code 2" in got.reason and "1 of 1 restarts within 600 s used" in got.reason
 
 
 def test_exit_zero_completes_under_on_failure(worker):
@@ -160,7 +160,7 @@ def test_newer_generation_replaces_stale_container(worker):
     worker.accept(task)
     worker.tick()
     old = worker.get(task.id).container_id
-    task.generation = 1
+    task.generation = 2
     worker.accept(task)
     worker.tick()
     worker.tick()

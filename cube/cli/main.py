@@ -10,7 +10,6 @@ import inspect
 import json
 import os
 import sys
-import time
 
 from cube import __version__
 from cube.core.errors import CubeError
@@ -51,18 +50,26 @@ class Commands:
 
     def run(self, image: str | None = None, name: str | None = None, count: int = 1, cmd: str | None = None,
             env=(), port=(), cpu: float = 0.0, memory=0, disk=0, restart: str = "on-failure",
-            max_restarts: int = 3, health: str | None = None, health_interval: float = 10.0, constraint=(),
-            label=(), batch: bool = False, detach: bool = False, file: str | None = None, timeout: float = 120.0,
+            max_restarts: int = 3, restart_window: float = 600.0, health: str | None = None,
+            health_interval: float = 10.0, constraint=(), label=(), on_disconnect: str | None = None,
+            batch: bool = False, detach: bool = False, file: str | None = None, timeout: float = 120.0,
             manager: str | None = None, token: str | None = None, json: bool = False):
         """cube run --image IMAGE [--name N] [--count N] [--cmd "sleep 3600"] [--env K=V]... [--port 8080|8080:80]...
           [--cpu 0.5] [--memory 256m] [--disk 1g] [--restart no|on-failure|always] [--max-restarts 3]
-          [--health /path] [--constraint arch=aarch64]... [--batch] [--detach] [-f spec.json] [--json]
+          [--restart-window 600] [--health /path] [--constraint arch=aarch64]... [--on-disconnect stop|keep]
+          [--batch] [--detach] [-f spec.json] [--json]
 
 Runs a container on the cluster and waits until it runs (or, with --batch, until it completes).
---count N (or --batch) makes a job of N tasks; --detach returns at once."""
+--count N (or --batch) makes a job of N tasks; --detach returns at once. A node restarts a crashed container at
+most --max-restarts times within --restart-window seconds; then a service moves to another node. --on-disconnect:
+what a node cut off from the manager does with the task (default: stop with a fixed host port, else keep)."""
         from cube.cli.run import build_request, submit_and_wait
         client = _client(manager, token)
-        kind, body = build_request(locals())
+        kind, body = build_request({
+            "image": image, "name": name, "count": count, "cmd": cmd, "env": env, "port": port, "cpu": cpu,
+            "memory": memory, "disk": disk, "restart": restart, "max_restarts": max_restarts,
+            "restart_window": restart_window, "health": health, "health_interval": health_interval,
+            "constraint": constraint, "label": label, "on_disconnect": on_disconnect, "batch": batch, "file": file})
         result = submit_and_wait(client, kind, body, detach=detach, timeout=float(timeout), as_json=json)
         _print(result, json)
         return None
@@ -172,15 +179,17 @@ Prints the cluster token kept by the manager on this machine (or by `cube dev`).
                token_file: str | None = None, cpus: float | None = None, memory=None, disk=None, label=(),
                host: str = "0.0.0.0", manager: str | None = None, mdns: bool = True, certfile: str | None = None,
                keyfile: str | None = None, reconcile_interval: float = 5.0, stop_timeout: float = 10.0,
-               threads: int = 4, verbose: bool = False):
+               threads: int = 4, disconnect_timeout: float = 30.0, verbose: bool = False):
         """cube worker [--port 5556] [--data DIR] [--name NAME] [--token T | --token-file F] [--cpus N]
           [--memory 4g] [--disk 20g] [--label k=v]... [--manager URL] [--no-mdns] [--certfile F --keyfile F]
-          [--reconcile-interval 5] [--stop-timeout 10] [--threads 4]
+          [--reconcile-interval 5] [--stop-timeout 10] [--threads 4] [--disconnect-timeout 30]
 
 Runs a worker: runs the tasks the manager assigns to this node as Docker containers. Without --manager it
-announces itself on the LAN (mDNS) and registers with the manager it finds."""
+announces itself on the LAN (mDNS) and registers with the manager it finds. A worker that hears from no manager
+for --disconnect-timeout seconds stops its tasks whose on_disconnect is stop (0: never)."""
         from cube.core.model import parse_size
-        from cube.cluster.service import run_worker, setup_logging
+        from cube.cluster.service import setup_logging
+        from cube.cluster.worker_service import run_worker
         setup_logging(verbose)
         run_worker(name=str(name) if name else None, port=int(port), host=host, data=data, token=token,
                    token_file=token_file, cpus=float(cpus) if cpus else None,
@@ -188,7 +197,7 @@ announces itself on the LAN (mDNS) and registers with the manager it finds."""
                    disk=parse_size(disk, "--disk") if disk else None, labels=_pairs(label, "--label"),
                    certfile=certfile, keyfile=keyfile, manager=manager, mdns=mdns,
                    reconcile_interval=float(reconcile_interval), stop_timeout=float(stop_timeout),
-                   threads=int(threads))
+                   threads=int(threads), disconnect_timeout=float(disconnect_timeout))
 
     def manager(self, port: int = 5555, data: str | None = None, token: str | None = None,
                 scheduler: str = "epvm", workers=(), host: str = "0.0.0.0", node_timeout: float = 5.0,
@@ -198,7 +207,8 @@ announces itself on the LAN (mDNS) and registers with the manager it finds."""
 
 Runs the manager: accepts work, schedules it onto workers, keeps it running. Creates the cluster token at first
 start (`cube token` prints it)."""
-        from cube.cluster.service import run_manager, setup_logging
+        from cube.cluster.service import setup_logging
+        from cube.cluster.manager_service import run_manager
         setup_logging(verbose)
         run_manager(port=int(port), host=host, data=data, token=token, strategy=scheduler,
                     workers=_list(workers), node_timeout=float(node_timeout), certfile=certfile, keyfile=keyfile,
@@ -212,7 +222,8 @@ start (`cube token` prints it)."""
 A whole cluster in one process: a manager and N local workers on this machine's Docker engine. Prints the
 manager URL and token; `cube run` in another terminal finds it by itself."""
         from cube.core.model import parse_size
-        from cube.cluster.service import run_dev, setup_logging
+        from cube.cluster.service import setup_logging
+        from cube.cluster.manager_service import run_dev
         setup_logging(verbose)
         run_dev(port=int(port), data=data, workers=int(workers), strategy=scheduler,
                 cpus=float(cpus) if cpus else None, memory=parse_size(memory, "--memory") if memory else None,

@@ -30,10 +30,12 @@ def build_request(flags: dict) -> tuple[str, dict]:
         "memory": flags.get("memory") or 0,
         "disk": flags.get("disk") or 0,
         "restart": {"name": str(flags.get("restart") or "on-failure"),
-                    "max_restarts": flags.get("max_restarts", 3)},
+                    "max_restarts": flags.get("max_restarts", 3), "window": flags.get("restart_window", 600.0)},
         "constraints": [str(c) for c in _as_list(flags.get("constraint"))],
         "labels": dict(str(item).split("=", 1) for item in _as_list(flags.get("label")) if "=" in str(item)),
     }
+    if flags.get("on_disconnect"):
+        spec["on_disconnect"] = str(flags["on_disconnect"])
     if flags.get("health"):
         spec["health"] = {"path": str(flags["health"]), "interval": flags.get("health_interval", 10.0)}
     count = flags.get("count", 1)
@@ -155,6 +157,10 @@ def _fail_if_stuck(tasks: list[dict], batch: bool) -> None:
         if t["state"] == "completed" and not batch:
             raise CubeError(f"task {t['id']} ({t['name']}) ended: {t['reason'] or 'completed'}; use --batch for "
                             f"work that runs to completion, `cube logs {t['id']}` for its output")
+        if t["state"] == "pending" and t.get("reason", "").startswith("failed on "):
+            # A service whose node gave up on it: the cluster tries again elsewhere, the user hears why now.
+            raise CubeError(f"task {t['id']} ({t['name']}) {t['reason']}; `cube status {t['id']}` shows its events, "
+                            f"`cube stop {t['job'] or t['id']}` gives up")
         if t["state"] == "pending" and t.get("reason", "").startswith(("no node fits", "no nodes")):
             raise CubeError(f"task {t['id']} cannot be placed: {t['reason']}. It stays pending and starts when a node "
                             f"fits (`cube stop {t['job'] or t['id']}` cancels it)")

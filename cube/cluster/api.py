@@ -17,7 +17,7 @@ from cheroot import wsgi
 
 from cube import __version__
 from cube.core.errors import BadRequest, CubeError, NotFound, Unauthorized
-from cube.core.model import InvalidSpec, Task
+from cube.core.model import Assignment
 
 log = logging.getLogger("cube.api")
 bottle.BaseRequest.MEMFILE_MAX = 4 * 1024 * 1024
@@ -33,14 +33,12 @@ def _json_response(data, status: int = 200) -> bottle.HTTPResponse:
 
 
 def _errors_plugin(callback):
-    """Turns every CubeError (and InvalidSpec) raised by a route into the JSON error shape."""
+    """Turns every CubeError raised by a route into the JSON error shape (invalid specs are BadRequests)."""
     def wrapper(*args, **kwargs):
         try:
             result = callback(*args, **kwargs)
         except bottle.HTTPResponse:
             raise
-        except InvalidSpec as error:
-            return _json_response({"error": str(error), "status": 400}, 400)
         except CubeError as error:
             return _json_response(error.to_dict(), error.status)
         except Exception:
@@ -125,8 +123,7 @@ def worker_app(worker, token: str | None) -> bottle.Bottle:
 
     @app.post("/tasks")
     def post_task():
-        task = Task.from_dict(read_json())
-        task, created = worker.accept(task)
+        task, created = worker.accept(Assignment.from_dict(read_json()))
         return _json_response(task.to_dict(), 201 if created else 200)
 
     @app.get("/tasks")
@@ -139,7 +136,8 @@ def worker_app(worker, token: str | None) -> bottle.Bottle:
 
     @app.delete("/tasks/<task_id>")
     def delete_task(task_id):
-        worker.stop_task(task_id)
+        generation = query_number("generation", None, int)
+        worker.stop_task(task_id, None if generation is None else int(generation))
         return bottle.HTTPResponse(status=204)
 
     @app.post("/tasks/<task_id>/restart")
@@ -172,7 +170,7 @@ def worker_app(worker, token: str | None) -> bottle.Bottle:
     return app
 
 
-def manager_app(manager, membership, token: str | None) -> bottle.Bottle:
+def manager_app(manager, membership, links, token: str | None) -> bottle.Bottle:
     """The manager's API: the book's routes plus jobs, events, logs (proxied from the worker), nodes, health."""
     app = _new_app(token)
 
@@ -189,7 +187,7 @@ def manager_app(manager, membership, token: str | None) -> bottle.Bottle:
     def list_tasks():
         job = bottle.request.query.get("job") or None
         state = bottle.request.query.get("state") or None
-        return [t.to_dict() for t in manager.list_tasks(job=job, state=state)]
+        return manager.task_views(job=job, state=state)
 
     @app.get("/tasks/<ref>")
     def get_task(ref):
@@ -203,11 +201,11 @@ def manager_app(manager, membership, token: str | None) -> bottle.Bottle:
     @app.get("/tasks/<ref>/logs")
     def task_logs(ref):
         task = manager.find_task(ref)
-        node = manager.nodes.get(task.node)
+        node = manager.node(task.node) if task.node else None
         if node is None:
             raise NotFound(f"task {task.id} has not been placed on a node yet ({task.reason or task.state.value})")
         params = {"tail": query_number("tail", None, int), "follow": "1" if query_flag("follow") else None}
-        client = membership.client(node)
+        client = links.client(node.address)
         return _stream_logs(client.stream(f"/tasks/{task.id}/logs", params=params,
                                           timeout=None if query_flag("follow") else 30))
 
@@ -218,7 +216,7 @@ def manager_app(manager, membership, token: str | None) -> bottle.Bottle:
 
     @app.get("/jobs")
     def list_jobs():
-        return [manager.job_detail(name) for name in sorted(manager.jobs)]
+        return [manager.job_detail(name) for name in manager.job_names()]
 
     @app.get("/jobs/<name>")
     def get_job(name):

@@ -53,7 +53,8 @@ class Client:
             conn.close()
         self._local.conn = None
 
-    def _send(self, method: str, path: str, body, params: dict | None, timeout: float | None):
+    def _send(self, method: str, path: str, body, params: dict | None, timeout: float | None,
+              retry: bool | None = None):
         if params:
             path = f"{path}?{urlencode({k: v for k, v in params.items() if v is not None})}"
         headers = {"Accept": "application/json"}
@@ -64,16 +65,20 @@ class Client:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         timeout = self.timeout if timeout is None else timeout
-        # A kept-alive connection may have been closed by the server meanwhile: retry once on a fresh one,
-        # only when nothing could have reached the server (the request failed before any answer).
+        if retry is None:
+            retry = method in ("GET", "DELETE", "PUT")
+        # A kept-alive connection may have been closed by the server meanwhile (a restarted worker, an idle
+        # timeout): the request is tried once more on a fresh connection, when the caller says it may be repeated.
+        # A fresh connection that fails is not retried: the peer is down, and the caller's own loop decides.
         for attempt in (1, 2):
             conn = self._connection(timeout)
+            reused = conn.sock is not None
             try:
                 conn.request(method, path, body=payload, headers=headers)
                 return conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as error:
                 self._drop()
-                if attempt == 2 or method not in ("GET", "DELETE", "PUT"):
+                if attempt == 2 or not (retry and reused):
                     raise Unavailable(f"{self.base_url} closed the connection ({error})") from None
             except (socket.timeout, TimeoutError):
                 self._drop()
@@ -84,9 +89,10 @@ class Client:
                 raise Unavailable(f"cannot reach {self.base_url}: {reason}") from None
 
     def request(self, method: str, path: str, body=None, params: dict | None = None,
-                timeout: float | None = None):
-        """JSON in, JSON out; None for an empty answer (204). Raises the typed error for an error answer."""
-        response = self._send(method, path, body, params, timeout)
+                timeout: float | None = None, retry: bool | None = None):
+        """JSON in, JSON out; None for an empty answer (204). Raises the typed error for an error answer.
+        `retry`: whether the request may be sent twice (default: for GET, PUT and DELETE)."""
+        response = self._send(method, path, body, params, timeout, retry)
         try:
             raw = response.read()
         except (OSError, http.client.HTTPException) as error:

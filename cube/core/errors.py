@@ -18,6 +18,10 @@ class BadRequest(CubeError):
     status = 400
 
 
+class InvalidSpec(BadRequest):
+    """A spec (task, job, restart policy, ...) that does not validate; the message names the field and why."""
+
+
 class Unauthorized(CubeError):
     status = 401
 

@@ -1,25 +1,36 @@
-"""Cube's vocabulary as plain data: task specs (what the user asked for, validated), tasks (a spec plus the
-manager's desired state and the worker's observed state), jobs, nodes and events, the task state machine as a
-table, and the JSON round-trip for everything that crosses HTTP or disk. No I/O and no clock live here: callers
-pass `now`.
+"""Cube's records as plain data, and who writes which field (Nomad's split):
 
-Task states (the book's five)::
+- `Assignment`: what a worker holds. The manager gives it (id, spec, job, generation, desired); the worker alone
+  writes what it observes (state, container, ports, restarts, exit code, reason, times) and reports it.
+- `Task`: what the manager holds. The manager alone writes desired state and placement (node, generation, note,
+  reschedules); `observed` is the latest report of the node the task is placed on, copied verbatim.
+- The state a user sees is derived from those two by one pure function, `derive`. Its moves follow the
+  table below, which is `TRANSITIONS` (a test reads this docstring and compares)::
 
-    pending ──► scheduled ──► running ──► completed
-       │            │  ▲         │  │
-       │            │  └─────────┘  └──► failed ──► scheduled (restart / reschedule)
-       │            └──► failed │                      
-       └──► failed (never placeable)                  completed is terminal
+    pending   -> scheduled, completed, failed
+    scheduled -> pending, scheduled, running, completed, failed
+    running   -> pending, scheduled, running, completed, failed
+    failed    -> pending, scheduled
+    completed -> (terminal)
 
-Desired state (`run` / `stop`) is written by the manager only; observed state by whoever runs the container.
+          ┌──────────── rescheduled (node lost, restarts used up) ───────────┐
+          ▼                                                                  │
+    pending ──placed──► scheduled ──started──► running ──exit 0 / stopped──► completed
+       │                  ▲   │                 │  │
+       │                  └───┼─ restart ───────┘  └──crashed, restarts used──► failed ──► pending / scheduled
+       └── stopped ──► completed                                                       (service: rescheduled)
+
+Also here: events, node records, resources. No I/O and no clock: callers pass `now`.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
-import uuid
 from dataclasses import dataclass, field
 from enum import Enum
+
+from cube.core.errors import InvalidSpec, InvalidTransition
+from cube.core.spec import (DISCONNECT_POLICIES, JOB_TYPES, RESTART_POLICIES, HealthCheck, Job, Port,  # noqa: F401
+                            RestartPolicy, TaskSpec, format_size, new_id, parse_size)
 
 
 class State(str, Enum):
@@ -36,313 +47,39 @@ class Desired(str, Enum):
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.PENDING: frozenset({State.SCHEDULED, State.FAILED, State.COMPLETED}),
-    # scheduled -> scheduled: a reschedule before the first start (node lost while placing).
-    State.SCHEDULED: frozenset({State.SCHEDULED, State.RUNNING, State.FAILED, State.COMPLETED, State.PENDING}),
-    State.RUNNING: frozenset({State.RUNNING, State.SCHEDULED, State.COMPLETED, State.FAILED, State.PENDING}),
-    State.FAILED: frozenset({State.SCHEDULED, State.PENDING}),
+    State.PENDING: frozenset({State.SCHEDULED, State.COMPLETED, State.FAILED}),
+    # scheduled -> scheduled: placed again before the first start (the node was lost while the task waited).
+    State.SCHEDULED: frozenset({State.PENDING, State.SCHEDULED, State.RUNNING, State.COMPLETED, State.FAILED}),
+    State.RUNNING: frozenset({State.PENDING, State.SCHEDULED, State.RUNNING, State.COMPLETED, State.FAILED}),
+    State.FAILED: frozenset({State.PENDING, State.SCHEDULED}),
     State.COMPLETED: frozenset(),
 }
 TERMINAL = frozenset({State.COMPLETED})
-
-
-class InvalidSpec(ValueError):
-    """Raised by validation; the message says which field is wrong and why."""
-
-
-RESTART_POLICIES = ("no", "on-failure", "always")
-MAX_CPU = 1024.0
-MAX_BYTES = 1 << 50  # 1 PiB: anything above is a typo, not a machine
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value, what: str = "size") -> int:
-    """`256m`, `1g`, `1.5G`, `512MiB` or plain bytes → bytes."""
-    if isinstance(value, bool):
-        raise InvalidSpec(f"{what} must be a size such as 256m, 1g or a number of bytes, not {value!r}")
-    if isinstance(value, (int, float)):
-        number = value
-    else:
-        match = _SIZE_RE.match(str(value))
-        if not match:
-            raise InvalidSpec(f"{what} must be a size such as 256m, 1g or a number of bytes, not {value!r}")
-        number = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    if number < 0 or number > MAX_BYTES:
-        raise InvalidSpec(f"{what} must be between 0 and 1 PiB, not {value!r}")
-    return int(number)
-
-
-def format_size(n: int | float) -> str:
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else f"{n:.1f} {unit}".replace(".0 ", " ")
-        n /= 1024
-    return f"{n} B"
-
-
-@dataclass(frozen=True)
-class Port:
-    container: int
-    host: int | None = None  # None: Docker picks a free one and the worker reports it back
-    protocol: str = "tcp"
-
-    @property
-    def key(self) -> str:
-        return f"{self.container}/{self.protocol}"
-
-    @classmethod
-    def parse(cls, value) -> "Port":
-        """`8080`, `8080:80` (host:container, as docker -p), `80/udp`, or a dict."""
-        if isinstance(value, Port):
-            return value
-        if isinstance(value, dict):
-            _only(value, {"container", "host", "protocol"}, "port")
-            if "container" not in value:
-                raise InvalidSpec("port needs a 'container' port number")
-            return cls(_port_number(value["container"], "container port"),
-                       None if value.get("host") in (None, 0) else _port_number(value["host"], "host port"),
-                       _protocol(value.get("protocol", "tcp")))
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise InvalidSpec(f"port must be a number, 'host:container' or an object, not {value!r}")
-        text = str(value).strip()
-        protocol = "tcp"
-        if "/" in text:
-            text, protocol = text.split("/", 1)
-        if ":" in text:
-            host, container = text.split(":", 1)
-            return cls(_port_number(container, "container port"), _port_number(host, "host port"),
-                       _protocol(protocol))
-        return cls(_port_number(text, "container port"), None, _protocol(protocol))
-
-    def to_dict(self) -> dict:
-        return {"container": self.container, "host": self.host, "protocol": self.protocol}
-
-
-def _port_number(value, what: str) -> int:
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise InvalidSpec(f"{what} must be a number from 1 to 65535, not {value!r}") from None
-    if not 1 <= number <= 65535:
-        raise InvalidSpec(f"{what} must be from 1 to 65535, not {number}")
-    return number
-
-
-def _protocol(value) -> str:
-    if value not in ("tcp", "udp"):
-        raise InvalidSpec(f"port protocol must be tcp or udp, not {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    name: str = "on-failure"
-    max_restarts: int = 3
-
-    @classmethod
-    def parse(cls, value) -> "RestartPolicy":
-        if value is None:
-            return cls()
-        if isinstance(value, RestartPolicy):
-            return value
-        if isinstance(value, str):
-            value = {"name": value}
-        if not isinstance(value, dict):
-            raise InvalidSpec(f"restart must be one of {', '.join(RESTART_POLICIES)} or an object")
-        _only(value, {"name", "max_restarts"}, "restart")
-        name = value.get("name", "on-failure")
-        if name not in RESTART_POLICIES:
-            raise InvalidSpec(f"unknown restart policy {name!r}: use one of {', '.join(RESTART_POLICIES)}")
-        max_restarts = value.get("max_restarts", 3)
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or not 0 <= max_restarts <= 1000:
-            raise InvalidSpec(f"restart.max_restarts must be a whole number from 0 to 1000, not {max_restarts!r}")
-        return cls(name, max_restarts)
-
-    def allows(self, exit_code: int | None, restarts: int) -> bool:
-        """Whether a container that ended with `exit_code` after `restarts` restarts gets another."""
-        if self.name == "no" or restarts >= self.max_restarts:
-            return False
-        return self.name == "always" or exit_code != 0
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "max_restarts": self.max_restarts}
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    path: str = "/"
-    port: int | None = None  # container port; None: the task's first port
-    interval: float = 10.0
-    timeout: float = 2.0
-
-    @classmethod
-    def parse(cls, value) -> "HealthCheck | None":
-        if value is None or isinstance(value, HealthCheck):
-            return value
-        if isinstance(value, str):
-            value = {"path": value}
-        if not isinstance(value, dict):
-            raise InvalidSpec("health must be a path such as /health or an object with path, port, interval, timeout")
-        _only(value, {"path", "port", "interval", "timeout"}, "health")
-        path = value.get("path", "/")
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise InvalidSpec(f"health.path must start with '/', not {path!r}")
-        port = value.get("port")
-        interval = _number(value.get("interval", 10.0), "health.interval", 0.1, 86400)
-        timeout = _number(value.get("timeout", 2.0), "health.timeout", 0.05, 3600)
-        return cls(path, None if port is None else _port_number(port, "health.port"), interval, timeout)
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "port": self.port, "interval": self.interval, "timeout": self.timeout}
-
-
-def _number(value, what: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidSpec(f"{what} must be a number, not {value!r}")
-    if not low <= value <= high:
-        raise InvalidSpec(f"{what} must be between {low:g} and {high:g}, not {value:g}")
-    return float(value)
-
-
-def _only(data: dict, allowed: set[str], what: str) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise InvalidSpec(f"unknown field{'s' if len(unknown) > 1 else ''} in {what}: {', '.join(unknown)} "
-                          f"(allowed: {', '.join(sorted(allowed))})")
-
-
-def _constraint(value) -> str:
-    if not isinstance(value, str) or not re.match(r"^[\w./-]+\s*(==|!=|=)\s*[\w./:-]+$", value):
-        raise InvalidSpec(f"constraint must look like key=value or key!=value (e.g. arch=aarch64), not {value!r}")
-    return re.sub(r"\s+", "", value)
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What a user asks to run. Immutable; validated by `from_dict`."""
-    image: str
-    name: str = ""
-    command: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    ports: tuple[Port, ...] = ()
-    cpu: float = 0.0          # cores; 0 = no limit, nothing reserved
-    memory: int = 0           # bytes; 0 = no limit, nothing reserved
-    disk: int = 0             # bytes reserved on the node
-    restart: RestartPolicy = RestartPolicy()
-    health: HealthCheck | None = None
-    labels: tuple[tuple[str, str], ...] = ()
-    constraints: tuple[str, ...] = ()
-
-    FIELDS = ("name", "image", "command", "env", "ports", "cpu", "memory", "disk", "restart", "health", "labels",
-              "constraints")
-
-    @classmethod
-    def from_dict(cls, data) -> "TaskSpec":
-        if not isinstance(data, dict):
-            raise InvalidSpec(f"a task spec must be a JSON object, not {type(data).__name__}")
-        _only(data, set(cls.FIELDS), "task spec")
-        image = data.get("image")
-        if not image or not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
-            raise InvalidSpec("image is required: a name such as nginx or nginx:1.25")
-        name = data.get("name") or ""
-        if name and (not isinstance(name, str) or not _NAME_RE.match(name)):
-            raise InvalidSpec(f"name must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or "
-                              f"digit, not {name!r}")
-        command = data.get("command") or ()
-        if isinstance(command, str):
-            command = command.split()
-        if not isinstance(command, (list, tuple)) or not all(isinstance(c, str) for c in command):
-            raise InvalidSpec("command must be a list of strings, e.g. [\"sleep\", \"3600\"]")
-        env = data.get("env") or {}
-        if isinstance(env, (list, tuple)):
-            env = dict(_env_pair(item) for item in env)
-        if not isinstance(env, dict) or not all(isinstance(k, str) and k for k in env):
-            raise InvalidSpec("env must be an object of NAME: value, or a list of NAME=value")
-        ports = data.get("ports") or ()
-        if not isinstance(ports, (list, tuple)):
-            ports = [ports]
-        parsed_ports = tuple(Port.parse(p) for p in ports)
-        keys = [p.key for p in parsed_ports]
-        if len(set(keys)) != len(keys):
-            raise InvalidSpec("ports lists the same container port twice")
-        hosts = [(p.host, p.protocol) for p in parsed_ports if p.host]
-        if len(set(hosts)) != len(hosts):
-            raise InvalidSpec("ports lists the same host port twice")
-        cpu = _number(data.get("cpu", 0) or 0, "cpu", 0, MAX_CPU)
-        labels = data.get("labels") or {}
-        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                   for k, v in labels.items()):
-            raise InvalidSpec("labels must be an object of string: string")
-        constraints = data.get("constraints") or ()
-        if isinstance(constraints, str):
-            constraints = [constraints]
-        if not isinstance(constraints, (list, tuple)):
-            raise InvalidSpec("constraints must be a list such as [\"arch=aarch64\"]")
-        health = HealthCheck.parse(data.get("health"))
-        if health and health.port is None and not parsed_ports:
-            raise InvalidSpec("a health check needs a port: add ports, or set health.port")
-        if health and health.port is not None and health.port not in {p.container for p in parsed_ports}:
-            raise InvalidSpec(f"health.port {health.port} is not one of the task's container ports")
-        return cls(
-            image=image.strip(), name=name, command=tuple(command),
-            env=tuple(sorted((k, str(v)) for k, v in env.items())), ports=parsed_ports, cpu=cpu,
-            memory=parse_size(data.get("memory", 0) or 0, "memory"),
-            disk=parse_size(data.get("disk", 0) or 0, "disk"),
-            restart=RestartPolicy.parse(data.get("restart")), health=health,
-            labels=tuple(sorted(labels.items())), constraints=tuple(_constraint(c) for c in constraints),
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name, "image": self.image, "command": list(self.command), "env": dict(self.env),
-            "ports": [p.to_dict() for p in self.ports], "cpu": self.cpu, "memory": self.memory,
-            "disk": self.disk, "restart": self.restart.to_dict(),
-            "health": self.health.to_dict() if self.health else None, "labels": dict(self.labels),
-            "constraints": list(self.constraints),
-        }
-
-    @property
-    def health_port(self) -> Port | None:
-        if not self.health:
-            return None
-        if self.health.port is None:
-            return self.ports[0]
-        return next(p for p in self.ports if p.container == self.health.port)
-
-
-def _env_pair(item) -> tuple[str, str]:
-    if not isinstance(item, str) or "=" not in item or item.startswith("="):
-        raise InvalidSpec(f"env entries must look like NAME=value, not {item!r}")
-    key, value = item.split("=", 1)
-    return key, value
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex[:12]
+ACTIVE = frozenset({State.PENDING, State.SCHEDULED, State.RUNNING})
 
 
 @dataclass
-class Task:
-    """One container's worth of work: the spec, who wants what (desired) and what is happening (observed)."""
+class Assignment:
+    """A task as a worker holds it: what the manager gave (id, spec, job, generation, desired) and what the worker
+    observes (the rest). The worker persists it before acknowledging, and reports it as `to_dict()`."""
     id: str
     spec: TaskSpec
     job: str = ""
     desired: Desired = Desired.RUN
-    state: State = State.PENDING
+    generation: int = 0
+    state: State = State.SCHEDULED
     node: str = ""
     container_id: str = ""
     host_ports: dict = field(default_factory=dict)   # "80/tcp" -> host port number
-    restarts: int = 0
+    restarts: int = 0            # restarts of this assignment, all told (shown to users)
+    restart_times: list = field(default_factory=list)  # when the recent ones happened (the policy's window)
+    streak: int = 0              # quick restarts in a row (the backoff)
     exit_code: int | None = None
-    reason: str = ""           # why the task is in its state (last failure, placement problem, ...)
+    reason: str = ""             # why it is in its state: last failure, why it waits, ...
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float = 0.0
-    generation: int = 0        # bumped by the manager at each (re)placement, so stale copies are recognisable
 
     @property
     def name(self) -> str:
@@ -351,27 +88,156 @@ class Task:
     def to_dict(self) -> dict:
         return {
             "id": self.id, "name": self.name, "job": self.job, "desired": self.desired.value,
-            "state": self.state.value, "node": self.node, "image": self.spec.image,
+            "generation": self.generation, "state": self.state.value, "node": self.node, "image": self.spec.image,
             "container_id": self.container_id, "host_ports": dict(self.host_ports), "restarts": self.restarts,
-            "exit_code": self.exit_code, "reason": self.reason, "created_at": self.created_at,
-            "started_at": self.started_at, "finished_at": self.finished_at, "updated_at": self.updated_at,
-            "generation": self.generation, "spec": self.spec.to_dict(),
+            "restart_times": list(self.restart_times), "streak": self.streak, "exit_code": self.exit_code, "reason": self.reason,
+            "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
+            "updated_at": self.updated_at, "spec": self.spec.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Assignment":
+        if not isinstance(data, dict):
+            raise InvalidSpec("an assignment must be a JSON object")
+        try:
+            return cls(
+                id=str(data["id"]), spec=TaskSpec.from_dict(data["spec"]), job=data.get("job") or "",
+                desired=Desired(data.get("desired", "run")), generation=int(data.get("generation") or 0),
+                state=State(data.get("state", "scheduled")), node=data.get("node") or "",
+                container_id=data.get("container_id") or "", host_ports=dict(data.get("host_ports") or {}),
+                restarts=int(data.get("restarts") or 0), restart_times=list(data.get("restart_times") or ()),
+                streak=int(data.get("streak") or 0),
+                exit_code=data.get("exit_code"), reason=data.get("reason") or "",
+                created_at=float(data.get("created_at") or 0), started_at=data.get("started_at"),
+                finished_at=data.get("finished_at"), updated_at=float(data.get("updated_at") or 0),
+            )
+        except KeyError as missing:
+            raise InvalidSpec(f"assignment is missing {missing}") from None
+        except (TypeError, ValueError) as bad:
+            if isinstance(bad, InvalidSpec):
+                raise
+            raise InvalidSpec(f"assignment has a bad field: {bad}") from None
+
+    def copy(self) -> "Assignment":
+        return dataclasses.replace(self, host_ports=dict(self.host_ports), restart_times=list(self.restart_times))
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One node's report of one assignment, as the manager keeps it: never edited, replaced by the next report."""
+    node: str
+    generation: int
+    state: State
+    desired: Desired = Desired.RUN      # the worker's copy of the manager's word (stop once told to stop)
+    container_id: str = ""
+    host_ports: dict = field(default_factory=dict)
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = 0.0
+
+    FIELDS = ("state", "desired", "generation", "container_id", "host_ports", "restarts", "exit_code", "reason",
+              "started_at", "finished_at", "updated_at")
+
+    @classmethod
+    def from_report(cls, node: str, data: dict) -> "Observed":
+        get = data.get
+        return cls(node, int(get("generation") or 0), State(get("state", "scheduled")),
+                   Desired(get("desired", "run")), get("container_id") or "", dict(get("host_ports") or {}),
+                   int(get("restarts") or 0), get("exit_code"), get("reason") or "", get("started_at"),
+                   get("finished_at"), float(get("updated_at") or 0))
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "generation": self.generation, "state": self.state.value,
+                "desired": self.desired.value, "container_id": self.container_id,
+                "host_ports": dict(self.host_ports), "restarts": self.restarts, "exit_code": self.exit_code,
+                "reason": self.reason, "started_at": self.started_at, "finished_at": self.finished_at,
+                "updated_at": self.updated_at}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Observed":
+        return cls.from_report(data.get("node") or "", data)
+
+    @property
+    def ended(self) -> bool:
+        return self.state in (State.COMPLETED, State.FAILED)
+
+
+@dataclass
+class Task:
+    """A task as the manager holds it. The manager writes every field but `observed`, which is the report of the
+    node the task is placed on (for the current generation), copied verbatim."""
+    id: str
+    spec: TaskSpec
+    job: str = ""
+    created_at: float = 0.0
+    desired: Desired = Desired.RUN
+    node: str = ""               # where it is placed; "" = not placed (pending, or stopped before placement)
+    generation: int = 0          # bumped at each placement, so a stale copy is known by (id, generation)
+    note: str = ""               # the manager's latest word on it: placement problem, why stopped or moved
+    note_at: float = 0.0
+    reschedules: int = 0         # placements after the first, for the reschedule delay
+    not_before: float = 0.0      # no placement before this time (reschedule delay)
+    avoid: str = ""              # a node the next placement avoids if it can (restarts used up there)
+    updated_at: float = 0.0
+    observed: Observed | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or self.id
+
+    @property
+    def current(self) -> Observed | None:
+        """The observation that speaks for the current placement, if any."""
+        obs = self.observed
+        if obs is None or obs.node != self.node or obs.generation != self.generation or not self.node:
+            return None
+        return obs
+
+    @property
+    def state(self) -> State:
+        return derive(self)[0]
+
+    @property
+    def reason(self) -> str:
+        return derive(self)[1]
+
+    def to_dict(self, node_state: str = "ready") -> dict:
+        """The API's view: the manager's fields, the observation, and the derived state with the observed fields
+        a user reads most (flattened). `node_state`: the state of the node it is placed on."""
+        state, reason = derive(self, node_state)
+        obs = self.current
+        shown = obs or Observed(self.node, self.generation, state)
+        return {
+            "id": self.id, "name": self.name, "job": self.job, "image": self.spec.image, "state": state.value,
+            "reason": reason, "desired": self.desired.value, "node": self.node, "generation": self.generation,
+            "note": self.note, "note_at": self.note_at, "reschedules": self.reschedules,
+            "not_before": self.not_before, "avoid": self.avoid, "created_at": self.created_at,
+            "updated_at": self.updated_at, "container_id": shown.container_id, "host_ports": dict(shown.host_ports),
+            "restarts": shown.restarts, "exit_code": shown.exit_code, "started_at": shown.started_at,
+            "finished_at": shown.finished_at if obs else (self.note_at if state in TERMINAL else None),
+            "observed": self.observed.to_dict() if self.observed else None, "spec": self.spec.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "Task":
         if not isinstance(data, dict):
             raise InvalidSpec("a task must be a JSON object")
+        get = data.get
         try:
+            observed = get("observed")
+            if observed is None and "observed" not in data and get("node") and get("state"):
+                observed = dict(data)  # a record from Cube 0.1, which kept the observed fields flat
             return cls(
-                id=str(data["id"]), spec=TaskSpec.from_dict(data["spec"]), job=data.get("job") or "",
-                desired=Desired(data.get("desired", "run")), state=State(data.get("state", "pending")),
-                node=data.get("node") or "", container_id=data.get("container_id") or "",
-                host_ports=dict(data.get("host_ports") or {}), restarts=int(data.get("restarts") or 0),
-                exit_code=data.get("exit_code"), reason=data.get("reason") or "",
-                created_at=float(data.get("created_at") or 0), started_at=data.get("started_at"),
-                finished_at=data.get("finished_at"), updated_at=float(data.get("updated_at") or 0),
-                generation=int(data.get("generation") or 0),
+                id=str(data["id"]), spec=TaskSpec.from_dict(data["spec"]), job=get("job") or "",
+                created_at=float(get("created_at") or 0), desired=Desired(get("desired", "run")),
+                node=get("node") or "", generation=int(get("generation") or 0), note=get("note") or "",
+                note_at=float(get("note_at") or 0), reschedules=int(get("reschedules") or 0),
+                not_before=float(get("not_before") or 0), avoid=get("avoid") or "",
+                updated_at=float(get("updated_at") or 0),
+                observed=Observed.from_dict(observed) if observed else None,
             )
         except KeyError as missing:
             raise InvalidSpec(f"task is missing {missing}") from None
@@ -381,7 +247,26 @@ class Task:
             raise InvalidSpec(f"task has a bad field: {bad}") from None
 
     def copy(self) -> "Task":
-        return dataclasses.replace(self, host_ports=dict(self.host_ports))
+        return dataclasses.replace(self)  # every field is immutable or replaced whole, never edited in place
+
+
+def derive(task: Task, node_state: str = "ready") -> tuple[State, str]:
+    """The state a user sees and why, from the manager's fields, the current observation and the state of the node
+    the task is placed on (a report from a node that no longer answers is not news)."""
+    obs = task.current
+    if task.desired is Desired.STOP:
+        if obs is not None and not obs.ended:
+            return obs.state, obs.reason if obs.desired is Desired.STOP else task.note  # still stopping
+        if obs is not None and obs.state is State.FAILED:
+            return State.FAILED, obs.reason
+        return State.COMPLETED, task.note or "stopped"
+    if not task.node:
+        return State.PENDING, task.note
+    if obs is None:
+        return State.SCHEDULED, task.note
+    if node_state == "down" and not obs.ended:
+        return State.SCHEDULED, f"node {task.node} does not answer: the task moves if it stays silent"
+    return obs.state, obs.reason
 
 
 @dataclass(frozen=True)
@@ -405,60 +290,20 @@ class Event:
                    get("node", ""))
 
 
-def transition(task: Task, to: State, now: float, message: str = "") -> Event:
-    """Move `task` to state `to` (in place) or raise InvalidTransition. Returns the event to record
-    (id 0: the store numbers it)."""
-    from cube.core.errors import InvalidTransition
-    if to not in TRANSITIONS[task.state]:
-        raise InvalidTransition(f"task {task.id}: cannot go from {task.state.value} to {to.value}")
-    task.state = to
-    task.updated_at = now
+def transition(record: Assignment, to: State, now: float, message: str = "") -> Event:
+    """Move a worker's `record` to observed state `to` (in place) or raise InvalidTransition. Returns the event
+    to record (id 0: the store numbers it)."""
+    if to not in TRANSITIONS[record.state]:
+        raise InvalidTransition(f"task {record.id}: cannot go from {record.state.value} to {to.value}")
+    record.state = to
+    record.updated_at = now
     if message:
-        task.reason = message
-    if to is State.RUNNING and task.started_at is None:
-        task.started_at = now
+        record.reason = message
+    if to is State.RUNNING and record.started_at is None:
+        record.started_at = now
     if to in (State.COMPLETED, State.FAILED):
-        task.finished_at = now
-    return Event(0, task.id, to.value, now, message, task.node)
-
-
-JOB_TYPES = ("service", "batch")
-
-
-@dataclass
-class Job:
-    name: str
-    spec: TaskSpec
-    count: int = 1
-    type: str = "service"
-    created_at: float = 0.0
-    stopped: bool = False
-
-    @classmethod
-    def from_dict(cls, data) -> "Job":
-        if not isinstance(data, dict):
-            raise InvalidSpec("a job must be a JSON object with name, task (a task spec), count and type")
-        _only(data, {"name", "task", "spec", "count", "type", "created_at", "stopped"}, "job")
-        name = data.get("name")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise InvalidSpec(f"job name is required: 1-63 letters, digits, '.', '_' or '-', not {name!r}")
-        spec_data = data.get("task", data.get("spec"))
-        if spec_data is None:
-            raise InvalidSpec("job needs a task spec under 'task'")
-        spec = TaskSpec.from_dict(spec_data)
-        count = data.get("count", 1)
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 10000:
-            raise InvalidSpec(f"count must be a whole number from 0 to 10000, not {count!r}")
-        kind = data.get("type", "service")
-        if kind not in JOB_TYPES:
-            raise InvalidSpec(f"job type must be service or batch, not {kind!r}")
-        if kind == "batch" and spec.restart.name == "always":
-            raise InvalidSpec("a batch job runs to completion: restart 'always' would never let it finish")
-        return cls(name, spec, count, kind, float(data.get("created_at") or 0), bool(data.get("stopped")))
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "task": self.spec.to_dict(), "count": self.count, "type": self.type,
-                "created_at": self.created_at, "stopped": self.stopped}
+        record.finished_at = now
+    return Event(0, record.id, to.value, now, message, record.node)
 
 
 @dataclass
@@ -476,34 +321,45 @@ class Resources:
         return cls(float(data.get("cpu") or 0), int(data.get("memory") or 0), int(data.get("disk") or 0))
 
 
-NODE_STATES = ("ready", "down", "draining")
+# ready: takes placements. unhealthy: answers, but cannot run containers (its engine does not answer): no new
+# placements, its tasks move once it stays so past the node timeout. down: no answer within the node timeout.
+NODE_STATES = ("ready", "unhealthy", "down")
 
 
 @dataclass
 class Node:
     """A worker as the manager sees it. `capacity` is what the node offers, `allocated` what placed tasks
-    reserve; `used_ports` are host ports taken by placed tasks."""
+    reserve; `used_ports` are host ports taken by placed tasks. `state`, `reason` and `since` are written by the
+    manager's membership; `disconnect_timeout` and `stop_timeout` are the worker's, from its reports."""
     name: str
     address: str                       # http://host:port
     capacity: Resources = field(default_factory=Resources)
     allocated: Resources = field(default_factory=Resources)
     labels: dict = field(default_factory=dict)  # arch, hostname, user labels
     state: str = "ready"
+    reason: str = ""
+    since: float = 0.0                 # when it entered its state
     last_seen: float = 0.0
     used_ports: set = field(default_factory=set)  # {(port, protocol)}
     tasks: int = 0
+    disconnect_timeout: float = 0.0    # the worker stops its on-disconnect=stop tasks after this long alone
+    stop_timeout: float = 10.0
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "address": self.address, "state": self.state,
-                "arch": self.labels.get("arch", ""), "cpus": self.capacity.cpu, "memory": self.capacity.memory,
-                "disk": self.capacity.disk, "capacity": self.capacity.to_dict(),
+        return {"name": self.name, "address": self.address, "state": self.state, "reason": self.reason,
+                "since": self.since, "arch": self.labels.get("arch", ""), "cpus": self.capacity.cpu,
+                "memory": self.capacity.memory, "disk": self.capacity.disk, "capacity": self.capacity.to_dict(),
                 "allocated": self.allocated.to_dict(), "labels": dict(self.labels), "last_seen": self.last_seen,
-                "tasks": self.tasks, "used_ports": sorted([list(p) for p in self.used_ports])}
+                "tasks": self.tasks, "used_ports": sorted([list(p) for p in self.used_ports]),
+                "disconnect_timeout": self.disconnect_timeout, "stop_timeout": self.stop_timeout}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Node":
         return cls(name=data["name"], address=data.get("address", ""),
                    capacity=Resources.from_dict(data.get("capacity")),
                    allocated=Resources.from_dict(data.get("allocated")), labels=dict(data.get("labels") or {}),
-                   state=data.get("state", "ready"), last_seen=float(data.get("last_seen") or 0),
-                   used_ports={tuple(p) for p in data.get("used_ports") or ()}, tasks=int(data.get("tasks") or 0))
+                   state=data.get("state", "ready"), reason=data.get("reason") or "",
+                   since=float(data.get("since") or 0), last_seen=float(data.get("last_seen") or 0),
+                   used_ports={tuple(p) for p in data.get("used_ports") or ()}, tasks=int(data.get("tasks") or 0),
+                   disconnect_timeout=float(data.get("disconnect_timeout") or 0),
+                   stop_timeout=float(data.get("stop_timeout") or 10.0))

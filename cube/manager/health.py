@@ -12,7 +12,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-from cube.core.model import Desired, State, Task
 
 log = logging.getLogger("cube.health")
 
@@ -44,39 +43,32 @@ class HealthChecker:
 
     def tick(self) -> None:
         now = self.clock()
-        with self.manager._lock:
-            running = [t.copy() for t in self.manager.tasks.values() if t.spec.health and t.state is State.RUNNING
-                       and t.desired is Desired.RUN and t.container_id]
-            addresses = {n.name: n.address for n in self.manager.nodes.values()}
         live = set()
-        for task in running:
-            key = (task.id, task.container_id, task.restarts)
+        for target in self.manager.health_targets():
+            key = (target["task_id"], target["container_id"], target["restarts"])
             live.add(key)
-            due = self._due.setdefault(key, now + task.spec.health.interval)
-            if due <= now and task.id not in self._busy:
-                self._due[key] = now + task.spec.health.interval
+            due = self._due.setdefault(key, now + target["interval"])
+            if due <= now and target["task_id"] not in self._busy:
+                self._due[key] = now + target["interval"]
                 with self._lock:
-                    self._busy.add(task.id)
-                self._pool.submit(self._check, task, addresses.get(task.node, ""))
+                    self._busy.add(target["task_id"])
+                self._pool.submit(self._check, target)
         for key in set(self._due) - live:
             del self._due[key]
 
-    def _check(self, task: Task, address: str) -> None:
+    def _check(self, target: dict) -> None:
+        task_id = target["task_id"]
         try:
-            port = task.spec.health_port
-            host_port = task.host_ports.get(port.key)
-            if not host_port or not address:
-                return
-            host = urlsplit(address).hostname or "127.0.0.1"
-            failure = probe(host, int(host_port), task.spec.health.path, task.spec.health.timeout)
+            host = urlsplit(target["address"]).hostname or "127.0.0.1"
+            failure = probe(host, target["port"], target["path"], target["timeout"])
             if failure:
-                log.info("task %s unhealthy: %s", task.id, failure)
-                self.manager.health_failed(task.id, failure)
+                log.info("task %s unhealthy: %s", task_id, failure)
+                self.manager.health_failed(task_id, failure)
         except Exception:
-            log.exception("health check of %s failed", task.id)
+            log.exception("health check of %s failed", task_id)
         finally:
             with self._lock:
-                self._busy.discard(task.id)
+                self._busy.discard(task_id)
 
     def run(self) -> None:
         while not self._closed.wait(0.2):

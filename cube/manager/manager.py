@@ -1,17 +1,21 @@
 """The manager: the cluster's memory and its decisions. It accepts tasks and jobs (validated, persisted before they
-are acknowledged), places them at once with the scheduler, hands them to workers, and keeps every task in its
-desired state: it restarts what fails its health check, reschedules what ran on a node that stopped answering, and
-stops the copy a returning node still runs — never two running copies of one task.
+are acknowledged), places them with the scheduler, and converges: what should run on each node is compared with
+what that node last reported, and the difference is sent, again and again until the node's report shows it done.
 
 Rules kept here:
-- One writer per field: the manager writes desired state and placement (node, generation); workers write observed
-  state, which the manager copies from their reports (`observe`).
-- A task holds resources on its node while it is desired to run and scheduled or running (`holds`); every change to
-  a task goes through `_commit`, which keeps node allocations in step and persists task and event together.
-- Placement is persisted before dispatch, so a worker never runs a task the manager does not know it placed there;
-  a dispatch lost to a crash is repaired when the worker's next report does not list the task.
-- Node liveness comes from one mechanism, the workers' long-poll answers (see `membership.py`); mDNS only finds
-  addresses.
+- One writer per field: the manager writes desired state, placement (node, generation) and its notes; a task's
+  `observed` is the report of the node it is placed on, copied verbatim (`observe`); the state a user sees is
+  derived (`model.derive`).
+- Level-triggered: every decision is a pure function in `reconcile.py` (per node, per task, per job), re-run on
+  every report, after every change, and on `tick`. Events (a report, a submission) only make the next round come
+  sooner. A dispatch that fails is still in the next round's diff (with a backoff); one that succeeded is not
+  resent until a report taken after it still lacks it.
+- Every change to a task goes through `_commit`, which persists it (with its event), keeps the indexes and the
+  node allocations in step, and marks the nodes whose diff may have changed.
+- Node health: ready, unhealthy (it answers but its engine does not: no new placements) or down (no answer within
+  the node timeout); only the workers' long-poll answers (`heard`) move a node back to ready.
+- The dispatcher (how a request reaches a worker) and the clocks are constructor arguments; the API and the health
+  checker read copies (`list_tasks`, `task_detail`, `health_targets`, ...), never the dicts or the lock.
 """
 from __future__ import annotations
 
@@ -19,21 +23,33 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 from cube import scheduler
 from cube.core.errors import BadRequest, Conflict, CubeError, NotFound
-from cube.core.model import (Desired, Event, InvalidSpec, Job, Node, Resources, State, Task, TaskSpec, new_id,
-                    transition)
+from cube.core.model import ACTIVE, Desired, Event, Job, Node, Observed, Resources, State, Task, TaskSpec, new_id
+from cube.manager.reconcile import Reported, job_diff, node_diff, task_decision
 from cube.store import Store
 
 log = logging.getLogger("cube.manager")
-ACTIVE = (State.PENDING, State.SCHEDULED, State.RUNNING)
-# The fields of a worker's task report that observe() reads: equal values mean an equal report.
-REPORTED = ("id", "generation", "desired", "state", "container_id", "host_ports", "restarts", "exit_code", "reason",
-            "started_at", "finished_at")
 SAMPLE_ABOVE = 64   # nodes; above this, placement samples SAMPLE_LIMIT feasible nodes
 SAMPLE_LIMIT = 16
+RETRY_BASE = 0.5    # seconds before a failed dispatch is tried again; doubles up to RETRY_MAX
+RETRY_MAX = 10.0
+SWEEP_EVERY = 10.0  # seconds between full rounds over every task and node (the safety net under the indexes)
+
+# (address, method, path, body, params) -> the worker's answer; raises CubeError.
+Dispatch = Callable[[str, str, str, "dict | None", "dict | None"], object]
+
+
+@dataclass
+class Attempt:
+    """One request the node diff wants delivered (an assignment or a stop), and how its delivery goes."""
+    in_flight: bool = False
+    acked_at: float | None = None   # monotonic time the worker acknowledged it
+    failures: int = 0
+    next_at: float = 0.0            # monotonic time before which it is not tried again
 
 
 def holds(task: Task) -> bool:
@@ -43,31 +59,44 @@ def holds(task: Task) -> bool:
 
 class Manager:
     def __init__(self, store: Store, *, strategy: str = "epvm", clock: Callable[[], float] = time.time,
-                 dispatch: Callable[[Node, str, str, dict | None], object] | None = None, threads: int = 8):
+                 dispatch: Dispatch | None = None, node_timeout: float = 5.0, threads: int = 8,
+                 monotonic: Callable[[], float] = time.monotonic, executor=None):
+        """`executor` (tests): runs deliveries (`submit(fn, *args)`) instead of the manager's thread pool."""
         scheduler.scorer(strategy)  # unknown strategy: fail at start, not at the first placement
         self.store = store
         self.strategy = strategy
         self.clock = clock
+        self.monotonic = monotonic
+        self.node_timeout = node_timeout
         self.sched_state = scheduler.SchedulerState()
+        self._dispatch = dispatch
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self.tasks: dict[str, Task] = {}
         self.jobs: dict[str, Job] = {}
         self.nodes: dict[str, Node] = {}
         self.placements: dict[str, dict] = {}
-        self._held: dict[str, str] = {}     # task id -> node whose allocation counts it
-        self._folded: dict[str, tuple] = {}  # task id -> the report last folded into it (see observe)
-        self._inflight: set[tuple] = set()   # dispatches queued or being sent (see _dispatch)
-        self._send = dispatch               # (node, method, path, body) -> answer; set by membership
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-dispatch")
+        self._held: dict[str, str] = {}              # task id -> node whose allocation counts it
+        self._by_node: dict[str, set[str]] = {}      # node -> ids of the tasks placed there
+        self._by_job: dict[str, set[str]] = {}
+        self._pending: set[str] = set()              # desired to run, placed nowhere
+        self._reports: dict[str, dict[str, Reported]] = {}
+        self._report_start: dict[str, float] = {}    # node -> monotonic start of the poll of its latest report
+        self._folded: dict[str, tuple] = {}          # task id -> the report fields last copied into it
+        self._outbox: dict[str, dict[tuple, Attempt]] = {}
+        self._dirty: set[str] = set()                # nodes whose diff may have changed
+        self._swept = float("-inf")
+        self._pool = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-dispatch")
         self._load()
 
     # ---- persistence ---------------------------------------------------------------------------------------
 
     def _load(self) -> None:
+        now = self.clock()
         for data in self.store.values("nodes"):
             node = Node.from_dict(data)
             node.allocated, node.used_ports, node.tasks = Resources(), set(), 0
+            node.last_seen = now  # every node gets a full deadline to answer the new manager
             self.nodes[node.name] = node
         for data in self.store.values("jobs"):
             job = Job.from_dict(data)
@@ -75,9 +104,27 @@ class Manager:
         for data in self.store.values("tasks"):
             task = Task.from_dict(data)
             self.tasks[task.id] = task
-            self._account(task)
+            self._index(task, None)
         for data in self.store.values("placements"):
             self.placements[data["task_id"]] = data
+        with self._lock:
+            # A job cut short by a crash (its record kept, some of its tasks not yet) is completed here.
+            for job in list(self.jobs.values()):
+                self._reconcile_job(job)
+
+    def _index(self, task: Task, before: tuple[str, str] | None) -> None:
+        """Keep the indexes and the node allocations in line with `task` (`before`: its (node, job) before)."""
+        if before is not None and before[0] != task.node:
+            self._by_node.get(before[0], set()).discard(task.id)
+        if task.node:
+            self._by_node.setdefault(task.node, set()).add(task.id)
+        if task.job:
+            self._by_job.setdefault(task.job, set()).add(task.id)
+        if task.desired is Desired.RUN and not task.node:
+            self._pending.add(task.id)
+        else:
+            self._pending.discard(task.id)
+        self._account(task)
 
     def _account(self, task: Task) -> None:
         """Bring the node allocations in line with whether `task` holds resources now."""
@@ -93,19 +140,24 @@ class Manager:
         else:
             self._held.pop(task.id, None)
 
-    def _commit(self, task: Task, event: Event | None = None, message: str = "") -> Task:
-        """Persist `task` (and its event, or a note `message` in its current state); keep allocations right.
-        Called with the lock held."""
+    def _commit(self, task: Task, before: tuple[str, str] | None = None, message: str = "") -> Task:
+        """Persist `task` (with an event when `message` is given: the decision in the task's derived state);
+        keep indexes and allocations right; mark the nodes whose diff changed. Lock held."""
+        task.updated_at = self.clock()
         self.tasks[task.id] = task
-        self._folded.pop(task.id, None)
-        self._account(task)
+        self._index(task, before)
         self.store.put("tasks", task.id, task.to_dict())
-        if event is None and message:
-            event = Event(0, task.id, task.state.value, self.clock(), message, task.node)
-        if event is not None:
-            self.store.append_event(event)
+        if message:
+            self.store.append_event(Event(0, task.id, task.state.value, task.updated_at, message, task.node))
+        if task.node:
+            self._dirty.add(task.node)
+        if before and before[0] and before[0] != task.node:
+            self._dirty.add(before[0])
         self._changed.notify_all()
         return task
+
+    def _note(self, task: Task, note: str) -> None:
+        task.note, task.note_at = note, self.clock()
 
     def save_node(self, node: Node) -> None:
         self.store.put("nodes", node.name, node.to_dict())
@@ -121,16 +173,18 @@ class Manager:
         task_id = data.pop("id", None) or new_id()
         if not isinstance(task_id, str) or not task_id.isalnum() or len(task_id) > 32:
             raise BadRequest("id must be 1-32 letters and digits")
-        spec = _spec(data)
+        spec = TaskSpec.from_dict(data)
         with self._lock:
             if task_id in self.tasks:
                 return self.tasks[task_id].copy(), False
             if spec.name:
                 self._name_free(spec.name)
-            task = Task(id=task_id, spec=spec, created_at=self.clock(), updated_at=self.clock())
-            self._commit(task, Event(0, task.id, State.PENDING.value, task.created_at, "submitted"))
+            task = Task(id=task_id, spec=spec, created_at=self.clock())
+            self._commit(task, message="submitted")
             self._place([task])
-            return task.copy(), True
+            due = self._flush()
+        self._deliver_later(due)
+        return task.copy(), True
 
     def _name_free(self, name: str) -> None:
         for other in self.tasks.values():
@@ -139,43 +193,41 @@ class Manager:
                                f"stop it first or pick another name")
 
     def submit_job(self, data: dict) -> tuple[Job, bool]:
-        """Keep a job and place its tasks in one pass. Submitting the same job again is idempotent; a different
-        spec under an existing name is a conflict (scale or stop it instead)."""
-        job = _job(data)
+        """Keep a job and place its tasks in one pass. Submitting the same job again is idempotent and completes
+        it (a client resends after a lost answer, perhaps after a manager crash cut the first submission short);
+        a different spec under an existing name is a conflict (scale or stop it instead)."""
+        job = Job.from_dict(data)
         with self._lock:
             existing = self.jobs.get(job.name)
+            created = True
             if existing is not None and not existing.stopped:
-                if existing.spec == job.spec and existing.type == job.type and existing.count == job.count:
-                    return existing, False
-                raise Conflict(f"job {job.name!r} already exists with another spec or count: use "
-                               f"`cube scale {job.name} N`, or stop it first")
-            job.created_at = self.clock()
-            self.jobs[job.name] = job
-            self.store.put("jobs", job.name, job.to_dict())
+                if existing.spec != job.spec or existing.type != job.type or existing.count != job.count:
+                    raise Conflict(f"job {job.name!r} already exists with another spec or count: use "
+                                   f"`cube scale {job.name} N`, or stop it first")
+                job, created = existing, False
+            else:
+                job.created_at = self.clock()
+                self.jobs[job.name] = job
+                self.store.put("jobs", job.name, job.to_dict())
             self._reconcile_job(job)
-            return job, True
+            due = self._flush()
+        self._deliver_later(due)
+        return job, created
 
     def _reconcile_job(self, job: Job) -> None:
-        """Make the job's active tasks number `job.count`: create the missing ones (named job-1, job-2, ...),
-        stop the highest-numbered extra ones."""
-        mine = sorted((t for t in self.tasks.values() if t.job == job.name and t.desired is Desired.RUN),
-                      key=lambda t: _index(t.name))
-        live = [t for t in mine if t.state in ACTIVE or (job.type == "batch" and t.state is State.COMPLETED)]
-        for task in live[job.count:]:
-            self._stop(task, f"job {job.name} scaled to {job.count}")
-        used = {_index(t.name) for t in live[:job.count]}
+        """Make the job's tasks desired to run number `job.count` (lock held)."""
+        tasks = [self.tasks[i] for i in self._by_job.get(job.name, ())]
+        plan = job_diff(job, tasks)
+        for task_id in plan.stop:
+            self._stop(self.tasks[task_id], f"job {job.name} stopped" if job.stopped
+                       else f"job {job.name} scaled to {job.count}")
         new = []
-        index = 1
-        for _ in range(job.count - min(len(live), job.count)):
-            while index in used:
-                index += 1
-            used.add(index)
+        for index in plan.create:
             spec = TaskSpec.from_dict({**job.spec.to_dict(), "name": f"{job.name}-{index}"})
-            task = Task(id=new_id(), spec=spec, job=job.name, created_at=self.clock(), updated_at=self.clock())
-            self._commit(task, Event(0, task.id, State.PENDING.value, task.created_at, f"created by job {job.name}"))
+            task = Task(id=new_id(), spec=spec, job=job.name, created_at=self.clock())
+            self._commit(task, message=f"created by job {job.name}")
             new.append(task)
-        if new:
-            self._place(new)
+        self._place(new)
 
     def scale_job(self, name: str, count) -> Job:
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 10000:
@@ -185,37 +237,51 @@ class Manager:
             job.count = count
             self.store.put("jobs", job.name, job.to_dict())
             self._reconcile_job(job)
-            return job
+            due = self._flush()
+        self._deliver_later(due)
+        return job
 
     # ---- placing -------------------------------------------------------------------------------------------
 
     def _place(self, tasks: list[Task]) -> None:
-        """Place pending tasks now (lock held); tasks that fit nowhere stay pending with the reasons."""
+        """Place the given tasks that wait for a node now (lock held); those that fit nowhere stay pending with
+        the reasons. A task that failed on a node avoids it when another node fits."""
         nodes = list(self.nodes.values())
+        now = self.clock()
         for task in tasks:
-            if task.state is not State.PENDING or task.desired is not Desired.RUN:
+            if task.node or task.desired is not Desired.RUN or task.not_before > now:
                 continue
-            placement = scheduler.place(task.spec, nodes, self.strategy, seed=f"{task.id}:{task.generation}",
-                                        state=self.sched_state, limit=self._limit(len(nodes)))
-            record = {"task_id": task.id, "time": self.clock(), "node": placement.node.name if placement.node
-                      else "", "reasons": dict(placement.reasons), "strategy": self.strategy}
-            previous = self.placements.get(task.id)
-            self.placements[task.id] = record
+            candidates = [n for n in nodes if n.name != task.avoid] if task.avoid else nodes
+            placement = self._pick(task, candidates)
+            if placement.node is None and task.avoid:
+                placement = self._pick(task, nodes)
+            self._record_placement(task, placement, nodes)
             if placement.node is None:
-                summary = _no_fit(placement, nodes)
-                if task.reason != summary:
-                    task.reason = summary
-                    self._commit(task, message=summary)
-                if not previous or previous.get("reasons") != record["reasons"]:
-                    self.store.put("placements", task.id, record)
                 continue
-            self.store.put("placements", task.id, record)
+            before = (task.node, task.job)
             task.node = placement.node.name
             task.generation += 1
-            task.container_id, task.host_ports, task.exit_code = "", {}, None
-            self._commit(task, transition(task, State.SCHEDULED, self.clock(),
-                                          f"placed on {task.node} ({self.strategy})"))
-            self._dispatch(task.node, "POST", "/tasks", task.to_dict(), task.id)
+            task.avoid, task.not_before = "", 0.0
+            self._note(task, f"placed on {task.node} ({self.strategy})")
+            self._commit(task, before, task.note)
+
+    def _pick(self, task: Task, nodes: list[Node]):
+        return scheduler.place(task.spec, nodes, self.strategy, seed=f"{task.id}:{task.generation}",
+                               state=self.sched_state, limit=self._limit(len(nodes)))
+
+    def _record_placement(self, task: Task, placement, nodes: list[Node]) -> None:
+        record = {"task_id": task.id, "time": self.clock(), "node": placement.node.name if placement.node
+                  else "", "reasons": dict(placement.reasons), "strategy": self.strategy}
+        previous = self.placements.get(task.id)
+        self.placements[task.id] = record
+        if placement.node is None:
+            summary = _no_fit(placement, nodes)
+            if task.note != summary:
+                self._note(task, summary)
+                self._commit(task, message=summary)
+            if previous and previous.get("reasons") == record["reasons"]:
+                return  # the same refusal again: nothing new to keep (idle managers write nothing)
+        self.store.put("placements", task.id, record)
 
     @staticmethod
     def _limit(n_nodes: int) -> int | None:
@@ -224,48 +290,14 @@ class Manager:
         return None if n_nodes <= SAMPLE_ABOVE else SAMPLE_LIMIT
 
     def schedule_pending(self) -> int:
-        """Try every pending task again (capacity may have appeared). Returns how many were placed."""
+        """Try every task waiting for a node again (capacity may have appeared). Returns how many were placed."""
         with self._lock:
-            pending = [t for t in self.tasks.values() if t.state is State.PENDING and t.desired is Desired.RUN]
-            pending.sort(key=lambda t: t.created_at)
+            pending = sorted((self.tasks[i] for i in self._pending), key=lambda t: t.created_at)
             self._place(pending)
-            return sum(1 for t in pending if t.state is not State.PENDING)
-
-    def _dispatch(self, node_name: str, method: str, path: str, body: dict | None, task_id: str) -> None:
-        """Send to a worker on the pool: a slow worker must not hold up the others or the caller."""
-        if self._send is None:
-            return
-        node = self.nodes.get(node_name)
-        if node is None:
-            return
-        # The same message already on its way is not queued again: every report of a worker that is still taking
-        # a big job's tasks would otherwise resend all those not yet taken (observe), and the queue grew
-        # quadratically — 10,000 tasks queued ~250,000 objects and made garbage collections last seconds.
-        key = (node_name, method, path, task_id, (body or {}).get("generation"))
-        if key in self._inflight:
-            return
-        self._inflight.add(key)
-
-        def send():
-            try:
-                self._send(node, method, path, body)
-            except CubeError as error:
-                self._dispatch_failed(task_id, node_name, method, error)
-            finally:
-                self._inflight.discard(key)
-        self._pool.submit(send)
-
-    def _dispatch_failed(self, task_id: str, node_name: str, method: str, error: CubeError) -> None:
-        with self._lock:
-            task = self.tasks.get(task_id)
-            if task is None or task.node != node_name:
-                return
-            if method == "POST" and error.status in (400, 409):
-                self._commit(task, transition(task, State.FAILED, self.clock(),
-                                              f"worker {node_name} refused the task: {error.message}"))
-            else:
-                # Unreachable: the worker's next report (or its deadline) settles it; note it for the user.
-                log.warning("%s %s to %s failed: %s", method, task_id, node_name, error.message)
+            placed = sum(1 for t in pending if t.node)
+            due = self._flush()
+        self._deliver_later(due)
+        return placed
 
     # ---- stopping ------------------------------------------------------------------------------------------
 
@@ -273,181 +305,372 @@ class Manager:
         with self._lock:
             task = self._task(task_id)
             self._stop(task, "stop requested")
-            return task.copy()
+            due = self._flush()
+        self._deliver_later(due)
+        return task.copy()
 
     def _stop(self, task: Task, why: str) -> None:
+        """Desired stop (lock held). A task on a node that cannot be told now (down, unknown) is let go of: the
+        node's diff stops its copy when the node reports again."""
         if task.desired is Desired.STOP:
             return
+        before = (task.node, task.job)
         task.desired = Desired.STOP
-        task.updated_at = self.clock()
-        if task.state is State.PENDING or not task.node:
-            if task.state in ACTIVE:
-                self._commit(task, transition(task, State.COMPLETED, self.clock(), why))
-            else:
-                self._commit(task, message=why)
-            return
-        self._commit(task, message=why)
-        self._dispatch(task.node, "DELETE", f"/tasks/{task.id}", None, task.id)
+        node = self.nodes.get(task.node)
+        if task.node and (node is None or node.state == "down"):
+            why = f"{why} (node {task.node} is down: its copy is stopped when it answers again)"
+            task.node = ""
+        self._note(task, why)
+        self._commit(task, before, why)
 
     def stop_job(self, name: str) -> Job:
         with self._lock:
             job = self._job(name)
             job.stopped = True
             self.store.put("jobs", job.name, job.to_dict())
-            for task in list(self.tasks.values()):
-                if task.job == name:
-                    self._stop(task, f"job {name} stopped")
-            return job
+            self._reconcile_job(job)
+            due = self._flush()
+        self._deliver_later(due)
+        return job
 
     # ---- what workers report -------------------------------------------------------------------------------
 
-    def observe(self, node_name: str, reported: list[dict], events: list[dict]) -> None:
-        """Fold a worker's report into the manager's view: copy observed state of the tasks placed there, stop
-        copies that do not belong there, resend assignments the worker never got."""
+    def observe(self, node_name: str, reported: list[dict], events: list[dict],
+                poll_started: float | None = None) -> list[tuple]:
+        """Fold a node's report in: copy the observations of the tasks placed there, keep what the node holds for
+        its diff, act on what changed. Returns the requests the node's diff wants delivered now: the caller (the
+        node's poller) delivers them before it polls again, so a worker that waits for the manager's word (see
+        worker.py, holds) has it by its next poll."""
         with self._lock:
             node = self.nodes.get(node_name)
             if node is None:
-                return
-            seen = set()
+                return []
+            self._report_start[node_name] = self.monotonic() if poll_started is None else poll_started
+            report: dict[str, Reported] = {}
+            changed = []
             for data in reported:
-                seen.add(data["id"])
-                # A worker reports all its tasks on every change of any one: a task whose report and record are
-                # both as they were at the last fold has nothing new (folding 2,500 such tasks held the lock ~9 ms
-                # per report, which API requests queued behind; BENCHMARKS.md, api).
-                if self._folded.get(data["id"]) != tuple(map(data.get, REPORTED)):
-                    self._observe_one(node, data)
-            for task in list(self.tasks.values()):
-                if task.node == node_name and task.id not in seen and task.state in (State.SCHEDULED,
-                                                                                      State.RUNNING):
-                    if task.desired is Desired.RUN:
-                        self._dispatch(node_name, "POST", "/tasks", task.to_dict(), task.id)
-                    else:
-                        self._commit(task, transition(task, State.COMPLETED, self.clock(), "stopped"))
+                task_id = data["id"]
+                seen = Reported(int(data.get("generation") or 0), State(data["state"]),
+                                Desired(data.get("desired", "run")))
+                report[task_id] = seen
+                task = self.tasks.get(task_id)
+                if task is None or task.node != node_name or seen.generation != task.generation:
+                    continue
+                # A worker reports all its tasks on every change of any one: a report equal to the one last
+                # copied has nothing new (folding 2,500 such tasks held the lock ~9 ms per report; BENCHMARKS.md).
+                fields = tuple(map(data.get, Observed.FIELDS))
+                if self._folded.get(task_id) == fields:
+                    continue
+                self._folded[task_id] = fields
+                task.observed = Observed.from_report(node_name, data)
+                self._commit(task)
+                changed.append(task)
+            self._reports[node_name] = report
+            self._dirty.add(node_name)
             for data in events:
                 self.store.append_event(Event(0, data["task_id"], data["state"], data["time"],
                                               data.get("message", ""), node_name))
+            self._decide(changed)
+            if any(not holds(t) for t in changed):
+                self._place(sorted((self.tasks[i] for i in self._pending), key=lambda t: t.created_at))
+            due = self._flush()
             self._changed.notify_all()
+        mine = [d for d in due if d[0] == node_name]
+        self._deliver_later([d for d in due if d[0] != node_name])
+        return mine
 
-    def _observe_one(self, node: Node, data: dict) -> None:
-        task = self.tasks.get(data["id"])
-        generation = int(data.get("generation") or 0)
-        copy_runs = data.get("desired") == Desired.RUN.value and data.get("state") in ("scheduled", "running")
-        if task is None or task.node != node.name or generation < task.generation:
-            if copy_runs:  # a copy this node should not run (moved away while the node was down, or forgotten)
-                why = "unknown task" if task is None else f"task now on {task.node or 'no node'}"
-                log.info("stopping stale copy of %s on %s (%s)", data["id"], node.name, why)
-                self._dispatch(node.name, "DELETE", f"/tasks/{data['id']}", None, data["id"])
-            return
-        if task.desired is Desired.STOP and data.get("desired") == Desired.RUN.value:
-            self._dispatch(node.name, "DELETE", f"/tasks/{task.id}", None, task.id)
-        state = State(data["state"])
-        fields = ("container_id", "host_ports", "restarts", "exit_code", "reason", "started_at", "finished_at")
-        changed = state is not task.state or any(getattr(task, f) != data.get(f) for f in fields)
-        if task.state is State.COMPLETED and state is not State.COMPLETED:
-            return  # terminal on the manager (stopped); the worker is catching up
-        if changed:
-            task.state = state
-            for f in fields:
-                setattr(task, f, data.get(f) if f != "host_ports" else dict(data.get(f) or {}))
-            task.updated_at = self.clock()
-            self._commit(task)
-        if task.desired is Desired.RUN and generation == task.generation:
-            # Nothing to resend for this report (a stop or a stale copy is resent on every report until it lands).
-            self._folded[task.id] = tuple(map(data.get, REPORTED))
-        if changed and not holds(task):
-            self.schedule_pending()
+    def _decide(self, tasks: list[Task]) -> None:
+        """Apply `reconcile.task_decision` to each task (lock held); unplaced tasks are placed again at once
+        when they may be."""
+        now = self.clock()
+        moved = []
+        for task in tasks:
+            job = self.jobs.get(task.job)
+            decision = task_decision(task, self.nodes.get(task.node), now, self.node_timeout,
+                                     job.type if job else "service")
+            if not decision.unplace:
+                continue
+            before = (task.node, task.job)
+            log.info("task %s: %s", task.id, decision.note)
+            task.node = ""
+            task.not_before, task.avoid = decision.not_before, decision.avoid
+            if decision.reschedules is not None:
+                task.reschedules = decision.reschedules
+            self._note(task, decision.note)
+            self._commit(task, before, decision.note)
+            moved.append(task)
+        self._place(moved)
 
-    def node_down(self, node_name: str, why: str) -> None:
-        """The node missed its deadline: its tasks go elsewhere (a new generation each)."""
-        with self._lock:
-            node = self.nodes.get(node_name)
-            if node is None or node.state == "down":
-                return
-            node.state = "down"
-            self.save_node(node)
-            moved = []
-            for task in self.tasks.values():
-                if task.node != node_name or task.state not in (State.SCHEDULED, State.RUNNING):
-                    continue
-                if task.desired is Desired.RUN:
-                    self._commit(task, transition(task, State.PENDING, self.clock(),
-                                                  f"node {node_name} is down ({why}): rescheduling"))
-                    moved.append(task)
-                else:  # a stop that could not be delivered: done here; the node is told again when it returns
-                    self._commit(task, transition(task, State.COMPLETED, self.clock(),
-                                                  f"stopped (node {node_name} is down)"))
-            log.warning("node %s down (%s): rescheduling %d task(s)", node_name, why, len(moved))
-            self._place(moved)
-            self._changed.notify_all()
+    # ---- nodes ---------------------------------------------------------------------------------------------
 
     def node_up(self, node: Node) -> None:
-        """A node registered or answered again: keep it and try pending tasks."""
+        """A node registered (or was admitted again): keep it and try pending tasks."""
         with self._lock:
             known = self.nodes.get(node.name)
             if known is not None:
                 known.address, known.capacity, known.labels = node.address, node.capacity, node.labels
                 known.last_seen = node.last_seen
-                was = known.state
-                if known.state == "down":
-                    known.state = "ready"
                 node = known
             else:
-                was = "new"
+                node.since = self.clock()
                 self.nodes[node.name] = node
                 for task in self.tasks.values():
                     self._account(task)
             self.save_node(node)
-            if was != node.state:
-                log.info("node %s is %s (was %s)", node.name, node.state, was)
-            self.schedule_pending()
+            self._place(sorted((self.tasks[i] for i in self._pending), key=lambda t: t.created_at))
+            due = self._flush()
+        self._deliver_later(due)
 
-    # ---- health checks: decisions (probing lives in health.py) ---------------------------------------------------
+    def heard(self, node_name: str, stats: dict) -> None:
+        """A node answered its poll: it is alive; its engine's health and its capacity are as it says."""
+        with self._lock:
+            node = self.nodes.get(node_name)
+            if node is None:
+                return
+            node.last_seen = self.clock()
+            runtime = stats.get("runtime") or {}
+            state, reason = ("ready", "") if runtime.get("ok", True) else \
+                ("unhealthy", f"container engine not answering: {runtime.get('error') or 'no detail'}")
+            changed = _refresh(node, stats)
+            if (state, reason) != (node.state, node.reason):
+                self._node_state(node, state, reason)
+                changed = True
+            if changed:
+                self.save_node(node)
+                self._place(sorted((self.tasks[i] for i in self._pending), key=lambda t: t.created_at))
+                due = self._flush()
+            else:
+                due = []
+        self._deliver_later(due)
+
+    def _node_state(self, node: Node, state: str, reason: str) -> None:
+        """Move a node to `state` (lock held) and decide again for the tasks placed there."""
+        was = node.state
+        node.state, node.reason, node.since = state, reason, self.clock()
+        log.log(logging.WARNING if state != "ready" else logging.INFO, "node %s is %s%s (was %s)", node.name,
+                state, f": {reason}" if reason else "", was)
+        self._decide([self.tasks[i] for i in list(self._by_node.get(node.name, ()))])
+        self._changed.notify_all()
+
+    def check_deadlines(self, now: float | None = None) -> None:
+        """Nodes silent past the node timeout are down."""
+        with self._lock:
+            now = self.clock() if now is None else now
+            for node in self.nodes.values():
+                silent = now - node.last_seen
+                if node.state != "down" and silent > self.node_timeout:
+                    self._node_state(node, "down", f"no answer for {silent:.1f} s")
+                    self.save_node(node)
+
+    # ---- the round -----------------------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        """One round of housekeeping: deadlines, decisions that wait on the clock (a node lost for long enough, a
+        reschedule delay over), pending placements, dispatches due again; every SWEEP_EVERY seconds, every task
+        and node (the safety net under the indexes)."""
+        with self._lock:
+            now = self.clock() if now is None else now
+            self.check_deadlines(now)
+            sweep = now - self._swept >= SWEEP_EVERY
+            if sweep:
+                self._swept = now
+                self._dirty.update(self.nodes)
+                for job in list(self.jobs.values()):
+                    self._reconcile_job(job)
+                self._decide([t for t in self.tasks.values() if t.desired is Desired.RUN and t.node])
+            else:
+                for node in self.nodes.values():
+                    if node.state != "ready":
+                        self._decide([self.tasks[i] for i in list(self._by_node.get(node.name, ()))])
+            self._place(sorted((self.tasks[i] for i in self._pending), key=lambda t: t.created_at))
+            self._dirty.update(n for n, box in self._outbox.items() if box)
+            due = self._flush()
+        self._deliver_later(due)
+
+    # ---- dispatch ------------------------------------------------------------------------------------------
+
+    def _flush(self) -> list[tuple]:
+        """The requests due now for every node whose diff may have changed (lock held). A node that is down or
+        has not reported since this manager started is left alone: its first report brings its diff."""
+        due = []
+        for name in sorted(self._dirty):
+            node = self.nodes.get(name)
+            if node is None or node.state == "down" or name not in self._reports:
+                continue
+            due.extend(self._node_due(name))
+        self._dirty.clear()
+        return due
+
+    def _node_due(self, name: str) -> list[tuple]:
+        placed = [self.tasks[i] for i in self._by_node.get(name, ())]
+        plan = node_diff(name, placed, self._reports[name], self.tasks.get)
+        wanted = {("send", tid, self.tasks[tid].generation) for tid in plan.send}
+        wanted |= {("stop", tid, gen) for tid, gen in plan.stop}
+        box = self._outbox.setdefault(name, {})
+        for key in list(box):
+            if key not in wanted and not box[key].in_flight:
+                del box[key]  # done (the report shows it) or no longer wanted
+        now = self.monotonic()
+        due = []
+        for key in sorted(wanted):
+            attempt = box.setdefault(key, Attempt())
+            if attempt.in_flight or attempt.next_at > now:
+                continue
+            if attempt.acked_at is not None and self._report_start.get(name, float("-inf")) < attempt.acked_at:
+                continue  # delivered; the latest report was taken before it arrived
+            attempt.in_flight = True
+            due.append((name, *key))
+        return due
+
+    def _deliver_later(self, due: list[tuple]) -> None:
+        """Deliver on the pool: a slow worker must not hold up the others or the caller."""
+        if self._dispatch is None:
+            return
+        for item in due:
+            self._pool.submit(self.deliver, item)
+
+    def deliver(self, item: tuple) -> None:
+        """Send one request the node diff wants (an assignment, or a stop naming its generation) and record how
+        it went; a failure is tried again after a backoff, by the diff."""
+        node_name, kind, task_id, generation = item
+        with self._lock:
+            node = self.nodes.get(node_name)
+            task = self.tasks.get(task_id)
+            body = _assignment(task) if kind == "send" and task is not None else None
+        ok, refused = False, None
+        try:
+            if node is None or self._dispatch is None or (kind == "send" and body is None):
+                return
+            if kind == "send":
+                self._dispatch(node.address, "POST", "/tasks", body, None)
+            else:
+                self._dispatch(node.address, "DELETE", f"/tasks/{task_id}", None, {"generation": generation})
+            ok = True
+        except CubeError as error:
+            if kind == "stop" and error.status == 404:
+                ok = True  # the node does not know the task: nothing of it runs there
+            elif kind == "send" and error.status in (400, 409):
+                refused = error.message
+            else:
+                log.warning("%s of %s to %s failed: %s", kind, task_id, node_name, error.message)
+        finally:
+            self._delivered(node_name, (kind, task_id, generation), ok, refused)
+
+    def _delivered(self, node_name: str, key: tuple, ok: bool, refused: str | None) -> None:
+        with self._lock:
+            attempt = self._outbox.get(node_name, {}).get(key)
+            if attempt is not None:
+                attempt.in_flight = False
+                if ok:
+                    attempt.acked_at, attempt.failures = self.monotonic(), 0
+                else:
+                    attempt.failures += 1
+                    attempt.next_at = self.monotonic() + min(RETRY_BASE * 2 ** (attempt.failures - 1), RETRY_MAX)
+            task = self.tasks.get(key[1])
+            if refused and task is not None and task.node == node_name and task.generation == key[2]:
+                # The worker will not take it (an older Cube, a spec it cannot run): try another node later.
+                before = (task.node, task.job)
+                task.node, task.avoid, task.not_before = "", node_name, self.clock() + RETRY_MAX
+                self._note(task, f"node {node_name} refused the task: {refused}")
+                self._commit(task, before, task.note)
+
+    # ---- health checks: decisions (probing lives in health.py) -----------------------------------------------
+
+    def health_targets(self) -> list[dict]:
+        """What the health checker probes: running tasks with a health check and a published port."""
+        with self._lock:
+            out = []
+            for task in self.tasks.values():
+                obs = task.current
+                if not task.spec.health or task.desired is not Desired.RUN or obs is None or \
+                        obs.state is not State.RUNNING or not obs.container_id:
+                    continue
+                node = self.nodes.get(task.node)
+                port = task.spec.health_port
+                host_port = obs.host_ports.get(port.key) if port else None
+                if node is None or not host_port:
+                    continue
+                out.append({"task_id": task.id, "container_id": obs.container_id, "restarts": obs.restarts,
+                            "address": node.address, "port": int(host_port), "path": task.spec.health.path,
+                            "interval": task.spec.health.interval, "timeout": task.spec.health.timeout})
+            return out
 
     def health_failed(self, task_id: str, reason: str) -> None:
-        """Restart on the same node while it can; reschedule when it is down (the restart count goes along)."""
+        """Restart on the same node (the worker counts it against the restart policy). A node that is not ready
+        is not asked: its own deadline decides."""
         with self._lock:
             task = self.tasks.get(task_id)
-            if task is None or task.state is not State.RUNNING or task.desired is not Desired.RUN:
+            node = self.nodes.get(task.node) if task else None
+            if task is None or task.state is not State.RUNNING or task.desired is not Desired.RUN or node is None \
+                    or node.state != "ready":
                 return
-            node = self.nodes.get(task.node)
-            self._commit(task, message=f"health check failed: {reason}")
-            if node is None or node.state != "ready":
-                self._commit(task, transition(task, State.PENDING, self.clock(), "node unavailable: rescheduling"))
-                self._place([task])
-                return
+            self.store.append_event(Event(0, task.id, task.state.value, self.clock(),
+                                          f"health check failed: {reason}", task.node))
+            address = node.address
+        if self._dispatch is None:
+            return
         try:
-            self._send(node, "POST", f"/tasks/{task_id}/restart", {"reason": f"health check failed: {reason}"})
+            self._dispatch(address, "POST", f"/tasks/{task_id}/restart",
+                           {"reason": f"health check failed: {reason}"}, None)
         except CubeError as error:
             log.warning("restart of %s on %s failed: %s", task_id, node.name, error.message)
 
-    # ---- reading -------------------------------------------------------------------------------------------
+    # ---- reading (copies) ------------------------------------------------------------------------------------
+
+    def view(self, task: Task) -> dict:
+        """A task as the API shows it (lock held): derived with the state of its node."""
+        node = self.nodes.get(task.node)
+        return task.to_dict(node.state if node else "ready")
 
     def task_detail(self, task_id: str) -> dict:
         with self._lock:
             task = self._task(task_id)
-            data = task.to_dict()
+            data = self.view(task)
             data["placement"] = self.placements.get(task_id)
         data["events"] = [e.to_dict() for e in self.store.events(task_id=task_id)]
         return data
 
     def list_tasks(self, job: str | None = None, state: str | None = None) -> list[Task]:
         with self._lock:
-            tasks = [t.copy() for t in self.tasks.values() if (job is None or t.job == job)
-                     and (state is None or t.state.value == state)]
+            pool = self.tasks.values() if job is None else [self.tasks[i] for i in self._by_job.get(job, ())]
+            tasks = [t.copy() for t in pool if state is None or t.state.value == state]
         return sorted(tasks, key=lambda t: (t.created_at, t.name))
+
+    def task_views(self, job: str | None = None, state: str | None = None) -> list[dict]:
+        """The API's task list: `view` of each, oldest first."""
+        with self._lock:
+            pool = self.tasks.values() if job is None else [self.tasks[i] for i in self._by_job.get(job, ())]
+            views = [self.view(t) for t in pool]
+        views = [v for v in views if state is None or v["state"] == state]
+        return sorted(views, key=lambda v: (v["created_at"], v["name"]))
 
     def job_detail(self, name: str) -> dict:
         with self._lock:
             job = self._job(name)
             data = job.to_dict()
-            tasks = [t for t in self.list_tasks(job=name) if t.desired is Desired.RUN or t.state in ACTIVE]
-            data["tasks"] = [t.to_dict() for t in tasks]
-            data["running"] = sum(1 for t in tasks if t.state is State.RUNNING)
+            views = [v for v in self.task_views(job=name) if v["desired"] == "run" or v["state"] in
+                     ("pending", "scheduled", "running")]
+            data["tasks"] = views
+            data["running"] = sum(1 for v in views if v["state"] == "running")
             return data
+
+    def job_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self.jobs)
 
     def list_nodes(self) -> list[dict]:
         with self._lock:
             return [n.to_dict() for n in sorted(self.nodes.values(), key=lambda n: n.name)]
+
+    def node(self, name: str) -> Node | None:
+        """A copy of the node record, or None."""
+        with self._lock:
+            node = self.nodes.get(name)
+            return Node.from_dict(node.to_dict()) if node else None
+
+    def node_names(self) -> list[str]:
+        with self._lock:
+            return list(self.nodes)
 
     def find_task(self, ref: str) -> Task:
         """A task by id, id prefix or name (the newest when several share a name)."""
@@ -479,29 +702,30 @@ class Manager:
             self._changed.wait(timeout)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if isinstance(self._pool, ThreadPoolExecutor):
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _spec(data: dict) -> TaskSpec:
-    try:
-        return TaskSpec.from_dict(data)
-    except InvalidSpec as error:
-        raise BadRequest(str(error)) from None
+def _assignment(task: Task) -> dict:
+    """What a worker is given: the task's identity, spec and generation (never the manager's other fields)."""
+    return {"id": task.id, "spec": task.spec.to_dict(), "job": task.job, "generation": task.generation,
+            "desired": Desired.RUN.value}
 
 
-def _job(data) -> Job:
-    try:
-        return Job.from_dict(data)
-    except InvalidSpec as error:
-        raise BadRequest(str(error)) from None
-
-
-def _index(name: str) -> int:
-    tail = name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
+def _refresh(node: Node, stats: dict) -> bool:
+    """Copy what a node says of itself (capacity, labels, timeouts) into its record. Returns whether it changed."""
+    capacity = Resources.from_dict(stats.get("capacity")) if stats.get("capacity") else node.capacity
+    disconnect = float(stats.get("disconnect_timeout") or 0)
+    stop = float(stats.get("stop_timeout") or node.stop_timeout)
+    if (capacity.to_dict(), disconnect, stop) == (node.capacity.to_dict(), node.disconnect_timeout,
+                                                  node.stop_timeout):
+        return False
+    node.capacity, node.disconnect_timeout, node.stop_timeout = capacity, disconnect, stop
+    return True
 
 
 def _no_fit(placement, nodes: list[Node]) -> str:
     if not nodes:
         return "no nodes yet: start a worker (`cube worker`) or add one with --workers"
     return "no node fits: " + "; ".join(f"{name}: {why}" for name, why in sorted(placement.reasons.items()))
+

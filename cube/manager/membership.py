@@ -1,59 +1,57 @@
-"""How the manager knows its nodes: it adds a worker by address (static `--workers`, a worker registering itself,
-or mDNS), checks that the worker answers with the cluster token, then keeps one long poll open to it. Each answer is
-at once the node's heartbeat and its report (tasks, events, metrics); a change on the worker answers the poll at
-once, so the manager hears of it in milliseconds, not on a 15-second tick. A node whose last answer is older than
-`node_timeout` is down, and the manager reschedules its tasks. This is the one liveness mechanism: mDNS only finds
-addresses (a killed worker stays in mDNS caches for many minutes).
+"""How the manager hears its nodes: it admits a worker by address (static `--workers`, a worker registering itself,
+or mDNS) once the worker answers with the cluster token, then keeps one long poll open to it. Each answer is at
+once the node's heartbeat and its report (tasks, events, engine health, metrics); a change on the worker answers
+the poll at once, so the manager hears of it in milliseconds. This is the one liveness mechanism: mDNS only finds
+addresses (a killed worker stays in mDNS caches for many minutes); the deadlines themselves are the manager's
+(`Manager.check_deadlines`).
+
+A poller delivers what the node's diff wants from that answer (`Manager.observe`) before it polls again: a worker
+that waits for the manager's word after a restart releases its holds on the next poll, and by then any stop meant
+for it has arrived. The transport (HTTP, token, TLS) is given as `request(address, method, path, body, params,
+timeout)`, so this module has no client of its own.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from typing import Callable
 
-from cube.cluster.client import Client
 from cube.core.errors import CubeError, Unauthorized
 from cube.core.model import Node, Resources
 
 log = logging.getLogger("cube.membership")
+TICK = 0.25   # seconds between the manager's housekeeping rounds
+
+Request = Callable[..., object]   # (address, method, path, body=None, params=None, timeout=None) -> answer
 
 
 class Membership:
-    def __init__(self, manager, token: str | None, node_timeout: float = 5.0, poll_wait: float = 2.0,
-                 clock=time.time):
+    def __init__(self, manager, request: Request, store, poll_wait: float = 2.0, clock=time.time):
         self.manager = manager
-        self.token = token
-        self.node_timeout = node_timeout
+        self.request = request
+        self.store = store
         # A silent worker answers its long poll after `poll_wait`: that is its heartbeat, so it must come a few
         # times within the deadline, or a healthy idle node would be declared down.
-        self.poll_wait = min(poll_wait, node_timeout / 3)
+        self.poll_wait = min(poll_wait, manager.node_timeout / 3)
         self.clock = clock
-        self._clients: dict[str, Client] = {}
         self._pollers: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        manager._send = self.send
 
-    def client(self, node: Node) -> Client:
-        with self._lock:
-            client = self._clients.get(node.name)
-            if client is None or client.base_url != node.address.rstrip("/"):
-                client = Client(node.address, self.token, timeout=10.0)
-                self._clients[node.name] = client
-            return client
-
-    def send(self, node: Node, method: str, path: str, body: dict | None = None):
-        return self.client(node).request(method, path, body=body)
+    @property
+    def closed(self) -> threading.Event:
+        return self._closed
 
     def add(self, address: str) -> Node:
         """Admit the worker at `address` (after it proves it shares our token) and start polling it."""
-        probe = Client(address, self.token, timeout=5.0)
         try:
-            stats = probe.get("/stats")
+            stats = self.request(address, "GET", "/stats", timeout=5.0)
         except Unauthorized:
             raise Unauthorized(f"worker at {address} refused our cluster token: start it with the token "
                                f"`cube token` prints") from None
-        node = node_from_stats(stats, probe.base_url, self.clock())
+        node = node_from_stats(stats, address.rstrip("/") if "://" in address else f"http://{address}",
+                               self.clock())
         node.name = self._unique_name(node)
         self.manager.node_up(node)
         self._start_poller(node.name)
@@ -63,20 +61,19 @@ class Membership:
         """Nodes are known by name; two machines both called `raspberrypi` must both join. The same node (by its
         id) keeps the name it has; another node with a taken name gets its id appended."""
         node_id = node.labels.get("node_id", "")
-        for known in self.manager.nodes.values():
-            if node_id and known.labels.get("node_id") == node_id:
-                return known.name
-        taken = self.manager.nodes.get(node.name)
+        known = [self.manager.node(name) for name in self.manager.node_names()]
+        for other in known:
+            if other and node_id and other.labels.get("node_id") == node_id:
+                return other.name
+        taken = self.manager.node(node.name)
         if taken is None or not node_id or not taken.labels.get("node_id"):
             return node.name
         return f"{node.name}-{node_id}"
 
     def resume(self) -> None:
-        """After a manager restart: poll every node it knew (they are judged by the same deadline)."""
-        now = self.clock()
-        for node in list(self.manager.nodes.values()):
-            node.last_seen = now  # give each node a full deadline to answer the new manager
-            self._start_poller(node.name)
+        """After a manager restart: poll every node it knew (each has a full deadline to answer, see _load)."""
+        for name in self.manager.node_names():
+            self._start_poller(name)
 
     def _start_poller(self, name: str) -> None:
         with self._lock:
@@ -88,49 +85,36 @@ class Membership:
 
     def _poll(self, name: str) -> None:
         version = None
-        cursor = int(self.manager.store.get("cursors", name) or 0)
+        cursor = int(self.store.get("cursors", name) or 0)
         while not self._closed.is_set():
-            node = self.manager.nodes.get(name)
+            node = self.manager.node(name)
             if node is None:
                 return
+            started = self.manager.monotonic()
             try:
-                answer = self.client(node).request(
-                    "GET", "/state", params={"version": version, "wait": self.poll_wait, "events_since": cursor},
-                    timeout=self.poll_wait + 5)
+                answer = self.request(node.address, "GET", "/state",
+                                      params={"version": version, "wait": self.poll_wait, "events_since": cursor},
+                                      timeout=self.poll_wait + 5)
             except CubeError as error:
                 log.debug("poll of %s failed: %s", name, error.message)
                 version = None
                 self._closed.wait(0.5)
                 continue
             version = answer["version"]
-            self._heard(node, answer)
+            self.manager.heard(name, answer.get("stats") or {})
+            due = self.manager.observe(name, answer.get("tasks") or [], answer.get("events") or [], started)
+            for item in due:
+                self.manager.deliver(item)
             if answer["last_event"] != cursor:
                 cursor = answer["last_event"]
-                self.manager.store.put("cursors", name, cursor)
-
-    def _heard(self, node: Node, answer: dict) -> None:
-        node.last_seen = self.clock()
-        stats = answer.get("stats") or {}
-        if node.state == "down" or _capacity_changed(node, stats):
-            fresh = node_from_stats(stats, node.address, node.last_seen)
-            fresh.name = node.name
-            self.manager.node_up(fresh)
-        self.manager.observe(node.name, answer.get("tasks") or [], answer.get("events") or [])
-
-    def check_deadlines(self) -> None:
-        now = self.clock()
-        for node in list(self.manager.nodes.values()):
-            silent = now - node.last_seen
-            if node.state == "ready" and silent > self.node_timeout:
-                self.manager.node_down(node.name, f"no answer for {silent:.1f} s")
+                self.store.put("cursors", name, cursor)
 
     def run(self) -> None:
-        """The manager's housekeeping loop: deadlines and pending placements, a few times a second."""
+        """The manager's housekeeping loop: `Manager.tick` a few times a second."""
         self.resume()
-        while not self._closed.wait(0.25):
+        while not self._closed.wait(TICK):
             try:
-                self.check_deadlines()
-                self.manager.schedule_pending()
+                self.manager.tick()
             except Exception:
                 log.exception("housekeeping failed")
 
@@ -147,9 +131,6 @@ def node_from_stats(stats: dict, address: str, now: float) -> Node:
     labels.setdefault("arch", stats.get("arch", ""))
     labels.setdefault("hostname", stats.get("hostname", ""))
     labels["node_id"] = str(stats.get("id") or "")
-    return Node(name=stats["name"], address=address, capacity=capacity, labels=labels, last_seen=now)
-
-
-def _capacity_changed(node: Node, stats: dict) -> bool:
-    capacity = stats.get("capacity")
-    return bool(capacity) and Resources.from_dict(capacity).to_dict() != node.capacity.to_dict()
+    return Node(name=stats["name"], address=address, capacity=capacity, labels=labels, last_seen=now,
+                disconnect_timeout=float(stats.get("disconnect_timeout") or 0),
+                stop_timeout=float(stats.get("stop_timeout") or 10.0))

@@ -30,7 +30,7 @@ import requests.exceptions
 import urllib3.exceptions
 
 from cube.core.errors import CubeError, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
-from cube.core.model import Task
+from cube.core.model import Assignment
 from cube.worker.runtime import LABEL_GENERATION, LABEL_NODE, LABEL_TASK, ContainerInfo, RuntimeEvent
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,12 @@ _STREAM_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPE
 
 
 class DockerRuntime:
-    def __init__(self, base_url: str | None = None, pull_timeout: float = 60.0, api_timeout: float = 30.0):
+    def __init__(self, base_url: str | None = None, pull_timeout: float = 60.0, api_timeout: float = 30.0,
+                 stop_timeout: float | None = None):
+        """`stop_timeout`: the grace every container gets when the engine itself stops it (its StopTimeout): the
+        worker's own, so `systemctl stop docker` treats a task as `cube stop` does (Docker's default is 10 s)."""
         self.base_url = base_url
+        self.stop_timeout = stop_timeout
         self.pull_timeout = pull_timeout
         self.api_timeout = api_timeout
         self._lock = threading.Lock()
@@ -108,7 +112,7 @@ class DockerRuntime:
 
     # -- the Runtime protocol ------------------------------------------------------------------------------
 
-    def start(self, task: Task, node: str) -> ContainerInfo:
+    def start(self, task: Assignment, node: str) -> ContainerInfo:
         api = self._api()
         spec = task.spec
         name = container_name(task)
@@ -127,7 +131,8 @@ class DockerRuntime:
                 return api.create_container(
                     spec.image, command=list(spec.command) or None, name=name, environment=dict(spec.env),
                     labels=labels, ports=[(p.container, p.protocol) for p in spec.ports] or None,
-                    host_config=host_config)["Id"]
+                    host_config=host_config,
+                    stop_timeout=None if self.stop_timeout is None else max(0, math.ceil(self.stop_timeout)))["Id"]
 
             container_id = self._create(create, task, name, node)
             try:
@@ -139,7 +144,7 @@ class DockerRuntime:
                 raise RuntimeFailure(f"task {task.id} ({spec.image}) could not start: {_explain(e)}") from None
             return _from_inspect(api.inspect_container(container_id))
 
-    def _create(self, create: Callable[[], str], task: Task, name: str, node: str) -> str:
+    def _create(self, create: Callable[[], str], task: Assignment, name: str, node: str) -> str:
         """Creates, pulling the image on "No such image" and clearing a leftover container of the same task
         (a crashed earlier attempt) on a name conflict; each repair is tried once."""
         pulled = cleared = False
@@ -333,7 +338,7 @@ class _StreamCloser:
             self._stream.close()
 
 
-def container_name(task: Task) -> str:
+def container_name(task: Assignment) -> str:
     """`cube-<name>-<task id>.<generation>`: readable in `docker ps`, unique per placement. A task moved to another
     node gets a new generation, so its new container never fights over a name with the stale copy (which matters
     when two nodes share one engine, and keeps `docker ps` on a shared host unambiguous)."""

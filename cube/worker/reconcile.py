@@ -11,24 +11,16 @@ Rules, in the order they are decided for each task:
   task completes (exit 0) or fails;
 - desired `run` and no container: started if the task is waiting to start; if it was running, its container
   vanished, which counts as a failure;
+- a task on hold (`blocked`: it waits for the manager's word after a worker or engine restart, or after a
+  disconnect stopped it) is neither started nor restarted; everything else about it is still observed;
 - a container labelled for this node that no task owns is an orphan: removed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cube.core.model import Desired, State, Task
+from cube.core.model import Assignment, Desired, State
 from cube.worker.runtime import ContainerInfo
-
-BACKOFF_BASE = 1.0   # seconds before the second restart; doubles after, first restart is immediate
-BACKOFF_MAX = 30.0
-
-
-def backoff(restarts: int) -> float:
-    """Delay before restart number `restarts` + 1: 0 for the first, then 1, 2, 4, ... up to BACKOFF_MAX."""
-    if restarts <= 0:
-        return 0.0
-    return min(BACKOFF_BASE * 2 ** (restarts - 1), BACKOFF_MAX)
 
 
 @dataclass
@@ -46,10 +38,11 @@ class Plan:
                         self.orphans))
 
 
-def diff(tasks: dict[str, Task], containers: list[ContainerInfo], now: float,
-         busy: frozenset[str] = frozenset(), due: dict[str, float] | None = None) -> Plan:
+def diff(tasks: dict[str, Assignment], containers: list[ContainerInfo], now: float,
+         busy: frozenset[str] = frozenset(), due: dict[str, float] | None = None,
+         blocked: frozenset[str] = frozenset()) -> Plan:
     """`busy`: task ids with an action in flight (left alone this round). `due`: task id -> earliest restart
-    time (backoff)."""
+    time (backoff). `blocked`: task ids on hold (not started or restarted this round)."""
     due = due or {}
     plan = Plan()
     by_task: dict[str, list[ContainerInfo]] = {}
@@ -66,11 +59,11 @@ def diff(tasks: dict[str, Task], containers: list[ContainerInfo], now: float,
         if task.desired is Desired.STOP:
             _plan_stop(plan, task, current)
         else:
-            _plan_run(plan, task, current, now, due.get(task_id, 0.0))
+            _plan_run(plan, task, current, now, float("inf") if task_id in blocked else due.get(task_id, 0.0))
     return plan
 
 
-def _current(task: Task, containers: list[ContainerInfo]) -> tuple[ContainerInfo | None, list[ContainerInfo]]:
+def _current(task: Assignment, containers: list[ContainerInfo]) -> tuple[ContainerInfo | None, list[ContainerInfo]]:
     """The container that stands for `task`, and the others (stale generations and duplicates)."""
     live = [c for c in containers if c.generation >= task.generation]
     stale = [c for c in containers if c.generation < task.generation]
@@ -82,14 +75,14 @@ def _current(task: Task, containers: list[ContainerInfo]) -> tuple[ContainerInfo
     return keep, stale + [c for c in live if c is not keep]
 
 
-def _plan_stop(plan: Plan, task: Task, current: ContainerInfo | None) -> None:
+def _plan_stop(plan: Plan, task: Assignment, current: ContainerInfo | None) -> None:
     if current is not None:
         plan.stop.append((task.id, current.id))
     elif task.state is not State.COMPLETED:
         plan.stopped.append(task.id)
 
 
-def _plan_run(plan: Plan, task: Task, current: ContainerInfo | None, now: float, due: float) -> None:
+def _plan_run(plan: Plan, task: Assignment, current: ContainerInfo | None, now: float, due: float) -> None:
     if task.state in (State.COMPLETED, State.FAILED):
         # Terminal here: the manager decides whether it is placed again (with a new generation). An ended
         # container stays for its logs; one still running has no business running.

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
-from cube.core.errors import ImageUnavailable, NotFound, RuntimeFailure
-from cube.core.model import Task
+from cube.core.errors import ImageUnavailable, NotFound, RuntimeFailure, Unavailable
+from cube.core.model import Assignment
 
 LABEL_TASK = "cube.task_id"
 LABEL_NODE = "cube.node"
@@ -55,7 +55,7 @@ class RuntimeEvent:
 
 
 class Runtime(Protocol):
-    def start(self, task: Task, node: str) -> ContainerInfo:
+    def start(self, task: Assignment, node: str) -> ContainerInfo:
         """Pull the image if missing, create the container with labels and limits, start it."""
 
     def restart(self, container_id: str) -> ContainerInfo:
@@ -88,13 +88,31 @@ class FakeRuntime:
         self._ids = itertools.count(1)
         self._ports = itertools.count(32768)
         self._subscribers: list[queue.Queue] = []
+        self.down: str | None = None   # set: the engine does not answer, every call raises Unavailable (why)
+
+    def engine_stop(self, exit_code: int = 143) -> None:
+        """The engine stops as `systemctl stop docker` does: its containers end, then it answers no more."""
+        with self._lock:
+            for info in self.containers.values():
+                if info.running:
+                    info.status, info.exit_code, info.finished_at = "exited", exit_code, time.time()
+            self.down = "the fake engine is stopped"
+
+    def engine_start(self) -> None:
+        with self._lock:
+            self.down = None
+
+    def _check(self) -> None:
+        if self.down:
+            raise Unavailable(f"fake engine: {self.down}")
 
     def _emit(self, action: str, info: ContainerInfo) -> None:
         for q in list(self._subscribers):
             q.put(RuntimeEvent(action, info.id, info.task_id))
 
-    def start(self, task: Task, node: str) -> ContainerInfo:
+    def start(self, task: Assignment, node: str) -> ContainerInfo:
         with self._lock:
+            self._check()
             if task.spec.image in self.fail_images:
                 raise ImageUnavailable(f"image {task.spec.image!r} is not present and could not be pulled")
             if self.fail_next:
@@ -112,6 +130,7 @@ class FakeRuntime:
 
     def restart(self, container_id: str) -> ContainerInfo:
         with self._lock:
+            self._check()
             info = self._get(container_id)
             info.status, info.exit_code, info.started_at, info.finished_at = "running", None, time.time(), None
             self.starts += 1
@@ -126,6 +145,7 @@ class FakeRuntime:
 
     def stop(self, container_id: str, timeout: float = 10) -> None:
         with self._lock:
+            self._check()
             info = self._get(container_id)
             if info.running:
                 info.status, info.exit_code, info.finished_at = "exited", 0, time.time()
@@ -133,16 +153,19 @@ class FakeRuntime:
 
     def remove(self, container_id: str) -> None:
         with self._lock:
+            self._check()
             info = self.containers.pop(container_id, None)
         if info:
             self._emit("destroy", info)
 
     def inspect(self, container_id: str) -> ContainerInfo:
         with self._lock:
+            self._check()
             return _copy(self._get(container_id))
 
     def list_owned(self, node: str) -> list[ContainerInfo]:
         with self._lock:
+            self._check()
             return [_copy(c) for c in self.containers.values() if c.node == node]
 
     def logs(self, container_id: str, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:

@@ -1,11 +1,21 @@
-"""The worker: keeps the tasks assigned to this node in their desired state on a container runtime.
+"""The worker: keeps the tasks assigned to this node in their desired state on a container runtime, and reports
+what it observes. It is the only writer of its tasks' observed state.
 
-It decides three things. What it holds: every assignment is persisted before it is acknowledged, so a worker killed
+It decides four things. What it holds: every assignment is persisted before it is acknowledged, so a worker killed
 with `kill -9` comes back with the same tasks and adopts their running containers by label instead of starting new
 ones. When it acts: a level-triggered loop (`tick`) re-reads everything on a short interval, and the runtime's event
 stream (a container died) makes the next tick come at once — a missed event is repaired by the next tick, a seen one
 is acted on in milliseconds. How it acts: `reconcile.diff` computes a plan; actions run on a small thread pool
 (starting 100 containers one by one would take 100 engine round trips in a row), one action per task at a time.
+When it waits for the manager (holds): after this worker restarts, after its engine comes back, and after a
+disconnect stopped a task, the tasks it held before are not started again until the manager has seen the new
+situation and had its chance to move them (a poll received after an answer given after the hold began), or, when
+no manager is around, after HOLD_MAX seconds — so a task moved elsewhere meanwhile never runs twice.
+
+Engine health is node health: a runtime that does not answer is reported (`stats()["runtime"]`), its running tasks
+are shown waiting for the engine (not completed), and containers that ended with the engine are restarted when it
+returns, without counting against the restart policy (see `restarts.py`). Disconnect: a worker that hears from no
+manager for `disconnect_timeout` stops the tasks whose policy says `on_disconnect: stop` and keeps the others.
 
 The manager learns what happens here through `state()`, a long poll that answers as soon as anything changes.
 """
@@ -19,20 +29,26 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 from cube import __version__
-from cube.core.errors import Conflict, CubeError, ImageUnavailable, NotFound, Unavailable
-from cube.worker.metrics import Metrics, machine_arch
-from cube.core.model import Desired, Event, Resources, State, Task, transition
-from cube.worker.reconcile import Plan, backoff, diff
-from cube.worker.runtime import ContainerInfo, Runtime
+from cube.core.errors import Conflict, CubeError, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
+from cube.core.model import Assignment, Desired, Event, Resources, State, transition
 from cube.store import Store
+from cube.worker.metrics import Metrics, machine_arch
+from cube.worker.reconcile import Plan, diff
+from cube.worker.restarts import backoff, ran_stable, recent
+from cube.worker.runtime import ContainerInfo, Runtime
 
 log = logging.getLogger("cube.worker")
+HOLD_MAX = 10.0          # seconds a hold waits for a manager before the worker acts alone
+ENGINE_RETRY_MAX = 5.0   # seconds between reconcile rounds while the engine does not answer (it was 142 logs/s)
 
 
 class Worker:
     def __init__(self, name: str, runtime: Runtime, store: Store, *, metrics: Metrics | None = None,
                  labels: dict | None = None, reconcile_interval: float = 5.0, threads: int = 4,
-                 stop_timeout: float = 10.0, clock: Callable[[], float] = time.time, key: str | None = None):
+                 stop_timeout: float = 10.0, clock: Callable[[], float] = time.time, key: str | None = None,
+                 disconnect_timeout: float = 30.0, monotonic: Callable[[], float] = time.monotonic,
+                 sync: bool = False):
+        """`sync` (tests): actions run inside `tick()` instead of on the thread pools."""
         self.name = name
         # What this worker's containers are labelled with (cube.node): its name by default. Two workers with one
         # hostname sharing one Docker engine need distinct keys, or each would remove the other's containers.
@@ -44,10 +60,12 @@ class Worker:
         self.labels = dict(labels or {})
         self.reconcile_interval = reconcile_interval
         self.stop_timeout = stop_timeout
+        self.disconnect_timeout = disconnect_timeout
         self.clock = clock
-        self.tasks: dict[str, Task] = {}
+        self.monotonic = monotonic
+        self.tasks: dict[str, Assignment] = {}
         for data in store.values("tasks"):
-            task = Task.from_dict(data)
+            task = Assignment.from_dict(data)
             self.tasks[task.id] = task
         self.version = 1
         self._lock = threading.RLock()
@@ -62,34 +80,49 @@ class Worker:
         self._kick = threading.Event()
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._sync = False                       # tests: run actions inline in tick()
-        self._dead_ids: set[str] = set()             # container ids the event stream reported dead
+        self._sync = sync
+        self._dead_ids: set[str] = set()         # container ids the event stream reported dead
         self.last_polled = float("-inf")         # monotonic time of the last state() call (a manager's poll)
+        self._started = monotonic()
+        # Engine health, as the last reconcile round found it.
+        self.engine_ok = True
+        self.engine_error = ""
+        self.engine_since = clock()
+        # Holds (see the module docstring): task id -> (answers given when it began, why, monotonic start).
+        self._answers = 0      # state() answers given so far
+        self._confirmed = -1   # answers given before the latest poll arrived: the manager has seen those
+        self._held: dict[str, tuple[int, str, float]] = {}
+        for task in self.tasks.values():
+            if task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING):
+                self._held[task.id] = (0, "worker restarted", self._started)
 
     # ---- what the API calls -------------------------------------------------------------------------------
 
-    def accept(self, task: Task) -> tuple[Task, bool]:
+    def accept(self, task: Assignment) -> tuple[Assignment, bool]:
         """Take an assignment from the manager. Idempotent per (id, generation): the same assignment twice is
-        one task. Returns (task, created)."""
+        one task, an older generation than the one held is ignored. Returns (task, created)."""
         if task.desired is not Desired.RUN:
             raise Conflict("an assignment must have desired state 'run'")
         with self._lock:
             existing = self.tasks.get(task.id)
             if existing is not None and existing.generation >= task.generation:
                 return existing.copy(), False
-            task = task.copy()
-            task.node, task.state, task.container_id, task.host_ports = self.name, State.SCHEDULED, "", {}
-            task.exit_code, task.started_at, task.finished_at = None, None, None
-            task.updated_at = self.clock()
+            task = Assignment(id=task.id, spec=task.spec, job=task.job, generation=task.generation,
+                              node=self.name, created_at=self.clock(), updated_at=self.clock())
             self._save(task, Event(0, task.id, State.SCHEDULED.value, task.updated_at,
                                    f"assigned to node {self.name}", self.name))
             self._due.pop(task.id, None)
+            self._held.pop(task.id, None)  # the manager's word is fresh: nothing to wait for
         self._kick.set()
         return task.copy(), True
 
-    def stop_task(self, task_id: str) -> Task:
+    def stop_task(self, task_id: str, generation: int | None = None) -> Assignment:
+        """Stop a task (the manager's word). With `generation`, only a copy of that generation or older is
+        stopped: a stop meant for a stale copy never touches the task placed here again since."""
         with self._lock:
             task = self._get(task_id)
+            if generation is not None and task.generation > generation:
+                return task.copy()
             if task.desired is not Desired.STOP:
                 task.desired = Desired.STOP
                 task.updated_at = self.clock()
@@ -97,28 +130,30 @@ class Worker:
         self._kick.set()
         return task.copy()
 
-    def restart_task(self, task_id: str, reason: str) -> Task:
+    def restart_task(self, task_id: str, reason: str) -> Assignment:
         """Restart a running task's container because of `reason` (a failed health check), counting it against
-        the restart limit; past the limit the task fails and keeps the reason."""
+        the restart policy; past the limit the task fails and keeps the reason."""
         with self._lock:
             task = self._get(task_id)
             if task.state is not State.RUNNING or task.desired is not Desired.RUN or task_id in self._busy:
                 raise Conflict(f"task {task_id} is {task.state.value}, not running: nothing to restart")
-            limit = task.spec.restart.max_restarts
             now = self.clock()
             container_id = task.container_id
-            if task.restarts >= limit:
-                event = transition(task, State.FAILED, now, f"{reason}; giving up after {task.restarts} "
-                                                            f"restart{'s' if task.restarts != 1 else ''}")
+            policy = task.spec.restart
+            counted = recent(task.restart_times, now, policy.window)
+            if len(counted) >= policy.max_restarts:
+                event = transition(task, State.FAILED, now, f"{reason}; {_used(len(counted), policy)}")
             else:
                 task.restarts += 1
-                event = transition(task, State.SCHEDULED, now, f"{reason}; restarting ({task.restarts} of {limit})")
+                task.restart_times = counted + [now]
+                event = transition(task, State.SCHEDULED, now, f"{reason}; restarting "
+                                                               f"({len(counted) + 1} of {_limit(policy)})")
             self._save(task, event)
             self._busy.add(task_id)
         self._submit(task_id, self._stop_container, task_id, container_id, False, pool=self._stop_pool)
         return task.copy()
 
-    def get(self, task_id: str) -> Task:
+    def get(self, task_id: str) -> Assignment:
         with self._lock:
             return self._get(task_id).copy()
 
@@ -129,12 +164,12 @@ class Worker:
         if task.container_id:
             try:
                 data["container"] = vars(self.runtime.inspect(task.container_id))
-            except NotFound:
+            except (NotFound, Unavailable):
                 pass
         data["events"] = [e.to_dict() for e in self.store.events(task_id=task_id)]
         return data
 
-    def list(self) -> list[Task]:
+    def list(self) -> list[Assignment]:
         with self._lock:
             return [t.copy() for t in self.tasks.values()]
 
@@ -149,8 +184,10 @@ class Worker:
         with self._lock:
             active = [t for t in self.tasks.values() if t.desired is Desired.RUN
                       and t.state in (State.SCHEDULED, State.RUNNING)]
+            runtime = {"ok": self.engine_ok, "error": self.engine_error, "since": self.engine_since}
         data.update(name=self.name, id=self.id, version=__version__, labels=self.node_labels(), tasks=len(active),
-                    allocated=_allocated(active).to_dict())
+                    allocated=_allocated(active).to_dict(), runtime=runtime,
+                    disconnect_timeout=self.disconnect_timeout, stop_timeout=self.stop_timeout)
         return data
 
     def node_labels(self) -> dict:
@@ -161,13 +198,20 @@ class Worker:
         """Everything the manager needs in one answer. With `version` equal to the current one and `wait` > 0,
         waits up to `wait` seconds for a change first (long poll): the manager hears of a change at once,
         and a silent node answers anyway, which is its heartbeat."""
-        self.last_polled = time.monotonic()
         with self._changed:
-            if version is not None and wait > 0 and version == self.version:
+            self.last_polled = self.monotonic()
+            # The manager polls again only after it has acted on the previous answer (membership.py): every
+            # answer given before this poll arrived has been seen.
+            self._confirmed = self._answers
+            released = self._release_holds()
+            if version is not None and wait > 0 and version == self.version and not released:
                 self._changed.wait_for(lambda: self.version != version or self._closed.is_set(),
                                        timeout=min(wait, 30.0))
             tasks = [t.to_dict() for t in self.tasks.values()]
             current = self.version
+            self._answers += 1
+        if released:
+            self._kick.set()
         if events_since >= 0:
             events = self.store.events(since=events_since, limit=500)
             # The cursor is the last event handed over: an event appended after the read is sent next time.
@@ -177,24 +221,98 @@ class Worker:
         return {"node": self.name, "version": current, "tasks": tasks, "stats": self.stats(),
                 "events": [e.to_dict() for e in events], "last_event": last}
 
+    # ---- holds ----------------------------------------------------------------------------------------------
+
+    def _hold(self, task_id: str, why: str) -> None:
+        """Keep `task_id` from starting until the manager has seen the present (lock held)."""
+        self._held[task_id] = (self._answers, why, self.monotonic())
+
+    def _release_holds(self) -> bool:
+        """Release the holds the manager has had its chance on, or that waited HOLD_MAX with no manager (a
+        disconnect hold waits for a manager however long). Lock held. Returns whether any was released."""
+        now = self.monotonic()
+        alone = now - max(self.last_polled, self._started) >= HOLD_MAX
+        done = [tid for tid, (seq, why, since) in self._held.items()
+                if self._confirmed > seq or (why != "disconnect" and alone and now - since >= HOLD_MAX)]
+        for tid in done:
+            del self._held[tid]
+        return bool(done)
+
     # ---- the loop -----------------------------------------------------------------------------------------
 
     def tick(self, now: float | None = None) -> Plan:
         """One reconcile round: list containers, diff against the tasks, start the actions. With `_sync` the
-        actions run before tick returns (tests)."""
+        actions run before tick returns (tests). Raises Unavailable when the engine does not answer (after
+        recording it)."""
         listed_at = time.monotonic()
-        containers = self._fresh(self.runtime.list_owned(self.key))
+        try:
+            containers = self._fresh(self.runtime.list_owned(self.key))
+        except Unavailable as error:
+            self._engine_down(error.message)
+            raise
+        self._engine_up()
         now = self.clock() if now is None else now
         with self._lock:
+            self._release_holds()
+            self._disconnect(now)
             # A task whose action ended after the listing began is judged next round: the listing may
             # not show what that action did.
             skip = {tid for tid, at in self._settled.items() if at >= listed_at}
             busy = frozenset(self._busy | skip)
-            plan = diff({tid: t.copy() for tid, t in self.tasks.items()}, containers, now, busy, dict(self._due))
+            plan = diff({tid: t.copy() for tid, t in self.tasks.items()}, containers, now, busy, dict(self._due),
+                        frozenset(self._held))
             for task_id in self._plan_task_ids(plan):
                 self._busy.add(task_id)
         self._apply(plan)
         return plan
+
+    def _engine_down(self, error: str) -> None:
+        """The engine stopped answering: say so in the report, and show the running tasks as waiting for it (their
+        containers may be gone; they are judged again when it answers)."""
+        with self._lock:
+            if not self.engine_ok and self.engine_error == error:
+                return
+            was_ok, self.engine_ok, self.engine_error = self.engine_ok, False, error
+            now = self.clock()
+            if was_ok:
+                self.engine_since = now
+                log.warning("container runtime unavailable: %s", error)
+            for task in self.tasks.values():
+                if task.desired is Desired.RUN and task.state is State.RUNNING:
+                    self._save(task, transition(task, State.SCHEDULED, now, f"waiting for the container engine, "
+                                                                            f"which does not answer: {error}"))
+                if task.desired is Desired.RUN and task.state is State.SCHEDULED:
+                    self._hold(task.id, "engine")
+            self._bump()
+
+    def _engine_up(self) -> None:
+        with self._lock:
+            if self.engine_ok:
+                return
+            log.info("container runtime answers again (was down for %.1f s)", self.clock() - self.engine_since)
+            self.engine_ok, self.engine_error, self.engine_since = True, "", self.clock()
+            for task_id, (_, why, _since) in list(self._held.items()):
+                if why == "engine":
+                    self._hold(task_id, "engine")  # counted from now: the manager must see the engine back
+            self._bump()
+
+    def _disconnect(self, now: float) -> None:
+        """No manager for `disconnect_timeout`: stop the running tasks whose policy says so (lock held)."""
+        if not self.disconnect_timeout:
+            return
+        alone = self.monotonic() - max(self.last_polled, self._started)
+        if alone < self.disconnect_timeout:
+            return
+        for task in self.tasks.values():
+            if task.desired is Desired.RUN and task.spec.disconnect == "stop" and task.state is State.RUNNING \
+                    and task.id not in self._held and task.id not in self._busy:
+                self._hold(task.id, "disconnect")
+                message = (f"stopped: no manager for {alone:.0f} s (on_disconnect: stop); starts again when a "
+                           f"manager answers and keeps it here")
+                self._save(task, transition(task, State.SCHEDULED, now, message))
+                self._busy.add(task.id)
+                self._submit(task.id, self._stop_container, task.id, task.container_id, False,
+                             pool=self._stop_pool)
 
     def _fresh(self, containers: list[ContainerInfo]) -> list[ContainerInfo]:
         """Docker's container list can lag its own `die` event by a few milliseconds: a container reported dead
@@ -245,6 +363,8 @@ class Worker:
         def run():
             try:
                 fn(*args)
+            except Unavailable as error:  # the engine went away mid-action: the next round judges again
+                log.info("action %s for %s: %s", getattr(fn, "__name__", fn), key, error.message)
             except Exception:  # an action must never kill the pool thread; the next tick retries
                 log.exception("action %s for %s failed", getattr(fn, "__name__", fn), key)
             finally:
@@ -266,42 +386,52 @@ class Worker:
         except ImageUnavailable as error:
             self._update(task_id, State.FAILED, f"cannot start: {error.message}")
             return
+        except Unavailable:
+            raise  # the engine, not the task: nothing is counted
         except CubeError as error:
             self._failed_start(task_id, f"container failed to start: {error.message}")
             return
         self._running(task_id, info, f"container {info.id[:12]} started")
 
     def _restart(self, task_id: str, container_id: str) -> None:
+        """Start the task's ended container again; if the engine cannot (the container is gone, or it is left in
+        a state it will not start from, as after an engine restart: "task ... already exists"), replace it."""
         try:
             info = self.runtime.restart(container_id)
-        except NotFound:
+        except (NotFound, RuntimeFailure) as error:
+            if isinstance(error, RuntimeFailure):
+                log.info("replacing container %s of task %s: %s", container_id[:12], task_id, error.message)
+                self.runtime.remove(container_id)
             self._start(task_id)
-            return
-        except CubeError as error:
-            self._failed_start(task_id, f"container failed to restart: {error.message}")
             return
         self._running(task_id, info, f"container {info.id[:12]} restarted")
 
     def _failed_start(self, task_id: str, message: str) -> None:
         with self._lock:
             task = self._get(task_id)
-            if task.spec.restart.allows(1, task.restarts):
-                self._due[task_id] = self.clock() + backoff(task.restarts)
+            now = self.clock()
+            policy = task.spec.restart
+            counted = recent(task.restart_times, now, policy.window)
+            if policy.allows(1, len(counted)):
+                self._due[task_id] = now + backoff(task.streak)
+                task.streak += 1
                 task.restarts += 1
-                self._save(task, Event(0, task_id, task.state.value, self.clock(),
-                                       f"{message}; retrying ({task.restarts} of {task.spec.restart.max_restarts})",
-                                       self.name))
+                task.restart_times = counted + [now]
+                self._save(task, Event(0, task_id, task.state.value, now,
+                                       f"{message}; retrying ({len(counted) + 1} of {_limit(policy)})", self.name))
             else:
-                self._save(task, transition(task, State.FAILED, self.clock(), message))
+                self._save(task, transition(task, State.FAILED, now, message))
 
     def _running(self, task_id: str, info: ContainerInfo, message: str) -> None:
         with self._lock:
             task = self._get(task_id)
             task.container_id, task.host_ports, task.exit_code = info.id, dict(info.host_ports), None
+            task.finished_at = None
             if task.state is State.RUNNING:
                 self._save(task, Event(0, task_id, State.RUNNING.value, self.clock(), message, self.name))
             else:
                 self._save(task, transition(task, State.RUNNING, self.clock(), message))
+                task.started_at = info.started_at or task.updated_at
 
     def _observe(self, task_id: str, info: ContainerInfo) -> None:
         adopted = self.get(task_id).container_id != info.id
@@ -315,20 +445,24 @@ class Worker:
             what = "container vanished" if info is None else f"container exited with code {code}" + \
                 (" (out of memory)" if info.oom_killed else "") + (f": {info.error}" if info and info.error else "")
             task.exit_code = code
+            if info is None:
+                task.container_id = ""
             policy = task.spec.restart
             now = self.clock()
-            if policy.allows(code, task.restarts):
-                self._due[task_id] = now + backoff(task.restarts)
+            if info is not None and ran_stable(info.started_at, info.finished_at):
+                task.streak = 0
+            counted = recent(task.restart_times, now, policy.window)
+            if policy.allows(code, len(counted)):
+                self._due[task_id] = now + backoff(task.streak)
+                task.streak += 1
                 task.restarts += 1
-                if info is None:
-                    task.container_id = ""
+                task.restart_times = counted + [now]
                 event = transition(task, State.SCHEDULED, now,
-                                   f"{what}; restarting ({task.restarts} of {policy.max_restarts})")
+                                   f"{what}; restarting ({len(counted) + 1} of {_limit(policy)})")
             elif code == 0:
                 event = transition(task, State.COMPLETED, now, what)
             else:
-                why = "restart policy is 'no'" if policy.name == "no" else \
-                    f"{task.restarts} of {policy.max_restarts} restarts used"
+                why = "restart policy is 'no'" if policy.name == "no" else _used(len(counted), policy)
                 event = transition(task, State.FAILED, now, f"{what}; {why}")
             self._save(task, event)
 
@@ -362,18 +496,21 @@ class Worker:
 
     # ---- bookkeeping ---------------------------------------------------------------------------------------
 
-    def _get(self, task_id: str) -> Task:
+    def _get(self, task_id: str) -> Assignment:
         task = self.tasks.get(task_id)
         if task is None:
             raise NotFound(f"no task {task_id} on node {self.name}")
         return task
 
-    def _save(self, task: Task, event: Event | None) -> None:
+    def _save(self, task: Assignment, event: Event | None) -> None:
         """Persist the task, then its event; wake long polls. Called with the lock held."""
         self.tasks[task.id] = task
         self.store.put("tasks", task.id, task.to_dict())
         if event is not None:
             self.store.append_event(Event(0, event.task_id, event.state, event.time, event.message, self.name))
+        self._bump()
+
+    def _bump(self) -> None:
         self.version += 1
         self._changed.notify_all()
 
@@ -387,24 +524,38 @@ class Worker:
             self._threads.append(thread)
 
     def _loop(self) -> None:
+        failures = 0
         while not self._closed.is_set():
             self._kick.clear()
+            wait = None
             try:
                 self.tick()
-            except Unavailable as error:
-                log.warning("runtime unavailable: %s", error.message)
+                failures = 0
+            except Unavailable:
+                # Logged once by _engine_down; retried with a growing pause, whatever kicks the loop meanwhile.
+                failures += 1
+                wait = min(0.5 * 2 ** (failures - 1), ENGINE_RETRY_MAX)
             except Exception:
                 log.exception("reconcile failed")
+            if wait is not None:
+                self._closed.wait(wait)
+                continue
             self._kick.wait(self._next_wait())
 
     def _next_wait(self) -> float:
-        """Until the next full reconcile, or sooner when a restart's backoff ends before it."""
+        """Until the next full reconcile, or sooner when a restart's backoff or a hold ends before it."""
         with self._lock:
             due = [at for tid, at in self._due.items() if tid in self.tasks
                    and self.tasks[tid].state is State.SCHEDULED]
-        if not due:
-            return self.reconcile_interval
-        return max(0.0, min(self.reconcile_interval, min(due) - self.clock()))
+            held = bool(self._held)
+        wait = self.reconcile_interval
+        if held:
+            wait = min(wait, 1.0)  # a hold ends by the clock when no manager is around
+        if self.disconnect_timeout:
+            wait = min(wait, max(0.2, self.disconnect_timeout / 4))
+        if due:
+            wait = min(wait, max(0.0, min(due) - self.clock()))
+        return wait
 
     def _watch_events(self) -> None:
         while not self._closed.is_set():
@@ -415,7 +566,7 @@ class Worker:
                             self._dead_ids.add(event.container_id)
                     self._kick.set()
             except Exception as error:  # the engine restarted or the stream broke: the loop still reconciles
-                log.warning("runtime event stream ended: %s", error)
+                log.debug("runtime event stream ended: %s", error)
             self._closed.wait(1.0)
 
     def close(self) -> None:
@@ -429,6 +580,14 @@ class Worker:
         self._stop_pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _limit(policy) -> str:
+    return f"{policy.max_restarts} within {policy.window:g} s"
+
+
+def _used(count: int, policy) -> str:
+    return f"{count} of {policy.max_restarts} restarts within {policy.window:g} s used"
+
+
 def node_id(store: Store) -> str:
     """A random id kept in the store: stable across restarts, distinct between two nodes with one hostname."""
     value = store.get("meta", "node_id")
@@ -439,6 +598,6 @@ def node_id(store: Store) -> str:
     return value["id"]
 
 
-def _allocated(tasks: list[Task]) -> Resources:
+def _allocated(tasks: list[Assignment]) -> Resources:
     return Resources(sum(t.spec.cpu for t in tasks), sum(t.spec.memory for t in tasks),
                      sum(t.spec.disk for t in tasks))

@@ -1,0 +1,146 @@
+"""`cube manager` and `cube dev` as long-lived services: a manager with its store, membership (the long polls),
+health checks and HTTP server; `cube dev` adds in-process workers on this machine's engine. Everything is started
+and closed in one place, in an order that lets long polls end at once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from cube.cluster.config import data_dir
+from cube.cluster.service import wait_for_signal
+from cube.cluster.worker_service import build_worker
+from cube.core.errors import CubeError
+from cube.worker.worker import node_id
+
+log = logging.getLogger("cube")
+
+
+class ManagerService:
+    """A manager with everything around it: store, membership (long polls), health checks, HTTP server.
+    `cube manager` runs one; `cube dev` runs one plus in-process workers; tests start them on port 0."""
+
+    def __init__(self, port=5555, host="0.0.0.0", data=None, token=None, strategy="epvm", node_timeout=5.0,
+                 poll_wait=2.0, certfile=None, keyfile=None, role="manager"):
+        from cube.cluster.api import Server, manager_app
+        from cube.cluster.config import ensure_token
+        from cube.cluster.links import Links
+        from cube.manager.health import HealthChecker
+        from cube.manager.manager import Manager
+        from cube.manager.membership import Membership
+        from cube.store import DiskStore
+        self.directory = data_dir(role, data)
+        self.token = ensure_token(self.directory, token or os.environ.get("CUBE_TOKEN") or None)
+        self.store = DiskStore(os.path.join(self.directory, "store"))
+        self.links = Links(self.token)
+        self.manager = Manager(self.store, strategy=strategy, dispatch=self.links.dispatch, node_timeout=node_timeout)
+        self.membership = Membership(self.manager, self.links.request, self.store, poll_wait=poll_wait)
+        self.health = HealthChecker(self.manager)
+        self.server = Server(manager_app(self.manager, self.membership, self.links, self.token), host, port,
+                             certfile=certfile, keyfile=keyfile)
+        self._closers: list = []
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> "ManagerService":
+        self.server.start()
+        self.membership.start()
+        self.health.start()
+        with open(os.path.join(self.directory, "url"), "w") as handle:
+            handle.write(self.url + "\n")
+        return self
+
+    def add_workers(self, addresses) -> None:
+        """Static workers: admitted in the background, retried until they answer (they may start later)."""
+        for address in addresses:
+            threading.Thread(target=self._admit, args=(address,), daemon=True, name="cube-admit").start()
+
+    def _admit(self, address: str) -> None:
+        delay = 0.5
+        while not self.membership.closed.is_set():
+            try:
+                self.membership.add(address)
+                return
+            except CubeError as error:
+                log.warning("worker %s not admitted yet: %s", address, error.message)
+            self.membership.closed.wait(delay)
+            delay = min(delay * 2, 10)
+
+    def announce(self) -> None:
+        """Advertise the manager on the LAN and admit the workers that advertise themselves."""
+        from cube.cluster.discovery import Advertiser, Browser
+        try:
+            advertiser = Advertiser("manager", f"cube-manager-{socket.gethostname()}", self.server.port,
+                                    {"id": node_id(self.store)})  # the manager's own id, for its instance name
+            self.on_close(advertiser.close)
+        except CubeError as error:
+            log.warning("not announcing on mDNS: %s", error.message)
+        browser = Browser("worker", on_add=lambda found: self.add_workers([found.url]))
+        self.on_close(browser.close)
+
+    def on_close(self, closer) -> None:
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        self.health.close()
+        self.membership.close()
+        for closer in reversed(self._closers):
+            closer()
+        self.server.stop()
+        self.manager.close()
+        self.store.close()
+
+
+def run_manager(port=5555, host="0.0.0.0", data=None, token=None, strategy="epvm", workers=(), node_timeout=5.0,
+                certfile=None, keyfile=None, mdns=True) -> None:
+    """`cube manager`: serve the manager API until stopped."""
+    service = ManagerService(port, host, data, token, strategy, node_timeout, certfile=certfile,
+                             keyfile=keyfile).start()
+    service.add_workers(workers)
+    if mdns:
+        service.announce()
+    log.info("manager serving on %s (data %s, scheduler %s)", service.url, service.directory, strategy)
+    try:
+        wait_for_signal()
+    finally:
+        log.info("manager stopping")
+        service.close()
+
+
+def start_dev(port=5555, data=None, workers=1, strategy="epvm", host="127.0.0.1", runtime=None, cpus=None,
+              memory=None, node_timeout=5.0, stop_timeout=10.0) -> ManagerService:
+    """A whole cluster in one process: a manager and `workers` local workers on the real Docker engine."""
+    from cube.cluster.api import Server, worker_app
+    service = ManagerService(port, host, data, None, strategy, node_timeout, role="dev")
+    if runtime is None:
+        from cube.worker.docker_runtime import DockerRuntime
+        runtime = DockerRuntime()
+    service.start()
+    base = socket.gethostname()
+    for i in range(1, int(workers) + 1):
+        worker = build_worker(f"{base}-dev-{i}", os.path.join(service.directory, f"worker-{i}"), cpus, memory,
+                              runtime=runtime, stop_timeout=stop_timeout, unique_key=True)
+        server = Server(worker_app(worker, service.token), host, 0).start()
+        worker.start()
+        # Closed last-registered first: the worker wakes its long polls, then its server can stop at once.
+        service.on_close(worker.store.close)
+        service.on_close(server.stop)
+        service.on_close(worker.close)
+        service.membership.add(server.url)
+    return service
+
+
+def run_dev(port=5555, data=None, workers=1, strategy="epvm", cpus=None, memory=None, stop_timeout=10.0) -> None:
+    """`cube dev`: start the one-process cluster, print how to reach it, run until stopped."""
+    service = start_dev(port, data, workers, strategy, cpus=cpus, memory=memory, stop_timeout=stop_timeout)
+    print(f"cube dev: manager {service.url} with {workers} worker(s); data {service.directory}")
+    print(f"token: {service.token}")
+    print("try:   cube run --image IMAGE   (this machine finds the manager and token by itself)", flush=True)
+    try:
+        wait_for_signal()
+    finally:
+        service.close()
