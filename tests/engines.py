@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -80,9 +79,9 @@ def available() -> str | None:
 
 # ---- processes, mounts, cgroups: what a run leaves behind, found by its paths and names -----------------------
 
-def _pids_mentioning(path: str) -> list[int]:
-    """Processes whose command line names something below `path` (dockerd, containerd, shims)."""
-    needle = (path.rstrip("/") + "/").encode()
+def _pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains `text`: given a host's root, its dockerd, containerd and shims."""
+    needle = text.encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -96,15 +95,15 @@ def _pids_mentioning(path: str) -> list[int]:
     return found
 
 
-def _cgroup_dirs(name: str) -> list[str]:
-    """The directory `name` in every cgroup hierarchy (v1 has one per controller, v2 one)."""
-    dirs = []
+def _cgroup_mounts() -> list[str]:
+    """Every cgroup hierarchy's mount point (v1 has one per controller, v2 one)."""
     with open("/proc/mounts") as f:
-        for line in f:
-            _, mountpoint, fstype, *_ = line.split()
-            if fstype in ("cgroup", "cgroup2") and os.path.isdir(f"{mountpoint}/{name}"):
-                dirs.append(f"{mountpoint}/{name}")
-    return dirs
+        return [fields[1] for fields in map(str.split, f) if fields[2] in ("cgroup", "cgroup2")]
+
+
+def _cgroup_dirs(name: str) -> list[str]:
+    """The cgroup `name` in every hierarchy that has it."""
+    return [f"{mount}/{name}" for mount in _cgroup_mounts() if os.path.isdir(f"{mount}/{name}")]
 
 
 def _cgroup_pids(name: str) -> set[int]:
@@ -203,7 +202,7 @@ def sweep_host(root: str, cgroup_parent: str, timeout: float = 20.0) -> None:
     """Remove what one host's engine left, whatever state it is in: its processes (by path), its containers' processes
     (by cgroup), shim sockets, mounts, cgroups, then its directory. Safe to run on a host already clean."""
     deadline = time.monotonic() + timeout
-    _kill_all(set(_pids_mentioning(root)) | _cgroup_pids(cgroup_parent), deadline)
+    _kill_all(set(_pids_mentioning(f"{root}/")) | _cgroup_pids(cgroup_parent), deadline)
     _remove_shim_sockets(f"{root}/containerd.sock", _container_ids(root))
     _unmount_under(root)
     _remove_cgroups(cgroup_parent, deadline)
@@ -212,15 +211,11 @@ def sweep_host(root: str, cgroup_parent: str, timeout: float = 20.0) -> None:
         raise RuntimeError(f"could not remove {root}")
 
 
-def _run_pattern(prefix: str) -> re.Pattern:
-    return re.compile(rf"^{re.escape(prefix)}-(\d+)-[0-9a-f]+$")
-
-
 def clean_stale(prefix: str) -> list[str]:
     """Remove the engines, namespaces and directories of runs named with `prefix` whose creating process is gone;
     a run still going is left alone."""
     removed = []
-    pattern = _run_pattern(prefix)
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-[0-9a-f]+$")
     for run in sorted(os.listdir(BASE)) if os.path.isdir(BASE) else []:
         match = pattern.match(run)
         if match and not netns._pid_alive(int(match.group(1))):
@@ -334,10 +329,11 @@ class _Forwarder:
         threading.Thread(target=self._accept_loop, daemon=True, name=f"forward-{self.port}").start()
 
     def _track(self, sock: socket.socket) -> bool:
+        """Remember `sock` for close(); False once closed (the caller then drops the connection)."""
         with self._lock:
             if not self._closed:
                 self._sockets.add(sock)
-        return not self._closed
+            return not self._closed
 
     def _accept_loop(self) -> None:
         while True:
@@ -480,10 +476,6 @@ class EngineLan:
         self.close()
 
     # -- processes in a host, and its engine's CLI --
-
-    @property
-    def hub(self) -> str:
-        return self.net.hub
 
     def command(self, host: EngineHost, argv: list[str]) -> list[str]:
         return self.net.command(host, argv)
@@ -666,7 +658,8 @@ def engine_lan(request, tmp_path):
                 if os.environ.get("CI") == "true":
                     pytest.fail(f"CI needs Docker engines in network namespaces: {reason}")
                 pytest.skip(reason)
-            kwargs.setdefault("images", [request.getfixturevalue("busybox_image")])
+            if "images" not in kwargs:
+                kwargs["images"] = [request.getfixturevalue("busybox_image")]
             kwargs.setdefault("log_dir", tmp_path)
             return stack.enter_context(EngineLan(n_hosts, **kwargs))
         yield make

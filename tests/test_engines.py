@@ -175,17 +175,22 @@ def test_forward_reaches_servers_inside_namespaces_from_the_test_process(engine_
     assert get(manager, "hello.txt") == "from-a-process", "the test process is a local client of the host"
 
 
-def leftovers(root: str, cgroup_parents, pids) -> dict:
-    """What of one EngineLan (its run directory `root`) still exists on the machine; {} when all of it is gone."""
-    tag = os.path.basename(root)
+def leftovers(marker: str, pids=()) -> dict:
+    """Everything on the machine whose name carries `marker` (a run's tag, or its prefix and pid), and those of
+    `pids` still alive; {} when nothing is left."""
+    with open("/proc/mounts") as f:
+        mounts = [line.split()[1] for line in f]
     found = {
-        "processes": sorted(set(engines._pids_mentioning(root)) | {p for p in pids if pid_alive(p)}),
-        "namespaces": [n for n in netns._namespaces() if n.startswith(f"{tag}-")],
-        "mounts": engines._mounts_under(root),
-        "cgroups": [d for parent in cgroup_parents for d in engines._cgroup_dirs(parent)],
-        "directory": [root] if os.path.exists(root) else [],
+        "processes": sorted({p for p in pids if pid_alive(p)} | set(engines._pids_mentioning(marker))),
+        "namespaces": [n for n in netns._namespaces() if marker in n],
+        "mounts": [m for m in mounts if marker in m],
+        "cgroups": [f"{m}/{d}" for m in engines._cgroup_mounts() for d in os.listdir(m) if marker in d],
+        "directories": [d for d in os.listdir(engines.BASE) if marker in d] if os.path.isdir(engines.BASE) else [],
     }
     return {kind: what for kind, what in found.items() if what}
+
+
+ALL_KINDS = {"processes", "namespaces", "mounts", "cgroups", "directories"}
 
 
 def running_state(lan) -> tuple[list[int], list[str]]:
@@ -203,16 +208,23 @@ def test_close_leaves_nothing_behind(engine_lan, busybox_image):
     for host in lan.hosts:
         serve(lan, host, busybox_image, "web", "bye")
     lan.forward(lan.hosts[0], 8080)
+    tag = os.path.basename(lan.root)
     pids, sockets = running_state(lan)
-    parents = [h.cgroup_parent for h in lan.hosts]
-    before = leftovers(lan.root, parents, pids)
+    before = leftovers(tag, pids)
     assert len(before["processes"]) >= 8, before  # 2 x (dockerd, containerd, shim, httpd)
-    assert before.keys() == {"processes", "namespaces", "mounts", "cgroups", "directory"}, before
+    assert before.keys() == ALL_KINDS, before
     assert sockets and all(os.path.exists(s) for s in sockets)
 
     lan.close()
-    assert leftovers(lan.root, parents, pids) == {}
+    assert leftovers(tag, pids) == {}
     assert not [s for s in sockets if os.path.exists(s)]
+
+
+def test_a_failed_start_leaves_nothing_behind(engine_lan):
+    # The image is saved while the engines start, so they are up when its failure arrives.
+    with pytest.raises(RuntimeError, match="cube-no-such-image"):
+        engine_lan(2, prefix="cube-ef", images=["cube-no-such-image:latest"])
+    assert leftovers(f"cube-ef-{os.getpid()}-") == {}
 
 
 CRASHING_RUN = """
@@ -232,11 +244,11 @@ def test_next_run_removes_what_a_crashed_run_left(engine_lan, busybox_image):
                              capture_output=True, text=True, timeout=120)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     root, cgroup_parent = crashed.stdout.split()
-    pids = engines._pids_mentioning(root) + sorted(engines._cgroup_pids(cgroup_parent))
-    assert len(pids) >= 4, "dockerd, containerd, the shim and the container outlive the crash"
-    assert leftovers(root, [cgroup_parent], pids).keys() == {"processes", "namespaces", "mounts", "cgroups",
-                                                               "directory"}
+    tag = os.path.basename(root)
+    pids = sorted(engines._cgroup_pids(cgroup_parent))
+    assert pids, "the container outlives the crash"
+    assert leftovers(tag, pids).keys() == ALL_KINDS
 
     lan = engine_lan(1, prefix="cube-es")  # its start removes the stale run
-    assert leftovers(root, [cgroup_parent], pids) == {}
+    assert leftovers(tag, pids) == {}
     assert lan.engine_running(lan.hosts[0])
