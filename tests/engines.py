@@ -211,20 +211,33 @@ def sweep_host(root: str, cgroup_parent: str, timeout: float = 20.0) -> None:
         raise RuntimeError(f"could not remove {root}")
 
 
+def _stale_hosts(prefix: str) -> dict[str, set[str]]:
+    """Hosts ("h0", ...) of each run named with `prefix` whose creating process is gone, found by the run's
+    directory and by its cgroups, so a sweep cut short after removing one of them is finished next time."""
+    pattern = re.compile(rf"^({re.escape(prefix)}-(\d+)-[0-9a-f]+)(?:-(h\d+))?$")
+    names = _listdir(BASE) + [f"{run}-{host}" for run in _listdir(BASE) for host in _listdir(f"{BASE}/{run}")]
+    names += [name for mount in _cgroup_mounts() for name in _listdir(mount)]
+    stale: dict[str, set[str]] = {}
+    for name in names:
+        match = pattern.match(name)
+        if match and not netns._pid_alive(int(match.group(2))):
+            stale.setdefault(match.group(1), set()).update(filter(None, [match.group(3)]))
+    return stale
+
+
+def _listdir(path: str) -> list[str]:
+    return os.listdir(path) if os.path.isdir(path) else []
+
+
 def clean_stale(prefix: str) -> list[str]:
     """Remove the engines, namespaces and directories of runs named with `prefix` whose creating process is gone;
     a run still going is left alone."""
-    removed = []
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-[0-9a-f]+$")
-    for run in sorted(os.listdir(BASE)) if os.path.isdir(BASE) else []:
-        match = pattern.match(run)
-        if match and not netns._pid_alive(int(match.group(1))):
-            for host_dir in sorted(os.listdir(f"{BASE}/{run}")):
-                sweep_host(f"{BASE}/{run}/{host_dir}", f"{run}-{host_dir}")
-            shutil.rmtree(f"{BASE}/{run}", ignore_errors=True)
-            removed.append(run)
-    removed += netns.clean_stale(prefix)
-    return removed
+    stale = _stale_hosts(prefix)
+    for run, hosts in sorted(stale.items()):
+        for host in sorted(hosts):
+            sweep_host(f"{BASE}/{run}/{host}", f"{run}-{host}")
+        shutil.rmtree(f"{BASE}/{run}", ignore_errors=True)
+    return sorted(stale) + netns.clean_stale(prefix)
 
 
 # ---- waiting ----------------------------------------------------------------------------------------------------

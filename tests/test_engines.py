@@ -233,8 +233,8 @@ sys.path.insert(0, {here!r})
 import engines
 lan = engines.EngineLan(1, prefix="cube-es", images=[{image!r}])
 host = lan.hosts[0]
-assert lan.docker(host, "run", "-d", {image!r}, "sleep", "1000").returncode == 0
-print(lan.root, host.cgroup_parent, flush=True)
+started = lan.docker(host, "run", "-d", {image!r}, "sleep", "1000")
+print(lan.root, host.cgroup_parent, host.containerd_sock, started.stdout, flush=True)
 os.kill(os.getpid(), 9)  # a crash: no teardown runs
 """
 
@@ -243,12 +243,15 @@ def test_next_run_removes_what_a_crashed_run_left(engine_lan, busybox_image):
     crashed = subprocess.run([sys.executable, "-c", CRASHING_RUN.format(here=HERE, image=busybox_image)],
                              capture_output=True, text=True, timeout=120)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
-    root, cgroup_parent = crashed.stdout.split()
+    root, cgroup_parent, containerd_sock, container_id = crashed.stdout.split()
     tag = os.path.basename(root)
     pids = sorted(engines._cgroup_pids(cgroup_parent))
     assert pids, "the container outlives the crash"
     assert leftovers(tag, pids).keys() == ALL_KINDS
+    shim_socket = engines.shim_socket(containerd_sock, container_id)
+    assert os.path.exists(shim_socket)
 
     lan = engine_lan(1, prefix="cube-es")  # its start removes the stale run
     assert leftovers(tag, pids) == {}
+    assert not os.path.exists(shim_socket)
     assert lan.engine_running(lan.hosts[0])
