@@ -339,7 +339,8 @@ class _Forwarder:
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._closed = False
-        threading.Thread(target=self._accept_loop, daemon=True, name=f"forward-{self.port}").start()
+        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True, name=f"forward-{self.port}")
+        self._acceptor.start()
 
     def _track(self, sock: socket.socket) -> bool:
         """Remember `sock` for close(); False once closed (the caller then drops the connection)."""
@@ -386,6 +387,7 @@ class _Forwarder:
             except OSError:
                 pass
             sock.close()
+        self._acceptor.join(5)
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -405,6 +407,9 @@ class EngineLan:
     always tears everything down, also when the constructor fails half way."""
 
     def __init__(self, n_hosts: int, prefix: str = "cube-e", images=(), log_dir=None, live_restore: bool = False):
+        """Start `n_hosts` engines and load `images` (names on the machine's engine) into each. `log_dir`: where
+        the engines' logs go (default: inside the run's directory, removed at close). `live_restore`: dockerd's
+        option, so containers outlive a stopped or killed engine."""
         reason = available()
         if reason:
             raise RuntimeError(reason)
@@ -662,15 +667,15 @@ class EngineLan:
 @pytest.fixture
 def engine_lan(request, tmp_path):
     """A factory: `engine_lan(3)` is a started EngineLan with the test image loaded in every engine, closed after
-    the test; engine logs stay in the test's tmp_path. Without root or dockerd it skips, except in CI (CI=true),
-    where it fails, as `busybox_image` does."""
+    the test; engine logs stay in the test's tmp_path. Without root or dockerd the test skips, except in CI
+    (CI=true), where it fails, as `busybox_image` does."""
+    reason = available()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs Docker engines in network namespaces: {reason}")
+        pytest.skip(reason)
     with ExitStack() as stack:
         def make(n_hosts: int, **kwargs) -> EngineLan:
-            reason = available()
-            if reason:
-                if os.environ.get("CI") == "true":
-                    pytest.fail(f"CI needs Docker engines in network namespaces: {reason}")
-                pytest.skip(reason)
             if "images" not in kwargs:
                 kwargs["images"] = [request.getfixturevalue("busybox_image")]
             kwargs.setdefault("log_dir", tmp_path)

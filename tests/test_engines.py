@@ -5,8 +5,10 @@ worker rely on."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
@@ -207,17 +209,22 @@ def test_close_leaves_nothing_behind(engine_lan, busybox_image):
     lan = engine_lan(2)
     for host in lan.hosts:
         serve(lan, host, busybox_image, "web", "bye")
-    lan.forward(lan.hosts[0], 8080)
+    port = lan.forward(lan.hosts[0], 8080)
     tag = os.path.basename(lan.root)
     pids, sockets = running_state(lan)
     before = leftovers(tag, pids)
     assert len(before["processes"]) >= 8, before  # 2 x (dockerd, containerd, shim, httpd)
     assert before.keys() == ALL_KINDS, before
     assert sockets and all(os.path.exists(s) for s in sockets)
+    # One engine is shut down in order at close, the other was killed and left its shim and container running.
+    lan.kill_engine(lan.hosts[1])
 
     lan.close()
     assert leftovers(tag, pids) == {}
     assert not [s for s in sockets if os.path.exists(s)]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    assert not [t for t in threading.enumerate() if t.name == f"forward-{port}"]
 
 
 def test_a_failed_start_leaves_nothing_behind(engine_lan):
