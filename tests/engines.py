@@ -550,7 +550,8 @@ class EngineLan:
                 "--exec-root", f"{host.root}/exec", "--pidfile", f"{host.root}/dockerd.pid",
                 # Distinct per host, so container addresses never clash should routes between hosts come.
                 "--bip", f"172.31.{host.index}.1/24", "--cgroup-parent", host.cgroup_parent,
-                # cgroupfs: the systemd driver (20.10's default on cgroup v2) would want a slice for a parent.
+                # cgroupfs always: 20.10 picks the systemd driver on cgroup v2 hosts run by systemd, which would want
+                # a slice name for the parent.
                 "--exec-opt", "native.cgroupdriver=cgroupfs"]
         # Published ports need nothing more: dockerd sets ip_forward in its own namespace (/proc/sys/net is per
         # namespace) and DNATs in PREROUTING there, so another host reaches <host ip>:<port> through the kernel;
