@@ -391,13 +391,18 @@ class _Forwarder:
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
-    """Copy src to dst until src ends, then pass the end on (half-close), so HTTP/1.0 style exchanges finish."""
+    """Copy src to dst until src ends, then pass the end on (half-close), so HTTP/1.0 style exchanges finish. On
+    an error (a reset) both directions end, so the other pump does not wait for a peer that is gone."""
     try:
         while data := src.recv(65536):
             dst.sendall(data)
         dst.shutdown(socket.SHUT_WR)
     except OSError:
-        pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 # ---- the LAN of engines -----------------------------------------------------------------------------------------
