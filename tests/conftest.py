@@ -6,6 +6,7 @@ import subprocess
 import uuid
 
 import pytest
+from engines import engine_lan  # noqa: F401  (the fixture: a LAN of hosts with a Docker engine each)
 
 IMAGE = "cube-busybox:latest"
 HERE = pathlib.Path(__file__).parent
