@@ -55,7 +55,7 @@ class FaultCluster:
         self._start(name, host, ["worker", "--port", "5556", "--name", name, "--data", str(self.tmp / name),
                                  "--token", TOKEN, "--no-mdns", "--stop-timeout", str(STOP_TIMEOUT),
                                  "--disconnect-timeout", str(DISCONNECT_TIMEOUT), "--cpus", "2",
-                                 "--memory", "2g"], {"DOCKER_HOST": host.docker_host})
+                                 "--memory", "2g", "--label", f"node={name}"], {"DOCKER_HOST": host.docker_host})
 
     def kill_worker(self, host) -> None:
         proc = self.procs.pop(self.names[host.name])
@@ -101,7 +101,8 @@ class FaultCluster:
         return None
 
     def fetch(self, from_host, address: str) -> str:
-        out = self.lan.exec(from_host, ["/bin/busybox", "wget", "-qO-", "-T", "3", address], timeout=10)
+        # No -T: busybox 1.35's static wget crashes with it; the subprocess timeout bounds the wait.
+        out = self.lan.exec(from_host, ["/bin/busybox", "wget", "-qO-", address], timeout=10)
         return out.stdout
 
 
@@ -130,7 +131,7 @@ def test_worker_killed_and_back_restarts_nothing_and_loses_nothing(cluster):
 def test_task_placed_back_on_its_returning_node_survives(cluster):
     n1, n2 = (cluster.names[h.name] for h in cluster.worker_hosts)
     blocker = cluster.client.post("/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["8080:80"],
-                                             "constraints": [f"hostname={cluster.host(n2).name}"]})
+                                             "constraints": [f"node={n2}"]})
     wait_for(lambda: cluster.running_on(blocker["id"], n2), timeout=60)
     task = cluster.client.post("/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["8080:80"]})
     wait_for(lambda: cluster.running_on(task["id"], n1), timeout=60)
@@ -149,7 +150,7 @@ def test_engine_stop_and_start_brings_services_back_without_a_copy(cluster):
     n1 = cluster.names[cluster.worker_hosts[0].name]
     host = cluster.host(n1)
     tasks = [cluster.client.post("/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["80"],
-                                            "constraints": [f"hostname={host.name}"]}) for _ in range(3)]
+                                            "constraints": [f"node={n1}"]}) for _ in range(3)]
     for task in tasks:
         wait_for(lambda: cluster.running_on(task["id"], n1), timeout=60)
     cluster.lan.stop_engine(host)   # systemctl stop docker: every container ends with it
@@ -175,7 +176,7 @@ def test_engine_stop_and_start_brings_services_back_without_a_copy(cluster):
 def test_engine_down_past_the_node_timeout_moves_tasks_one_copy_after_return(cluster):
     n1, n2 = (cluster.names[h.name] for h in cluster.worker_hosts)
     task = cluster.client.post("/tasks", {"image": IMAGE, "command": ["sleep", "300"],
-                                          "constraints": [f"hostname={cluster.host(n1).name}"]})
+                                          "constraints": [f"node={n1}"]})
     free = cluster.client.post("/tasks", {"image": IMAGE, "command": ["sleep", "300"]})
     wait_for(lambda: cluster.running_on(task["id"], n1) and cluster.running_on(free["id"]), timeout=60)
     moving = free if cluster.task(free["id"])["node"] == n1 else None
@@ -185,7 +186,10 @@ def test_engine_down_past_the_node_timeout_moves_tasks_one_copy_after_return(clu
         wait_for(lambda: cluster.running_on(moving["id"], n2), timeout=30)
     assert cluster.task(task["id"])["state"] == "pending", "its constraint allows n1 only: it waits for n1"
     cluster.lan.start_engine(cluster.host(n1))
-    wait_for(lambda: cluster.running_on(task["id"], n1), timeout=30)
+    try:
+        wait_for(lambda: cluster.running_on(task["id"], n1), timeout=30)
+    except AssertionError:
+        raise AssertionError(f"{cluster.task(task['id'])} {cluster.client.get('/nodes')}") from None
     time.sleep(2)
     for each in (task, free):
         assert cluster.copies(each["id"]) == 1, cluster.containers(each["id"])

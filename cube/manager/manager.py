@@ -432,8 +432,11 @@ class Manager:
             state, reason = ("ready", "") if runtime.get("ok", True) else \
                 ("unhealthy", f"container engine not answering: {runtime.get('error') or 'no detail'}")
             changed = _refresh(node, stats)
-            if (state, reason) != (node.state, node.reason):
+            if state != node.state:
                 self._node_state(node, state, reason)
+                changed = True
+            elif reason != node.reason:
+                node.reason = reason  # the same trouble in other words: its deadline runs on
                 changed = True
             if changed:
                 self.save_node(node)

@@ -295,6 +295,23 @@ class DockerRuntime:
             if stop.wait(backoff):
                 return
 
+    def alive(self) -> bool:
+        """Whether the engine accepts a new connection. When dockerd is stopped it closes its listener first and
+        then stops the containers, while the connections it already has go on being served (Docker 20.10): the
+        worker's kept-alive client sees the containers die before the engine seems gone; a fresh connection
+        tells the truth."""
+        try:
+            version = self._api().api_version
+            probe = self._connect(3.0, version=version)
+        except CubeError:
+            return False
+        try:
+            return bool(probe.api.ping())
+        except (docker.errors.DockerException, *_STREAM_ERRORS):
+            return False
+        finally:
+            probe.close()
+
     def close(self) -> None:
         with self._lock:
             for client in (self._client, self._stream_client):

@@ -65,6 +65,8 @@ class Runtime(Protocol):
     def remove(self, container_id: str) -> None: ...
     def inspect(self, container_id: str) -> ContainerInfo: ...
     def list_owned(self, node: str) -> list[ContainerInfo]: ...
+    def alive(self) -> bool:
+        """Whether the engine answers a new connection (not one it keeps while shutting down)."""
     def logs(self, container_id: str, tail: int | None = None, follow: bool = False) -> Iterator[bytes]: ...
 
     def events(self, node: str, stop: threading.Event) -> Iterator[RuntimeEvent]:
@@ -89,18 +91,26 @@ class FakeRuntime:
         self._ports = itertools.count(32768)
         self._subscribers: list[queue.Queue] = []
         self.down: str | None = None   # set: the engine does not answer, every call raises Unavailable (why)
+        self.stopping = False          # set: shutting down as dockerd 20.10 does (lists still answer, alive not)
 
-    def engine_stop(self, exit_code: int = 143) -> None:
-        """The engine stops as `systemctl stop docker` does: its containers end, then it answers no more."""
+    def alive(self) -> bool:
+        return self.down is None and not self.stopping
+
+    def engine_stop(self, exit_code: int = 143, gone: bool = False) -> None:
+        """The engine stops as dockerd 20.10 does on `systemctl stop docker`: it refuses new connections, its
+        containers end, and the connections it has still answer for a while; `gone`: and then it answers no more."""
         with self._lock:
             for info in self.containers.values():
                 if info.running:
                     info.status, info.exit_code, info.finished_at = "exited", exit_code, time.time()
-            self.down = "the fake engine is stopped"
+            self.stopping = True
+            if gone:
+                self.down = "the fake engine is stopped"
 
     def engine_start(self) -> None:
         with self._lock:
             self.down = None
+            self.stopping = False
 
     def _check(self) -> None:
         if self.down:

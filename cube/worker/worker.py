@@ -81,6 +81,7 @@ class Worker:
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sync = sync
+        self._local = threading.local()          # the (task id, generation) an action thread acts for
         self._dead_ids: set[str] = set()         # container ids the event stream reported dead
         self.last_polled = float("-inf")         # monotonic time of the last state() call (a manager's poll)
         self._started = monotonic()
@@ -92,6 +93,10 @@ class Worker:
         self._answers = 0      # state() answers given so far
         self._confirmed = -1   # answers given before the latest poll arrived: the manager has seen those
         self._held: dict[str, tuple[int, str, float]] = {}
+        # Restarts counted lately (task id -> clock times): Docker 20.10 stops the containers before its API goes
+        # away when it is stopped, so the deaths are seen first; when the engine turns out to be going down, the
+        # restarts counted for them are given back (see _engine_down).
+        self._counted: dict[str, list[float]] = {}
         for task in self.tasks.values():
             if task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING):
                 self._held[task.id] = (0, "worker restarted", self._started)
@@ -247,6 +252,8 @@ class Worker:
         listed_at = time.monotonic()
         try:
             containers = self._fresh(self.runtime.list_owned(self.key))
+            if not self.engine_ok and not self.runtime.alive():
+                raise Unavailable("the container engine refuses new connections (it is stopping)")
         except Unavailable as error:
             self._engine_down(error.message)
             raise
@@ -261,6 +268,13 @@ class Worker:
             busy = frozenset(self._busy | skip)
             plan = diff({tid: t.copy() for tid, t in self.tasks.items()}, containers, now, busy, dict(self._due),
                         frozenset(self._held))
+        if plan.died and not self.runtime.alive():
+            # Containers died and the engine takes no new connection: it is stopping them (see
+            # DockerRuntime.alive). Their ends are the engine's, not the tasks' failures.
+            error = "the container engine refuses new connections (it is stopping)"
+            self._engine_down(error)
+            raise Unavailable(error)
+        with self._lock:
             for task_id in self._plan_task_ids(plan):
                 self._busy.add(task_id)
         self._apply(plan)
@@ -277,6 +291,7 @@ class Worker:
             if was_ok:
                 self.engine_since = now
                 log.warning("container runtime unavailable: %s", error)
+                self._refund(now)
             for task in self.tasks.values():
                 if task.desired is Desired.RUN and task.state is State.RUNNING:
                     self._save(task, transition(task, State.SCHEDULED, now, f"waiting for the container engine, "
@@ -284,6 +299,35 @@ class Worker:
                 if task.desired is Desired.RUN and task.state is State.SCHEDULED:
                     self._hold(task.id, "engine")
             self._bump()
+
+    def _refund(self, now: float) -> None:
+        """Give back the restarts counted for deaths that came with the engine's shutdown: those within its stop
+        grace (the containers' StopTimeout is the worker's stop timeout) and a margin (lock held)."""
+        window = self.stop_timeout + 3.0
+        for task_id, times in list(self._counted.items()):
+            task = self.tasks.get(task_id)
+            recent_ones = [at for at in times if now - at <= window]
+            if task is None or not recent_ones:
+                continue
+            for at in recent_ones:
+                if at in task.restart_times:
+                    task.restart_times.remove(at)
+                task.restarts = max(0, task.restarts - 1)
+                task.streak = max(0, task.streak - 1)
+            self._due.pop(task_id, None)
+            self._save(task, Event(0, task_id, task.state.value, now, f"the container engine stopped: "
+                                   f"{len(recent_ones)} restart(s) not counted", self.name))
+        self._counted.clear()
+
+    def _count(self, task: Assignment, now: float) -> None:
+        """Count a restart against the task's policy (lock held)."""
+        task.streak += 1
+        task.restarts += 1
+        task.restart_times = recent(task.restart_times, now, task.spec.restart.window) + [now]
+        self._counted.setdefault(task.id, []).append(now)
+        cutoff = now - self.stop_timeout - 3.0
+        for task_id in [tid for tid, times in self._counted.items() if times[-1] < cutoff]:
+            del self._counted[task_id]
 
     def _engine_up(self) -> None:
         with self._lock:
@@ -359,15 +403,25 @@ class Worker:
             self._submit(container_id, self._remove_orphan, container_id, pool=self._stop_pool)
 
     def _submit(self, key: str, fn, *args, pool: ThreadPoolExecutor | None = None) -> None:
-        """Run an action for `key` (already marked busy) on the pool; clear the mark and wake the loop after."""
+        """Run an action for `key` (already marked busy) on the pool; clear the mark and wake the loop after. The
+        action acts for the task's generation of now: if the task is assigned again meanwhile, what the action
+        would record is not the new assignment's (`_mine` raises _Stale) and the next round judges afresh."""
+        with self._lock:
+            task = self.tasks.get(key)
+            acting = (key, task.generation if task else None)
+
         def run():
+            self._local.acting = acting
             try:
                 fn(*args)
+            except _Stale:
+                log.debug("action %s for %s: the task was assigned again meanwhile", getattr(fn, "__name__", fn), key)
             except Unavailable as error:  # the engine went away mid-action: the next round judges again
                 log.info("action %s for %s: %s", getattr(fn, "__name__", fn), key, error.message)
             except Exception:  # an action must never kill the pool thread; the next tick retries
                 log.exception("action %s for %s failed", getattr(fn, "__name__", fn), key)
             finally:
+                self._local.acting = None
                 with self._lock:
                     self._busy.discard(key)
                     self._settled[key] = time.monotonic()
@@ -380,7 +434,8 @@ class Worker:
     # ---- actions (each runs with its task marked busy) -------------------------------------------------------
 
     def _start(self, task_id: str) -> None:
-        task = self.get(task_id)
+        with self._lock:
+            task = self._mine(task_id).copy()
         try:
             info = self.runtime.start(task, self.key)
         except ImageUnavailable as error:
@@ -408,15 +463,13 @@ class Worker:
 
     def _failed_start(self, task_id: str, message: str) -> None:
         with self._lock:
-            task = self._get(task_id)
+            task = self._mine(task_id)
             now = self.clock()
             policy = task.spec.restart
             counted = recent(task.restart_times, now, policy.window)
             if policy.allows(1, len(counted)):
                 self._due[task_id] = now + backoff(task.streak)
-                task.streak += 1
-                task.restarts += 1
-                task.restart_times = counted + [now]
+                self._count(task, now)
                 self._save(task, Event(0, task_id, task.state.value, now,
                                        f"{message}; retrying ({len(counted) + 1} of {_limit(policy)})", self.name))
             else:
@@ -424,7 +477,7 @@ class Worker:
 
     def _running(self, task_id: str, info: ContainerInfo, message: str) -> None:
         with self._lock:
-            task = self._get(task_id)
+            task = self._mine(task_id)
             task.container_id, task.host_ports, task.exit_code = info.id, dict(info.host_ports), None
             task.finished_at = None
             if task.state is State.RUNNING:
@@ -434,13 +487,14 @@ class Worker:
                 task.started_at = info.started_at or task.updated_at
 
     def _observe(self, task_id: str, info: ContainerInfo) -> None:
-        adopted = self.get(task_id).container_id != info.id
+        with self._lock:
+            adopted = self._mine(task_id).container_id != info.id
         self._running(task_id, info, f"adopted running container {info.id[:12]}" if adopted
                       else f"container {info.id[:12]} running")
 
     def _died(self, task_id: str, info: ContainerInfo | None) -> None:
         with self._lock:
-            task = self._get(task_id)
+            task = self._mine(task_id)
             code = info.exit_code if info else None
             what = "container vanished" if info is None else f"container exited with code {code}" + \
                 (" (out of memory)" if info.oom_killed else "") + (f": {info.error}" if info and info.error else "")
@@ -454,9 +508,7 @@ class Worker:
             counted = recent(task.restart_times, now, policy.window)
             if policy.allows(code, len(counted)):
                 self._due[task_id] = now + backoff(task.streak)
-                task.streak += 1
-                task.restarts += 1
-                task.restart_times = counted + [now]
+                self._count(task, now)
                 event = transition(task, State.SCHEDULED, now,
                                    f"{what}; restarting ({len(counted) + 1} of {_limit(policy)})")
             elif code == 0:
@@ -478,7 +530,7 @@ class Worker:
 
     def _complete_stopped(self, task_id: str) -> None:
         with self._lock:
-            task = self._get(task_id)
+            task = self._mine(task_id)
             if task.state in (State.PENDING, State.SCHEDULED, State.RUNNING):
                 self._save(task, transition(task, State.COMPLETED, self.clock(), "stopped"))
             elif task.container_id:
@@ -491,7 +543,7 @@ class Worker:
 
     def _update(self, task_id: str, state: State, message: str) -> None:
         with self._lock:
-            task = self._get(task_id)
+            task = self._mine(task_id)
             self._save(task, transition(task, state, self.clock(), message))
 
     # ---- bookkeeping ---------------------------------------------------------------------------------------
@@ -500,6 +552,14 @@ class Worker:
         task = self.tasks.get(task_id)
         if task is None:
             raise NotFound(f"no task {task_id} on node {self.name}")
+        return task
+
+    def _mine(self, task_id: str) -> Assignment:
+        """The task an action on this thread acts for (lock held), or _Stale if it was assigned again since."""
+        task = self._get(task_id)
+        acting = getattr(self._local, "acting", None)
+        if acting and acting[0] == task_id and acting[1] is not None and task.generation != acting[1]:
+            raise _Stale(task_id)
         return task
 
     def _save(self, task: Assignment, event: Event | None) -> None:
@@ -578,6 +638,10 @@ class Worker:
             thread.join(timeout=3)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._stop_pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Stale(Exception):
+    """An action's task was assigned again (a new generation) while the action ran."""
 
 
 def _limit(policy) -> str:
