@@ -36,7 +36,11 @@ venv() {
   fi
 }
 
-project() {  # project KEY: a field of pyproject.toml's [project] table (lists joined by spaces)
+project() {  # project KEY: a field of pyproject.toml's [project] table (lists joined by spaces); version: cube's
+  if [ "$1" = version ]; then  # written once, in cube/__init__.py (pyproject.toml reads it from there too)
+    sed -n 's/^__version__ = "\(.*\)"/\1/p' cube/__init__.py
+    return
+  fi
   "$VENV/bin/python" -c 'import sys, tomllib
 value = tomllib.load(open("pyproject.toml", "rb"))["project"][sys.argv[1]]
 print(" ".join(value) if isinstance(value, list) else value)' "$1"

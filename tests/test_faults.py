@@ -100,6 +100,12 @@ class FaultCluster:
             return task
         return None
 
+    def show(self, moment: str) -> None:
+        """What `cube status` and `cube nodes` would print now (seen with pytest -s; the issue's closing note)."""
+        from cube.cli import output
+        print(f"\n--- {moment}\n{output.tasks_table(self.client.get('/tasks'))}\n"
+              f"{output.nodes_table(self.client.get('/nodes'))}")
+
     def fetch(self, from_host, address: str) -> str:
         # No -T: busybox 1.35's static wget crashes with it; the subprocess timeout bounds the wait.
         out = self.lan.exec(from_host, ["/bin/busybox", "wget", "-qO-", address], timeout=10)
@@ -124,6 +130,7 @@ def test_worker_killed_and_back_restarts_nothing_and_loses_nothing(cluster):
     wait_for(lambda: cluster._ready() == 2, timeout=30)
     wait_for(lambda: cluster.client.get("/jobs/web")["running"] == 4, timeout=30)
     after = {t["id"]: cluster.containers(t["id"]) for t in job["tasks"]}
+    cluster.show("failure 1: worker killed with kill -9 and started again")
     assert after == before, "0 containers restarted, 0 lost: the same containers, adopted"
     assert all(t["restarts"] == 0 for t in cluster.client.get("/jobs/web")["tasks"])
 
@@ -138,11 +145,13 @@ def test_task_placed_back_on_its_returning_node_survives(cluster):
     cluster.kill_worker(cluster.host(n1))
     # Moved once n1 is silent past its disconnect and stop timeouts; the port is taken on n2, so it waits.
     wait_for(lambda: cluster.task(task["id"])["state"] == "pending", timeout=30)
+    cluster.show("failure 2: n1's worker killed; the task's port is taken on n2")
     cluster.start_worker(cluster.host(n1))
     got = wait_for(lambda: cluster.running_on(task["id"], n1), timeout=30)
     time.sleep(3)   # several rounds: nothing may stop it now
     assert cluster.running_on(task["id"], n1)["generation"] == got["generation"]
     assert cluster.copies(task["id"]) == 1
+    cluster.show("failure 2: n1's worker back")
     assert cluster.fetch(cluster.manager_host, f"http://{cluster.host(n1).ip}:8080/") == "cube\n"
 
 
@@ -156,6 +165,7 @@ def test_engine_stop_and_start_brings_services_back_without_a_copy(cluster):
     cluster.lan.stop_engine(host)   # systemctl stop docker: every container ends with it
     node = wait_for(lambda: (n := cluster.node(n1))["state"] == "unhealthy" and n, timeout=20)
     assert "engine" in node["reason"]
+    cluster.show("failure 3: n1's dockerd stopped (SIGTERM)")
     for task in tasks:
         got = cluster.task(task["id"])
         assert got["state"] == "scheduled" and got["desired"] == "run", got   # not completed
@@ -166,7 +176,8 @@ def test_engine_stop_and_start_brings_services_back_without_a_copy(cluster):
     for task in tasks:
         wait_for(lambda: cluster.running_on(task["id"], n1), timeout=20)
     back = time.monotonic() - answered
-    print(f"\nservices back {back:.2f} s after the engine answered")
+    cluster.show("failure 3: n1's dockerd started again")
+    print(f"services back {back:.2f} s after the engine answered")
     assert back <= 10
     for task in tasks:
         assert cluster.copies(task["id"]) == 1
@@ -210,6 +221,7 @@ def test_partition_moves_tasks_and_one_copy_runs_after_healing(cluster):
     moved = cluster.task(stop["id"])
     assert moved["state"] == "running" and moved["node"] != cut, moved
     assert overlaps == 0, "on_disconnect stop (a fixed port): never two copies"
+    cluster.show(f"partition: {cut} cut off for 30 s")
     if keep_cut:
         assert cluster.task(keep["id"])["node"] != cut
         assert cluster.copies(keep["id"]) == 2, "keep: the cut-off copy runs on until the node is back"
@@ -225,6 +237,7 @@ def test_crash_looping_service_is_rescheduled_to_another_node(cluster):
                                           "restart": {"max_restarts": 1, "window": 60}})
     first = wait_for(lambda: cluster.task(task["id"])["node"] or None, timeout=30)
     moved = wait_for(lambda: (t := cluster.task(task["id"]))["node"] not in ("", first) and t, timeout=60)
+    cluster.show("failure 4: a service that used up its restarts on its node")
     assert moved["reschedules"] == 1 and moved["generation"] == 2
     assert "rescheduling" in " ".join(e["message"] for e in moved["events"])
     wait_for(lambda: not cluster.containers(task["id"]).get(first), timeout=20)

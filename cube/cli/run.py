@@ -43,7 +43,7 @@ def build_request(flags: dict) -> tuple[str, dict]:
         raise CubeError(f"--count must be a whole number of at least 1, not {count!r}")
     name = str(flags["name"]) if flags.get("name") not in (None, "") else ""
     if count > 1 or flags.get("batch"):
-        name = name or f"{_base(spec['image'])}-{uuid.uuid4().hex[:4]}"
+        name = name or f"{_base(str(flags['image']))}-{uuid.uuid4().hex[:4]}"
         body = {"name": name, "count": count, "type": "batch" if flags.get("batch") else "service", "task": spec}
         _validate(Job.from_dict, body)
         return "job", body

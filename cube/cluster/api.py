@@ -123,12 +123,15 @@ def worker_app(worker, token: str | None) -> bottle.Bottle:
 
     @app.post("/tasks")
     def post_task():
-        task, created = worker.accept(Assignment.from_dict(read_json()))
+        body = read_json()
+        if not isinstance(body, dict):
+            raise BadRequest("an assignment must be a JSON object with id, spec and generation")
+        task, created = worker.accept(Assignment.from_dict(body))
         return _json_response(task.to_dict(), 201 if created else 200)
 
     @app.get("/tasks")
     def list_tasks():
-        return [t.to_dict() for t in worker.list()]
+        return [t.to_dict() for t in worker.assignments()]
 
     @app.get("/tasks/<task_id>")
     def get_task(task_id):
@@ -251,14 +254,14 @@ def manager_app(manager, membership, links, token: str | None) -> bottle.Bottle:
         since = query_number("since", 0, int)
         tail = query_number("tail", None, int)
         if tail is not None:  # the newest `tail` events
-            since = max(since, manager.store.last_event_id() - tail)
+            since = max(since, manager.last_event_id() - tail)
         limit = query_number("limit", 1000, int)
         wait = query_number("wait", 0.0) or 0.0
         task_id = bottle.request.query.get("task") or None
-        found = manager.store.events(since=since, limit=limit, task_id=task_id)
+        found = manager.events(since=since, limit=limit, task_id=task_id)
         if not found and wait > 0:
             manager.wait_changed(min(wait, 30.0))
-            found = manager.store.events(since=since, limit=limit, task_id=task_id)
+            found = manager.events(since=since, limit=limit, task_id=task_id)
         return [e.to_dict() for e in found]
 
     return app

@@ -700,6 +700,12 @@ class Manager:
             raise NotFound(f"no job {name!r}: `cube status` lists jobs")
         return job
 
+    def events(self, since: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
+        return self.store.events(since=since, limit=limit, task_id=task_id)
+
+    def last_event_id(self) -> int:
+        return self.store.last_event_id()
+
     def wait_changed(self, timeout: float) -> None:
         with self._changed:
             self._changed.wait(timeout)

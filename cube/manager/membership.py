@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from cube.core.errors import CubeError, Unauthorized
 from cube.core.model import Node, Resources
@@ -23,7 +23,7 @@ from cube.core.model import Node, Resources
 log = logging.getLogger("cube.membership")
 TICK = 0.25   # seconds between the manager's housekeeping rounds
 
-Request = Callable[..., object]   # (address, method, path, body=None, params=None, timeout=None) -> answer
+Request = Callable[..., Any]   # (address, method, path, body=None, params=None, timeout=None) -> answer
 
 
 class Membership:

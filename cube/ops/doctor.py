@@ -85,7 +85,7 @@ class Probes:
         answer = done.stdout.strip()
         return {"yes": True, "no": False}.get(answer) if done.returncode == 0 else None
 
-    def python(self) -> tuple[tuple[int, int, int], str]:
+    def python(self) -> tuple[tuple[int, ...], str]:
         return tuple(sys.version_info[:3]), sys.executable
 
     def arch(self) -> tuple[str, str | None, str | None]:

@@ -240,7 +240,7 @@ def pyz_arch(path: str) -> str | None:
 def prune_extractions(directory: str, keep: str | None) -> list[str]:
     """Remove what older pyz versions unpacked under SHIV_ROOT (each upgrade adds one), keeping `keep`."""
     name = os.path.basename(PYZ)
-    removed = []
+    removed: list[str] = []
     try:
         entries = sorted(os.listdir(directory))
     except OSError:

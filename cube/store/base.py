@@ -7,6 +7,8 @@ writes: reading never touches the disk's write path (SD cards wear out), so evic
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cube.core.model import Event
 
 EVENT_RETENTION = 200_000  # events kept; older ones are culled as new ones arrive
@@ -34,7 +36,7 @@ class Store:
     def events(self, since: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
         """Events with id > since, oldest first, at most `limit`."""
         if task_id is not None:
-            ids = [i for i in self._task_event_ids(task_id) if i > since][:limit]
+            ids: Sequence[int] = [i for i in self._task_event_ids(task_id) if i > since][:limit]
         else:
             last = self.last_event_id()
             start = max(since + 1, last - EVENT_RETENTION + 1, 1)

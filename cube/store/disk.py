@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 from cube.store.base import EVENT_RETENTION, Store
 
@@ -16,7 +17,7 @@ class DiskStore(Store):
         self._diskcache = diskcache
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
-        self._caches: dict[str, object] = {}
+        self._caches: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._events_cache = self._cache("_events")
         self._index = self._cache("_task_events")

@@ -22,7 +22,7 @@ import logging
 import math
 import re
 import threading
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import docker
 import docker.errors
@@ -54,8 +54,8 @@ class DockerRuntime:
         self.pull_timeout = pull_timeout
         self.api_timeout = api_timeout
         self._lock = threading.Lock()
-        self._client = None          # connected lazily: a worker may start before its engine answers
-        self._stream_client = None
+        self._client: Any = None     # connected lazily: a worker may start before its engine answers
+        self._stream_client: Any = None
         self._pulls: dict[str, _Pull] = {}
 
     # -- connection ----------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ class DockerRuntime:
         away the stream is reopened with backoff, from the time of the last event seen (events in Docker's
         buffer since then are replayed; the one already yielded is skipped)."""
         filters = {"type": "container", "label": [f"{LABEL_NODE}={node}"]}
-        last_nano, last_keys = 0, set()
+        last_nano, last_keys = 0, set[tuple]()
         backoff = 0.25
         while not stop.is_set():
             try:

@@ -174,7 +174,7 @@ class Worker:
         data["events"] = [e.to_dict() for e in self.store.events(task_id=task_id)]
         return data
 
-    def list(self) -> list[Assignment]:
+    def assignments(self) -> list[Assignment]:
         with self._lock:
             return [t.copy() for t in self.tasks.values()]
 
@@ -271,9 +271,9 @@ class Worker:
         if plan.died and not self.runtime.alive():
             # Containers died and the engine takes no new connection: it is stopping them (see
             # DockerRuntime.alive). Their ends are the engine's, not the tasks' failures.
-            error = "the container engine refuses new connections (it is stopping)"
-            self._engine_down(error)
-            raise Unavailable(error)
+            why = "the container engine refuses new connections (it is stopping)"
+            self._engine_down(why)
+            raise Unavailable(why)
         with self._lock:
             for task_id in self._plan_task_ids(plan):
                 self._busy.add(task_id)
