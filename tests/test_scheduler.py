@@ -1,16 +1,18 @@
 """The scheduler through its public functions: clusters built with the factories, assertions on the placements
 (which node, which reasons, which scores) and on the nodes' bookkeeping afterwards."""
+import ast
 import copy
+import pathlib
 import random
-import time
 from collections import Counter
 
 import pytest
-
-from cube.core.errors import BadRequest
-from cube.scheduler.place import (CHECKS, LIEB, SCORERS, SchedulerState, feasible, place, place_many, release, reserve,
-                            simulate)
 from factories import make_cluster, make_node, make_spec  # tests/ is on sys.path (pytest rootdir imports)
+
+from bench.scheduling import simulate
+from cube import scheduler
+from cube.core.errors import BadRequest
+from cube.scheduler.place import CHECKS, LIEB, SCORERS, SchedulerState, feasible, place, place_many, release, reserve
 
 
 def names(placements):
@@ -366,3 +368,26 @@ def test_a_thousand_nodes_fill_evenly():
     assert all(p.node for p in placements) and {node.tasks for node in nodes} == {10}
     specs = [make_spec(cpu=c) for c in (0, 0.1, 0.25, 0.5)] * 500
     assert simulate(nodes, specs, "epvm", limit=16)["unplaced"] == 0
+
+
+# ------------------------------------------------------------------------------------------------ architecture
+
+# A clock would make placements depend on when they run, I/O and stores would tie the scheduler to the manager's
+# internals, and unseeded randomness would make a placement impossible to replay.
+FORBIDDEN = {"time", "datetime", "os", "io", "socket", "pathlib", "random", "threading", "asyncio", "subprocess"}
+
+
+def test_the_scheduler_has_no_clock_no_io_and_depends_only_on_core():
+    package = pathlib.Path(scheduler.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            for module in modules:
+                assert module.split(".")[0] not in FORBIDDEN, f"{path.name} imports {module}"
+                if module.startswith("cube"):
+                    assert module.startswith(("cube.core.", "cube.scheduler.")), f"{path.name} imports {module}"

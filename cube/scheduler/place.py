@@ -7,18 +7,15 @@ task, and why every other node did not. It is a pipeline over plain data (Nomad'
 3. selection: the best score wins; ties are broken by a hash of (seed, node name), so the same seed (the task id)
    replays the same placement whatever the order of the node list.
 
-No I/O, no store and no clock live here (`simulate` only times itself). `place` only picks; `place_many` and
-`reserve`/`release` change the `Node` objects they are given (allocated resources, used host ports, task count),
-which the manager then persists.
+No I/O, no store and no clock live here (bench/scheduling.py times it from outside). `place` only picks;
+`place_many` and `reserve`/`release` change the `Node` objects they are given (allocated resources, used host
+ports, task count), which the manager then persists.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import heapq
 import math
-import statistics
-import time
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,7 +23,7 @@ from functools import lru_cache
 from typing import Callable
 
 from cube.core.errors import BadRequest
-from cube.core.model import Node, Resources, TaskSpec, format_size
+from cube.core.model import Node, TaskSpec, format_size
 
 EPSILON = 1e-9  # allocations are float sums: 0.1 + 0.2 must still fit in 0.3 free
 
@@ -515,55 +512,3 @@ def release(node: Node, spec: TaskSpec) -> None:
         if port.host:
             node.used_ports.discard((port.host, port.protocol))
     node.tasks = max(node.tasks - 1, 0)
-
-
-# ------------------------------------------------------------------------------------------------------ benchmark
-
-def simulate(nodes: list[Node], specs: list[TaskSpec], strategy: str = DEFAULT_STRATEGY, limit: int | None = None,
-             batch: bool = False, seed: str | int = 0) -> dict:
-    """Place `specs` in order on copies of `nodes` (the given nodes are left alone) and measure. `batch`: runs of
-    equal specs go through one `place_many` (a job's copies), otherwise one `place` + `reserve` per spec (tasks
-    submitted one by one). Returns placements per second and the spread of the result: mean and standard
-    deviation of cpu and memory utilisation over the nodes, the highest utilisation, nodes used, tasks unplaced.
-    The clock here measures the scheduler, it never steers it."""
-    cluster = [_copy(node) for node in nodes]
-    rank, state = scorer(strategy), SchedulerState()
-    placed = 0
-    began = time.perf_counter()
-    if batch:
-        index = 0
-        while index < len(specs):
-            end = index + 1
-            while end < len(specs) and specs[end] == specs[index]:
-                end += 1
-            chosen = place_many(specs[index], end - index, cluster, strategy, (seed, index), state, limit)
-            placed += sum(1 for placement in chosen if placement.node is not None)
-            index = end
-    else:
-        for index, spec in enumerate(specs):
-            placement = _place(spec, cluster, rank, _seed_hash((seed, index)), state, limit)
-            if placement.node is not None:
-                reserve(placement.node, spec)
-                placed += 1
-    elapsed = time.perf_counter() - began
-    cpu = [node.allocated.cpu / node.capacity.cpu for node in cluster if node.capacity.cpu > 0]
-    memory = [node.allocated.memory / node.capacity.memory for node in cluster if node.capacity.memory > 0]
-    return {
-        "strategy": strategy, "limit": limit, "batch": batch, "nodes": len(cluster), "tasks": len(specs),
-        "placed": placed, "unplaced": len(specs) - placed, "seconds": round(elapsed, 4),
-        "placements_per_s": round(len(specs) / elapsed) if elapsed > 0 else math.inf,
-        "cpu_mean": _stat(statistics.fmean, cpu), "cpu_std": _stat(statistics.pstdev, cpu),
-        "cpu_max": _stat(max, cpu), "memory_mean": _stat(statistics.fmean, memory),
-        "memory_std": _stat(statistics.pstdev, memory), "memory_max": _stat(max, memory),
-        "nodes_used": sum(1 for node in cluster if node.tasks), "tasks_max": max((n.tasks for n in cluster), default=0),
-    }
-
-
-def _stat(function, values: list[float]) -> float:
-    return round(function(values), 4) if values else 0.0
-
-
-def _copy(node: Node) -> Node:
-    return dataclasses.replace(node, capacity=Resources(node.capacity.cpu, node.capacity.memory, node.capacity.disk),
-                               allocated=Resources(node.allocated.cpu, node.allocated.memory, node.allocated.disk),
-                               labels=dict(node.labels), used_ports=set(node.used_ports))
