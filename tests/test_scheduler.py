@@ -12,7 +12,7 @@ from factories import make_cluster, make_node, make_spec  # tests/ is on sys.pat
 from bench.scheduling import simulate
 from cube import scheduler
 from cube.core.errors import BadRequest
-from cube.scheduler.place import CHECKS, LIEB, SCORERS, SchedulerState, feasible, place, place_many, release, reserve
+from cube.scheduler import CHECKS, LIEB, SCORERS, SchedulerState, feasible, place, place_many, release, reserve
 
 
 def names(placements):

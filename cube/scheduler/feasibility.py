@@ -1,0 +1,153 @@
+"""Feasibility: can this node take this task at all? Each check is a small function `(spec, node) -> None | reason`;
+the pipeline runs them in one fixed order (`PIPELINE`, below) and the first reason wins, with numbers a user can
+read ("insufficient memory (needs 512 MiB, free 200 MiB)"). Nothing here ranks feasible nodes or picks one
+(`ranking`, `selection`), and nothing changes a node.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+
+from cube.core.errors import BadRequest
+from cube.core.model import Node, TaskSpec, format_size
+
+EPSILON = 1e-9  # allocations are float sums: 0.1 + 0.2 must still fit in 0.3 free
+
+# Architecture names as `uname -m` (the worker's label) and as Docker/Debian spell them.
+ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64",
+                "armhf": "armv7l", "armv7l": "armv7l"}
+
+Check = Callable[[TaskSpec, Node], str | None]
+
+
+# -------------------------------------------------------------------------------------------------------- checks
+
+def check_state(spec: TaskSpec, node: Node) -> str | None:
+    if node.state != "ready":
+        return f"node is {node.state}"
+    return None
+
+
+def check_constraints(spec: TaskSpec, node: Node) -> str | None:
+    labels = node.labels
+    for text in spec.constraints:
+        key, equal, want = parse_constraint(text)
+        have = labels.get(key)
+        if have is None:
+            # A node that does not know the key cannot promise equality, and is certainly not the excluded value.
+            if equal:
+                return f"constraint {text} not met (node has no {key} label)"
+            continue
+        if (_normal(key, str(have)) == _normal(key, want)) != equal:
+            return f"constraint {text} not met (node has {have})"
+    return None
+
+
+def check_cpu(spec: TaskSpec, node: Node) -> str | None:
+    if spec.cpu <= 0:  # no cpu asked, none reserved: fits even a node whose cpu is all allocated
+        return None
+    free = node.capacity.cpu - node.allocated.cpu
+    if spec.cpu > free + EPSILON:
+        return f"insufficient cpu (needs {_cores(spec.cpu)}, free {_number(free)})"
+    return None
+
+
+def check_memory(spec: TaskSpec, node: Node) -> str | None:
+    if spec.memory <= 0:
+        return None
+    free = node.capacity.memory - node.allocated.memory
+    if spec.memory > free:
+        return f"insufficient memory (needs {format_size(spec.memory)}, free {format_size(max(free, 0))})"
+    return None
+
+
+def check_disk(spec: TaskSpec, node: Node) -> str | None:
+    if spec.disk <= 0:
+        return None
+    free = node.capacity.disk - node.allocated.disk
+    if spec.disk > free:
+        return f"insufficient disk (needs {format_size(spec.disk)}, free {format_size(max(free, 0))})"
+    return None
+
+
+def check_ports(spec: TaskSpec, node: Node) -> str | None:
+    used = node.used_ports
+    if not used:
+        return None
+    for port in spec.ports:
+        if port.host and (port.host, port.protocol) in used:
+            return f"host port {port.host}/{port.protocol} already used"
+    return None
+
+
+def _always(spec: TaskSpec) -> bool:
+    return True
+
+
+# ------------------------------------------------------------------------------------------------------ pipeline
+
+# The pipeline, written once: each check in the order it runs, with the test that tells whether it can reject
+# anything for a given spec at all (checks that cannot are left out of the placement loop, see `checks_for`).
+# The order is the order of the reasons users read, and it puts the cheap checks first.
+PIPELINE: tuple[tuple[Check, Callable[[TaskSpec], bool]], ...] = (
+    # What the node *is* comes before what it has: when a node is both down (or the wrong architecture) and full,
+    # the user reads the reason that more capacity would not fix. One string compare per node.
+    (check_state, _always),
+    # Also what the node is; free for the common spec, whose constraints are an empty tuple.
+    (check_constraints, lambda spec: bool(spec.constraints)),
+    # The resources, by how often they run out on a LAN of small nodes: cpu, then memory, then disk. A subtraction
+    # and a compare each; the text is only formatted for a node that is rejected.
+    (check_cpu, lambda spec: spec.cpu > 0),
+    (check_memory, lambda spec: spec.memory > 0),
+    (check_disk, lambda spec: spec.disk > 0),
+    # Last: only specs with fixed host ports can miss it, and it walks the spec's ports.
+    (check_ports, lambda spec: any(port.host for port in spec.ports)),
+)
+CHECKS: tuple[Check, ...] = tuple(check for check, _ in PIPELINE)
+
+
+def checks_for(spec: TaskSpec) -> tuple[Check, ...]:
+    """The checks of `PIPELINE` that can reject `spec` (no cpu asked: no cpu check, ...), in pipeline order: the
+    same answers as running all of `CHECKS`, with fewer calls per node in the placement loop."""
+    return tuple(check for check, applies in PIPELINE if applies(spec))
+
+
+def first_reason(checks: tuple[Check, ...], spec: TaskSpec, node: Node) -> str | None:
+    """The reason of the first of `checks` that rejects `node` for `spec`, or None when the node passes them all."""
+    for check in checks:
+        reason = check(spec, node)
+        if reason:
+            return reason
+    return None
+
+
+def feasible(spec: TaskSpec, node: Node) -> str | None:
+    """None when `node` can take `spec`, otherwise the first reason it cannot."""
+    return first_reason(CHECKS, spec, node)
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+
+@lru_cache(maxsize=4096)
+def parse_constraint(text: str) -> tuple[str, bool, str]:
+    """`key=value` / `key==value` → (key, True, value); `key!=value` → (key, False, value)."""
+    for op in ("!=", "==", "="):  # "!=" and "==" before "=", which both contain
+        if op in text:
+            key, value = text.split(op, 1)
+            return key.strip(), op != "!=", value.strip()
+    raise BadRequest(f"constraint must look like key=value or key!=value, not {text!r}")
+
+
+def _normal(key: str, value: str) -> str:
+    if key == "arch":
+        value = value.lower()
+        return ARCH_ALIASES.get(value, value)
+    return value
+
+
+def _number(value: float) -> str:
+    return f"{round(max(value, 0.0), 3):g}"
+
+
+def _cores(value: float) -> str:
+    return f"{_number(value)} core{'' if value == 1 else 's'}"
