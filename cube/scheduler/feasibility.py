@@ -1,34 +1,58 @@
-"""Feasibility: can this node take this task at all? Each check is a small function `(spec, node) -> None | reason`;
-the pipeline runs them in one fixed order (`PIPELINE`, below) and the first reason wins, with numbers a user can
-read ("insufficient memory (needs 512 MiB, free 200 MiB)"). Nothing here ranks feasible nodes or picks one
-(`ranking`, `selection`), and nothing changes a node.
+"""Feasibility: can this node take this task at all? Each check is a small function `(spec, node) -> None |
+Rejection`; the pipeline runs them in one fixed order (`PIPELINE`, below) and the first rejection wins. A rejection
+is a value with a `kind` (one of `KINDS`, counted to explain a failed placement: "2 insufficient memory, 1 node not
+ready") and a `detail` a user can read, with numbers ("insufficient memory (needs 512 MiB, free 200 MiB)"). Nothing
+here ranks feasible nodes or picks one (`ranking`, `selection`), and nothing changes a node.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 from cube.core.errors import BadRequest
 from cube.core.model import Node, TaskSpec, format_size
 
+# The kinds of rejection, as Nomad names its filter reasons (`FilterConstraintDrivers = "missing drivers"`): short,
+# stable texts that are counted per placement and read in a summary ("3 insufficient cpu, 1 node not ready").
+NODE_NOT_READY = "node not ready"
+CONSTRAINT_NOT_MET = "constraint not met"
+INSUFFICIENT_CPU = "insufficient cpu"
+INSUFFICIENT_MEMORY = "insufficient memory"
+INSUFFICIENT_DISK = "insufficient disk"
+PORT_IN_USE = "host port in use"
+KINDS = (NODE_NOT_READY, CONSTRAINT_NOT_MET, INSUFFICIENT_CPU, INSUFFICIENT_MEMORY, INSUFFICIENT_DISK, PORT_IN_USE)
+
+READY = "ready"
 EPSILON = 1e-9  # allocations are float sums: 0.1 + 0.2 must still fit in 0.3 free
 
 # Architecture names as `uname -m` (the worker's label) and as Docker/Debian spell them.
 ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64",
                 "armhf": "armv7l", "armv7l": "armv7l"}
 
-Check = Callable[[TaskSpec, Node], str | None]
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why one node cannot take one task: `kind` (one of `KINDS`) to count, `detail` to show."""
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+Check = Callable[[TaskSpec, Node], Rejection | None]
 
 
 # -------------------------------------------------------------------------------------------------------- checks
 
-def check_state(spec: TaskSpec, node: Node) -> str | None:
-    if node.state != "ready":
-        return f"node is {node.state}"
-    return None
+def check_state(spec: TaskSpec, node: Node) -> Rejection | None:
+    if node.state == READY:
+        return None
+    return Rejection(NODE_NOT_READY, f"node is {node.state}")
 
 
-def check_constraints(spec: TaskSpec, node: Node) -> str | None:
+def check_constraints(spec: TaskSpec, node: Node) -> Rejection | None:
     labels = node.labels
     for text in spec.constraints:
         key, equal, want = parse_constraint(text)
@@ -36,47 +60,47 @@ def check_constraints(spec: TaskSpec, node: Node) -> str | None:
         if have is None:
             # A node that does not know the key cannot promise equality, and is certainly not the excluded value.
             if equal:
-                return f"constraint {text} not met (node has no {key} label)"
+                return Rejection(CONSTRAINT_NOT_MET, f"constraint {text} not met (node has no {key} label)")
             continue
         if (_normal(key, str(have)) == _normal(key, want)) != equal:
-            return f"constraint {text} not met (node has {have})"
+            return Rejection(CONSTRAINT_NOT_MET, f"constraint {text} not met (node has {have})")
     return None
 
 
-def check_cpu(spec: TaskSpec, node: Node) -> str | None:
+def check_cpu(spec: TaskSpec, node: Node) -> Rejection | None:
     if spec.cpu <= 0:  # no cpu asked, none reserved: fits even a node whose cpu is all allocated
         return None
     free = node.capacity.cpu - node.allocated.cpu
     if spec.cpu > free + EPSILON:
-        return f"insufficient cpu (needs {_cores(spec.cpu)}, free {_number(free)})"
+        return Rejection(INSUFFICIENT_CPU, f"insufficient cpu (needs {_cores(spec.cpu)}, free {_number(free)})")
     return None
 
 
-def check_memory(spec: TaskSpec, node: Node) -> str | None:
+def check_memory(spec: TaskSpec, node: Node) -> Rejection | None:
     if spec.memory <= 0:
         return None
     free = node.capacity.memory - node.allocated.memory
     if spec.memory > free:
-        return f"insufficient memory (needs {format_size(spec.memory)}, free {format_size(max(free, 0))})"
+        return Rejection(INSUFFICIENT_MEMORY, f"insufficient memory (needs {_size(spec.memory)}, free {_size(free)})")
     return None
 
 
-def check_disk(spec: TaskSpec, node: Node) -> str | None:
+def check_disk(spec: TaskSpec, node: Node) -> Rejection | None:
     if spec.disk <= 0:
         return None
     free = node.capacity.disk - node.allocated.disk
     if spec.disk > free:
-        return f"insufficient disk (needs {format_size(spec.disk)}, free {format_size(max(free, 0))})"
+        return Rejection(INSUFFICIENT_DISK, f"insufficient disk (needs {_size(spec.disk)}, free {_size(free)})")
     return None
 
 
-def check_ports(spec: TaskSpec, node: Node) -> str | None:
+def check_ports(spec: TaskSpec, node: Node) -> Rejection | None:
     used = node.used_ports
     if not used:
         return None
     for port in spec.ports:
         if port.host and (port.host, port.protocol) in used:
-            return f"host port {port.host}/{port.protocol} already used"
+            return Rejection(PORT_IN_USE, f"host port {port.host}/{port.protocol} already used")
     return None
 
 
@@ -112,18 +136,24 @@ def checks_for(spec: TaskSpec) -> tuple[Check, ...]:
     return tuple(check for check, applies in PIPELINE if applies(spec))
 
 
-def first_reason(checks: tuple[Check, ...], spec: TaskSpec, node: Node) -> str | None:
-    """The reason of the first of `checks` that rejects `node` for `spec`, or None when the node passes them all."""
+def first_rejection(checks: tuple[Check, ...], spec: TaskSpec, node: Node) -> Rejection | None:
+    """The first of `checks` that rejects `node` for `spec`, or None when the node passes them all."""
     for check in checks:
-        reason = check(spec, node)
-        if reason:
-            return reason
+        rejection = check(spec, node)
+        if rejection is not None:
+            return rejection
     return None
 
 
+def rejection(spec: TaskSpec, node: Node) -> Rejection | None:
+    """None when `node` can take `spec`, otherwise the first rejection of the pipeline."""
+    return first_rejection(CHECKS, spec, node)
+
+
 def feasible(spec: TaskSpec, node: Node) -> str | None:
-    """None when `node` can take `spec`, otherwise the first reason it cannot."""
-    return first_reason(CHECKS, spec, node)
+    """None when `node` can take `spec`, otherwise the detail of the first rejection (the text users read)."""
+    found = rejection(spec, node)
+    return None if found is None else found.detail
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -151,3 +181,7 @@ def _number(value: float) -> str:
 
 def _cores(value: float) -> str:
     return f"{_number(value)} core{'' if value == 1 else 's'}"
+
+
+def _size(value: int) -> str:
+    return format_size(max(value, 0))  # an over-allocated node shows 0 free, never a negative size

@@ -1,8 +1,8 @@
 """Selection: which node gets the task. `place` walks the nodes (all of them, or a seeded sample when given a
-`limit`), keeps each rejected node's reason (`feasibility`), ranks the feasible ones (`ranking`) and picks the best
+`limit`), keeps each rejected node's `Rejection` (`feasibility`), ranks the feasible ones (`ranking`) and picks the best
 score; ties are broken by a hash of (seed, node name), so the same seed (the task id) replays the same placement
 whatever the order of the node list. `place_many` picks for the copies of a job in one pass. The result is a
-`Placement`: the node, every rejected node's reason, the scores, and a summary a user can read.
+`Placement`: the node, every rejection, the scores, and a summary a user can read.
 """
 from __future__ import annotations
 
@@ -18,38 +18,61 @@ from functools import lru_cache
 from cube.core.errors import BadRequest
 from cube.core.model import Node, TaskSpec
 from cube.scheduler.bookkeeping import reserve
-from cube.scheduler.feasibility import Check, checks_for, first_reason
+from cube.scheduler.feasibility import KINDS, Check, Rejection, checks_for, first_rejection
 from cube.scheduler.ranking import DEFAULT_STRATEGY, SchedulerState, Scorer, scorer
 
 _MASK = (1 << 64) - 1
 
 
-@dataclass
+@dataclass(slots=True)
 class Placement:
-    """The node picked (None: nothing fits), the reason each node looked at was rejected, and the scores of the
-    feasible nodes looked at. When nothing fits every node was looked at, so every node has its reason."""
+    """The node picked (None: nothing fits), the rejection of each node looked at, and the scores of the feasible
+    nodes looked at. `examined` nodes were looked at out of the `total` given: fewer only when a `limit` sampled
+    them. When nothing fits every node was looked at, so every node has its rejection."""
     node: Node | None
-    reasons: dict[str, str] = field(default_factory=dict)
+    rejections: dict[str, Rejection] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
+    examined: int = 0
+    total: int = 0
 
-    def counts(self) -> Counter:
+    @property
+    def reasons(self) -> dict[str, str]:
+        """Node name → the detail users read ("insufficient memory (needs 8 GiB, free 4 GiB)"): plain JSON."""
+        return {name: rejection.detail for name, rejection in self.rejections.items()}
+
+    def counts(self) -> Counter[str]:
         """How many nodes were rejected for each kind of reason (Nomad's filter counts)."""
-        return Counter(reason.split(" (")[0] for reason in self.reasons.values())
+        return Counter(rejection.kind for rejection in self.rejections.values())
+
+    def tally(self) -> str:
+        """The counts as text, most frequent first (ties in pipeline order): "2 insufficient memory, 1 node not
+        ready"."""
+        counts = self.counts()
+        order = sorted(counts, key=lambda kind: (-counts[kind], _kind_order(kind)))
+        return ", ".join(f"{counts[kind]} {kind}" for kind in order)
 
     def summary(self) -> str:
-        """One line for a task's `reason`: "no node fits: 2 insufficient memory, 1 node is down"."""
-        if self.node is not None:
-            return f"placed on {self.node.name}"
-        if not self.reasons:
-            return "no node fits: no nodes known"
-        parts = ", ".join(f"{count} {kind}" for kind, count in sorted(self.counts().items(), key=lambda kv: -kv[1]))
-        return f"no node fits: {parts}"
+        """One line for a task's `reason`: "no node fits: 2 insufficient memory, 1 node not ready", or "placed on
+        node-b (examined 16 of 200 nodes; 3 rejected: 3 insufficient cpu)"."""
+        sampled = f"examined {self.examined} of {self.total} nodes" if self.examined < self.total else ""
+        if self.node is None:
+            if not self.rejections:
+                return "no node fits: no nodes known"
+            return f"no node fits: {self.tally()}" + (f" ({sampled})" if sampled else "")
+        parts = [sampled] if sampled else []
+        if self.rejections:
+            parts.append(f"{len(self.rejections)} rejected: {self.tally()}")
+        return f"placed on {self.node.name}" + (f" ({'; '.join(parts)})" if parts else "")
 
     def explain(self) -> str:
         """One line per rejected node: "node-a: insufficient memory (needs 512 MiB, free 200 MiB)"."""
-        if not self.reasons:
+        if not self.rejections:
             return "no nodes known" if self.node is None else ""
-        return "\n".join(f"{name}: {reason}" for name, reason in sorted(self.reasons.items()))
+        return "\n".join(f"{name}: {rejection.detail}" for name, rejection in sorted(self.rejections.items()))
+
+
+def _kind_order(kind: str) -> int:
+    return KINDS.index(kind) if kind in KINDS else len(KINDS)
 
 
 # ---------------------------------------------------------------------------------------------------------- place
@@ -76,24 +99,25 @@ def _check_limit(limit: object) -> None:
 def _place(spec: TaskSpec, nodes: list[Node], rank: Scorer, seed_hash: int, state: SchedulerState,
            limit: int | None) -> Placement:
     checks = checks_for(spec)
-    reasons: dict[str, str] = {}
+    rejections: dict[str, Rejection] = {}
     candidates: list[Node] = []
     for node in _visit(nodes, seed_hash, limit):
-        # `first_reason` written out: this loop runs once per node per placement.
+        # `first_rejection` written out: this loop runs once per node per placement.
         for check in checks:
-            reason = check(spec, node)
-            if reason:
-                reasons[node.name] = reason
+            rejection = check(spec, node)
+            if rejection is not None:
+                rejections[node.name] = rejection
                 break
         else:
             candidates.append(node)
             if limit is not None and len(candidates) >= limit:
                 break
+    examined = len(rejections) + len(candidates)
     if not candidates:
-        return Placement(None, reasons, {})
+        return Placement(None, rejections, {}, examined, len(nodes))
     best, scores = _best(spec, candidates, rank, seed_hash, state)
     state.last = best.name
-    return Placement(best, reasons, scores)
+    return Placement(best, rejections, scores, examined, len(nodes))
 
 
 def _best(spec: TaskSpec, candidates: list[Node], rank: Scorer, seed_hash: int,
@@ -155,8 +179,8 @@ def place_many(spec: TaskSpec, count: int, nodes: list[Node], strategy: str = DE
     by `reserve` (with a limit, copy i uses seed (seed, i) so the samples differ).
 
     To keep memory flat for large jobs, a successful Placement here carries only its own node's score and no
-    reasons; a failed one carries every node's reason. Without a limit the ranked strategies cost O(nodes) once
-    and O(log nodes) per copy (a heap: a pick only changes the picked node's score)."""
+    rejections; a failed one carries every node's rejection. Without a limit the ranked strategies cost O(nodes)
+    once and O(log nodes) per copy (a heap: a pick only changes the picked node's score)."""
     if count <= 0:
         return []
     rank = scorer(strategy)
@@ -187,19 +211,20 @@ def _slim(placement: Placement) -> Placement:
     if placement.node is None:
         return placement
     name = placement.node.name
-    return Placement(placement.node, {}, {name: placement.scores[name]})
+    return Placement(placement.node, {}, {name: placement.scores[name]}, placement.examined, placement.total)
 
 
 def _place_heap(spec: TaskSpec, count: int, nodes: list[Node], rank: Scorer, seed_hash: int,
                 state: SchedulerState) -> list[Placement]:
     checks = checks_for(spec)
     score = rank.prepare(spec, nodes, state)
-    reasons: dict[str, str] = {}
+    total = len(nodes)
+    rejections: dict[str, Rejection] = {}
     heap = []
     for index, node in enumerate(nodes):
-        reason = first_reason(checks, spec, node)
-        if reason:
-            reasons[node.name] = reason
+        rejection = first_rejection(checks, spec, node)
+        if rejection is not None:
+            rejections[node.name] = rejection
         else:
             heap.append((-score(node), _tiebreak(seed_hash, node.name), index))
     heapq.heapify(heap)
@@ -207,16 +232,17 @@ def _place_heap(spec: TaskSpec, count: int, nodes: list[Node], rank: Scorer, see
     while len(placements) < count and heap:
         negative, tie, index = heapq.heappop(heap)
         node = nodes[index]
-        placements.append(Placement(node, {}, {node.name: -negative}))
+        # Every node was ranked for this pick (the heap holds them all): as exact as `place`.
+        placements.append(Placement(node, {}, {node.name: -negative}, total, total))
         reserve(node, spec)
         state.last = node.name
-        reason = first_reason(checks, spec, node)
-        if reason:
-            reasons[node.name] = reason
+        rejection = first_rejection(checks, spec, node)
+        if rejection is not None:
+            rejections[node.name] = rejection
         else:
             heapq.heappush(heap, (-score(node), tie, index))
     if len(placements) < count:
-        failed = Placement(None, reasons, {})
+        failed = Placement(None, rejections, {}, total, total)
         placements.extend([failed] * (count - len(placements)))
     return placements
 
@@ -233,23 +259,24 @@ def _place_ring(spec: TaskSpec, count: int, nodes: list[Node], state: SchedulerS
     while len(placements) < count and size and skipped < size:
         node = ring[position % size]
         position += 1
-        if first_reason(checks, spec, node):
+        if first_rejection(checks, spec, node) is not None:
             skipped += 1
             continue
         skipped = 0
-        placements.append(Placement(node, {}, {node.name: 0.0}))
+        # The first feasible node after the last pick is what `place` would pick among all of them.
+        placements.append(Placement(node, {}, {node.name: 0.0}, size, size))
         reserve(node, spec)
         state.last = node.name
     if len(placements) < count:
-        failed = Placement(None, _reasons(checks, spec, ring), {})
+        failed = Placement(None, _rejections(checks, spec, ring), {}, size, size)
         placements.extend([failed] * (count - len(placements)))
     return placements
 
 
-def _reasons(checks: tuple[Check, ...], spec: TaskSpec, nodes: list[Node]) -> dict[str, str]:
+def _rejections(checks: tuple[Check, ...], spec: TaskSpec, nodes: list[Node]) -> dict[str, Rejection]:
     found = {}
     for node in nodes:
-        reason = first_reason(checks, spec, node)
-        if reason:
-            found[node.name] = reason
+        rejection = first_rejection(checks, spec, node)
+        if rejection is not None:
+            found[node.name] = rejection
     return found
