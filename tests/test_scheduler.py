@@ -450,6 +450,21 @@ def test_a_rejection_is_a_frozen_value():
     assert rejection(make_spec(), make_node()) is None
 
 
+@pytest.mark.parametrize("state, reason, detail", [
+    ("unhealthy", "the Docker engine does not answer", "node is unhealthy: the Docker engine does not answer"),
+    ("unhealthy", "", "node is unhealthy"),
+    ("down", "", "node is down"),
+])
+def test_a_node_that_is_not_ready_says_why(state, reason, detail):
+    node = make_node(state=state)
+    if reason:
+        node.reason = reason  # type: ignore[attr-defined]  # the model may not have the field yet
+    assert check_state(make_spec(), node) == Rejection(NODE_NOT_READY, detail)
+    placement = place(make_spec(), [node])
+    assert placement.reasons == {"node-a": detail}
+    assert placement.counts() == Counter({NODE_NOT_READY: 1})
+
+
 def test_placement_keeps_rejections_as_values_and_reasons_as_json_text():
     nodes = [make_node("a", memory="4g"), make_node("b", state="down"), make_node("c", memory="6g")]
     placement = place(make_spec(memory="8g"), nodes)

@@ -49,7 +49,9 @@ Check = Callable[[TaskSpec, Node], Rejection | None]
 def check_state(spec: TaskSpec, node: Node) -> Rejection | None:
     if node.state == READY:
         return None
-    return Rejection(NODE_NOT_READY, f"node is {node.state}")
+    # `reason` says why a node is unhealthy (its engine does not answer, ...); older models have no such field.
+    reason = getattr(node, "reason", "")
+    return Rejection(NODE_NOT_READY, f"node is {node.state}: {reason}" if reason else f"node is {node.state}")
 
 
 def check_constraints(spec: TaskSpec, node: Node) -> Rejection | None:
