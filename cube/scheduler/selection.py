@@ -53,7 +53,7 @@ class Placement:
 
     def summary(self) -> str:
         """One line for a task's `reason`: "no node fits: 2 insufficient memory, 1 node not ready", or "placed on
-        node-b (examined 16 of 200 nodes; 3 rejected: 3 insufficient cpu)"."""
+        node-b (examined 19 of 200 nodes; 3 rejected: 3 insufficient cpu)"."""
         sampled = f"examined {self.examined} of {self.total} nodes" if self.examined < self.total else ""
         if self.node is None:
             if not self.rejections:
