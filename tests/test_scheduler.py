@@ -1,15 +1,49 @@
 """The scheduler through its public functions: clusters built with the factories, assertions on the placements
 (which node, which reasons, which scores) and on the nodes' bookkeeping afterwards."""
+import ast
 import copy
+import dataclasses
+import json
+import pathlib
 import random
 from collections import Counter
 
 import pytest
-
-from cube.core.errors import BadRequest
-from cube.scheduler.place import (CHECKS, LIEB, SCORERS, SchedulerState, feasible, place, place_many, release, reserve,
-                            simulate)
 from factories import make_cluster, make_node, make_spec  # tests/ is on sys.path (pytest rootdir imports)
+
+from bench.scheduling import simulate
+from cube import scheduler
+from cube.core.errors import BadRequest
+from cube.scheduler import (
+    CHECKS,
+    CONSTRAINT_NOT_MET,
+    INSUFFICIENT_CPU,
+    INSUFFICIENT_DISK,
+    INSUFFICIENT_MEMORY,
+    KINDS,
+    LIEB,
+    NODE_NOT_READY,
+    PORT_IN_USE,
+    SCORERS,
+    Rejection,
+    SchedulerState,
+    feasible,
+    place,
+    place_many,
+    rejection,
+    release,
+    reserve,
+)
+from cube.scheduler.feasibility import (
+    check_constraints,
+    check_cpu,
+    check_disk,
+    check_memory,
+    check_ports,
+    check_state,
+    checks_for,
+    first_rejection,
+)
 
 
 def names(placements):
@@ -280,7 +314,7 @@ def test_nothing_fits_explains_every_node():
             "d: constraint arch=amd64 not met (node has aarch64)",
             "e: host port 80/tcp already used",
         ]
-    assert placement.counts()["node is down"] == 1
+    assert placement.counts()[NODE_NOT_READY] == 1  # counted by kind (was by the text before " (")
     assert placement.summary().startswith("no node fits: 1 ")
     assert place(spec, []).explain() == "no nodes known"
     assert place(spec, []).summary() == "no node fits: no nodes known"
@@ -365,3 +399,150 @@ def test_a_thousand_nodes_fill_evenly():
     assert all(p.node for p in placements) and {node.tasks for node in nodes} == {10}
     specs = [make_spec(cpu=c) for c in (0, 0.1, 0.25, 0.5)] * 500
     assert simulate(nodes, specs, "epvm", limit=16)["unplaced"] == 0
+
+
+# ------------------------------------------------------------------------------------------------- rejections
+
+# One node and spec per check that the check rejects, and the kind it must say. A check added to the pipeline
+# without a case here fails `test_every_check_returns_rejections_of_a_known_kind`.
+REJECTED_BY = {
+    check_state: (make_node(state="down"), make_spec(), NODE_NOT_READY),
+    check_constraints: (make_node(), make_spec(constraints=["arch=aarch64"]), CONSTRAINT_NOT_MET),
+    check_cpu: (make_node(cpu=1), make_spec(cpu=2), INSUFFICIENT_CPU),
+    check_memory: (make_node(memory="1g"), make_spec(memory="2g"), INSUFFICIENT_MEMORY),
+    check_disk: (make_node(disk="1g"), make_spec(disk="2g"), INSUFFICIENT_DISK),
+    check_ports: (make_node(used_ports=[(8080, "tcp")]), make_spec(ports=["8080:80"]), PORT_IN_USE),
+}
+
+
+def test_every_check_returns_rejections_of_a_known_kind():
+    assert set(REJECTED_BY) == set(CHECKS)
+    for check in CHECKS:
+        node, spec, kind = REJECTED_BY[check]
+        found = check(spec, node)
+        assert isinstance(found, Rejection), check.__name__
+        assert found.kind == kind and found.kind in KINDS
+        assert found.detail and str(found) == found.detail == feasible(spec, node)
+        assert check(make_spec(), make_node()) is None  # a spec that asks for nothing passes every check
+    assert {kind for _, _, kind in REJECTED_BY.values()} == set(KINDS)  # every kind is some check's, once
+    assert len(set(KINDS)) == len(KINDS)
+
+
+def test_skipping_the_checks_a_spec_cannot_fail_changes_no_answer():
+    rng = random.Random(5)
+    nodes = [make_node(f"n{i}", cpu=rng.choice([1, 4]), memory=rng.choice(["1g", "8g"]), disk=rng.choice(["1g", "9g"]),
+                       state=rng.choice(["ready", "ready", "down"]), arch=rng.choice(["x86_64", "aarch64"]),
+                       used_ports=rng.choice([(), [(80, "tcp")]])) for i in range(40)]
+    specs = [make_spec(), make_spec(cpu=2), make_spec(memory="2g", disk="2g"), make_spec(ports=["80:80"]),
+             make_spec(constraints=["arch=arm64"], cpu=0.5), make_spec(ports=["8080"], disk="5g")]
+    for spec in specs:
+        for node in nodes:
+            assert first_rejection(checks_for(spec), spec, node) == rejection(spec, node)
+    assert checks_for(make_spec()) == (check_state,)
+    assert checks_for(make_spec(cpu=1, ports=["80:80"])) == (check_state, check_cpu, check_ports)
+
+
+def test_a_rejection_is_a_frozen_value():
+    found = rejection(make_spec(cpu=2), make_node(cpu=1))
+    assert found == Rejection(INSUFFICIENT_CPU, "insufficient cpu (needs 2 cores, free 1)")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        found.kind = INSUFFICIENT_MEMORY  # type: ignore[misc]
+    assert rejection(make_spec(), make_node()) is None
+
+
+@pytest.mark.parametrize("state, reason, detail", [
+    ("unhealthy", "the Docker engine does not answer", "node is unhealthy: the Docker engine does not answer"),
+    ("unhealthy", "", "node is unhealthy"),
+    ("down", "", "node is down"),
+])
+def test_a_node_that_is_not_ready_says_why(state, reason, detail):
+    node = make_node(state=state)
+    if reason:
+        node.reason = reason  # type: ignore[attr-defined]  # the model may not have the field yet
+    assert check_state(make_spec(), node) == Rejection(NODE_NOT_READY, detail)
+    placement = place(make_spec(), [node])
+    assert placement.reasons == {"node-a": detail}
+    assert placement.counts() == Counter({NODE_NOT_READY: 1})
+
+
+def test_placement_keeps_rejections_as_values_and_reasons_as_json_text():
+    nodes = [make_node("a", memory="4g"), make_node("b", state="down"), make_node("c", memory="6g")]
+    placement = place(make_spec(memory="8g"), nodes)
+    assert placement.node is None
+    assert placement.rejections == {
+        "a": Rejection(INSUFFICIENT_MEMORY, "insufficient memory (needs 8 GiB, free 4 GiB)"),
+        "b": Rejection(NODE_NOT_READY, "node is down"),
+        "c": Rejection(INSUFFICIENT_MEMORY, "insufficient memory (needs 8 GiB, free 6 GiB)"),
+    }
+    # What the manager stores and users read: plain text per node, through JSON and back unchanged.
+    assert json.loads(json.dumps(placement.reasons)) == {
+        "a": "insufficient memory (needs 8 GiB, free 4 GiB)", "b": "node is down",
+        "c": "insufficient memory (needs 8 GiB, free 6 GiB)"}
+
+
+def test_kinds_are_counted_and_summed_up_in_one_line():
+    nodes = [make_node("a", memory="1g"), make_node("b", state="down"), make_node("c", memory="1g"),
+             make_node("d", cpu=1), make_node("e", state="unhealthy"), make_node("f", memory="1g")]
+    spec = make_spec(cpu=2, memory="2g")
+    placement = place(spec, nodes)
+    assert placement.counts() == Counter({INSUFFICIENT_MEMORY: 3, NODE_NOT_READY: 2, INSUFFICIENT_CPU: 1})
+    assert placement.summary() == "no node fits: 3 insufficient memory, 2 node not ready, 1 insufficient cpu"
+    # Equal counts read in pipeline order, whatever the order of the nodes.
+    even = [make_node("m", memory="1g"), make_node("n", state="down")]
+    assert place(spec, even).summary() == place(spec, even[::-1]).summary() == \
+        "no node fits: 1 node not ready, 1 insufficient memory"
+    # A placement that succeeds says what it passed over.
+    nodes.append(make_node("g"))
+    placed = place(spec, nodes)
+    assert placed.node is nodes[-1]
+    assert placed.summary() == "placed on g (6 rejected: 3 insufficient memory, 2 node not ready, 1 insufficient cpu)"
+    assert place(spec, [make_node("g")]).summary() == "placed on g"
+
+
+def test_a_sampled_summary_says_how_many_nodes_were_examined():
+    nodes = make_cluster(100)
+    for node in nodes[::2]:
+        node.state = "down"
+    placement = place(make_spec(), nodes, limit=4, seed="s")
+    rejected = len(placement.rejections)
+    assert len(placement.scores) == 4 and rejected > 0 and placement.counts() == Counter({NODE_NOT_READY: rejected})
+    assert (placement.examined, placement.total) == (4 + rejected, 100)
+    assert placement.summary() == (f"placed on {placement.node.name} (examined {4 + rejected} of 100 nodes; "
+                                   f"{rejected} rejected: {rejected} node not ready)")
+    # Nothing fits: the walk went through every node, so the summary has no sample to mention.
+    for node in nodes:
+        node.state = "down"
+    failed = place(make_spec(), nodes, limit=4, seed="s")
+    assert (failed.examined, failed.total) == (100, 100)
+    assert failed.summary() == "no node fits: 100 node not ready"
+
+
+def test_place_many_counts_the_kinds_of_its_failed_copies():
+    nodes = [make_node("a", cpu=2), make_node("b", cpu=1), make_node("c", state="down")]
+    placements = place_many(make_spec(cpu=1), 4, nodes, seed="job")
+    assert names(placements).count(None) == 1
+    assert placements[-1].counts() == Counter({INSUFFICIENT_CPU: 2, NODE_NOT_READY: 1})
+    assert placements[0].rejections == {} and placements[0].summary().startswith("placed on ")
+
+
+# ------------------------------------------------------------------------------------------------ architecture
+
+# A clock would make placements depend on when they run, I/O and stores would tie the scheduler to the manager's
+# internals, and unseeded randomness would make a placement impossible to replay.
+FORBIDDEN = {"time", "datetime", "os", "io", "socket", "pathlib", "random", "threading", "asyncio", "subprocess"}
+
+
+def test_the_scheduler_has_no_clock_no_io_and_depends_only_on_core():
+    package = pathlib.Path(scheduler.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            for module in modules:
+                assert module.split(".")[0] not in FORBIDDEN, f"{path.name} imports {module}"
+                if module.startswith("cube"):
+                    assert module.startswith(("cube.core.", "cube.scheduler.")), f"{path.name} imports {module}"

@@ -1,0 +1,31 @@
+"""Bookkeeping: what a placed copy of a task takes from its node. `reserve` counts a copy's cpu, memory, disk,
+fixed host ports and one more task on the `Node` object it is given, `release` gives them back; the manager persists
+the node afterwards. This is the only part of the scheduler that changes a node.
+"""
+from __future__ import annotations
+
+from cube.core.model import Node, TaskSpec
+
+
+def reserve(node: Node, spec: TaskSpec) -> None:
+    """Count one copy of `spec` on `node`: its cpu, memory and disk, its fixed host ports, one more task."""
+    allocated = node.allocated
+    allocated.cpu = round(allocated.cpu + spec.cpu, 9)  # rounding keeps float sums from drifting
+    allocated.memory += spec.memory
+    allocated.disk += spec.disk
+    for port in spec.ports:
+        if port.host:
+            node.used_ports.add((port.host, port.protocol))
+    node.tasks += 1
+
+
+def release(node: Node, spec: TaskSpec) -> None:
+    """Undo `reserve`: the copy stopped, moved away or was never committed. Never goes below zero."""
+    allocated = node.allocated
+    allocated.cpu = max(round(allocated.cpu - spec.cpu, 9), 0.0)
+    allocated.memory = max(allocated.memory - spec.memory, 0)
+    allocated.disk = max(allocated.disk - spec.disk, 0)
+    for port in spec.ports:
+        if port.host:
+            node.used_ports.discard((port.host, port.protocol))
+    node.tasks = max(node.tasks - 1, 0)
