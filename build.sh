@@ -3,6 +3,7 @@
 # and builds dist/cube-<version>-<arch>.pyz for this machine's architecture, copied to dist/cube.pyz.
 # `./build.sh all` (or --all) builds every architecture from this one machine: x86_64, aarch64, armv7l.
 # `./build.sh test [pytest args]` builds, then runs the test suite (the README's test command).
+# `./build.sh lint` runs ruff (lint and format check) and mypy, as CI does.
 # `./build.sh dev [flags]` builds, then runs `cube dev` (a one-machine cluster) from dist/cube.pyz.
 #
 # What a pyz holds, and why one file runs on CPython 3.11 to 3.13:
@@ -117,7 +118,8 @@ case "${1:-build}" in
   build) venv; build ;;
   all|--all) venv; build all ;;
   test) venv; build; shift; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  lint) venv; "$VENV/bin/ruff" check .; "$VENV/bin/ruff" format --check .; "$VENV/bin/mypy" cube ;;
   bench) venv; build; shift; exec "$VENV/bin/python" -m bench "$@" ;;
   dev) venv; build; shift; exec "$DIST/cube.pyz" dev "$@" ;;
-  *) echo "usage: ./build.sh [build|all|test [pytest args]|bench [bench args]|dev [cube dev flags]]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh [build|all|test [pytest args]|lint|bench [bench args]|dev [cube dev flags]]" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@ a JSON file and into BENCHMARKS.md (each benchmark's table replaces the text bet
 updates only its own tables). A benchmark that fails is reported and the others still run; every benchmark cleans
 up its containers, processes and swarm on the way out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,14 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     names = options.names or list(BENCHMARKS)
     if any(name not in ("scheduling",) for name in names):
         from . import engine
+
         problem = engine.healthy()
         if problem:
             print(f"cannot benchmark: {problem}. A private engine: `eval $(bench/engine.sh start)`", file=sys.stderr)
             return 2
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_mib']} MiB, {info['os']}, kernel "
-          f"{info['kernel']}, Docker {info['docker']}, {info['python']}; load {info['load_before']:.2f}; "
-          f"{info['date']}", flush=True)
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_mib']} MiB, {info['os']}, kernel "
+        f"{info['kernel']}, Docker {info['docker']}, {info['python']}; load {info['load_before']:.2f}; "
+        f"{info['date']}",
+        flush=True,
+    )
     results, failed = {}, []
     began = time.monotonic()
     for name in names:
@@ -71,8 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {"title": module.TITLE, "seconds": round(elapsed, 1), "rows": rows}
     print(f"\nall done in {time.monotonic() - began:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     if options.json:
-        options.json.write_text(json.dumps({"machine": info, "quick": options.quick, "results": {
-            name: {**r, "rows": [row.to_dict() for row in r["rows"]]} for name, r in results.items()}}, indent=1))
+        options.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "quick": options.quick,
+                    "results": {
+                        name: {**r, "rows": [row.to_dict() for row in r["rows"]]} for name, r in results.items()
+                    },
+                },
+                indent=1,
+            )
+        )
     if options.write and results:
         write_doc(results, info, options)
     return 1 if failed else 0
@@ -83,16 +98,20 @@ def write_doc(results: dict, info: dict, options) -> None:
     and the machine line of the last run."""
     text = DOC.read_text() if DOC.exists() else ""
     for name, result in results.items():
-        body = (f"<!-- bench:{name} -->\n_Measured {info['date']}{' (--quick)' if options.quick else ''}, "
-                f"{result['seconds']:.0f} s._\n\n{markdown(result['rows'])}\n<!-- /bench:{name} -->")
+        body = (
+            f"<!-- bench:{name} -->\n_Measured {info['date']}{' (--quick)' if options.quick else ''}, "
+            f"{result['seconds']:.0f} s._\n\n{markdown(result['rows'])}\n<!-- /bench:{name} -->"
+        )
         pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
         if pattern.search(text):
             text = pattern.sub(lambda _: body, text)
         else:
             text += f"\n\n{body}\n"
-    machine_line = (f"<!-- machine -->{info['cpu']}, {info['cores']} cores, {info['memory_mib']:,} MiB RAM, "
-                    f"{info['os']}, kernel {info['kernel']}, Docker engine {info['docker']}, {info['python']}"
-                    f"<!-- /machine -->")
+    machine_line = (
+        f"<!-- machine -->{info['cpu']}, {info['cores']} cores, {info['memory_mib']:,} MiB RAM, "
+        f"{info['os']}, kernel {info['kernel']}, Docker engine {info['docker']}, {info['python']}"
+        f"<!-- /machine -->"
+    )
     text = re.sub(r"<!-- machine -->.*?<!-- /machine -->", lambda _: machine_line, text, flags=re.S)
     DOC.write_text(text)
     print(f"wrote {DOC}")

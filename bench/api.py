@@ -16,6 +16,7 @@ server's capacity, not its latency: their latency is 50 / throughput by Little's
 - saturated: the same 50 clients with no pause, for a third of that time: requests per second, and its latency.
 `GET /tasks` (every task: a multi-megabyte answer) is measured on its own after.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,10 +48,18 @@ def run(options) -> list[Row]:
         full = cluster.get_all_tasks(5)
     stored = f"{n_tasks:,} tasks stored"
     rows = _rows(f"paced: {clients} clients × 5 req/s, {duration:g} s, {stored}", paced, duration, target=True)
-    rows += _rows(f"saturated: {clients} clients, no pause, {saturated_for:g} s", saturated, saturated_for,
-                  target=False)
-    rows.append(Row(NAME, f"GET /tasks, all {full[1][0]:,} tasks ({full[2] / 1e6:.1f} MB), alone", "ms",
-                    [s * 1000 for s in full[0]], command=COMMAND))
+    rows += _rows(
+        f"saturated: {clients} clients, no pause, {saturated_for:g} s", saturated, saturated_for, target=False
+    )
+    rows.append(
+        Row(
+            NAME,
+            f"GET /tasks, all {full[1][0]:,} tasks ({full[2] / 1e6:.1f} MB), alone",
+            "ms",
+            [s * 1000 for s in full[0]],
+            command=COMMAND,
+        )
+    )
     return rows
 
 
@@ -58,23 +67,44 @@ def _rows(what: str, results: list[tuple], duration: float, target: bool) -> lis
     latencies = [r[1] * 1000 for r in results]
     errors = [r for r in results if r[2] is None or r[2] >= 400]
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-    per_kind = "; ".join(f"{kind} p50 {percentile([r[1] * 1000 for r in results if r[0] == kind], 50):.1f} / p99 "
-                         f"{percentile([r[1] * 1000 for r in results if r[0] == kind], 99):.1f} ms"
-                         for kind, _ in MIX)
+    per_kind = "; ".join(
+        f"{kind} p50 {percentile([r[1] * 1000 for r in results if r[0] == kind], 50):.1f} / p99 "
+        f"{percentile([r[1] * 1000 for r in results if r[0] == kind], 99):.1f} ms"
+        for kind, _ in MIX
+    )
     error_kinds: dict[str, int] = {}
     for kind, _, status, detail in errors:
         error_kinds[f"{kind} {status or detail}"] = error_kinds.get(f"{kind} {status or detail}", 0) + 1
     throughput = f"{len(results):,} requests, {len(results) / duration:.0f}/s, max {max(latencies):.0f} ms"
     return [
         Row(NAME, f"{what}: p50 latency", "ms", latencies, value=p50, command=COMMAND, note=throughput),
-        Row(NAME, f"{what}: p99 latency", "ms", latencies, value=p99, target="≤ 50 ms" if target else "",
-            met=p99 <= 50 if target else None, command=COMMAND, note=per_kind),
-        Row(NAME, f"{what}: errors", "", [], value=float(len(errors)), target="0", met=not errors, command=COMMAND,
-            note="; ".join(f"{k}: {v}" for k, v in error_kinds.items())),
+        Row(
+            NAME,
+            f"{what}: p99 latency",
+            "ms",
+            latencies,
+            value=p99,
+            target="≤ 50 ms" if target else "",
+            met=p99 <= 50 if target else None,
+            command=COMMAND,
+            note=per_kind,
+        ),
+        Row(
+            NAME,
+            f"{what}: errors",
+            "",
+            [],
+            value=float(len(errors)),
+            target="0",
+            met=not errors,
+            command=COMMAND,
+            note="; ".join(f"{k}: {v}" for k, v in error_kinds.items()),
+        ),
     ]
 
 
 # ---- the cluster ------------------------------------------------------------------------------------------------
+
 
 class FakeCluster:
     """A pyz manager and `workers` simulated workers, `per_process` of them in each helper process."""
@@ -82,6 +112,7 @@ class FakeCluster:
     def __init__(self, workers: int, per_process: int = 10):
         import pathlib
         import tempfile
+
         self.tag = tag()
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix=f"cube-bench-api-{self.tag}-", dir="/var/tmp"))
         self.n = workers
@@ -94,23 +125,51 @@ class FakeCluster:
             ports = []
             for first in range(0, self.n, self.per_process):
                 mine = [free_port() for _ in range(min(self.per_process, self.n - first))]
-                proc = Proc([sys.executable, "-m", "bench.fakeworker", "--ports", ",".join(map(str, mine)),
-                             "--name", f"fake-{self.tag}-{first // self.per_process}"],
-                            self.dir / f"fake-{first}.log", env=child_env({"PYTHONPATH": str(ROOT)}))
+                proc = Proc(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.fakeworker",
+                        "--ports",
+                        ",".join(map(str, mine)),
+                        "--name",
+                        f"fake-{self.tag}-{first // self.per_process}",
+                    ],
+                    self.dir / f"fake-{first}.log",
+                    env=child_env({"PYTHONPATH": str(ROOT)}),
+                )
                 self.procs.append(proc)
                 for port in mine:
                     proc.wait_http(f"http://127.0.0.1:{port}")
                 ports += mine
             self.port = free_port()
-            manager = Proc(cube_argv("manager", "--port", str(self.port), "--host", "127.0.0.1", "--data",
-                                     str(self.dir / "manager"), "--token", TOKEN, "--no-mdns", "--workers",
-                                     ",".join(f"127.0.0.1:{p}" for p in ports)), self.dir / "manager.log")
+            manager = Proc(
+                cube_argv(
+                    "manager",
+                    "--port",
+                    str(self.port),
+                    "--host",
+                    "127.0.0.1",
+                    "--data",
+                    str(self.dir / "manager"),
+                    "--token",
+                    TOKEN,
+                    "--no-mdns",
+                    "--workers",
+                    ",".join(f"127.0.0.1:{p}" for p in ports),
+                ),
+                self.dir / "manager.log",
+            )
             self.procs.append(manager)
             manager.wait_http(self.url)
             from cube.cluster.client import Client
+
             self.client = Client(self.url, TOKEN, timeout=120)
-            wait_for(lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == self.n,
-                     timeout=30, what="fake workers ready")
+            wait_for(
+                lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == self.n,
+                timeout=30,
+                what="fake workers ready",
+            )
         except BaseException:
             self.__exit__()
             raise
@@ -118,6 +177,7 @@ class FakeCluster:
 
     def __exit__(self, *exc) -> None:
         import shutil
+
         for proc in self.procs:
             proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -131,13 +191,19 @@ class FakeCluster:
         names = []
         for i in range(0, n, 1000):
             name = f"fill{i // 1000}"
-            self.client.post("/jobs", {"name": name, "count": min(1000, n - i),
-                                       "task": {"image": IMAGE, "command": ["sleep", "300"]}})
+            self.client.post(
+                "/jobs",
+                {"name": name, "count": min(1000, n - i), "task": {"image": IMAGE, "command": ["sleep", "300"]}},
+            )
             names.append(name)
         ids = []
         for name in names:
-            job = wait_for(lambda: (j := self.client.get(f"/jobs/{name}"))["running"] == j["count"] and j,
-                           timeout=600, interval=1.0, what=f"job {name} running")
+            job = wait_for(
+                lambda: (j := self.client.get(f"/jobs/{name}"))["running"] == j["count"] and j,
+                timeout=600,
+                interval=1.0,
+                what=f"job {name} running",
+            )
             ids += [t["id"] for t in job["tasks"]]
         return ids
 
@@ -153,6 +219,7 @@ class FakeCluster:
 
 
 # ---- the load ---------------------------------------------------------------------------------------------------
+
 
 def _request(kind: str, ids: list[str], rng: random.Random) -> tuple[str, str, bytes]:
     if kind == "task":
@@ -171,8 +238,9 @@ async def load(port: int, ids: list[str], clients: int, duration: float, interva
     results: list[tuple] = []
     stop_at = time.monotonic() + duration
     kinds = [kind for kind, weight in MIX for _ in range(weight)]
-    await asyncio.gather(*(_client(port, ids, kinds, random.Random(i), stop_at, results, interval)
-                           for i in range(clients)))
+    await asyncio.gather(
+        *(_client(port, ids, kinds, random.Random(i), stop_at, results, interval) for i in range(clients))
+    )
     return results
 
 
@@ -185,8 +253,10 @@ async def _client(port, ids, kinds, rng, stop_at, results, interval) -> None:
             next_at += interval
         kind = rng.choice(kinds)
         method, path, body = _request(kind, ids, rng)
-        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
-                f"Accept: application/json\r\n")
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Accept: application/json\r\n"
+        )
         if body:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         began = time.perf_counter()
@@ -199,7 +269,7 @@ async def _client(port, ids, kinds, rng, stop_at, results, interval) -> None:
             if close:
                 writer.close()
                 reader = writer = None
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as error:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as error:
             results.append((kind, time.perf_counter() - began, None, type(error).__name__))
             if writer is not None:
                 writer.close()

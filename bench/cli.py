@@ -6,6 +6,7 @@ bytecode cached, as on any machine after the first command. Two ways of finding 
 `docker ps` (a compiled client doing the same kind of work) and the bare interpreter (`python3 -c pass`, the floor
 for any Python command). The note lists the heaviest imports (`python3 -X importtime cube.pyz status`).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -33,13 +34,12 @@ def _time(argv: list[str], env: dict, n: int) -> list[float]:
 
 
 def heaviest_imports(argv: list[str], env: dict, top: int = 6) -> str:
-    done = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=env, capture_output=True, text=True, timeout=60)
     rows = []
     for line in done.stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
-        _, cumulative, name = line[len("import time:"):].split("|")
+        _, cumulative, name = line[len("import time:") :].split("|")
         if not name.startswith("  "):  # top-level imports only: their cumulative time includes their children
             rows.append((int(cumulative), name.strip()))
     total = sum(c for c, _ in rows)
@@ -53,8 +53,12 @@ def run(options) -> list[Row]:
         client = cluster.client
         for _ in range(3):
             client.post("/tasks", {"id": uuid.uuid4().hex[:12], "image": IMAGE, "command": ["sleep", "300"]})
-        wait_for(lambda: sum(t["state"] == "running" for t in client.get("/tasks")) == 3, timeout=60, interval=0.2,
-                 what="3 tasks running")
+        wait_for(
+            lambda: sum(t["state"] == "running" for t in client.get("/tasks")) == 3,
+            timeout=60,
+            interval=0.2,
+            what="3 tasks running",
+        )
         env = child_env()
         given = cube_argv("status", "--manager", cluster.url, "--token", TOKEN)
         status_given = _time(given, env, n)
@@ -68,11 +72,36 @@ def run(options) -> list[Row]:
     median = sorted(status_given)[len(status_given) // 2]
     ms = lambda values: [v * 1000 for v in values]  # noqa: E731
     return [
-        Row(NAME, "`cube.pyz status --manager URL --token T`", "ms", ms(status_given), "`docker ps`", ms(docker_ps),
-            "≤ 150 ms", median <= 0.150, COMMAND, note=note),
-        Row(NAME, "`cube.pyz status`, manager found on this machine", "ms", ms(status_local), "`docker ps`",
-            ms(docker_ps), "≤ 150 ms", sorted(status_local)[len(status_local) // 2] <= 0.150, COMMAND),
+        Row(
+            NAME,
+            "`cube.pyz status --manager URL --token T`",
+            "ms",
+            ms(status_given),
+            "`docker ps`",
+            ms(docker_ps),
+            "≤ 150 ms",
+            median <= 0.150,
+            COMMAND,
+            note=note,
+        ),
+        Row(
+            NAME,
+            "`cube.pyz status`, manager found on this machine",
+            "ms",
+            ms(status_local),
+            "`docker ps`",
+            ms(docker_ps),
+            "≤ 150 ms",
+            sorted(status_local)[len(status_local) // 2] <= 0.150,
+            COMMAND,
+        ),
         Row(NAME, "bare interpreter floor", "ms", ms(bare), command=COMMAND, note=f"{interpreter()} -c pass"),
-        Row(NAME, "`./cube.pyz status` through its shebang (`env python3`)", "ms", ms(shebang), command=COMMAND,
-            note="`python3` on PATH here is pyenv's shim, which adds its own start-up"),
+        Row(
+            NAME,
+            "`./cube.pyz status` through its shebang (`env python3`)",
+            "ms",
+            ms(shebang),
+            command=COMMAND,
+            note="`python3` on PATH here is pyenv's shim, which adds its own start-up",
+        ),
     ]

@@ -6,6 +6,7 @@ Processes are started in a session of their own and killed by their process-grou
 benchmark creates carry a label naming the run (`cube.node=bench-...` for Cube's, `cube.bench=...` for the raw
 baselines), and are removed by that label only: other work on the same engine is left alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -102,8 +103,9 @@ class Proc:
         self.argv = argv
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env or child_env(),
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=env or child_env(), start_new_session=True
+        )
 
     @property
     def pid(self) -> int:
@@ -182,19 +184,55 @@ class Cluster:
             self.start_worker(name)
         self.manager_port = free_port()
         workers = ",".join(f"127.0.0.1:{w['port']}" for w in self.workers.values())
-        self.manager = Proc(cube_argv("manager", "--port", str(self.manager_port), "--host", "127.0.0.1",
-                                      "--data", str(self.dir / "manager"), "--token", TOKEN, "--workers", workers,
-                                      "--no-mdns", *self.manager_args), self.dir / "manager.log")
+        self.manager = Proc(
+            cube_argv(
+                "manager",
+                "--port",
+                str(self.manager_port),
+                "--host",
+                "127.0.0.1",
+                "--data",
+                str(self.dir / "manager"),
+                "--token",
+                TOKEN,
+                "--workers",
+                workers,
+                "--no-mdns",
+                *self.manager_args,
+            ),
+            self.dir / "manager.log",
+        )
         self.manager.wait_http(self.url)
         self.client = Client(self.url, TOKEN, timeout=30.0)
-        wait_for(lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == self.n_workers,
-                 timeout=30, interval=0.05, what="all workers ready")
+        wait_for(
+            lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == self.n_workers,
+            timeout=30,
+            interval=0.05,
+            what="all workers ready",
+        )
 
     def start_worker(self, name: str) -> None:
         spec = self.workers[name]
-        spec["proc"] = Proc(cube_argv("worker", "--port", str(spec["port"]), "--host", "127.0.0.1", "--name", name,
-                                      "--data", str(self.dir / name), "--token", TOKEN, "--no-mdns",
-                                      "--stop-timeout", "1", *self.worker_args), self.dir / f"{name}.log")
+        spec["proc"] = Proc(
+            cube_argv(
+                "worker",
+                "--port",
+                str(spec["port"]),
+                "--host",
+                "127.0.0.1",
+                "--name",
+                name,
+                "--data",
+                str(self.dir / name),
+                "--token",
+                TOKEN,
+                "--no-mdns",
+                "--stop-timeout",
+                "1",
+                *self.worker_args,
+            ),
+            self.dir / f"{name}.log",
+        )
         spec["proc"].wait_http(f"http://127.0.0.1:{spec['port']}")
 
     def pids(self) -> dict[str, int]:
@@ -210,6 +248,7 @@ class Cluster:
         if self.manager:
             self.manager.kill()
         from . import engine
+
         engine.remove_labelled(*[f"cube.node={name}" for name in self.workers])
         if not self.keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -256,14 +295,23 @@ def machine() -> dict:
         pass
     docker_version = ""
     try:
-        docker_version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
-                                        text=True, timeout=20).stdout.strip()
+        docker_version = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True, timeout=20
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         pass
     python = subprocess.run([interpreter(), "--version"], capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mib": mem, "kernel": platform.release(),
-            "os": _os_name(), "docker": docker_version, "python": f"{interpreter()} ({python})",
-            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_before": os.getloadavg()[0]}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_mib": mem,
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "docker": docker_version,
+        "python": f"{interpreter()} ({python})",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "load_before": os.getloadavg()[0],
+    }
 
 
 def _os_name() -> str:

@@ -5,6 +5,7 @@ stream as a stopwatch that needs no polling, removal by label, and Docker Swarm 
 Swarm is always left on the way out (`docker swarm leave --force`), also on failure, and only if this run joined it:
 an engine that was already part of a swarm is not touched (the Swarm figures are then skipped with that reason).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,7 +75,7 @@ def remove_labelled(*labels: str) -> int:
         return 0
     # `docker rm -f` of many ids in one call: the engine removes them in parallel better than one SDK call each.
     for start in range(0, len(ids), 50):
-        chunk = sorted(ids)[start:start + 50]
+        chunk = sorted(ids)[start : start + 50]
         subprocess.run(["docker", "rm", "-f", "-v", *chunk], capture_output=True, timeout=600)
     return len(ids)
 
@@ -121,6 +122,7 @@ class EventClock:
 
 def started(container_id: str | None = None, label: str | None = None):
     """A predicate for EventClock: a `start` event of that container, or of any container with `label` (k=v)."""
+
     def match(event: dict) -> bool:
         if event.get("Action") != "start" and event.get("status") != "start":
             return False
@@ -131,10 +133,12 @@ def started(container_id: str | None = None, label: str | None = None):
             if event.get("Actor", {}).get("Attributes", {}).get(key) != value:
                 return False
         return True
+
     return match
 
 
 # ---- Swarm ------------------------------------------------------------------------------------------------------
+
 
 def swarm_state() -> str:
     return api().info().get("Swarm", {}).get("LocalNodeState", "")
@@ -149,15 +153,18 @@ def swarm():
     Swarm cannot be used here. Only on the private engine (bench/engine.sh) or when CUBE_BENCH_SWARM=1 says the
     engine may be put at risk: leaving a swarm can deadlock a Docker 20.10 engine for everyone using it."""
     if os.environ.get("DOCKER_HOST") != PRIVATE_SOCKET and os.environ.get("CUBE_BENCH_SWARM") != "1":
-        yield ("skipped on a shared engine (leaving a swarm can deadlock Docker 20.10's network controller): run on "
-               "the private engine, `eval $(bench/engine.sh start)`, or set CUBE_BENCH_SWARM=1")
+        yield (
+            "skipped on a shared engine (leaving a swarm can deadlock Docker 20.10's network controller): run on "
+            "the private engine, `eval $(bench/engine.sh start)`, or set CUBE_BENCH_SWARM=1"
+        )
         return
     state = swarm_state()
     if state == "active":
         yield "the engine is already part of a swarm that this benchmark did not create; not touching it"
         return
-    init = subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], capture_output=True,
-                          text=True, timeout=120)
+    init = subprocess.run(
+        ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], capture_output=True, text=True, timeout=120
+    )
     if init.returncode != 0:
         yield f"`docker swarm init` failed: {init.stderr.strip()[:300]}"
         return
@@ -170,9 +177,30 @@ def swarm():
 
 def service_create(name: str, replicas: int, command=("sleep", "300"), extra=()) -> None:
     """A service of `replicas` by image id (a tag makes Swarm ask a registry for the digest first)."""
-    subprocess.run(["docker", "service", "create", "--detach", "--quiet", "--name", name, "--replicas",
-                    str(replicas), "--label", f"cube.bench={name}", "--container-label", f"cube.bench={name}",
-                    *extra, image_id(), *command], check=True, capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [
+            "docker",
+            "service",
+            "create",
+            "--detach",
+            "--quiet",
+            "--name",
+            name,
+            "--replicas",
+            str(replicas),
+            "--label",
+            f"cube.bench={name}",
+            "--container-label",
+            f"cube.bench={name}",
+            *extra,
+            image_id(),
+            *command,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def service_remove(name: str) -> None:
@@ -195,6 +223,7 @@ def healthy(timeout: float = 30.0) -> str | None:
             result.append(None)
         except Exception as error:  # noqa: BLE001 - reported as text
             result.append(f"{type(error).__name__}: {error}")
+
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout)

@@ -3,16 +3,17 @@ and a memory store, several per process, so a real manager (the pyz) can hold 10
 machine with a realistic number of tasks per node. `python -m bench.fakeworker --ports P1,P2,... --name PREFIX`
 serves one worker per port (named PREFIX-0, PREFIX-1, ...); stops on SIGTERM/SIGINT.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 
 from cube.cluster.api import Server, worker_app
-from cube.worker.metrics import Metrics
-from cube.worker.runtime import FakeRuntime
 from cube.cluster.service import wait_for_signal
 from cube.store import MemoryStore
+from cube.worker.metrics import Metrics
+from cube.worker.runtime import FakeRuntime
 from cube.worker.worker import Worker
 
 from .common import TOKEN
@@ -28,8 +29,9 @@ def main() -> None:
     runtime = FakeRuntime()
     running = []
     for index, port in enumerate(int(p) for p in options.ports.split(",")):
-        worker = Worker(f"{options.name}-{index}", runtime, MemoryStore(),
-                        metrics=Metrics(cpus=64, memory=256 << 30, disk=1 << 40))
+        worker = Worker(
+            f"{options.name}-{index}", runtime, MemoryStore(), metrics=Metrics(cpus=64, memory=256 << 30, disk=1 << 40)
+        )
         # Few server threads: the manager holds one long poll per worker and dispatches a handful at a time.
         server = Server(worker_app(worker, options.token), "127.0.0.1", port, threads=4).start()
         worker.start()

@@ -6,6 +6,7 @@ After the tasks run and a settling pause, one window (60 s by default) is measur
 (what the process caused to be written to storage: store files and its log alike; the logs go to files on the same
 disk). The floor beside the RSS is a bare interpreter (`python3 -c "import time; time.sleep(...)"`).
 """
+
 from __future__ import annotations
 
 import os
@@ -48,10 +49,16 @@ def run(options) -> list[Row]:
     try:
         with Cluster(workers=1) as cluster:
             client = cluster.client
-            ids = [client.post("/tasks", {"id": uuid.uuid4().hex[:12], "image": IMAGE,
-                                          "command": ["sleep", "3600"]})["id"] for _ in range(3)]
-            wait_for(lambda: all(client.get(f"/tasks/{i}")["state"] == "running" for i in ids), timeout=60,
-                     interval=0.2, what="3 tasks running")
+            ids = [
+                client.post("/tasks", {"id": uuid.uuid4().hex[:12], "image": IMAGE, "command": ["sleep", "3600"]})["id"]
+                for _ in range(3)
+            ]
+            wait_for(
+                lambda: all(client.get(f"/tasks/{i}")["state"] == "running" for i in ids),
+                timeout=60,
+                interval=0.2,
+                what="3 tasks running",
+            )
             time.sleep(settle)
             pids = {"worker": cluster.pids()[next(iter(cluster.workers))], "manager": cluster.manager.pid}
             before = {role: (_cpu_seconds(pid), _written(pid)) for role, pid in pids.items()}
@@ -67,11 +74,35 @@ def run(options) -> list[Row]:
         written = (after[role][1] - before[role][1]) * 60 / window
         rss = after[role][2]
         rows += [
-            Row(NAME, f"{role}: RSS, idle", "MiB", [rss], "bare interpreter", [floor_rss], f"≤ {limit} MB",
-                rss * 1.048576 <= limit, COMMAND),
-            Row(NAME, f"{role}: cpu, idle", "%", [cpu], target="< 1 %", met=cpu < 1, command=COMMAND,
-                note=f"over {window:g} s"),
-            Row(NAME, f"{role}: bytes written per minute, idle", "B/min", [written], target="0", met=written == 0,
-                command=COMMAND),
+            Row(
+                NAME,
+                f"{role}: RSS, idle",
+                "MiB",
+                [rss],
+                "bare interpreter",
+                [floor_rss],
+                f"≤ {limit} MB",
+                rss * 1.048576 <= limit,
+                COMMAND,
+            ),
+            Row(
+                NAME,
+                f"{role}: cpu, idle",
+                "%",
+                [cpu],
+                target="< 1 %",
+                met=cpu < 1,
+                command=COMMAND,
+                note=f"over {window:g} s",
+            ),
+            Row(
+                NAME,
+                f"{role}: bytes written per minute, idle",
+                "B/min",
+                [written],
+                target="0",
+                met=written == 0,
+                command=COMMAND,
+            ),
         ]
     return rows

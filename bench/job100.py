@@ -7,6 +7,7 @@ creating and starting 100 containers on 4 threads (the engine's own ceiling for 
 (`docker service create --replicas 100`, by image id) until 100 containers run. Every round starts on an engine
 without the previous round's containers.
 """
+
 from __future__ import annotations
 
 import time
@@ -38,19 +39,48 @@ def run(options) -> list[Row]:
     swarm_s, problem = _swarm(count, rounds)
     target = 1.15
     cube_ratio = ratio(cube_s, raw_s)
-    rows = [Row(NAME, f"Cube: job of {count} → all running (worker --threads 4)", "s", cube_s,
-                "Docker SDK, 4 threads", raw_s, f"≤ {target}× raw Docker", cube_ratio <= target, COMMAND,
-                note=f"the engine saw the last container start after {min(engine_s):.2f} / "
-                     f"{sorted(engine_s)[len(engine_s) // 2]:.2f} / {max(engine_s):.2f} s; the rest is the "
-                     f"report reaching the manager")]
+    rows = [
+        Row(
+            NAME,
+            f"Cube: job of {count} → all running (worker --threads 4)",
+            "s",
+            cube_s,
+            "Docker SDK, 4 threads",
+            raw_s,
+            f"≤ {target}× raw Docker",
+            cube_ratio <= target,
+            COMMAND,
+            note=f"the engine saw the last container start after {min(engine_s):.2f} / "
+            f"{sorted(engine_s)[len(engine_s) // 2]:.2f} / {max(engine_s):.2f} s; the rest is the "
+            f"report reaching the manager",
+        )
+    ]
     for threads, samples in knob.items():
         if samples:
-            rows.append(Row(NAME, f"Cube: job of {count}, worker --threads {threads}", "s", samples,
-                            "Docker SDK, 4 threads", raw_s, command=COMMAND))
+            rows.append(
+                Row(
+                    NAME,
+                    f"Cube: job of {count}, worker --threads {threads}",
+                    "s",
+                    samples,
+                    "Docker SDK, 4 threads",
+                    raw_s,
+                    command=COMMAND,
+                )
+            )
     if swarm_s:
-        rows.append(Row(NAME, f"Swarm: `service create --replicas {count}` → all running", "s", swarm_s,
-                        "Docker SDK, 4 threads", raw_s, command=COMMAND,
-                        note=f"Cube / Swarm = {ratio(cube_s, swarm_s):.2f}×"))
+        rows.append(
+            Row(
+                NAME,
+                f"Swarm: `service create --replicas {count}` → all running",
+                "s",
+                swarm_s,
+                "Docker SDK, 4 threads",
+                raw_s,
+                command=COMMAND,
+                note=f"Cube / Swarm = {ratio(cube_s, swarm_s):.2f}×",
+            )
+        )
     else:
         rows.append(Row(NAME, f"Swarm: {count} replicas", "s", [], note=f"not measured: {problem}"))
     return rows
@@ -111,8 +141,12 @@ def _swarm(count: int, rounds: int) -> tuple[list[float], str]:
             try:
                 began = time.perf_counter()
                 engine.service_create(name, count, extra=("--stop-grace-period", "1s"))
-                wait_for(lambda: engine.count_running(f"cube.bench={name}") >= count, timeout=300, interval=0.1,
-                         what=f"{count} replicas running")
+                wait_for(
+                    lambda: engine.count_running(f"cube.bench={name}") >= count,
+                    timeout=300,
+                    interval=0.1,
+                    what=f"{count} replicas running",
+                )
                 samples.append(time.perf_counter() - began)
             finally:
                 engine.service_remove(name)

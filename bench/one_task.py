@@ -7,6 +7,7 @@ Baselines in the same run, interleaved with Cube's samples so drift hits both al
 + inspect-until-running in this process (the API path's peer), `docker run -d` (the CLI's peer: a compiled client),
 and, after them, a one-replica Docker Swarm service.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -29,14 +30,14 @@ def run(options) -> list[Row]:
     try:
         with Cluster(workers=1) as cluster:
             client = cluster.client
-            cli_argv = cube_argv("run", "--image", IMAGE, "--cmd", "sleep 300", "--manager", cluster.url,
-                                 "--token", TOKEN)
+            cli_argv = cube_argv(
+                "run", "--image", IMAGE, "--cmd", "sleep 300", "--manager", cluster.url, "--token", TOKEN
+            )
 
             def api_once() -> float:
                 cursor = last_event(client)
                 began = time.perf_counter()
-                task = client.post("/tasks", {"id": uuid.uuid4().hex[:12], "image": IMAGE,
-                                              "command": ["sleep", "300"]})
+                task = client.post("/tasks", {"id": uuid.uuid4().hex[:12], "image": IMAGE, "command": ["sleep", "300"]})
                 wait_task_running(client, task["id"], cursor)
                 return time.perf_counter() - began
 
@@ -55,8 +56,12 @@ def run(options) -> list[Row]:
 
             def docker_cli_once() -> float:
                 began = time.perf_counter()
-                subprocess.run(["docker", "run", "-d", "--label", f"cube.bench={label}", IMAGE, "sleep", "300"],
-                               check=True, capture_output=True, timeout=120)
+                subprocess.run(
+                    ["docker", "run", "-d", "--label", f"cube.bench={label}", IMAGE, "sleep", "300"],
+                    check=True,
+                    capture_output=True,
+                    timeout=120,
+                )
                 return time.perf_counter() - began
 
             for once in (raw_once, api_once, cli_once, docker_cli_once):  # warm-up, not counted
@@ -72,17 +77,51 @@ def run(options) -> list[Row]:
     ms = lambda values: [v * 1000 for v in values]  # noqa: E731
     api_ratio, cli_ratio = ratio(api_s, raw_s), ratio(cli_s, raw_s)
     rows = [
-        Row(NAME, "API: POST /tasks → manager reports running", "ms", ms(api_s), "Docker SDK create+start+running",
-            ms(raw_s), "≤ 1.3× raw Docker", api_ratio <= 1.3, COMMAND),
-        Row(NAME, "CLI: `cube.pyz run` (new process) → running", "ms", ms(cli_s), "Docker SDK create+start+running",
-            ms(raw_s), "≤ 1.3× raw Docker", cli_ratio <= 1.3, COMMAND,
-            note="includes the interpreter's start and imports (see the `cli` benchmark)"),
-        Row(NAME, "CLI: `cube.pyz run` vs `docker run -d`", "ms", ms(cli_s), "`docker run -d` (Go CLI)",
-            ms(docker_cli_s), command=COMMAND),
+        Row(
+            NAME,
+            "API: POST /tasks → manager reports running",
+            "ms",
+            ms(api_s),
+            "Docker SDK create+start+running",
+            ms(raw_s),
+            "≤ 1.3× raw Docker",
+            api_ratio <= 1.3,
+            COMMAND,
+        ),
+        Row(
+            NAME,
+            "CLI: `cube.pyz run` (new process) → running",
+            "ms",
+            ms(cli_s),
+            "Docker SDK create+start+running",
+            ms(raw_s),
+            "≤ 1.3× raw Docker",
+            cli_ratio <= 1.3,
+            COMMAND,
+            note="includes the interpreter's start and imports (see the `cli` benchmark)",
+        ),
+        Row(
+            NAME,
+            "CLI: `cube.pyz run` vs `docker run -d`",
+            "ms",
+            ms(cli_s),
+            "`docker run -d` (Go CLI)",
+            ms(docker_cli_s),
+            command=COMMAND,
+        ),
     ]
     if swarm_s:
-        rows.append(Row(NAME, "Swarm: `docker service create --replicas 1` → running", "ms", ms(swarm_s),
-                        "Docker SDK create+start+running", ms(raw_s), command=COMMAND))
+        rows.append(
+            Row(
+                NAME,
+                "Swarm: `docker service create --replicas 1` → running",
+                "ms",
+                ms(swarm_s),
+                "Docker SDK create+start+running",
+                ms(raw_s),
+                command=COMMAND,
+            )
+        )
     elif swarm_note:
         rows.append(Row(NAME, "Swarm: 1 replica", "ms", [], note=f"not measured: {swarm_note}"))
     return rows
@@ -97,8 +136,12 @@ def _swarm(n: int) -> tuple[list[float], str]:
             name = f"bench-one-{tag()}"
             began = time.perf_counter()
             engine.service_create(name, 1, extra=("--stop-grace-period", "1s"))
-            wait_for(lambda: engine.count_running(f"cube.bench={name}") >= 1, timeout=60, interval=0.01,
-                     what="swarm replica running")
+            wait_for(
+                lambda: engine.count_running(f"cube.bench={name}") >= 1,
+                timeout=60,
+                interval=0.01,
+                what="swarm replica running",
+            )
             elapsed = time.perf_counter() - began
             engine.service_remove(name)
             if i:  # the first one warms the swarm up

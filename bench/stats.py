@@ -3,6 +3,7 @@
 rendered as a Markdown table for BENCHMARKS.md. A row says what was measured, against what, the target, whether it
 was met, and the command that reproduces it.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,6 +43,7 @@ class Row:
     """One measured figure. `samples` and `baseline_samples` are in `unit`; a figure without a baseline leaves
     `baseline` empty. `target` is text (e.g. "≤ 1.3× baseline"); `met` is True/False, or None without a target.
     `value` overrides the median for figures that are not a list of samples (a rate, a percentile)."""
+
     bench: str
     what: str
     unit: str
@@ -67,11 +69,22 @@ class Row:
         return ratio(self.samples, self.baseline_samples)
 
     def to_dict(self) -> dict:
-        return {"bench": self.bench, "what": self.what, "unit": self.unit, "samples": self.samples,
-                "baseline": self.baseline, "baseline_samples": self.baseline_samples, "target": self.target,
-                "met": self.met, "command": self.command, "note": self.note, "value": self.value,
-                "stats": self.stats, "baseline_stats": self.base_stats,
-                "ratio": None if math.isnan(self.ratio) else self.ratio}
+        return {
+            "bench": self.bench,
+            "what": self.what,
+            "unit": self.unit,
+            "samples": self.samples,
+            "baseline": self.baseline,
+            "baseline_samples": self.baseline_samples,
+            "target": self.target,
+            "met": self.met,
+            "command": self.command,
+            "note": self.note,
+            "value": self.value,
+            "stats": self.stats,
+            "baseline_stats": self.base_stats,
+            "ratio": None if math.isnan(self.ratio) else self.ratio,
+        }
 
 
 def fmt(value: float, unit: str = "") -> str:
@@ -95,7 +108,7 @@ def fmt(value: float, unit: str = "") -> str:
 
 
 def triple(stats: dict, unit: str) -> str:
-    """"min / median / max unit" (one figure when there is one sample)."""
+    """ "min / median / max unit" (one figure when there is one sample)."""
     if not stats["n"]:
         return "-"
     if stats["n"] == 1:
@@ -131,8 +144,10 @@ def console(rows: list[Row]) -> str:
 def markdown(rows: list[Row]) -> str:
     """A table: figure, Cube (min/median/max), baseline (min/median/max), ratio, target, met; then the commands
     and notes as a list under it."""
-    out = ["| figure | Cube: min / median / max | baseline: min / median / max | ratio | target | |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "| figure | Cube: min / median / max | baseline: min / median / max | ratio | target | |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         measured = fmt(row.value, row.unit) if row.value is not None else triple(row.stats, row.unit)
         if row.value is None and row.stats["n"] > 1:

@@ -1,5 +1,6 @@
 """Shared fixtures for tests on a real Docker engine: the local test image and a per-test node name whose
 containers are removed afterwards. Without an engine these tests skip, except in CI (CI=true), where they fail."""
+
 import os
 import pathlib
 import subprocess
@@ -16,8 +17,12 @@ def _docker_answers() -> bool:
     try:
         # `docker version` asks the engine too, and stays cheap where `docker info` can hang (seen after a
         # swarm was left on Docker 20.10).
-        return subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
-                              timeout=20).returncode == 0
+        return (
+            subprocess.run(
+                ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, timeout=20
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -39,8 +44,9 @@ def node_name(busybox_image) -> str:
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
     kill_started()  # a worker still running could create a container after the sweep below
-    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=cube.node={name}"], capture_output=True,
-                         text=True, timeout=30).stdout.split()
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=cube.node={name}"], capture_output=True, text=True, timeout=30
+    ).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, timeout=60)
 
@@ -59,6 +65,7 @@ def pyz() -> str:
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -72,13 +79,16 @@ class Proc:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         full_env = {**os.environ, "CUBE_NO_MDNS": "1", **(env or {})}
-        self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
 
     def wait_http(self, url: str, timeout: float = 30.0) -> None:
         import time
+
         from cube.cluster.client import Client
         from cube.core.errors import CubeError
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -120,12 +130,14 @@ def procs():
         proc = Proc(argv, log_path, env)
         _STARTED.append(proc)
         return proc
+
     yield start
     kill_started()
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02):
     import time
+
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -145,6 +157,7 @@ def docker_ids(*filters: str) -> list[str]:
 
 def docker_inspect(container_id: str) -> dict:
     import json
+
     out = subprocess.run(["docker", "inspect", container_id], capture_output=True, text=True, timeout=30)
     return json.loads(out.stdout)[0]
 
@@ -154,8 +167,9 @@ def _leftovers(basetemp: str) -> list[str]:
     temporary directory, network namespaces named with this process's pid."""
     found = []
     if _docker_answers():
-        ids = subprocess.run(["docker", "ps", "-aq", "--filter", "label=cube.node"], capture_output=True,
-                             text=True, timeout=30).stdout.split()
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", "label=cube.node"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
         found += [f"container {i}" for i in ids]
     me = str(os.getpid())
     for entry in pathlib.Path("/proc").iterdir():

@@ -6,6 +6,7 @@ reports what happens as JSON lines on stdout (each with a wall-clock "t" so the 
     find-manager TIMEOUT                       print "manager" with the result (or null) and the elapsed time
 Every report carries "netns": the inode of this process's network namespace.
 """
+
 import dataclasses
 import json
 import os

@@ -16,6 +16,7 @@ Why a containerd of our own per host: dockerd 20.10 uses the system's /run/conta
 that file exists (Debian's containerd.service makes it), so every engine would share one containerd; started
 explicitly, each host's containerd is its own wherever the tests run.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -33,9 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-import pytest
-
 import netns
+import pytest
 
 BASE = "/var/lib/cube-engines"  # one directory per run below it; the parent stays, other runs may be using it
 START_TIMEOUT = 60.0  # a restart without live-restore first stops old containers: 10 s each that ignore SIGTERM
@@ -78,6 +78,7 @@ def available() -> str | None:
 
 
 # ---- processes, mounts, cgroups: what a run leaves behind, found by its paths and names -----------------------
+
 
 def _pids_mentioning(text: str) -> list[int]:
     """Processes whose command line contains `text`: given a host's root, its dockerd, containerd and shims."""
@@ -242,6 +243,7 @@ def clean_stale(prefix: str) -> list[str]:
 
 # ---- waiting ----------------------------------------------------------------------------------------------------
 
+
 def _wait_until(predicate, deadline: float, what: str, interval: float = 0.02):
     while True:
         value = predicate()
@@ -276,10 +278,12 @@ def _engine_answers(path: str) -> bool:
 
 def _await(proc: subprocess.Popen, ready, deadline: float, what: str, log_path: str) -> None:
     """Poll `ready` until the deadline; fail at once, with the log's end, if the process exits first."""
+
     def check():
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log_path)}")
         return ready()
+
     try:
         _wait_until(check, deadline, what)
     except TimeoutError:
@@ -314,6 +318,7 @@ def _docker_env() -> dict:
 
 
 # ---- a TCP port of the root namespace relayed into a host ------------------------------------------------------
+
 
 def _enter_netns(path: str) -> None:
     """Move the calling thread (only it: setns acts per thread) into the network namespace at `path`."""
@@ -407,6 +412,7 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 # ---- the LAN of engines -----------------------------------------------------------------------------------------
 
+
 class EngineLan:
     """n hosts, each a namespace of a `netns.Lan` running its own containerd and dockerd; a context manager that
     always tears everything down, also when the constructor fails half way."""
@@ -445,8 +451,9 @@ class EngineLan:
         # and cgroups of one run share one name, which clean_stale reads the pid from.
         tag = self.net.hub.removesuffix("-hub")
         self.root = f"{BASE}/{tag}"
-        self.hosts = [EngineHost(h.name, h.ip, h.index, f"{self.root}/h{h.index}", f"/{tag}-h{h.index}")
-                      for h in self.net.hosts]
+        self.hosts = [
+            EngineHost(h.name, h.ip, h.index, f"{self.root}/h{h.index}", f"/{tag}-h{h.index}") for h in self.net.hosts
+        ]
         longest = f"{self.hosts[-1].containerd_sock}.ttrpc"
         if len(longest) > SUN_PATH_MAX:
             raise ValueError(f"prefix too long: {longest} passes the unix socket limit of {SUN_PATH_MAX} bytes")
@@ -461,10 +468,12 @@ class EngineLan:
         # Everything containerd keeps is below the host's root; only shim sockets go to /run/containerd/s (see
         # _remove_shim_sockets). No CRI: Docker does not use it, and it would start a CNI machinery of its own.
         with open(f"{host.root}/containerd.toml", "w") as f:
-            f.write(f'version = 2\nroot = "{host.root}/containerd"\nstate = "{host.root}/containerd-state"\n'
-                    f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-                    f'[grpc]\n  address = "{host.containerd_sock}"\n'
-                    f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{host.root}/opt"\n')
+            f.write(
+                f'version = 2\nroot = "{host.root}/containerd"\nstate = "{host.root}/containerd-state"\n'
+                f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+                f'[grpc]\n  address = "{host.containerd_sock}"\n'
+                f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{host.root}/opt"\n'
+            )
 
     def _start_all(self) -> None:
         # In parallel: each engine waits mostly on its own I/O, so three start in about the time of one.
@@ -487,8 +496,13 @@ class EngineLan:
         self.start_engine(host)
         tar = saved.result()
         if tar:
-            out = subprocess.run(["docker", "-H", host.docker_host, "load", "-q"], input=tar, capture_output=True,
-                                 timeout=120, env=_docker_env())
+            out = subprocess.run(
+                ["docker", "-H", host.docker_host, "load", "-q"],
+                input=tar,
+                capture_output=True,
+                timeout=120,
+                env=_docker_env(),
+            )
             if out.returncode != 0:
                 raise RuntimeError(f"docker load on {host.name}: {out.stderr.decode(errors='replace')}")
 
@@ -512,8 +526,13 @@ class EngineLan:
 
     def docker(self, host: EngineHost, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """`docker ARGS` against `host`'s engine, to completion, with its text output."""
-        return subprocess.run(["docker", "-H", host.docker_host, *args], capture_output=True, text=True,
-                              timeout=timeout, env=_docker_env())
+        return subprocess.run(
+            ["docker", "-H", host.docker_host, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_docker_env(),
+        )
 
     # -- engine faults --
 
@@ -527,16 +546,26 @@ class EngineLan:
         # bench/engine.sh). Only the network namespace changes: mounts, pids and cgroups stay the machine's.
         # A session of its own, so a Ctrl-C meant for pytest reaches pytest, which then tears down in order.
         with open(self._log(host, program), "ab") as log:
-            return subprocess.Popen(["nsenter", f"--net={host.netns_path}", *argv], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(
+                ["nsenter", f"--net={host.netns_path}", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def _start_containerd(self, host: EngineHost, deadline: float) -> None:
         # In the host's namespace too: a `--network host` container joins the namespace of its shim, which is
         # containerd's.
         proc = self._spawn(host, "containerd", ["containerd", "--config", f"{host.root}/containerd.toml"])
         self._containerd[host.index] = proc
-        _await(proc, lambda: _accepts(host.containerd_sock), deadline, f"containerd of {host.name}",
-               self._log(host, "containerd"))
+        _await(
+            proc,
+            lambda: _accepts(host.containerd_sock),
+            deadline,
+            f"containerd of {host.name}",
+            self._log(host, "containerd"),
+        )
 
     def start_engine(self, host: EngineHost, timeout: float = START_TIMEOUT) -> None:
         """Start `host`'s dockerd on the data root it had: its containers are there again, stopped unless their
@@ -550,14 +579,30 @@ class EngineLan:
         if containerd is None or containerd.poll() is not None:
             self._start_containerd(host, deadline)
         sock = host.docker_host.removeprefix("unix://")
-        argv = ["dockerd", "--config-file", f"{host.root}/daemon.json", "-H", host.docker_host,
-                "--containerd", host.containerd_sock, "--data-root", f"{host.root}/data",
-                "--exec-root", f"{host.root}/exec", "--pidfile", f"{host.root}/dockerd.pid",
-                # Distinct per host, so container addresses never clash should routes between hosts come.
-                "--bip", f"172.31.{host.index}.1/24", "--cgroup-parent", host.cgroup_parent,
-                # cgroupfs always: 20.10 picks the systemd driver on cgroup v2 hosts run by systemd, which would want
-                # a slice name for the parent.
-                "--exec-opt", "native.cgroupdriver=cgroupfs"]
+        argv = [
+            "dockerd",
+            "--config-file",
+            f"{host.root}/daemon.json",
+            "-H",
+            host.docker_host,
+            "--containerd",
+            host.containerd_sock,
+            "--data-root",
+            f"{host.root}/data",
+            "--exec-root",
+            f"{host.root}/exec",
+            "--pidfile",
+            f"{host.root}/dockerd.pid",
+            # Distinct per host, so container addresses never clash should routes between hosts come.
+            "--bip",
+            f"172.31.{host.index}.1/24",
+            "--cgroup-parent",
+            host.cgroup_parent,
+            # cgroupfs always: 20.10 picks the systemd driver on cgroup v2 hosts run by systemd, which would want
+            # a slice name for the parent.
+            "--exec-opt",
+            "native.cgroupdriver=cgroupfs",
+        ]
         # Published ports need nothing more: dockerd sets ip_forward in its own namespace (/proc/sys/net is per
         # namespace) and DNATs in PREROUTING there, so another host reaches <host ip>:<port> through the kernel;
         # docker-proxy (the default userland proxy) only serves connections made from inside the host itself.
@@ -572,8 +617,9 @@ class EngineLan:
         proc = self._dockerd.get(host.index)
         return proc is not None and proc.poll() is None
 
-    def stop_engine(self, host: EngineHost, sig: int = signal.SIGTERM, wait: bool = True,
-                    timeout: float = START_TIMEOUT) -> None:
+    def stop_engine(
+        self, host: EngineHost, sig: int = signal.SIGTERM, wait: bool = True, timeout: float = START_TIMEOUT
+    ) -> None:
         """Signal `host`'s dockerd. SIGTERM is `systemctl stop docker`: without live-restore dockerd first stops
         every container (each gets SIGTERM, then SIGKILL after its stop timeout, 10 s by default). containerd keeps
         running, as its own service does on a real node."""
@@ -604,8 +650,8 @@ class EngineLan:
         def forwarding():
             hub_side = json.loads(netns._ip("-n", self.net.hub, "-j", "-d", "link", "show", port).stdout)[0]
             host_side = json.loads(netns._ip("-n", host.name, "-j", "link", "show", "eth0").stdout)[0]
-            return (hub_side["linkinfo"]["info_slave_data"]["state"] == "forwarding"
-                    and "LOWER_UP" in host_side["flags"])
+            return hub_side["linkinfo"]["info_slave_data"]["state"] == "forwarding" and "LOWER_UP" in host_side["flags"]
+
         _wait_until(forwarding, time.monotonic() + timeout, f"{host.name} did not come back on the LAN")
         # An address asked for during the cut stays unresolved until the kernel's next ARP retry (1 s apart), and a
         # packet sent meanwhile waits for it: forget those, so traffic flows as soon as heal returns.
@@ -681,9 +727,11 @@ def engine_lan(request, tmp_path):
             pytest.fail(f"CI needs Docker engines in network namespaces: {reason}")
         pytest.skip(reason)
     with ExitStack() as stack:
+
         def make(n_hosts: int, **kwargs) -> EngineLan:
             if "images" not in kwargs:
                 kwargs["images"] = [request.getfixturevalue("busybox_image")]
             kwargs.setdefault("log_dir", tmp_path)
             return stack.enter_context(EngineLan(n_hosts, **kwargs))
+
         yield make

@@ -1,5 +1,6 @@
 """Factories for scheduler and manager tests (Nomad's mock.Node()/mock.Job()): plain nodes and specs with
 sensible defaults, overridden per test, so a test states only what it is about."""
+
 from __future__ import annotations
 
 from cube.core.model import Node, Resources, TaskSpec, parse_size
@@ -7,19 +8,34 @@ from cube.core.model import Node, Resources, TaskSpec, parse_size
 IMAGE = "cube-busybox:latest"
 
 
-def make_node(name: str = "node-a", cpu: float = 4, memory="8g", disk="100g", labels: dict | None = None,
-              state: str = "ready", arch: str = "x86_64", allocated: dict | None = None,
-              used_ports=(), tasks: int = 0, address: str = "") -> Node:
+def make_node(
+    name: str = "node-a",
+    cpu: float = 4,
+    memory="8g",
+    disk="100g",
+    labels: dict | None = None,
+    state: str = "ready",
+    arch: str = "x86_64",
+    allocated: dict | None = None,
+    used_ports=(),
+    tasks: int = 0,
+    address: str = "",
+) -> Node:
     """A node with `arch` and `hostname` labels (as a worker reports them) plus `labels`. `allocated` takes
     cpu/memory/disk with the same size syntax as the capacity: `allocated={"cpu": 3.5, "memory": "7g"}`."""
     allocated = allocated or {}
     return Node(
-        name=name, address=address or f"http://{name}:5556",
+        name=name,
+        address=address or f"http://{name}:5556",
         capacity=Resources(float(cpu), parse_size(memory), parse_size(disk)),
-        allocated=Resources(float(allocated.get("cpu", 0)), parse_size(allocated.get("memory", 0)),
-                            parse_size(allocated.get("disk", 0))),
-        labels={"arch": arch, "hostname": name, **(labels or {})}, state=state,
-        used_ports={tuple(port) for port in used_ports}, tasks=tasks)
+        allocated=Resources(
+            float(allocated.get("cpu", 0)), parse_size(allocated.get("memory", 0)), parse_size(allocated.get("disk", 0))
+        ),
+        labels={"arch": arch, "hostname": name, **(labels or {})},
+        state=state,
+        used_ports={tuple(port) for port in used_ports},
+        tasks=tasks,
+    )
 
 
 def make_cluster(count: int, prefix: str = "node", **overrides) -> list[Node]:

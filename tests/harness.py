@@ -7,6 +7,7 @@ test drives every round (`step`), so each test is fast and exact about what happ
     c.settle()
     assert c.running_copies(task["id"]) == 1
 """
+
 from __future__ import annotations
 
 from cube.core.errors import NotFound, Unavailable
@@ -34,8 +35,15 @@ class Inline:
 
 
 class ClusterHarness:
-    def __init__(self, names=("n1", "n2"), node_timeout: float = 5.0, disconnect_timeout: float = 15.0,
-                 stop_timeout: float = 1.0, cpus: float = 4, memory: int = 8 << 30):
+    def __init__(
+        self,
+        names=("n1", "n2"),
+        node_timeout: float = 5.0,
+        disconnect_timeout: float = 15.0,
+        stop_timeout: float = 1.0,
+        cpus: float = 4,
+        memory: int = 8 << 30,
+    ):
         self.clock = Clock(1_000_000.0)
         self.mono = Clock(1000.0)
         self.node_timeout = node_timeout
@@ -43,9 +51,9 @@ class ClusterHarness:
         self.stop_timeout = stop_timeout
         self.capacity = (cpus, memory)
         self.store = MemoryStore()
-        self.cut: set[str] = set()          # nodes the network cannot reach (both ways)
-        self.dead: set[str] = set()         # nodes whose worker process is not running
-        self.sent: list[tuple] = []         # every request the manager's dispatcher was given
+        self.cut: set[str] = set()  # nodes the network cannot reach (both ways)
+        self.dead: set[str] = set()  # nodes whose worker process is not running
+        self.sent: list[tuple] = []  # every request the manager's dispatcher was given
         self.workers: dict[str, Worker] = {}
         self.runtimes: dict[str, FakeRuntime] = {}
         self.stores: dict[str, MemoryStore] = {}
@@ -56,8 +64,14 @@ class ClusterHarness:
     # ---- the parts --------------------------------------------------------------------------------------------
 
     def _new_manager(self) -> Manager:
-        return Manager(self.store, clock=self.clock, monotonic=self.mono, dispatch=self.dispatch,
-                       node_timeout=self.node_timeout, executor=Inline())
+        return Manager(
+            self.store,
+            clock=self.clock,
+            monotonic=self.mono,
+            dispatch=self.dispatch,
+            node_timeout=self.node_timeout,
+            executor=Inline(),
+        )
 
     def restart_manager(self) -> None:
         """A manager killed and started again on the same store (what `kill -9` and systemd do)."""
@@ -66,17 +80,32 @@ class ClusterHarness:
 
     def _new_worker(self, name: str) -> Worker:
         cpus, memory = self.capacity
-        return Worker(name, self.runtimes[name], self.stores[name], clock=self.clock, monotonic=self.mono,
-                      metrics=Metrics(None, cpus, memory, 100 << 30), stop_timeout=self.stop_timeout,
-                      disconnect_timeout=self.disconnect_timeout, sync=True)
+        return Worker(
+            name,
+            self.runtimes[name],
+            self.stores[name],
+            clock=self.clock,
+            monotonic=self.mono,
+            metrics=Metrics(None, cpus, memory, 100 << 30),
+            stop_timeout=self.stop_timeout,
+            disconnect_timeout=self.disconnect_timeout,
+            sync=True,
+        )
 
     def add_node(self, name: str) -> None:
         self.runtimes[name] = FakeRuntime()
         self.stores[name] = MemoryStore()
         self.workers[name] = self._new_worker(name)
         cpus, memory = self.capacity
-        self.manager.node_up(Node(name, f"fake://{name}", Resources(cpus, memory, 100 << 30),
-                                  labels={"node_id": self.workers[name].id, "hostname": name}, last_seen=self.clock()))
+        self.manager.node_up(
+            Node(
+                name,
+                f"fake://{name}",
+                Resources(cpus, memory, 100 << 30),
+                labels={"node_id": self.workers[name].id, "hostname": name},
+                last_seen=self.clock(),
+            )
+        )
 
     def kill_worker(self, name: str) -> None:
         """kill -9 of the worker process: its containers go on running, its store stays."""
@@ -159,8 +188,12 @@ class ClusterHarness:
 
     def copies(self, task_id: str) -> list[tuple[str, str]]:
         """(node, container id) of every running container of the task, on every node."""
-        return [(name, c.id) for name, runtime in self.runtimes.items() for c in runtime.containers.values()
-                if c.task_id == task_id and c.running]
+        return [
+            (name, c.id)
+            for name, runtime in self.runtimes.items()
+            for c in runtime.containers.values()
+            if c.task_id == task_id and c.running
+        ]
 
     def running_copies(self, task_id: str) -> int:
         return len(self.copies(task_id))

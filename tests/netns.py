@@ -9,6 +9,7 @@ without harming a run that is still going.
     with Lan(3) as lan:
         proc = lan.run(lan.hosts[0], [sys.executable, "-c", "..."], stdout=subprocess.PIPE)
 """
+
 from __future__ import annotations
 
 import os
@@ -109,8 +110,21 @@ class Lan:
     def _build(self) -> None:
         self._add_namespace(self.hub)
         # Snooping off: with no IGMP querier on this LAN a snooping bridge may stop forwarding mDNS.
-        _ip("-n", self.hub, "link", "add", "br0", "type", "bridge",
-            "stp_state", "0", "forward_delay", "0", "mcast_snooping", "0")
+        _ip(
+            "-n",
+            self.hub,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        )
         _ip("-n", self.hub, "link", "set", "br0", "up")
         for host in self.hosts:
             self._add_namespace(host.name)

@@ -1,6 +1,7 @@
 """The artifacts: the pyz runs (`--help`, `version`) the way users and the units start it, sees only its own
 packages, and `./build.sh all` makes the same bytes twice, under 5 MB per architecture, with binaries of the
 right architecture and none tied to one CPython version. The emulated Raspberry Pi runs are tests/arm64_run.sh."""
+
 import os
 import pathlib
 import re
@@ -32,8 +33,9 @@ def test_pyz_runs_help_and_version_as_users_and_units_start_it(pyz, tmp_path):
 def test_pyz_does_not_see_the_hosts_packages(pyz, tmp_path):
     """This interpreter's site-packages holds pytest; the pyz must not import it from there."""
     probe = "import importlib.util, cube.ops.zipapp as z; print(importlib.util.find_spec('pytest'), z.BUILD_ARCH)"
-    done = run(sys.executable, pyz, input=probe + "\n",
-               env={**os.environ, "SHIV_INTERPRETER": "1", "SHIV_ROOT": str(tmp_path)})
+    done = run(
+        sys.executable, pyz, input=probe + "\n", env={**os.environ, "SHIV_INTERPRETER": "1", "SHIV_ROOT": str(tmp_path)}
+    )
     assert f"None {HOST_ARCH}" in done.stdout, done.stdout + done.stderr
 
 

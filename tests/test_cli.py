@@ -1,11 +1,11 @@
 """The command line as people use it: the built pyz against `cube dev` (a real one-process cluster on the real
 Docker engine). The CLI finds the local manager and its token by itself, as it does on a user's machine."""
+
 import json
 import os
 import subprocess
 
 import pytest
-
 from conftest import free_port, wait_for
 
 pytestmark = pytest.mark.docker
@@ -19,23 +19,33 @@ def dev(pyz, tmp_path_factory, busybox_image):
     env.pop("CUBE_TOKEN", None)
     port = free_port()
     log = open(data / "dev.log", "wb")
-    proc = subprocess.Popen([pyz, "dev", "--port", str(port), "--workers", "2", "--stop-timeout", "1"], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [pyz, "dev", "--port", str(port), "--workers", "2", "--stop-timeout", "1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
 
     def cube(*args, check=None, timeout=60):
         result = subprocess.run([pyz, *args], capture_output=True, text=True, env=env, timeout=timeout)
         if check is not None:
             assert result.returncode == check, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
         return result
-    wait_for(lambda: cube("nodes", "--json").returncode == 0 and
-             len(json.loads(cube("nodes", "--json").stdout)) == 2, timeout=60, interval=0.2)
+
+    wait_for(
+        lambda: cube("nodes", "--json").returncode == 0 and len(json.loads(cube("nodes", "--json").stdout)) == 2,
+        timeout=60,
+        interval=0.2,
+    )
     yield cube, port, data
     proc.terminate()
     proc.wait(timeout=30)
     log.close()
     ids = subprocess.run(["docker", "ps", "-aq", "--filter", "name=cube-"], capture_output=True, text=True).stdout
-    for line in subprocess.run(["docker", "ps", "-a", "--format", "{{.ID}} {{.Labels}}"], capture_output=True,
-                               text=True).stdout.splitlines():
+    for line in subprocess.run(
+        ["docker", "ps", "-a", "--format", "{{.ID}} {{.Labels}}"], capture_output=True, text=True
+    ).stdout.splitlines():
         if "-dev-" in line and line.split()[0] in ids:
             subprocess.run(["docker", "rm", "-f", line.split()[0]], capture_output=True)
 
@@ -55,8 +65,18 @@ def test_help_and_version_are_plain(dev):
 
 def test_run_count_status_nodes_logs_scale_stop(dev, busybox_image):
     cube, _, _ = dev
-    result = cube("run", "--image", busybox_image, "--count", "3", "--name", "trio", "--cmd",
-                  "sh -c 'echo hello trio; sleep 300'", check=0)
+    result = cube(
+        "run",
+        "--image",
+        busybox_image,
+        "--count",
+        "3",
+        "--name",
+        "trio",
+        "--cmd",
+        "sh -c 'echo hello trio; sleep 300'",
+        check=0,
+    )
     assert "job trio: 3 task(s) running" in result.stdout
     status = cube("status", check=0).stdout
     assert status.splitlines()[0].split() == ["ID", "NAME", "STATE", "NODE", "IMAGE", "PORTS", "RESTARTS", "AGE"]
@@ -82,8 +102,25 @@ def test_run_count_status_nodes_logs_scale_stop(dev, busybox_image):
 
 def test_single_task_detail_shows_events(dev, busybox_image):
     cube, _, _ = dev
-    result = cube("run", "--image", busybox_image, "--cmd", "sleep 300", "--name", "solo", "--port", "8080",
-                  "--env", "A=1", "--env", "B=2", "--memory", "32m", "--json", check=0)
+    result = cube(
+        "run",
+        "--image",
+        busybox_image,
+        "--cmd",
+        "sleep 300",
+        "--name",
+        "solo",
+        "--port",
+        "8080",
+        "--env",
+        "A=1",
+        "--env",
+        "B=2",
+        "--memory",
+        "32m",
+        "--json",
+        check=0,
+    )
     task = json.loads(result.stdout)
     assert task["state"] == "running" and "8080/tcp" in task["host_ports"]
     assert task["spec"]["env"] == {"A": "1", "B": "2"} and task["spec"]["memory"] == 32 << 20
@@ -142,8 +179,12 @@ def test_token_command_prints_the_dev_token(dev):
 
 def test_status_does_not_import_the_docker_sdk(dev, pyz):
     cube, _, _ = dev
-    result = subprocess.run(["python3", "-X", "importtime", pyz, "status"], capture_output=True, text=True,
-                            env={**os.environ, "CUBE_DATA": str(dev[2]), "CUBE_NO_MDNS": "1"})
+    result = subprocess.run(
+        ["python3", "-X", "importtime", pyz, "status"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUBE_DATA": str(dev[2]), "CUBE_NO_MDNS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "cube.core.model" in imported, "the import trace covers cube itself"

@@ -1,6 +1,7 @@
 """A real cluster on the real Docker engine: a manager and two workers, each its own pyz process, talking HTTP on
 loopback. Covers jobs, health checks turning bad, a worker killed (tasks move), a manager killed with kill -9 in
 the middle of submissions (nothing acknowledged lost, nothing duplicated)."""
+
 import signal
 import subprocess
 import threading
@@ -8,8 +9,8 @@ import time
 import uuid
 
 import pytest
-
 from conftest import docker_ids, free_port, kill_started, wait_for
+
 from cube.cluster.client import Client
 from cube.core.errors import CubeError
 
@@ -30,28 +31,62 @@ class Cluster:
         self.manager = None
         self.start_manager()
         self.client = Client(f"http://127.0.0.1:{self.manager_port}", TOKEN)
-        wait_for(lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == n_workers,
-                 timeout=30)
+        wait_for(lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == n_workers, timeout=30)
 
     def start_worker(self, name):
         spec = self.workers[name]
-        spec["proc"] = self.procs([self.pyz, "worker", "--port", str(spec["port"]), "--name", name,
-                                   "--data", str(self.tmp / name), "--token", TOKEN, "--no-mdns", "--cpus", "2",
-                                   "--memory", "2g", "--stop-timeout", "1"], self.tmp / f"{name}.log")
+        spec["proc"] = self.procs(
+            [
+                self.pyz,
+                "worker",
+                "--port",
+                str(spec["port"]),
+                "--name",
+                name,
+                "--data",
+                str(self.tmp / name),
+                "--token",
+                TOKEN,
+                "--no-mdns",
+                "--cpus",
+                "2",
+                "--memory",
+                "2g",
+                "--stop-timeout",
+                "1",
+            ],
+            self.tmp / f"{name}.log",
+        )
         spec["proc"].wait_http(f"http://127.0.0.1:{spec['port']}")
 
     def start_manager(self):
         workers = ",".join(f"127.0.0.1:{w['port']}" for w in self.workers.values())
-        self.manager = self.procs([self.pyz, "manager", "--port", str(self.manager_port), "--data",
-                                   str(self.tmp / "manager"), "--token", TOKEN, "--workers", workers, "--no-mdns",
-                                   "--node-timeout", "2"], self.tmp / "manager.log")
+        self.manager = self.procs(
+            [
+                self.pyz,
+                "manager",
+                "--port",
+                str(self.manager_port),
+                "--data",
+                str(self.tmp / "manager"),
+                "--token",
+                TOKEN,
+                "--workers",
+                workers,
+                "--no-mdns",
+                "--node-timeout",
+                "2",
+            ],
+            self.tmp / "manager.log",
+        )
         self.manager.wait_http(f"http://127.0.0.1:{self.manager_port}")
 
     def cleanup(self):
         kill_started()  # first: a worker still running could create a container after the sweep
         for name in self.workers:
-            ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=cube.node={name}"],
-                                 capture_output=True, text=True).stdout.split()
+            ids = subprocess.run(
+                ["docker", "ps", "-aq", "--filter", f"label=cube.node={name}"], capture_output=True, text=True
+            ).stdout.split()
             if ids:
                 subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
@@ -86,9 +121,15 @@ def test_job_of_three_runs_three_containers(cluster, busybox_image):
 
 def test_health_check_turning_bad_restarts_three_times_then_moves(cluster, busybox_image):
     client = cluster.client
-    task = client.post("/tasks", {"image": busybox_image, "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
-                                  "ports": ["8080"], "health": {"path": "/index.html", "interval": 0.5,
-                                                                "timeout": 1}})
+    task = client.post(
+        "/tasks",
+        {
+            "image": busybox_image,
+            "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+            "ports": ["8080"],
+            "health": {"path": "/index.html", "interval": 0.5, "timeout": 1},
+        },
+    )
     running = wait_for(lambda: (t := client.get(f"/tasks/{task['id']}"))["state"] == "running" and t, timeout=30)
     time.sleep(1.5)  # healthy checks pass: no restart
     assert client.get(f"/tasks/{task['id']}")["restarts"] == 0
@@ -96,8 +137,10 @@ def test_health_check_turning_bad_restarts_three_times_then_moves(cluster, busyb
     # container's files, so the node uses up its restarts; the manager then reschedules the service elsewhere,
     # where a new container has the page again.
     subprocess.run(["docker", "exec", running["container_id"], "rm", "/www/index.html"], check=True)
-    moved = wait_for(lambda: (t := client.get(f"/tasks/{task['id']}"))["state"] == "running"
-                     and t["node"] != running["node"] and t, timeout=60)
+    moved = wait_for(
+        lambda: (t := client.get(f"/tasks/{task['id']}"))["state"] == "running" and t["node"] != running["node"] and t,
+        timeout=60,
+    )
     assert moved["generation"] == running["generation"] + 1 and moved["reschedules"] == 1
     messages = [e["message"] for e in moved["events"]]
     assert sum("health check failed" in m and "restarting" in m for m in messages) == 3
@@ -120,6 +163,7 @@ def test_killed_worker_tasks_move_and_return_stops_the_stale_copy(cluster, busyb
     def all_elsewhere():
         tasks = [client.get(f"/tasks/{i}") for i in moved_ids]
         return all(t["state"] == "running" and t["node"] != victim for t in tasks)
+
     wait_for(all_elsewhere, timeout=30, interval=0.05)
     print(f"\nworker killed -> its {len(moved_ids)} task(s) running elsewhere: {time.monotonic() - killed_at:.2f} s")
     assert [n["state"] for n in client.get("/nodes") if n["name"] == victim] == ["down"]
@@ -144,6 +188,7 @@ def test_manager_kill_9_mid_submission_loses_and_duplicates_nothing(cluster, bus
                 acknowledged.append(task_id)
             except CubeError:
                 time.sleep(0.05)
+
     thread = threading.Thread(target=submit)
     thread.start()
     wait_for(lambda: len(acknowledged) >= 5, timeout=30)

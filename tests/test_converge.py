@@ -1,12 +1,13 @@
 """The manager converges, driven through the harness (real manager, real workers on fake runtimes, one fake clock):
 each failure of issue 9 as a test, exact about rounds and copies, plus the decisions' rules one by one."""
+
 import re
 
 import pytest
+from harness import ClusterHarness
 
 from cube.core import model
 from cube.core.model import TRANSITIONS, State
-from harness import ClusterHarness
 
 
 @pytest.fixture
@@ -19,13 +20,16 @@ def c():
 def one_copy_at_most(c, task_id):
     def check():
         assert c.running_copies(task_id) <= 1, f"two copies of {task_id}: {c.copies(task_id)}"
+
     return check
 
 
 def test_diagram_in_the_docstring_is_the_transition_table():
     lines = re.findall(r"^\s+(\w+)\s+->\s+(.+)$", model.__doc__, re.MULTILINE)
-    table = {State(name): frozenset() if "terminal" in rest else frozenset(State(s.strip()) for s in rest.split(","))
-             for name, rest in lines}
+    table = {
+        State(name): frozenset() if "terminal" in rest else frozenset(State(s.strip()) for s in rest.split(","))
+        for name, rest in lines
+    }
     assert table == TRANSITIONS
 
 
@@ -47,7 +51,7 @@ def test_dispatch_failures_back_off(c):
     c.manager.stop_task(task["id"])
     c.cut.add(node)
     before = len(c.sent)
-    c.run_for(3.0, every=0.25)   # 12 rounds; the node is not yet down (timeout 5 s)
+    c.run_for(3.0, every=0.25)  # 12 rounds; the node is not yet down (timeout 5 s)
     tries = [s for s in c.sent[before:] if s[1] == "DELETE"]
     assert 2 <= len(tries) <= 5, f"retried with a backoff (0.5, 1, 2 s...), not every round: {len(tries)}"
     c.cut.clear()
@@ -87,12 +91,12 @@ def test_task_placed_back_on_its_returning_node_survives():
     task = c.submit({"image": "busybox", "ports": ["8080:80"]})
     c.settle()
     assert c.task(task["id"])["node"] == "n1"
-    c.kill_worker("n1")   # its container runs on: nobody is there to stop it
+    c.kill_worker("n1")  # its container runs on: nobody is there to stop it
     c.run_for(4.0, check=one_copy_at_most(c, task["id"]))
     assert c.task(task["id"])["state"] == "running"
     c.run_for(4.0, check=one_copy_at_most(c, task["id"]))
     assert c.task(task["id"])["state"] == "scheduled", "its node is down: not known to run"
-    c.run_for(12.0, check=one_copy_at_most(c, task["id"]))   # past disconnect + stop timeouts: moved
+    c.run_for(12.0, check=one_copy_at_most(c, task["id"]))  # past disconnect + stop timeouts: moved
     assert c.task(task["id"])["state"] == "pending", "the port is taken on n2: it waits"
     c.start_worker("n1")
     c.run_for(3.0, check=one_copy_at_most(c, task["id"]))
@@ -106,7 +110,7 @@ def test_task_placed_back_on_its_returning_node_survives():
 def test_engine_stop_makes_the_node_unhealthy_then_services_come_back_uncounted(c):
     task = c.submit({"image": "busybox", "constraints": ["hostname=n1"]})
     c.settle()
-    c.runtimes["n1"].engine_stop(exit_code=0)   # nginx exits 0 on SIGTERM
+    c.runtimes["n1"].engine_stop(exit_code=0)  # nginx exits 0 on SIGTERM
     c.step(0.5)
     assert c.node_state("n1") == "unhealthy"
     got = c.task(task["id"])
@@ -193,8 +197,9 @@ def test_crash_looping_service_is_rescheduled_elsewhere_with_a_delay(c):
 
 
 def test_batch_task_that_fails_stays_failed(c):
-    c.manager.submit_job({"name": "b", "type": "batch", "count": 1,
-                          "task": {"image": "busybox", "restart": {"max_restarts": 0}}})
+    c.manager.submit_job(
+        {"name": "b", "type": "batch", "count": 1, "task": {"image": "busybox", "restart": {"max_restarts": 0}}}
+    )
     c.settle()
     task = c.manager.list_tasks(job="b")[0]
     runtime = c.runtimes[task.node]
@@ -208,7 +213,7 @@ def test_restarts_are_counted_within_the_window(c):
     task = c.submit({"image": "busybox", "restart": {"max_restarts": 1, "window": 60}})
     c.settle()
     node = c.task(task["id"])["node"]
-    for _ in range(3):   # one crash every 2 minutes: each is the first within its window
+    for _ in range(3):  # one crash every 2 minutes: each is the first within its window
         running = [x for x in c.runtimes[node].containers.values() if x.task_id == task["id"] and x.running]
         c.runtimes[node].kill(running[0].id, 1)
         c.run_for(120.0, every=10.0)

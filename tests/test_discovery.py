@@ -2,6 +2,7 @@
 
 Every zeroconf socket in these tests lives inside a namespace the test made: the test process itself only
 starts children there and reads their JSON reports (tests/discovery_child.py)."""
+
 import json
 import os
 import queue
@@ -12,10 +13,10 @@ import threading
 import time
 from pathlib import Path
 
+import netns  # tests/ is on sys.path (no __init__.py: pytest's rootdir-relative imports)
 import pytest
 
 from cube.cluster import discovery
-import netns  # tests/ is on sys.path (no __init__.py: pytest's rootdir-relative imports)
 
 pytestmark = pytest.mark.netns
 
@@ -31,8 +32,9 @@ class Child:
     def __init__(self, lan: netns.Lan, host: netns.Host, *args: str):
         self.host = host
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-        self.proc = lan.run(host, [sys.executable, CHILD, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = lan.run(
+            host, [sys.executable, CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         self.reports: queue.Queue = queue.Queue()
         self.seen: list[dict] = []
         self.stderr: list[str] = []
@@ -50,8 +52,10 @@ class Child:
             try:
                 report = self.reports.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no {event!r} from {self.host.name} in {timeout}s; saw {self.seen}; "
-                                     f"stderr: {''.join(self.stderr)[-2000:]}") from None
+                raise AssertionError(
+                    f"no {event!r} from {self.host.name} in {timeout}s; saw {self.seen}; "
+                    f"stderr: {''.join(self.stderr)[-2000:]}"
+                ) from None
             self.seen.append(report)
             if report["event"] == event and where(report):
                 return report
@@ -122,7 +126,7 @@ def test_lan_leaves_the_root_namespace_alone():
 
 def test_stale_namespaces_of_dead_runs_are_removed():
     need_netns()
-    dead_pid = 2 ** 22 + 1  # above the kernel's pid_max, so never a live process
+    dead_pid = 2**22 + 1  # above the kernel's pid_max, so never a live process
     stale = f"cube-ts-{dead_pid}-abcd-h0"
     netns._ip("netns", "add", stale)
     live = f"cube-ts-{os.getpid()}-abcd-h0"
@@ -140,8 +144,10 @@ def test_workers_and_manager_find_each_other(lan):
     browser = Child(lan, a, "browse", "worker")
     browser.expect("waiting")
     manager = Child(lan, a, "advertise", "manager", "boss", "7000", "id=m0000001")
-    workers = {b.ip: Child(lan, b, "advertise", "worker", "pi", "7001", "id=b0000001"),
-               c.ip: Child(lan, c, "advertise", "worker", "pi", "7001", "id=c0000001")}
+    workers = {
+        b.ip: Child(lan, b, "advertise", "worker", "pi", "7001", "id=b0000001"),
+        c.ip: Child(lan, c, "advertise", "worker", "pi", "7001", "id=c0000001"),
+    }
     ready = {ip: child.expect("ready") for ip, child in workers.items()}
     manager.expect("ready")
 
@@ -160,8 +166,10 @@ def test_workers_and_manager_find_each_other(lan):
         assert found["properties"]["id"] == ("b0000001" if ip == b.ip else "c0000001")
         assert set(found["properties"]) == {"id", "name", "port", "arch", "version"}
         assert not any("token" in key.lower() for key in found["properties"])
-        print(f"discovery of {found['name']}: {report['t'] - workers[ip].first('start')['t']:.2f}s "
-              f"from Advertiser start to the browser's add")
+        print(
+            f"discovery of {found['name']}: {report['t'] - workers[ip].first('start')['t']:.2f}s "
+            f"from Advertiser start to the browser's add"
+        )
     assert ready[b.ip]["addresses"] == [b.ip] and ready[c.ip]["addresses"] == [c.ip]
 
     # A one-shot lookup from C returns as soon as the manager resolves.

@@ -2,6 +2,7 @@
 own inspect, the life cycle (stop, restart, remove), the summary listing with exit codes, logs, the event stream
 (promptness, stop, reconnection through a cuttable socket proxy) and failures (missing image, missing container,
 no engine)."""
+
 import os
 import queue
 import socket
@@ -12,9 +13,9 @@ import urllib.request
 import docker
 import pytest
 
-from cube.worker.docker_runtime import DockerRuntime, container_name, parse_time
 from cube.core.errors import ImageUnavailable, NotFound, RuntimeFailure, Unavailable
 from cube.core.model import Task, TaskSpec, new_id
+from cube.worker.docker_runtime import DockerRuntime, container_name, parse_time
 
 pytestmark = pytest.mark.docker
 
@@ -55,8 +56,14 @@ def free_port():
 
 
 def test_start_applies_labels_limits_env_and_command(runtime, sdk, busybox_image, node_name):
-    task = make_task(busybox_image, name="web", cpu=0.5, memory="64m", env={"GREETING": "hi"},
-                     labels={"team": "blue", "cube.node": "forged"})
+    task = make_task(
+        busybox_image,
+        name="web",
+        cpu=0.5,
+        memory="64m",
+        env={"GREETING": "hi"},
+        labels={"team": "blue", "cube.node": "forged"},
+    )
     task.generation = 3
     info = runtime.start(task, node_name)
     assert (info.status, info.task_id, info.node, info.generation) == ("running", task.id, node_name, 3)
@@ -84,8 +91,9 @@ def test_no_limits_when_zero_and_image_default_command(runtime, sdk, busybox_ima
 
 def test_dynamic_and_fixed_host_ports_are_reported_and_serve(runtime, busybox_image, node_name):
     fixed = free_port()
-    task = make_task(busybox_image, command=["httpd", "-f", "-p", "80", "-h", "/www"],
-                     ports=["80", f"{fixed}:8080", "53/udp"])
+    task = make_task(
+        busybox_image, command=["httpd", "-f", "-p", "80", "-h", "/www"], ports=["80", f"{fixed}:8080", "53/udp"]
+    )
     info = runtime.start(task, node_name)
     dynamic = info.host_ports["80/tcp"]
     assert isinstance(dynamic, int) and dynamic > 0 and dynamic != fixed

@@ -1,5 +1,6 @@
 """`cube doctor` on machines we do not have (a Raspberry Pi with the memory cgroup off, a clock in 1970, no LAN),
 by replacing its probes; then once on this machine for real. Also the pyz's start-up rules (cube.ops.zipapp)."""
+
 import json
 import os
 import platform
@@ -8,21 +9,38 @@ import sys
 
 import pytest
 
-from cube.ops import doctor
-
-from cube.ops import zipapp
 from cube.core.errors import CubeError, Unavailable
+from cube.ops import doctor, zipapp
 
-GIB = 1024 ** 3
-ENGINE = {"version": "24.0.7", "api_version": "1.43", "arch": "aarch64", "cgroup_version": "2",
-          "cgroup_driver": "systemd", "memory_limit": True, "root_dir": "/var/lib/docker", "warnings": []}
+GIB = 1024**3
+ENGINE = {
+    "version": "24.0.7",
+    "api_version": "1.43",
+    "arch": "aarch64",
+    "cgroup_version": "2",
+    "cgroup_driver": "systemd",
+    "memory_limit": True,
+    "root_dir": "/var/lib/docker",
+    "warnings": [],
+}
 
 
-def pi(files=None, engine=ENGINE, interfaces=None, free=50 * GIB, now=1.8e9, ntp=True, python=(3, 11, 2),
-       arch=("aarch64", "aarch64", "aarch64")):
+def pi(
+    files=None,
+    engine=ENGINE,
+    interfaces=None,
+    free=50 * GIB,
+    now=1.8e9,
+    ntp=True,
+    python=(3, 11, 2),
+    arch=("aarch64", "aarch64", "aarch64"),
+):
     """Probes of a healthy Raspberry Pi 4 on Raspberry Pi OS bookworm (cgroup v2), changed by the arguments."""
-    files = {"/sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory pids\n",
-             "/boot/firmware/cmdline.txt": "console=tty1 root=PARTUUID=1 rootwait\n", **(files or {})}
+    files = {
+        "/sys/fs/cgroup/cgroup.controllers": "cpuset cpu io memory pids\n",
+        "/boot/firmware/cmdline.txt": "console=tty1 root=PARTUUID=1 rootwait\n",
+        **(files or {}),
+    }
     probes = doctor.Probes()
 
     def docker():
@@ -33,9 +51,14 @@ def pi(files=None, engine=ENGINE, interfaces=None, free=50 * GIB, now=1.8e9, ntp
     probes.docker = docker
     probes.read = lambda path: files.get(path)
     probes.exists = lambda path: files.get(path) is not None
-    probes.interfaces = lambda: interfaces if interfaces is not None else {
-        "lo": doctor.IFF_UP | doctor.IFF_LOOPBACK | doctor.IFF_RUNNING,
-        "eth0": doctor.IFF_UP | doctor.IFF_RUNNING | doctor.IFF_MULTICAST}
+    probes.interfaces = lambda: (
+        interfaces
+        if interfaces is not None
+        else {
+            "lo": doctor.IFF_UP | doctor.IFF_LOOPBACK | doctor.IFF_RUNNING,
+            "eth0": doctor.IFF_UP | doctor.IFF_RUNNING | doctor.IFF_MULTICAST,
+        }
+    )
     probes.disk = lambda path: (path, free, 64 * GIB)
     probes.now = lambda: now
     probes.ntp_synchronized = lambda: ntp
@@ -63,9 +86,13 @@ def test_memory_cgroup_off_on_a_pi_names_the_cmdline_file():
 
 
 def test_memory_cgroup_v1_disabled_on_an_older_pi():
-    files = {"/sys/fs/cgroup/cgroup.controllers": None, "/boot/firmware/cmdline.txt": None,
-             "/boot/cmdline.txt": "console=tty1\n", "/sys/fs/cgroup/memory": "",
-             "/proc/cgroups": "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t2\t1\t1\nmemory\t0\t1\t0\n"}
+    files = {
+        "/sys/fs/cgroup/cgroup.controllers": None,
+        "/boot/firmware/cmdline.txt": None,
+        "/boot/cmdline.txt": "console=tty1\n",
+        "/sys/fs/cgroup/memory": "",
+        "/proc/cgroups": "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t2\t1\t1\nmemory\t0\t1\t0\n",
+    }
     cgroup = by_name(doctor.run("worker", pi(files=files)))["cgroup"]
     assert cgroup.status == "fail" and "/boot/cmdline.txt" in cgroup.fix
     files["/proc/cgroups"] = files["/proc/cgroups"].replace("memory\t0\t1\t0", "memory\t5\t40\t1")
@@ -84,16 +111,18 @@ def test_no_docker_engine():
 
 
 def test_multicast_needs_a_lan_interface_up():
-    only_virtual = {"lo": doctor.IFF_UP | doctor.IFF_LOOPBACK | doctor.IFF_RUNNING,
-                    "docker0": doctor.IFF_UP | doctor.IFF_RUNNING | doctor.IFF_MULTICAST,
-                    "veth12ab": doctor.IFF_UP | doctor.IFF_RUNNING | doctor.IFF_MULTICAST,
-                    "wlan0": doctor.IFF_UP | doctor.IFF_MULTICAST}  # up but no carrier
+    only_virtual = {
+        "lo": doctor.IFF_UP | doctor.IFF_LOOPBACK | doctor.IFF_RUNNING,
+        "docker0": doctor.IFF_UP | doctor.IFF_RUNNING | doctor.IFF_MULTICAST,
+        "veth12ab": doctor.IFF_UP | doctor.IFF_RUNNING | doctor.IFF_MULTICAST,
+        "wlan0": doctor.IFF_UP | doctor.IFF_MULTICAST,
+    }  # up but no carrier
     check = by_name(doctor.run("worker", pi(interfaces=only_virtual)))["multicast"]
     assert check.status == "warn" and "--manager" in check.fix
     assert by_name(doctor.run("worker", pi()))["multicast"].detail.endswith("eth0")
 
 
-@pytest.mark.parametrize("free, status", [(512 * 1024 ** 2, "fail"), (3 * GIB, "warn"), (20 * GIB, "ok")])
+@pytest.mark.parametrize("free, status", [(512 * 1024**2, "fail"), (3 * GIB, "warn"), (20 * GIB, "ok")])
 def test_disk(free, status):
     assert by_name(doctor.run("worker", pi(free=free)))["disk"].status == status
 
@@ -144,8 +173,13 @@ def test_render_lines_fixes_and_json():
 @pytest.mark.docker
 def test_this_machine(busybox_image, pyz, tmp_path):
     """The real probes, through the pyz: this CI machine runs workers, so nothing may fail."""
-    done = subprocess.run([sys.executable, pyz, "doctor", "--json"], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "CUBE_DATA": str(tmp_path)})
+    done = subprocess.run(
+        [sys.executable, pyz, "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CUBE_DATA": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
     assert checks["docker"]["status"] == "ok" and checks["cgroup"]["status"] == "ok"
@@ -154,14 +188,22 @@ def test_this_machine(busybox_image, pyz, tmp_path):
 
 # -- cube.ops.zipapp: what the pyz may import ------------------------------------------------------------------------
 
+
 def test_isolate_drops_what_the_host_added_after_the_pyz():
     own = "/root/.shiv/cube_x/site-packages"
-    path = ["/app.pyz", "/env/pythonpath", "/usr/lib/python311.zip", "/usr/lib/python3.11", own,
-            own + "/extra", "/usr/local/lib/python3.11/dist-packages", "/usr/lib/python3/dist-packages",
-            "/home/u/src/editable"]
+    path = [
+        "/app.pyz",
+        "/env/pythonpath",
+        "/usr/lib/python311.zip",
+        "/usr/lib/python3.11",
+        own,
+        own + "/extra",
+        "/usr/local/lib/python3.11/dist-packages",
+        "/usr/lib/python3/dist-packages",
+        "/home/u/src/editable",
+    ]
     zipapp.isolate(path, own)
-    assert path == ["/app.pyz", "/env/pythonpath", "/usr/lib/python311.zip", "/usr/lib/python3.11", own,
-                    own + "/extra"]
+    assert path == ["/app.pyz", "/env/pythonpath", "/usr/lib/python311.zip", "/usr/lib/python3.11", own, own + "/extra"]
 
 
 def test_psutil_from_the_wrong_build_is_an_error_with_the_fix():

@@ -2,6 +2,7 @@
 reach each other over the private LAN, fail one at a time, and leave nothing behind. These also pin down how
 Docker 20.10 treats containers when its engine is stopped, killed and started again, which tests of Cube's
 worker rely on."""
+
 import json
 import os
 import signal
@@ -11,10 +12,9 @@ import sys
 import threading
 import urllib.request
 
-import pytest
-
 import engines
 import netns
+import pytest
 from conftest import wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns]
@@ -36,8 +36,20 @@ def inspect(lan, host, name) -> dict:
 
 def serve(lan, host, image, name, text, port=8080) -> None:
     """A busybox httpd container on `host` serving `text` at /index.html, published on `port`."""
-    docker_ok(lan, host, "run", "-d", "--name", name, "-p", f"{port}:80", image,
-              "sh", "-c", f"echo {text} > /www/index.html && exec httpd -f -p 80 -h /www")
+    docker_ok(
+        lan,
+        host,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-p",
+        f"{port}:80",
+        image,
+        "sh",
+        "-c",
+        f"echo {text} > /www/index.html && exec httpd -f -p 80 -h /www",
+    )
 
 
 def fetch(lan, host, url) -> str | None:
@@ -65,8 +77,12 @@ def test_three_engines_each_with_its_own_containers(engine_lan, busybox_image):
         subnet = docker_ok(lan, host, "network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Subnet}}")
         assert subnet == f"172.31.{host.index}.0/24"
     # The machine's own engine sees none of them.
-    mine = subprocess.run(["docker", "ps", "-a", "--filter", "name=only-on-h", "--format", "{{.Names}}"],
-                          capture_output=True, text=True, timeout=30)
+    mine = subprocess.run(
+        ["docker", "ps", "-a", "--filter", "name=only-on-h", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert mine.returncode == 0 and mine.stdout.strip() == ""
 
 
@@ -105,8 +121,21 @@ def test_kill_engine_leaves_containers_running_until_it_starts_again(engine_lan,
     host = lan.hosts[0]
     # --stop-timeout 1: starting again stops them, each after its stop timeout (a plain sleep ignores SIGTERM).
     docker_ok(lan, host, "run", "-d", "--name", "plain", "--stop-timeout", "1", busybox_image, "sleep", "1000")
-    docker_ok(lan, host, "run", "-d", "--name", "always", "--stop-timeout", "1", "--restart", "always",
-              busybox_image, "sleep", "1000")
+    docker_ok(
+        lan,
+        host,
+        "run",
+        "-d",
+        "--name",
+        "always",
+        "--stop-timeout",
+        "1",
+        "--restart",
+        "always",
+        busybox_image,
+        "sleep",
+        "1000",
+    )
     pids = {name: inspect(lan, host, name)["State"]["Pid"] for name in ("plain", "always")}
 
     lan.kill_engine(host)
@@ -161,8 +190,12 @@ def test_forward_reaches_servers_inside_namespaces_from_the_test_process(engine_
     serve(lan, h0, busybox_image, "web", "via-forward")
     # A plain process in a namespace, as the manager is: listening on the host's LAN address only.
     (tmp_path / "hello.txt").write_text("from-a-process")
-    lan.run(h2, [sys.executable, "-m", "http.server", "5555", "--bind", h2.ip, "--directory", str(tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lan.run(
+        h2,
+        [sys.executable, "-m", "http.server", "5555", "--bind", h2.ip, "--directory", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def get(port, path):
         try:
@@ -170,6 +203,7 @@ def test_forward_reaches_servers_inside_namespaces_from_the_test_process(engine_
                 return response.read().decode().strip()
         except OSError:
             return None
+
     web, manager = lan.forward(h0, 8080), lan.forward(h2, 5555)
     assert wait_for(lambda: get(web, "index.html"), timeout=10) == "via-forward"
     assert wait_for(lambda: get(manager, "hello.txt"), timeout=10) == "from-a-process"
@@ -247,8 +281,12 @@ os.kill(os.getpid(), 9)  # a crash: no teardown runs
 
 
 def test_next_run_removes_what_a_crashed_run_left(engine_lan, busybox_image):
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_RUN.format(here=HERE, image=busybox_image)],
-                             capture_output=True, text=True, timeout=120)
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHING_RUN.format(here=HERE, image=busybox_image)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     root, cgroup_parent, containerd_sock, container_id = crashed.stdout.split()
     tag = os.path.basename(root)

@@ -5,14 +5,15 @@ one copy of each task runs once the fault is over (and, where the policy promise
 
 Timings on this machine are in the closing notes of issue 9; the tests assert outcomes, never speed.
 """
+
 from __future__ import annotations
 
 import subprocess
 import time
 
 import pytest
-
 from conftest import wait_for
+
 from cube.cluster.client import Client
 from cube.core.errors import CubeError
 
@@ -37,25 +38,68 @@ class FaultCluster:
         for host in self.worker_hosts:
             self.start_worker(host)
         workers = ",".join(f"{h.ip}:5556" for h in self.worker_hosts)
-        self._start("manager", self.manager_host,
-                    ["manager", "--port", "5555", "--data", str(tmp / "manager"), "--token", TOKEN, "--no-mdns",
-                     "--workers", workers, "--node-timeout", str(NODE_TIMEOUT)])
+        self._start(
+            "manager",
+            self.manager_host,
+            [
+                "manager",
+                "--port",
+                "5555",
+                "--data",
+                str(tmp / "manager"),
+                "--token",
+                TOKEN,
+                "--no-mdns",
+                "--workers",
+                workers,
+                "--node-timeout",
+                str(NODE_TIMEOUT),
+            ],
+        )
         self.client = Client(f"http://127.0.0.1:{lan.forward(self.manager_host, 5555)}", TOKEN, timeout=10)
         wait_for(lambda: self._ready() == len(self.worker_hosts), timeout=60, interval=0.2)
 
     def _start(self, key: str, host, args: list[str], env: dict | None = None) -> None:
         log = open(self.tmp / f"{key}.log", "ab")
-        self.procs[key] = self.lan.run(host, [self.pyz, *args], stdout=log, stderr=subprocess.STDOUT,
-                                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-                                            "CUBE_NO_MDNS": "1", **(env or {})}, start_new_session=True)
+        self.procs[key] = self.lan.run(
+            host,
+            [self.pyz, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "CUBE_NO_MDNS": "1", **(env or {})},
+            start_new_session=True,
+        )
         log.close()
 
     def start_worker(self, host) -> None:
         name = self.names[host.name]
-        self._start(name, host, ["worker", "--port", "5556", "--name", name, "--data", str(self.tmp / name),
-                                 "--token", TOKEN, "--no-mdns", "--stop-timeout", str(STOP_TIMEOUT),
-                                 "--disconnect-timeout", str(DISCONNECT_TIMEOUT), "--cpus", "2",
-                                 "--memory", "2g", "--label", f"node={name}"], {"DOCKER_HOST": host.docker_host})
+        self._start(
+            name,
+            host,
+            [
+                "worker",
+                "--port",
+                "5556",
+                "--name",
+                name,
+                "--data",
+                str(self.tmp / name),
+                "--token",
+                TOKEN,
+                "--no-mdns",
+                "--stop-timeout",
+                str(STOP_TIMEOUT),
+                "--disconnect-timeout",
+                str(DISCONNECT_TIMEOUT),
+                "--cpus",
+                "2",
+                "--memory",
+                "2g",
+                "--label",
+                f"node={name}",
+            ],
+            {"DOCKER_HOST": host.docker_host},
+        )
 
     def kill_worker(self, host) -> None:
         proc = self.procs.pop(self.names[host.name])
@@ -103,8 +147,11 @@ class FaultCluster:
     def show(self, moment: str) -> None:
         """What `cube status` and `cube nodes` would print now (seen with pytest -s; the issue's closing note)."""
         from cube.cli import output
-        print(f"\n--- {moment}\n{output.tasks_table(self.client.get('/tasks'))}\n"
-              f"{output.nodes_table(self.client.get('/nodes'))}")
+
+        print(
+            f"\n--- {moment}\n{output.tasks_table(self.client.get('/tasks'))}\n"
+            f"{output.nodes_table(self.client.get('/nodes'))}"
+        )
 
     def fetch(self, from_host, address: str) -> str:
         # No -T: busybox 1.35's static wget crashes with it; the subprocess timeout bounds the wait.
@@ -119,8 +166,9 @@ def cluster(engine_lan, pyz, tmp_path):
 
 
 def test_worker_killed_and_back_restarts_nothing_and_loses_nothing(cluster):
-    job = cluster.client.post("/jobs", {"name": "web", "count": 4, "task": {"image": IMAGE, "command": HTTPD,
-                                                                          "ports": ["80"]}})
+    job = cluster.client.post(
+        "/jobs", {"name": "web", "count": 4, "task": {"image": IMAGE, "command": HTTPD, "ports": ["80"]}}
+    )
     wait_for(lambda: cluster.client.get("/jobs/web")["running"] == 4, timeout=60)
     before = {t["id"]: cluster.containers(t["id"]) for t in job["tasks"]}
     victim = cluster.host(cluster.client.get("/jobs/web")["tasks"][0]["node"])
@@ -137,8 +185,9 @@ def test_worker_killed_and_back_restarts_nothing_and_loses_nothing(cluster):
 
 def test_task_placed_back_on_its_returning_node_survives(cluster):
     n1, n2 = (cluster.names[h.name] for h in cluster.worker_hosts)
-    blocker = cluster.client.post("/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["8080:80"],
-                                             "constraints": [f"node={n2}"]})
+    blocker = cluster.client.post(
+        "/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["8080:80"], "constraints": [f"node={n2}"]}
+    )
     wait_for(lambda: cluster.running_on(blocker["id"], n2), timeout=60)
     task = cluster.client.post("/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["8080:80"]})
     wait_for(lambda: cluster.running_on(task["id"], n1), timeout=60)
@@ -148,7 +197,7 @@ def test_task_placed_back_on_its_returning_node_survives(cluster):
     cluster.show("failure 2: n1's worker killed; the task's port is taken on n2")
     cluster.start_worker(cluster.host(n1))
     got = wait_for(lambda: cluster.running_on(task["id"], n1), timeout=30)
-    time.sleep(3)   # several rounds: nothing may stop it now
+    time.sleep(3)  # several rounds: nothing may stop it now
     assert cluster.running_on(task["id"], n1)["generation"] == got["generation"]
     assert cluster.copies(task["id"]) == 1
     cluster.show("failure 2: n1's worker back")
@@ -158,17 +207,21 @@ def test_task_placed_back_on_its_returning_node_survives(cluster):
 def test_engine_stop_and_start_brings_services_back_without_a_copy(cluster):
     n1 = cluster.names[cluster.worker_hosts[0].name]
     host = cluster.host(n1)
-    tasks = [cluster.client.post("/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["80"],
-                                            "constraints": [f"node={n1}"]}) for _ in range(3)]
+    tasks = [
+        cluster.client.post(
+            "/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["80"], "constraints": [f"node={n1}"]}
+        )
+        for _ in range(3)
+    ]
     for task in tasks:
         wait_for(lambda: cluster.running_on(task["id"], n1), timeout=60)
-    cluster.lan.stop_engine(host)   # systemctl stop docker: every container ends with it
+    cluster.lan.stop_engine(host)  # systemctl stop docker: every container ends with it
     node = wait_for(lambda: (n := cluster.node(n1))["state"] == "unhealthy" and n, timeout=20)
     assert "engine" in node["reason"]
     cluster.show("failure 3: n1's dockerd stopped (SIGTERM)")
     for task in tasks:
         got = cluster.task(task["id"])
-        assert got["state"] == "scheduled" and got["desired"] == "run", got   # not completed
+        assert got["state"] == "scheduled" and got["desired"] == "run", got  # not completed
     other = cluster.client.post("/tasks", {"image": IMAGE, "command": ["sleep", "300"]})
     assert wait_for(lambda: cluster.running_on(other["id"]), timeout=30)["node"] != n1, "no placement on it"
     cluster.lan.start_engine(host)
@@ -186,8 +239,7 @@ def test_engine_stop_and_start_brings_services_back_without_a_copy(cluster):
 
 def test_engine_down_past_the_node_timeout_moves_tasks_one_copy_after_return(cluster):
     n1, n2 = (cluster.names[h.name] for h in cluster.worker_hosts)
-    task = cluster.client.post("/tasks", {"image": IMAGE, "command": ["sleep", "300"],
-                                          "constraints": [f"node={n1}"]})
+    task = cluster.client.post("/tasks", {"image": IMAGE, "command": ["sleep", "300"], "constraints": [f"node={n1}"]})
     free = cluster.client.post("/tasks", {"image": IMAGE, "command": ["sleep", "300"]})
     wait_for(lambda: cluster.running_on(task["id"], n1) and cluster.running_on(free["id"]), timeout=60)
     moving = free if cluster.task(free["id"])["node"] == n1 else None
@@ -215,7 +267,7 @@ def test_partition_moves_tasks_and_one_copy_runs_after_healing(cluster):
     keep_cut = cluster.task(keep["id"])["node"] == cut
     cluster.lan.partition(cluster.host(cut))
     started, overlaps = time.monotonic(), 0
-    while time.monotonic() - started < 30:   # the issue's 30 s cut
+    while time.monotonic() - started < 30:  # the issue's 30 s cut
         overlaps += cluster.copies(stop["id"]) > 1
         time.sleep(0.5)
     moved = cluster.task(stop["id"])
@@ -233,8 +285,10 @@ def test_partition_moves_tasks_and_one_copy_runs_after_healing(cluster):
 
 
 def test_crash_looping_service_is_rescheduled_to_another_node(cluster):
-    task = cluster.client.post("/tasks", {"image": IMAGE, "command": ["sh", "-c", "sleep 1; exit 3"],
-                                          "restart": {"max_restarts": 1, "window": 60}})
+    task = cluster.client.post(
+        "/tasks",
+        {"image": IMAGE, "command": ["sh", "-c", "sleep 1; exit 3"], "restart": {"max_restarts": 1, "window": 60}},
+    )
     first = wait_for(lambda: cluster.task(task["id"])["node"] or None, timeout=30)
     moved = wait_for(lambda: (t := cluster.task(task["id"]))["node"] not in ("", first) and t, timeout=60)
     cluster.show("failure 4: a service that used up its restarts on its node")

@@ -1,6 +1,7 @@
 """`cube install` / `uninstall` into a temporary root: the real logic (files, modes, environment file edits,
 `systemctl --root=DIR enable`), the systemctl sequence of a live install (recorded), the preconditions' errors,
 and the units themselves (`systemd-analyze verify` must print nothing). A real boot is tests/nspawn_boot.sh."""
+
 import json
 import os
 import pathlib
@@ -12,9 +13,9 @@ import zipfile
 
 import pytest
 
-from cube.ops import install
 from cube.cli.main import main
 from cube.core.errors import CubeError
+from cube.ops import install
 
 REPO = pathlib.Path(__file__).parent.parent
 
@@ -61,6 +62,7 @@ def env_of(root) -> dict:
 
 # -- the units -------------------------------------------------------------------------------------------------
 
+
 def test_repository_units_are_what_install_writes():
     for role in install.ROLES:
         assert (REPO / "systemd" / install.unit_name(role)).read_text() == install.unit_text(role)
@@ -93,16 +95,25 @@ def test_units_run_the_installed_pyz_with_the_env_file_and_state_directory():
 
 # -- install ---------------------------------------------------------------------------------------------------
 
+
 def test_install_worker_writes_pyz_unit_and_env_file_with_their_modes(root, host, pyz):
-    done = install.install("worker", pyz=pyz, token="tok-1", host=host,
-                           args=install.role_args("worker", manager="http://m:5555", labels=["room=attic"]))
+    done = install.install(
+        "worker",
+        pyz=pyz,
+        token="tok-1",
+        host=host,
+        args=install.role_args("worker", manager="http://m:5555", labels=["room=attic"]),
+    )
     assert (root / "usr/local/bin/cube").read_bytes() == pathlib.Path(pyz).read_bytes()
     assert mode(root / "usr/local/bin/cube") == 0o755
     unit = root / "etc/systemd/system/cube-worker.service"
     assert unit.read_text() == install.unit_text("worker") and mode(unit) == 0o644
     assert mode(root / "etc/cube/cube.env") == 0o600
-    assert env_of(root) == {"CUBE_TOKEN": "tok-1", "CUBE_MANAGER_ARGS": "--port 5555",
-                            "CUBE_WORKER_ARGS": "--port 5556 --manager http://m:5555 --label room=attic"}
+    assert env_of(root) == {
+        "CUBE_TOKEN": "tok-1",
+        "CUBE_MANAGER_ARGS": "--port 5555",
+        "CUBE_WORKER_ARGS": "--port 5556 --manager http://m:5555 --label room=attic",
+    }
     # enabled by the real systemctl, offline, in that root
     wants = root / "etc/systemd/system/multi-user.target.wants/cube-worker.service"
     assert os.readlink(wants) == "/etc/systemd/system/cube-worker.service"
@@ -169,8 +180,11 @@ def test_live_install_reloads_enables_starts_and_restarts_only_on_change(root, p
 
     host = install.Host(str(root), euid=0, run=run, live=True, settle=0, wait=0)
     install.install("manager", pyz=pyz, token="t", host=host)
-    assert calls[:3] == ["systemctl daemon-reload", "systemctl enable cube-manager.service",
-                         "systemctl restart cube-manager.service"]
+    assert calls[:3] == [
+        "systemctl daemon-reload",
+        "systemctl enable cube-manager.service",
+        "systemctl restart cube-manager.service",
+    ]
     calls.clear()
     install.install("worker", pyz=pyz, host=host)  # same pyz: the manager keeps running
     assert "systemctl restart cube-worker.service" in calls and not any("restart cube-manager" in c for c in calls)
@@ -193,6 +207,7 @@ def test_live_install_reports_a_service_that_does_not_stay_up(root, pyz):
 
 
 # -- refusals --------------------------------------------------------------------------------------------------
+
 
 def test_not_root(root, pyz):
     with pytest.raises(CubeError, match="needs root: run it with sudo"):
@@ -233,6 +248,7 @@ def test_flags_that_systemd_would_split_are_refused():
 
 # -- uninstall -------------------------------------------------------------------------------------------------
 
+
 def test_uninstall_keeps_data_and_settings_and_the_last_role_takes_the_pyz(root, host, pyz):
     install.install("manager", pyz=pyz, token="t", host=host)
     install.install("worker", pyz=pyz, host=host)
@@ -257,9 +273,28 @@ def test_uninstall_purge_removes_everything(root, host, pyz):
 
 # -- through the command line ----------------------------------------------------------------------------------
 
+
 def test_cli_install_and_uninstall(root, pyz, capsys):
-    assert main(["install", "worker", "--root", str(root), "--pyz", pyz, "--token", "12345", "--label", "a=b",
-                 "--label", "c=d", "--no-mdns"]) == 0
+    assert (
+        main(
+            [
+                "install",
+                "worker",
+                "--root",
+                str(root),
+                "--pyz",
+                pyz,
+                "--token",
+                "12345",
+                "--label",
+                "a=b",
+                "--label",
+                "c=d",
+                "--no-mdns",
+            ]
+        )
+        == 0
+    )
     assert env_of(root)["CUBE_TOKEN"] == "12345"
     assert env_of(root)["CUBE_WORKER_ARGS"] == "--port 5556 --label a=b --label c=d --no-mdns"
     assert main(["uninstall", "worker", "--root", str(root), "--purge"]) == 0

@@ -1,21 +1,23 @@
 """Manager tests on the fake runtime through HTTP: a real manager and real workers talking on loopback (no Docker),
 plus manager restarts from its diskcache store. The decisions themselves are tested in test_converge.py."""
+
 import time
 
 import pytest
-
 from conftest import wait_for
+
 from cube.cluster.client import Client
+from cube.cluster.manager_service import start_dev
 from cube.core.errors import BadRequest, Conflict, NotFound, Unauthorized
 from cube.worker.runtime import FakeRuntime
-from cube.cluster.manager_service import start_dev
 
 
 @pytest.fixture
 def cluster(tmp_path):
     runtime = FakeRuntime()
-    service = start_dev(port=0, data=str(tmp_path / "dev"), workers=2, runtime=runtime, cpus=2, memory=4 << 30,
-                        node_timeout=3.0)
+    service = start_dev(
+        port=0, data=str(tmp_path / "dev"), workers=2, runtime=runtime, cpus=2, memory=4 << 30, node_timeout=3.0
+    )
     client = Client(service.url, service.token)
     yield service, client, runtime
     service.close()
@@ -84,10 +86,12 @@ def test_bad_input_is_400_with_message(cluster):
     with pytest.raises(BadRequest, match="not valid JSON"):
         client._local.conn = None
         import http.client
+
         conn = http.client.HTTPConnection("127.0.0.1", service.server.port)
         conn.request("POST", "/tasks", body=b"{nope", headers={"Authorization": f"Bearer {service.token}"})
         response = conn.getresponse()
         from cube.cluster.client import _error
+
         raise _error(response.status, response.read())
     assert client.get("/tasks") == []
 

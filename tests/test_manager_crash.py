@@ -2,12 +2,14 @@
 of one `POST /jobs` of 1,000 tasks, then started again; the client resends the same job, as it does after a lost
 answer. The workers are real Worker processes on the fake runtime (bench/fakeworker.py), so 1,000 tasks are cheap.
 """
+
 import subprocess
 import sys
 import threading
 import time
 
 from conftest import ROOT, free_port, wait_for
+
 from cube.cluster.client import Client
 from cube.core.errors import CubeError
 
@@ -17,11 +19,35 @@ JOB = {"name": "big", "count": 1000, "task": {"image": "busybox", "command": ["s
 
 def test_job_cut_short_by_a_manager_crash_is_completed(pyz, procs, tmp_path):
     ports = [free_port(), free_port()]
-    procs([sys.executable, "-m", "bench.fakeworker", "--ports", ",".join(map(str, ports)), "--name", "fake",
-           "--token", TOKEN], tmp_path / "workers.log", env={"PYTHONPATH": str(ROOT)})
+    procs(
+        [
+            sys.executable,
+            "-m",
+            "bench.fakeworker",
+            "--ports",
+            ",".join(map(str, ports)),
+            "--name",
+            "fake",
+            "--token",
+            TOKEN,
+        ],
+        tmp_path / "workers.log",
+        env={"PYTHONPATH": str(ROOT)},
+    )
     port = free_port()
-    argv = [pyz, "manager", "--port", str(port), "--data", str(tmp_path / "manager"), "--token", TOKEN,
-            "--no-mdns", "--workers", ",".join(f"127.0.0.1:{p}" for p in ports)]
+    argv = [
+        pyz,
+        "manager",
+        "--port",
+        str(port),
+        "--data",
+        str(tmp_path / "manager"),
+        "--token",
+        TOKEN,
+        "--no-mdns",
+        "--workers",
+        ",".join(f"127.0.0.1:{p}" for p in ports),
+    ]
     manager = procs(argv, tmp_path / "manager.log")
     manager.wait_http(f"http://127.0.0.1:{port}")
     client = Client(f"http://127.0.0.1:{port}", TOKEN, timeout=60)
@@ -30,7 +56,7 @@ def test_job_cut_short_by_a_manager_crash_is_completed(pyz, procs, tmp_path):
     answered = []
     sender = threading.Thread(target=lambda: _post(client, answered))
     sender.start()
-    time.sleep(0.4)   # the manager is creating the job's tasks, one by one, each persisted
+    time.sleep(0.4)  # the manager is creating the job's tasks, one by one, each persisted
     manager.kill(9)
     sender.join()
     assert not answered, "killed before it answered: the client saw no acknowledgement"
@@ -40,7 +66,7 @@ def test_job_cut_short_by_a_manager_crash_is_completed(pyz, procs, tmp_path):
     kept = len(client.get("/tasks"))
     print(f"\nafter the crash the store held {kept} of the job's 1000 tasks")
     assert 0 < kept < 1000, "the kill came in the middle of the submission"
-    job = client.post("/jobs", JOB)   # the client resends after the lost answer
+    job = client.post("/jobs", JOB)  # the client resends after the lost answer
     assert job["count"] == 1000
     wait_for(lambda: client.get("/jobs/big")["running"] == 1000, timeout=120, interval=0.5)
     tasks = client.get("/tasks", job="big")
@@ -59,25 +85,43 @@ def test_idle_manager_and_workers_write_nothing(pyz, procs, tmp_path):
     nothing happening leaves the manager's files untouched for 5 s (every round of the converge loop ran ~20
     times meanwhile)."""
     ports = [free_port()]
-    procs([sys.executable, "-m", "bench.fakeworker", "--ports", str(ports[0]), "--name", "idle", "--token", TOKEN],
-          tmp_path / "workers.log", env={"PYTHONPATH": str(ROOT)})
+    procs(
+        [sys.executable, "-m", "bench.fakeworker", "--ports", str(ports[0]), "--name", "idle", "--token", TOKEN],
+        tmp_path / "workers.log",
+        env={"PYTHONPATH": str(ROOT)},
+    )
     port = free_port()
-    manager = procs([pyz, "manager", "--port", str(port), "--data", str(tmp_path / "manager"), "--token", TOKEN,
-                     "--no-mdns", "--workers", f"127.0.0.1:{ports[0]}"], tmp_path / "manager.log")
+    manager = procs(
+        [
+            pyz,
+            "manager",
+            "--port",
+            str(port),
+            "--data",
+            str(tmp_path / "manager"),
+            "--token",
+            TOKEN,
+            "--no-mdns",
+            "--workers",
+            f"127.0.0.1:{ports[0]}",
+        ],
+        tmp_path / "manager.log",
+    )
     manager.wait_http(f"http://127.0.0.1:{port}")
     client = Client(f"http://127.0.0.1:{port}", TOKEN)
     wait_for(lambda: client.get("/nodes") and client.get("/nodes")[0]["state"] == "ready", timeout=30)
     client.post("/jobs", {"name": "quiet", "count": 20, "task": {"image": "busybox"}})
     wait_for(lambda: client.get("/jobs/quiet")["running"] == 20, timeout=30)
-    time.sleep(11)   # past the manager's full sweep (every 10 s)
+    time.sleep(11)  # past the manager's full sweep (every 10 s)
     before = _snapshot(tmp_path / "manager")
     time.sleep(5)
     assert _snapshot(tmp_path / "manager") == before
 
 
 def _snapshot(directory) -> dict:
-    out = subprocess.run(["find", str(directory), "-type", "f", "-printf", "%p %s %T@\n"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["find", str(directory), "-type", "f", "-printf", "%p %s %T@\n"], capture_output=True, text=True, check=True
+    ).stdout
     snapshot = {}
     for line in out.splitlines():
         path, size, mtime = line.rsplit(" ", 2)

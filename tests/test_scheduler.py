@@ -1,5 +1,6 @@
 """The scheduler through its public functions: clusters built with the factories, assertions on the placements
 (which node, which reasons, which scores) and on the nodes' bookkeeping afterwards."""
+
 import ast
 import copy
 import dataclasses
@@ -55,22 +56,33 @@ def names(placements):
 
 def test_checks_are_a_pipeline_and_a_fresh_node_fits():
     assert len(CHECKS) == 6 and all(callable(check) for check in CHECKS)
-    assert feasible(make_spec(cpu=1, memory="1g", disk="1g", ports=["8080:80"], constraints=["arch=amd64"]),
-                    make_node()) is None
+    assert (
+        feasible(make_spec(cpu=1, memory="1g", disk="1g", ports=["8080:80"], constraints=["arch=amd64"]), make_node())
+        is None
+    )
 
 
-@pytest.mark.parametrize("node, spec, reason", [
-    (make_node(state="down"), make_spec(), "node is down"),
-    (make_node(state="draining"), make_spec(), "node is draining"),
-    (make_node(cpu=4, allocated={"cpu": 3.5}), make_spec(cpu=2), "insufficient cpu (needs 2 cores, free 0.5)"),
-    (make_node(cpu=4, allocated={"cpu": 3}), make_spec(cpu=1.5), "insufficient cpu (needs 1.5 cores, free 1)"),
-    (make_node(memory="1g", allocated={"memory": "824m"}), make_spec(memory="512m"),
-     "insufficient memory (needs 512 MiB, free 200 MiB)"),
-    (make_node(disk="10g", allocated={"disk": "9g"}), make_spec(disk="2g"),
-     "insufficient disk (needs 2 GiB, free 1 GiB)"),
-    (make_node(), make_spec(constraints=["arch=aarch64"]), "constraint arch=aarch64 not met (node has x86_64)"),
-    (make_node(used_ports=[(8080, "tcp")]), make_spec(ports=["8080:80"]), "host port 8080/tcp already used"),
-])
+@pytest.mark.parametrize(
+    "node, spec, reason",
+    [
+        (make_node(state="down"), make_spec(), "node is down"),
+        (make_node(state="draining"), make_spec(), "node is draining"),
+        (make_node(cpu=4, allocated={"cpu": 3.5}), make_spec(cpu=2), "insufficient cpu (needs 2 cores, free 0.5)"),
+        (make_node(cpu=4, allocated={"cpu": 3}), make_spec(cpu=1.5), "insufficient cpu (needs 1.5 cores, free 1)"),
+        (
+            make_node(memory="1g", allocated={"memory": "824m"}),
+            make_spec(memory="512m"),
+            "insufficient memory (needs 512 MiB, free 200 MiB)",
+        ),
+        (
+            make_node(disk="10g", allocated={"disk": "9g"}),
+            make_spec(disk="2g"),
+            "insufficient disk (needs 2 GiB, free 1 GiB)",
+        ),
+        (make_node(), make_spec(constraints=["arch=aarch64"]), "constraint arch=aarch64 not met (node has x86_64)"),
+        (make_node(used_ports=[(8080, "tcp")]), make_spec(ports=["8080:80"]), "host port 8080/tcp already used"),
+    ],
+)
 def test_each_rejection_has_a_concrete_reason(node, spec, reason):
     assert feasible(spec, node) == reason
     placement = place(spec, [node])
@@ -100,18 +112,21 @@ def test_float_sums_do_not_lock_out_a_task_that_fits_exactly():
     assert feasible(make_spec(cpu=0.31), node) is not None
 
 
-@pytest.mark.parametrize("arch, constraint, fits", [
-    ("aarch64", "arch=arm64", True),
-    ("arm64", "arch=aarch64", True),
-    ("x86_64", "arch==amd64", True),
-    ("amd64", "arch=x86_64", True),
-    ("armv7l", "arch=armhf", True),
-    ("armhf", "arch=armv7l", True),
-    ("x86_64", "arch=aarch64", False),
-    ("x86_64", "arch!=amd64", False),
-    ("aarch64", "arch!=amd64", True),
-    ("armv7l", "arch=aarch64", False),
-])
+@pytest.mark.parametrize(
+    "arch, constraint, fits",
+    [
+        ("aarch64", "arch=arm64", True),
+        ("arm64", "arch=aarch64", True),
+        ("x86_64", "arch==amd64", True),
+        ("amd64", "arch=x86_64", True),
+        ("armv7l", "arch=armhf", True),
+        ("armhf", "arch=armv7l", True),
+        ("x86_64", "arch=aarch64", False),
+        ("x86_64", "arch!=amd64", False),
+        ("aarch64", "arch!=amd64", True),
+        ("armv7l", "arch=aarch64", False),
+    ],
+)
 def test_arch_constraints_know_the_aliases(arch, constraint, fits):
     reason = feasible(make_spec(constraints=[constraint]), make_node(arch=arch))
     assert (reason is None) == fits
@@ -121,8 +136,9 @@ def test_arch_constraints_know_the_aliases(arch, constraint, fits):
 
 def test_hostname_user_label_and_unknown_key_constraints():
     pi3, pi4 = make_node("pi-3", labels={"disk": "ssd"}), make_node("pi-4")
-    assert feasible(make_spec(constraints=["hostname!=pi-3"]), pi3) == \
-        "constraint hostname!=pi-3 not met (node has pi-3)"
+    assert (
+        feasible(make_spec(constraints=["hostname!=pi-3"]), pi3) == "constraint hostname!=pi-3 not met (node has pi-3)"
+    )
     assert feasible(make_spec(constraints=["hostname!=pi-3"]), pi4) is None
     assert feasible(make_spec(constraints=["disk=ssd"]), pi3) is None
     assert feasible(make_spec(constraints=["disk=hdd"]), pi3) == "constraint disk=hdd not met (node has ssd)"
@@ -139,8 +155,10 @@ def test_constraints_steer_the_placement_to_the_matching_node():
     nodes = [make_node("srv-1"), make_node("pi-1", cpu=4, memory="4g", arch="aarch64"), make_node("srv-2")]
     placement = place(make_spec(constraints=["arch=arm64"]), nodes)
     assert placement.node.name == "pi-1"
-    assert placement.reasons == {"srv-1": "constraint arch=arm64 not met (node has x86_64)",
-                                 "srv-2": "constraint arch=arm64 not met (node has x86_64)"}
+    assert placement.reasons == {
+        "srv-1": "constraint arch=arm64 not met (node has x86_64)",
+        "srv-2": "constraint arch=arm64 not met (node has x86_64)",
+    }
 
 
 def test_host_port_conflicts():
@@ -191,7 +209,7 @@ def test_roundrobin_place_many_continues_the_same_rotation():
 def test_epvm_cost_is_the_books_formula():
     node = make_node(cpu=4, memory="8g")
     placement = place(make_spec(cpu=1, memory="2g"), [node])
-    cost = 2 * (LIEB ** 0.25 - 1)
+    cost = 2 * (LIEB**0.25 - 1)
     assert placement.scores["node-a"] == pytest.approx(-cost / (2 * (LIEB - 1)))
     assert LIEB == pytest.approx(1.53960071783900203869)
 
@@ -206,8 +224,10 @@ def test_epvm_picks_the_emptier_node():
 def test_epvm_really_counts_cpu():
     # "cpu-full" has all its memory free but little cpu; "mem-half" the opposite. A task that asks for cpu must
     # go where the cpu is, although memory alone would say "cpu-full".
-    nodes = [make_node("cpu-full", cpu=4, memory="8g", allocated={"cpu": 3.5}, tasks=7),
-             make_node("mem-half", cpu=4, memory="8g", allocated={"memory": "4g"}, tasks=7)]
+    nodes = [
+        make_node("cpu-full", cpu=4, memory="8g", allocated={"cpu": 3.5}, tasks=7),
+        make_node("mem-half", cpu=4, memory="8g", allocated={"memory": "4g"}, tasks=7),
+    ]
     assert place(make_spec(cpu=0.5, memory="256m"), nodes).node.name == "mem-half"
     # The same nodes for a task that needs no cpu: now the free memory of "cpu-full" is what counts.
     assert place(make_spec(cpu=0, memory="256m"), nodes).node.name == "cpu-full"
@@ -238,14 +258,18 @@ def test_spread_evens_out():
     assert sorted(Counter(names(place_many(make_spec(), 6, nodes, "spread"))).values()) == [2, 2, 2]
     assert {node.tasks for node in nodes} == {4}
     # Relative use decides on unequal nodes: the big node takes the task while the small one is as full.
-    nodes = [make_node("small", cpu=2, memory="4g", allocated={"cpu": 1, "memory": "1g"}, tasks=1),
-             make_node("big", cpu=16, memory="32g", allocated={"cpu": 4, "memory": "8g"}, tasks=4)]
+    nodes = [
+        make_node("small", cpu=2, memory="4g", allocated={"cpu": 1, "memory": "1g"}, tasks=1),
+        make_node("big", cpu=16, memory="32g", allocated={"cpu": 4, "memory": "8g"}, tasks=4),
+    ]
     assert place(make_spec(cpu=0.5, memory="512m"), nodes, "spread").node.name == "big"
 
 
 def test_spread_does_not_let_an_idle_cpu_hide_a_full_memory():
-    nodes = [make_node("mem-full", cpu=4, memory="8g", allocated={"memory": "7g"}, tasks=4),
-             make_node("balanced", cpu=4, memory="8g", allocated={"cpu": 2, "memory": "4g"}, tasks=4)]
+    nodes = [
+        make_node("mem-full", cpu=4, memory="8g", allocated={"memory": "7g"}, tasks=4),
+        make_node("balanced", cpu=4, memory="8g", allocated={"cpu": 2, "memory": "4g"}, tasks=4),
+    ]
     assert place(make_spec(cpu=0.5, memory="256m"), nodes, "spread").node.name == "balanced"
 
 
@@ -294,15 +318,22 @@ def test_place_many_stops_when_the_cluster_is_full():
     placements = place_many(make_spec(cpu=1), 6, nodes, "spread", seed=1)
     assert names(placements).count(None) == 2
     assert [p.node is None for p in placements] == [False] * 4 + [True] * 2
-    assert placements[-1].reasons == {"node-000": "insufficient cpu (needs 1 core, free 0)",
-                                      "node-001": "insufficient cpu (needs 1 core, free 0)"}
+    assert placements[-1].reasons == {
+        "node-000": "insufficient cpu (needs 1 core, free 0)",
+        "node-001": "insufficient cpu (needs 1 core, free 0)",
+    }
     assert placements[-1].summary() == "no node fits: 2 insufficient cpu"
     assert place_many(make_spec(), 0, nodes) == []
 
 
 def test_nothing_fits_explains_every_node():
-    nodes = [make_node("a", state="down"), make_node("b", cpu=1), make_node("c", memory="256m"),
-             make_node("d", arch="aarch64"), make_node("e", used_ports=[(80, "tcp")])]
+    nodes = [
+        make_node("a", state="down"),
+        make_node("b", cpu=1),
+        make_node("c", memory="256m"),
+        make_node("d", arch="aarch64"),
+        make_node("e", used_ports=[(80, "tcp")]),
+    ]
     spec = make_spec(cpu=2, memory="512m", ports=["80:80"], constraints=["arch=amd64"])
     for limit in (None, 2):
         placement = place(spec, nodes, limit=limit, seed="t1")
@@ -337,9 +368,17 @@ def test_same_seed_same_node_whatever_the_list_order():
 @pytest.mark.parametrize("strategy", ["epvm", "roundrobin", "binpack", "spread"])
 def test_place_many_picks_as_place_and_reserve_would(strategy):
     rng = random.Random(strategy)
-    cluster = [make_node(f"n{i:02d}", cpu=rng.choice([1, 2, 4, 8]), memory=rng.choice(["2g", "4g", "16g"]),
-                         state=rng.choice(["ready"] * 5 + ["down"]), allocated={"cpu": rng.choice([0, 0.5, 1])},
-                         tasks=rng.randrange(3)) for i in range(30)]
+    cluster = [
+        make_node(
+            f"n{i:02d}",
+            cpu=rng.choice([1, 2, 4, 8]),
+            memory=rng.choice(["2g", "4g", "16g"]),
+            state=rng.choice(["ready"] * 5 + ["down"]),
+            allocated={"cpu": rng.choice([0, 0.5, 1])},
+            tasks=rng.randrange(3),
+        )
+        for i in range(30)
+    ]
     for spec in (make_spec(cpu=0.5, memory="512m"), make_spec(), make_spec(cpu=1, ports=["7000:80"])):
         one, many = copy.deepcopy(cluster), copy.deepcopy(cluster)
         state_one, state_many = SchedulerState(), SchedulerState()
@@ -430,11 +469,26 @@ def test_every_check_returns_rejections_of_a_known_kind():
 
 def test_skipping_the_checks_a_spec_cannot_fail_changes_no_answer():
     rng = random.Random(5)
-    nodes = [make_node(f"n{i}", cpu=rng.choice([1, 4]), memory=rng.choice(["1g", "8g"]), disk=rng.choice(["1g", "9g"]),
-                       state=rng.choice(["ready", "ready", "down"]), arch=rng.choice(["x86_64", "aarch64"]),
-                       used_ports=rng.choice([(), [(80, "tcp")]])) for i in range(40)]
-    specs = [make_spec(), make_spec(cpu=2), make_spec(memory="2g", disk="2g"), make_spec(ports=["80:80"]),
-             make_spec(constraints=["arch=arm64"], cpu=0.5), make_spec(ports=["8080"], disk="5g")]
+    nodes = [
+        make_node(
+            f"n{i}",
+            cpu=rng.choice([1, 4]),
+            memory=rng.choice(["1g", "8g"]),
+            disk=rng.choice(["1g", "9g"]),
+            state=rng.choice(["ready", "ready", "down"]),
+            arch=rng.choice(["x86_64", "aarch64"]),
+            used_ports=rng.choice([(), [(80, "tcp")]]),
+        )
+        for i in range(40)
+    ]
+    specs = [
+        make_spec(),
+        make_spec(cpu=2),
+        make_spec(memory="2g", disk="2g"),
+        make_spec(ports=["80:80"]),
+        make_spec(constraints=["arch=arm64"], cpu=0.5),
+        make_spec(ports=["8080"], disk="5g"),
+    ]
     for spec in specs:
         for node in nodes:
             assert first_rejection(checks_for(spec), spec, node) == rejection(spec, node)
@@ -450,11 +504,14 @@ def test_a_rejection_is_a_frozen_value():
     assert rejection(make_spec(), make_node()) is None
 
 
-@pytest.mark.parametrize("state, reason, detail", [
-    ("unhealthy", "the Docker engine does not answer", "node is unhealthy: the Docker engine does not answer"),
-    ("unhealthy", "", "node is unhealthy"),
-    ("down", "", "node is down"),
-])
+@pytest.mark.parametrize(
+    "state, reason, detail",
+    [
+        ("unhealthy", "the Docker engine does not answer", "node is unhealthy: the Docker engine does not answer"),
+        ("unhealthy", "", "node is unhealthy"),
+        ("down", "", "node is down"),
+    ],
+)
 def test_a_node_that_is_not_ready_says_why(state, reason, detail):
     node = make_node(state=state)
     if reason:
@@ -476,21 +533,32 @@ def test_placement_keeps_rejections_as_values_and_reasons_as_json_text():
     }
     # What the manager stores and users read: plain text per node, through JSON and back unchanged.
     assert json.loads(json.dumps(placement.reasons)) == {
-        "a": "insufficient memory (needs 8 GiB, free 4 GiB)", "b": "node is down",
-        "c": "insufficient memory (needs 8 GiB, free 6 GiB)"}
+        "a": "insufficient memory (needs 8 GiB, free 4 GiB)",
+        "b": "node is down",
+        "c": "insufficient memory (needs 8 GiB, free 6 GiB)",
+    }
 
 
 def test_kinds_are_counted_and_summed_up_in_one_line():
-    nodes = [make_node("a", memory="1g"), make_node("b", state="down"), make_node("c", memory="1g"),
-             make_node("d", cpu=1), make_node("e", state="unhealthy"), make_node("f", memory="1g")]
+    nodes = [
+        make_node("a", memory="1g"),
+        make_node("b", state="down"),
+        make_node("c", memory="1g"),
+        make_node("d", cpu=1),
+        make_node("e", state="unhealthy"),
+        make_node("f", memory="1g"),
+    ]
     spec = make_spec(cpu=2, memory="2g")
     placement = place(spec, nodes)
     assert placement.counts() == Counter({INSUFFICIENT_MEMORY: 3, NODE_NOT_READY: 2, INSUFFICIENT_CPU: 1})
     assert placement.summary() == "no node fits: 3 insufficient memory, 2 node not ready, 1 insufficient cpu"
     # Equal counts read in pipeline order, whatever the order of the nodes.
     even = [make_node("m", memory="1g"), make_node("n", state="down")]
-    assert place(spec, even).summary() == place(spec, even[::-1]).summary() == \
-        "no node fits: 1 node not ready, 1 insufficient memory"
+    assert (
+        place(spec, even).summary()
+        == place(spec, even[::-1]).summary()
+        == "no node fits: 1 node not ready, 1 insufficient memory"
+    )
     # A placement that succeeds says what it passed over.
     nodes.append(make_node("g"))
     placed = place(spec, nodes)
@@ -507,8 +575,10 @@ def test_a_sampled_summary_says_how_many_nodes_were_examined():
     rejected = len(placement.rejections)
     assert len(placement.scores) == 4 and rejected > 0 and placement.counts() == Counter({NODE_NOT_READY: rejected})
     assert (placement.examined, placement.total) == (4 + rejected, 100)
-    assert placement.summary() == (f"placed on {placement.node.name} (examined {4 + rejected} of 100 nodes; "
-                                   f"{rejected} rejected: {rejected} node not ready)")
+    assert placement.summary() == (
+        f"placed on {placement.node.name} (examined {4 + rejected} of 100 nodes; "
+        f"{rejected} rejected: {rejected} node not ready)"
+    )
     # Nothing fits: the walk went through every node, so the summary has no sample to mention.
     for node in nodes:
         node.state = "down"

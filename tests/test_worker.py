@@ -1,11 +1,12 @@
 """Worker unit tests on the fake runtime and the in-memory store, driven by tick(now): no threads, no clock."""
+
 import pytest
 
 from cube.core.errors import Conflict, NotFound
 from cube.core.model import Assignment, Desired, State, TaskSpec, new_id
+from cube.store import MemoryStore
 from cube.worker.restarts import backoff
 from cube.worker.runtime import FakeRuntime
-from cube.store import MemoryStore
 from cube.worker.worker import Worker
 
 
@@ -62,9 +63,9 @@ def test_killed_container_restarts_immediately_then_with_backoff(worker, clock):
     worker.tick()
     first = worker.get(task.id).container_id
     worker.runtime.kill(first, 137)
-    worker.tick()                     # sees the death: scheduled, restart due now
+    worker.tick()  # sees the death: scheduled, restart due now
     assert worker.get(task.id).state is State.SCHEDULED
-    worker.tick()                     # restarts
+    worker.tick()  # restarts
     got = worker.get(task.id)
     assert got.state is State.RUNNING and got.restarts == 1
     worker.runtime.kill(got.container_id, 1)
@@ -133,8 +134,8 @@ def test_restarted_worker_adopts_containers_and_removes_orphans(clock):
     first.tick()
     container = first.get(task.id).container_id
     orphan = make_task()
-    runtime.start(orphan, "node-1")           # labelled for this node, no task owns it
-    runtime.start(make_task(), "node-2")      # another node's: left alone
+    runtime.start(orphan, "node-1")  # labelled for this node, no task owns it
+    runtime.start(make_task(), "node-2")  # another node's: left alone
     first.close()
     second = Worker("node-1", runtime, store, clock=clock)
     second._sync = True
@@ -148,7 +149,7 @@ def test_restarted_worker_adopts_containers_and_removes_orphans(clock):
 
 def test_crash_between_start_and_persist_adopts_instead_of_duplicating(worker):
     task, _ = worker.accept(make_task())
-    info = worker.runtime.start(worker.get(task.id), "node-1")   # as if the worker died before recording it
+    info = worker.runtime.start(worker.get(task.id), "node-1")  # as if the worker died before recording it
     worker.tick()
     got = worker.get(task.id)
     assert got.state is State.RUNNING and got.container_id == info.id
@@ -191,6 +192,7 @@ def test_unknown_task_is_not_found(worker):
 def test_state_long_poll_returns_on_change(worker):
     import threading
     import time
+
     version = worker.state()["version"]
     threading.Timer(0.2, lambda: worker.accept(make_task())).start()
     started = time.monotonic()

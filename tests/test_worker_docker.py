@@ -1,4 +1,5 @@
 """The worker for real: the built pyz running `cube worker` against the real Docker engine, driven over HTTP."""
+
 import http.client
 import json
 import os
@@ -7,8 +8,8 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import docker_ids, docker_inspect, free_port, wait_for
+
 from cube.cluster.client import Client
 from cube.core.errors import BadRequest, NotFound, Unauthorized
 
@@ -22,13 +23,35 @@ def worker(pyz, procs, node_name, tmp_path):
     data = tmp_path / "worker"
 
     def start():
-        proc = procs([pyz, "worker", "--port", str(port), "--data", str(data), "--name", node_name, "--token", TOKEN,
-                      "--no-mdns", "--cpus", "2", "--memory", "2g", "--stop-timeout", "2",
-                      # The periodic reconcile is pushed out of the way: what reacts to a container's death
-                      # within these tests is the Docker event stream.
-                      "--reconcile-interval", "300"], tmp_path / "worker.log")
+        proc = procs(
+            [
+                pyz,
+                "worker",
+                "--port",
+                str(port),
+                "--data",
+                str(data),
+                "--name",
+                node_name,
+                "--token",
+                TOKEN,
+                "--no-mdns",
+                "--cpus",
+                "2",
+                "--memory",
+                "2g",
+                "--stop-timeout",
+                "2",
+                # The periodic reconcile is pushed out of the way: what reacts to a container's death
+                # within these tests is the Docker event stream.
+                "--reconcile-interval",
+                "300",
+            ],
+            tmp_path / "worker.log",
+        )
         proc.wait_http(f"http://127.0.0.1:{port}")
         return proc
+
     proc = start()
     client = Client(f"http://127.0.0.1:{port}", TOKEN)
     yield {"client": client, "proc": proc, "start": start, "node": node_name, "port": port}
@@ -47,8 +70,14 @@ def running(client, task_id):
 
 def test_task_runs_with_labels_limits_and_ports_then_stops(worker, busybox_image):
     client = worker["client"]
-    body = task_body(busybox_image, cpu=0.5, memory="64m", ports=["8080", f"{free_port()}:81"], env={"A": "1"},
-                     labels={"team": "web"})
+    body = task_body(
+        busybox_image,
+        cpu=0.5,
+        memory="64m",
+        ports=["8080", f"{free_port()}:81"],
+        env={"A": "1"},
+        labels={"team": "web"},
+    )
     created = client.post("/tasks", body)
     assert created["state"] == "scheduled"
     task = wait_for(lambda: running(client, body["id"]), timeout=20)
@@ -97,8 +126,11 @@ def test_killed_container_comes_back_through_the_event_stream(worker, busybox_im
         before = docker_inspect(cid)["State"]["StartedAt"]
         started = time.monotonic()
         subprocess.run(["docker", "kill", cid], check=True, capture_output=True, timeout=20)
-        wait_for(lambda: (state := docker_inspect(cid)["State"])["Running"] and state["StartedAt"] != before,
-                 timeout=15, interval=0.01)
+        wait_for(
+            lambda: (state := docker_inspect(cid)["State"])["Running"] and state["StartedAt"] != before,
+            timeout=15,
+            interval=0.01,
+        )
         timings.append(time.monotonic() - started)
     task = client.get(f"/tasks/{body['id']}")
     assert task["restarts"] == 2
@@ -114,9 +146,23 @@ def test_worker_kill_9_restart_adopts_without_duplicates(worker, busybox_image):
     before = {b["id"]: wait_for(lambda: running(client, b["id"]), timeout=20)["container_id"] for b in bodies}
     worker["proc"].kill(signal.SIGKILL)
     # While the worker is dead, a container appears with its label that no task owns.
-    orphan = subprocess.run(["docker", "run", "-d", "--label", f"cube.node={worker['node']}", "--label",
-                             "cube.task_id=nobody", busybox_image, "sleep", "300"], capture_output=True, text=True,
-                            check=True).stdout.strip()
+    orphan = subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--label",
+            f"cube.node={worker['node']}",
+            "--label",
+            "cube.task_id=nobody",
+            busybox_image,
+            "sleep",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     worker["start"]()
     wait_for(lambda: not docker_ids(f"id={orphan}"), timeout=20)
     for body in bodies:

@@ -4,6 +4,7 @@ otherwise — never a traceback for a user's mistake. Flags are checked against 
 runs, so a typo gets one clear line instead of fire's usage dump. Imports are lazy: `cube status` loads neither the
 docker SDK nor zeroconf unless it has to look for the manager on the LAN.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -48,82 +49,149 @@ class Commands:
 
     # ---- work ----------------------------------------------------------------------------------------------
 
-    def run(self, image: str | None = None, name: str | None = None, count: int = 1, cmd: str | None = None,
-            env=(), port=(), cpu: float = 0.0, memory=0, disk=0, restart: str = "on-failure",
-            max_restarts: int = 3, restart_window: float = 600.0, health: str | None = None,
-            health_interval: float = 10.0, constraint=(), label=(), on_disconnect: str | None = None,
-            batch: bool = False, detach: bool = False, file: str | None = None, timeout: float = 120.0,
-            manager: str | None = None, token: str | None = None, json: bool = False):
+    def run(
+        self,
+        image: str | None = None,
+        name: str | None = None,
+        count: int = 1,
+        cmd: str | None = None,
+        env=(),
+        port=(),
+        cpu: float = 0.0,
+        memory=0,
+        disk=0,
+        restart: str = "on-failure",
+        max_restarts: int = 3,
+        restart_window: float = 600.0,
+        health: str | None = None,
+        health_interval: float = 10.0,
+        constraint=(),
+        label=(),
+        on_disconnect: str | None = None,
+        batch: bool = False,
+        detach: bool = False,
+        file: str | None = None,
+        timeout: float = 120.0,
+        manager: str | None = None,
+        token: str | None = None,
+        json: bool = False,
+    ):
         """cube run --image IMAGE [--name N] [--count N] [--cmd "sleep 3600"] [--env K=V]... [--port 8080|8080:80]...
-          [--cpu 0.5] [--memory 256m] [--disk 1g] [--restart no|on-failure|always] [--max-restarts 3]
-          [--restart-window 600] [--health /path] [--constraint arch=aarch64]... [--on-disconnect stop|keep]
-          [--batch] [--detach] [-f spec.json] [--json]
+                  [--cpu 0.5] [--memory 256m] [--disk 1g] [--restart no|on-failure|always] [--max-restarts 3]
+                  [--restart-window 600] [--health /path] [--constraint arch=aarch64]... [--on-disconnect stop|keep]
+                  [--batch] [--detach] [-f spec.json] [--json]
 
-Runs a container on the cluster and waits until it runs (or, with --batch, until it completes).
---count N (or --batch) makes a job of N tasks; --detach returns at once. A node restarts a crashed container at
-most --max-restarts times within --restart-window seconds; then a service moves to another node. --on-disconnect:
-what a node cut off from the manager does with the task (default: stop with a fixed host port, else keep)."""
+        Runs a container on the cluster and waits until it runs (or, with --batch, until it completes).
+        --count N (or --batch) makes a job of N tasks; --detach returns at once. A node restarts a crashed container
+        at most --max-restarts times within --restart-window seconds; then a service moves to another node.
+        --on-disconnect: what a node cut off from the manager does with the task (default: stop with a fixed host
+        port, else keep)."""
         from cube.cli.run import build_request, submit_and_wait
+
         client = _client(manager, token)
-        kind, body = build_request({
-            "image": image, "name": name, "count": count, "cmd": cmd, "env": env, "port": port, "cpu": cpu,
-            "memory": memory, "disk": disk, "restart": restart, "max_restarts": max_restarts,
-            "restart_window": restart_window, "health": health, "health_interval": health_interval,
-            "constraint": constraint, "label": label, "on_disconnect": on_disconnect, "batch": batch, "file": file})
+        kind, body = build_request(
+            {
+                "image": image,
+                "name": name,
+                "count": count,
+                "cmd": cmd,
+                "env": env,
+                "port": port,
+                "cpu": cpu,
+                "memory": memory,
+                "disk": disk,
+                "restart": restart,
+                "max_restarts": max_restarts,
+                "restart_window": restart_window,
+                "health": health,
+                "health_interval": health_interval,
+                "constraint": constraint,
+                "label": label,
+                "on_disconnect": on_disconnect,
+                "batch": batch,
+                "file": file,
+            }
+        )
         result = submit_and_wait(client, kind, body, detach=detach, timeout=float(timeout), as_json=json)
         _print(result, json)
         return None
 
-    def status(self, ref: str | None = None, manager: str | None = None, token: str | None = None,
-               json: bool = False, all: bool = False):
+    def status(
+        self,
+        ref: str | None = None,
+        manager: str | None = None,
+        token: str | None = None,
+        json: bool = False,
+        all: bool = False,
+    ):
         """cube status [ID_OR_NAME_OR_JOB] [--all] [--json]
 
-Lists tasks (stopped ones with --all), or shows one task or job in detail with its events and placement."""
+        Lists tasks (stopped ones with --all), or shows one task or job in detail with its events and placement."""
         from cube.cli import output
+
         client = _client(manager, token)
         if ref is None:
             tasks = client.get("/tasks")
             if not all:
-                tasks = [t for t in tasks if t["desired"] == "run" or t["state"] in ("pending", "scheduled",
-                                                                                       "running")]
-            _print(tasks if json else (output.tasks_table(tasks) if tasks else "no tasks: try `cube run --image "
-                                       "IMAGE`"), json)
+                tasks = [t for t in tasks if t["desired"] == "run" or t["state"] in ("pending", "scheduled", "running")]
+            _print(
+                tasks if json else (output.tasks_table(tasks) if tasks else "no tasks: try `cube run --image IMAGE`"),
+                json,
+            )
             return None
         ref = str(ref)
         job = _job_or_none(client, ref)
         if job is not None:
-            _print(job if json else f"job {job['name']} ({job['type']}): {job['running']}/{job['count']} running\n"
-                   + output.tasks_table(job["tasks"]), json)
+            _print(
+                job
+                if json
+                else f"job {job['name']} ({job['type']}): {job['running']}/{job['count']} running\n"
+                + output.tasks_table(job["tasks"]),
+                json,
+            )
             return None
         task = client.get(f"/tasks/{ref}")
         _print(task if json else output.task_detail(task), json)
         return None
 
-    def stop(self, ref: str, detach: bool = False, timeout: float = 60.0, manager: str | None = None,
-             token: str | None = None, json: bool = False):
+    def stop(
+        self,
+        ref: str,
+        detach: bool = False,
+        timeout: float = 60.0,
+        manager: str | None = None,
+        token: str | None = None,
+        json: bool = False,
+    ):
         """cube stop ID_OR_NAME_OR_JOB [--detach]
 
-Stops a task (its container is stopped and removed), or every task of a job; waits until they are stopped
-(containers get the worker's stop timeout, 10 s by default, to exit) unless --detach."""
+        Stops a task (its container is stopped and removed), or every task of a job; waits until they are stopped
+        (containers get the worker's stop timeout, 10 s by default, to exit) unless --detach."""
         from cube.cli.run import stop_and_wait
+
         message = stop_and_wait(_client(manager, token), str(ref), bool(detach), float(timeout))
         _print({"result": message} if json else message, json)
 
-    def scale(self, job: str, count: int, manager: str | None = None, token: str | None = None,
-              json: bool = False):
+    def scale(self, job: str, count: int, manager: str | None = None, token: str | None = None, json: bool = False):
         """cube scale JOB N
 
-Changes how many tasks a job runs."""
+        Changes how many tasks a job runs."""
         if isinstance(count, bool) or not isinstance(count, int):
             raise CubeError(f"count must be a whole number, not {count!r}")
         answer = _client(manager, token).post(f"/jobs/{job}/scale", {"count": count})
         _print(answer if json else f"job {job}: count {answer['count']} ({answer['running']} running now)", json)
 
-    def logs(self, ref: str, follow: bool = False, tail: int | None = None, manager: str | None = None,
-             token: str | None = None):
+    def logs(
+        self,
+        ref: str,
+        follow: bool = False,
+        tail: int | None = None,
+        manager: str | None = None,
+        token: str | None = None,
+    ):
         """cube logs ID_OR_NAME [--follow] [--tail N]
 
-Prints a task's output (stdout and stderr)."""
+        Prints a task's output (stdout and stderr)."""
         client = _client(manager, token)
         params = {"tail": tail, "follow": "1" if follow else None}
         out = sys.stdout.buffer
@@ -131,13 +199,22 @@ Prints a task's output (stdout and stderr)."""
             out.write(chunk)
             out.flush()
 
-    def events(self, follow: bool = False, since: int = 0, task: str | None = None, manager: str | None = None,
-               token: str | None = None, json: bool = False):
+    def events(
+        self,
+        follow: bool = False,
+        since: int = 0,
+        task: str | None = None,
+        manager: str | None = None,
+        token: str | None = None,
+        json: bool = False,
+    ):
         """cube events [--follow] [--since N] [--task ID] [--json]
 
-Prints what happened (task state changes, placements, restarts); --follow keeps printing as it happens."""
-        from cube.cli import output
+        Prints what happened (task state changes, placements, restarts); --follow keeps printing as it happens."""
         import json as jsonlib
+
+        from cube.cli import output
+
         client = _client(manager, token)
         cursor = int(since)
         tail = None if since else 50  # without --since: the last 50, then (with --follow) what comes
@@ -153,106 +230,211 @@ Prints what happened (task state changes, placements, restarts); --follow keeps 
     def nodes(self, manager: str | None = None, token: str | None = None, json: bool = False):
         """cube nodes [--json]
 
-Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), tasks."""
+        Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), tasks."""
         from cube.cli import output
+
         nodes = _client(manager, token).get("/nodes")
-        _print(nodes if json else (output.nodes_table(nodes) if nodes else "no nodes yet: start `cube worker` on a "
-                                   "machine (or `cube dev` here)"), json)
+        _print(
+            nodes
+            if json
+            else (
+                output.nodes_table(nodes)
+                if nodes
+                else "no nodes yet: start `cube worker` on a machine (or `cube dev` here)"
+            ),
+            json,
+        )
 
     # ---- cluster processes ---------------------------------------------------------------------------------
 
     def token(self, data: str | None = None):
         """cube token [--data DIR]
 
-Prints the cluster token kept by the manager on this machine (or by `cube dev`)."""
+        Prints the cluster token kept by the manager on this machine (or by `cube dev`)."""
         from cube.cluster.config import TOKEN_FILE, data_dir, read_token_file
-        places = [os.path.join(data_dir("manager", data), TOKEN_FILE)] if data else \
-            [os.path.join(data_dir(role), TOKEN_FILE) for role in ("manager", "dev")]
+
+        places = (
+            [os.path.join(data_dir("manager", data), TOKEN_FILE)]
+            if data
+            else [os.path.join(data_dir(role), TOKEN_FILE) for role in ("manager", "dev")]
+        )
         for path in places:
             if os.path.exists(path):
                 print(read_token_file(path))
                 return None
-        raise CubeError(f"no cluster token at {' or '.join(places)}: run this on the manager's machine (as the user "
-                        f"that runs it), or pass --data DIR")
+        raise CubeError(
+            f"no cluster token at {' or '.join(places)}: run this on the manager's machine (as the user "
+            f"that runs it), or pass --data DIR"
+        )
 
-    def worker(self, port: int = 5556, data: str | None = None, name: str | None = None, token: str | None = None,
-               token_file: str | None = None, cpus: float | None = None, memory=None, disk=None, label=(),
-               host: str = "0.0.0.0", manager: str | None = None, mdns: bool = True, certfile: str | None = None,
-               keyfile: str | None = None, reconcile_interval: float = 5.0, stop_timeout: float = 10.0,
-               threads: int = 4, disconnect_timeout: float = 30.0, verbose: bool = False):
+    def worker(
+        self,
+        port: int = 5556,
+        data: str | None = None,
+        name: str | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        cpus: float | None = None,
+        memory=None,
+        disk=None,
+        label=(),
+        host: str = "0.0.0.0",
+        manager: str | None = None,
+        mdns: bool = True,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        reconcile_interval: float = 5.0,
+        stop_timeout: float = 10.0,
+        threads: int = 4,
+        disconnect_timeout: float = 30.0,
+        verbose: bool = False,
+    ):
         """cube worker [--port 5556] [--data DIR] [--name NAME] [--token T | --token-file F] [--cpus N]
-          [--memory 4g] [--disk 20g] [--label k=v]... [--manager URL] [--no-mdns] [--certfile F --keyfile F]
-          [--reconcile-interval 5] [--stop-timeout 10] [--threads 4] [--disconnect-timeout 30]
+                  [--memory 4g] [--disk 20g] [--label k=v]... [--manager URL] [--no-mdns] [--certfile F --keyfile F]
+                  [--reconcile-interval 5] [--stop-timeout 10] [--threads 4] [--disconnect-timeout 30]
 
-Runs a worker: runs the tasks the manager assigns to this node as Docker containers. Without --manager it
-announces itself on the LAN (mDNS) and registers with the manager it finds. A worker that hears from no manager
-for --disconnect-timeout seconds stops its tasks whose on_disconnect is stop (0: never)."""
-        from cube.core.model import parse_size
+        Runs a worker: runs the tasks the manager assigns to this node as Docker containers. Without --manager it
+        announces itself on the LAN (mDNS) and registers with the manager it finds. A worker that hears from no manager
+        for --disconnect-timeout seconds stops its tasks whose on_disconnect is stop (0: never)."""
         from cube.cluster.service import setup_logging
         from cube.cluster.worker_service import run_worker
-        setup_logging(verbose)
-        run_worker(name=str(name) if name else None, port=int(port), host=host, data=data, token=token,
-                   token_file=token_file, cpus=float(cpus) if cpus else None,
-                   memory=parse_size(memory, "--memory") if memory else None,
-                   disk=parse_size(disk, "--disk") if disk else None, labels=_pairs(label, "--label"),
-                   certfile=certfile, keyfile=keyfile, manager=manager, mdns=mdns,
-                   reconcile_interval=float(reconcile_interval), stop_timeout=float(stop_timeout),
-                   threads=int(threads), disconnect_timeout=float(disconnect_timeout))
-
-    def manager(self, port: int = 5555, data: str | None = None, token: str | None = None,
-                scheduler: str = "epvm", workers=(), host: str = "0.0.0.0", node_timeout: float = 5.0,
-                mdns: bool = True, certfile: str | None = None, keyfile: str | None = None, verbose: bool = False):
-        """cube manager [--port 5555] [--data DIR] [--token T] [--scheduler epvm|roundrobin|binpack|spread]
-          [--workers host:port,...] [--node-timeout 5] [--no-mdns] [--certfile F --keyfile F]
-
-Runs the manager: accepts work, schedules it onto workers, keeps it running. Creates the cluster token at first
-start (`cube token` prints it)."""
-        from cube.cluster.service import setup_logging
-        from cube.cluster.manager_service import run_manager
-        setup_logging(verbose)
-        run_manager(port=int(port), host=host, data=data, token=token, strategy=scheduler,
-                    workers=_list(workers), node_timeout=float(node_timeout), certfile=certfile, keyfile=keyfile,
-                    mdns=mdns)
-
-    def dev(self, port: int = 5555, data: str | None = None, workers: int = 1, scheduler: str = "epvm",
-            cpus: float | None = None, memory=None, stop_timeout: float = 10.0, verbose: bool = False):
-        """cube dev [--port 5555] [--data DIR] [--workers 1] [--scheduler epvm] [--cpus N] [--memory 4g]
-          [--stop-timeout 10]
-
-A whole cluster in one process: a manager and N local workers on this machine's Docker engine. Prints the
-manager URL and token; `cube run` in another terminal finds it by itself."""
         from cube.core.model import parse_size
-        from cube.cluster.service import setup_logging
-        from cube.cluster.manager_service import run_dev
+
         setup_logging(verbose)
-        run_dev(port=int(port), data=data, workers=int(workers), strategy=scheduler,
-                cpus=float(cpus) if cpus else None, memory=parse_size(memory, "--memory") if memory else None,
-                stop_timeout=float(stop_timeout))
+        run_worker(
+            name=str(name) if name else None,
+            port=int(port),
+            host=host,
+            data=data,
+            token=token,
+            token_file=token_file,
+            cpus=float(cpus) if cpus else None,
+            memory=parse_size(memory, "--memory") if memory else None,
+            disk=parse_size(disk, "--disk") if disk else None,
+            labels=_pairs(label, "--label"),
+            certfile=certfile,
+            keyfile=keyfile,
+            manager=manager,
+            mdns=mdns,
+            reconcile_interval=float(reconcile_interval),
+            stop_timeout=float(stop_timeout),
+            threads=int(threads),
+            disconnect_timeout=float(disconnect_timeout),
+        )
 
-    def install(self, role: str, token: str | None = None, manager: str | None = None, label=(),
-                port: int | None = None, name: str | None = None, workers=(), scheduler: str | None = None,
-                mdns: bool = True, pyz: str | None = None, root: str | None = None):
+    def manager(
+        self,
+        port: int = 5555,
+        data: str | None = None,
+        token: str | None = None,
+        scheduler: str = "epvm",
+        workers=(),
+        host: str = "0.0.0.0",
+        node_timeout: float = 5.0,
+        mdns: bool = True,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        verbose: bool = False,
+    ):
+        """cube manager [--port 5555] [--data DIR] [--token T] [--scheduler epvm|roundrobin|binpack|spread]
+                  [--workers host:port,...] [--node-timeout 5] [--no-mdns] [--certfile F --keyfile F]
+
+        Runs the manager: accepts work, schedules it onto workers, keeps it running. Creates the cluster token at first
+        start (`cube token` prints it)."""
+        from cube.cluster.manager_service import run_manager
+        from cube.cluster.service import setup_logging
+
+        setup_logging(verbose)
+        run_manager(
+            port=int(port),
+            host=host,
+            data=data,
+            token=token,
+            strategy=scheduler,
+            workers=_list(workers),
+            node_timeout=float(node_timeout),
+            certfile=certfile,
+            keyfile=keyfile,
+            mdns=mdns,
+        )
+
+    def dev(
+        self,
+        port: int = 5555,
+        data: str | None = None,
+        workers: int = 1,
+        scheduler: str = "epvm",
+        cpus: float | None = None,
+        memory=None,
+        stop_timeout: float = 10.0,
+        verbose: bool = False,
+    ):
+        """cube dev [--port 5555] [--data DIR] [--workers 1] [--scheduler epvm] [--cpus N] [--memory 4g]
+                  [--stop-timeout 10]
+
+        A whole cluster in one process: a manager and N local workers on this machine's Docker engine. Prints the
+        manager URL and token; `cube run` in another terminal finds it by itself."""
+        from cube.cluster.manager_service import run_dev
+        from cube.cluster.service import setup_logging
+        from cube.core.model import parse_size
+
+        setup_logging(verbose)
+        run_dev(
+            port=int(port),
+            data=data,
+            workers=int(workers),
+            strategy=scheduler,
+            cpus=float(cpus) if cpus else None,
+            memory=parse_size(memory, "--memory") if memory else None,
+            stop_timeout=float(stop_timeout),
+        )
+
+    def install(
+        self,
+        role: str,
+        token: str | None = None,
+        manager: str | None = None,
+        label=(),
+        port: int | None = None,
+        name: str | None = None,
+        workers=(),
+        scheduler: str | None = None,
+        mdns: bool = True,
+        pyz: str | None = None,
+        root: str | None = None,
+    ):
         """cube install worker|manager [--token T] [--manager URL] [--label k=v]... [--port N] [--name NAME]
-          [--workers host:port,...] [--scheduler S] [--no-mdns]
+                  [--workers host:port,...] [--scheduler S] [--no-mdns]
 
-Installs this cube.pyz as a systemd service (run it with sudo): copies it to /usr/local/bin/cube, writes
-/etc/systemd/system/cube-ROLE.service and /etc/cube/cube.env (mode 0600: the token and the service's flags), then
-enables and starts the service. Flags given replace the service's previous ones; without flags they are kept, so
-running a newer pyz's install again upgrades in place."""
+        Installs this cube.pyz as a systemd service (run it with sudo): copies it to /usr/local/bin/cube, writes
+        /etc/systemd/system/cube-ROLE.service and /etc/cube/cube.env (mode 0600: the token and the service's flags),
+        then enables and starts the service. Flags given replace the service's previous ones; without flags they are
+        kept, so running a newer pyz's install again upgrades in place."""
         from cube.ops import install
-        args = install.role_args(str(role), port=port, manager=manager, labels=[label] if isinstance(label, str)
-                                 else list(label), name=name, workers=_list(workers), scheduler=scheduler, mdns=mdns)
+
+        args = install.role_args(
+            str(role),
+            port=port,
+            manager=manager,
+            labels=[label] if isinstance(label, str) else list(label),
+            name=name,
+            workers=_list(workers),
+            scheduler=scheduler,
+            mdns=mdns,
+        )
         host = install.Host(str(root)) if root else install.Host()
-        for line in install.install(str(role), pyz=pyz, token=None if token is None else str(token), args=args,
-                                    host=host):
+        for line in install.install(
+            str(role), pyz=pyz, token=None if token is None else str(token), args=args, host=host
+        ):
             print(line)
 
     def uninstall(self, role: str, purge: bool = False, root: str | None = None):
         """cube uninstall worker|manager [--purge]
 
-Stops and removes the systemd service. Keeps /etc/cube/cube.env and the data in /var/lib/cube unless --purge;
-the last service to go takes /usr/local/bin/cube with it."""
+        Stops and removes the systemd service. Keeps /etc/cube/cube.env and the data in /var/lib/cube unless --purge;
+        the last service to go takes /usr/local/bin/cube with it."""
         from cube.ops import install
+
         host = install.Host(str(root)) if root else install.Host()
         for line in install.uninstall(str(role), purge=bool(purge), host=host):
             print(line)
@@ -260,9 +442,10 @@ the last service to go takes /usr/local/bin/cube with it."""
     def doctor(self, role: str = "worker", json: bool = False):
         """cube doctor [--role worker|manager] [--json]
 
-Checks that this machine can run a Cube worker (or manager): Docker engine, memory cgroup, multicast, disk, clock,
-Python, architecture. Prints one line per check and what to fix; exits 1 when a check fails."""
+        Checks that this machine can run a Cube worker (or manager): Docker engine, memory cgroup, multicast, disk,
+        clock, Python, architecture. Prints one line per check and what to fix; exits 1 when a check fails."""
         from cube.ops import doctor
+
         checks = doctor.run(str(role))
         print(doctor.render(checks, as_json=bool(json)))
         if doctor.failed(checks):
@@ -271,15 +454,17 @@ Python, architecture. Prints one line per check and what to fix; exits 1 when a 
     def version(self):
         """cube version
 
-Prints the version."""
+        Prints the version."""
         print(f"cube {__version__}")
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
 
+
 def _client(manager: str | None, token: str | None):
     from cube.cluster.client import Client
     from cube.cluster.config import find_token
+
     url = _manager_url(manager)
     return Client(url, find_token(token), timeout=15.0)
 
@@ -291,6 +476,7 @@ def _manager_url(given: str | None) -> str:
     if os.environ.get("CUBE_MANAGER"):
         return os.environ["CUBE_MANAGER"]
     from cube.cluster.config import data_dir
+
     tried = []
     for role in ("manager", "dev"):
         path = os.path.join(data_dir(role), "url")
@@ -302,16 +488,20 @@ def _manager_url(given: str | None) -> str:
             tried.append(url)
     if os.environ.get("CUBE_NO_MDNS") != "1":
         from cube.cluster.discovery import find_manager
+
         found = find_manager(timeout=2.0)
         if found is not None:
             return found.url
         tried.append("mDNS on the LAN")
-    raise CubeError(f"no manager found (tried {', '.join(tried) or 'nothing'}): start one with `cube dev`, or pass "
-                    f"--manager URL / set CUBE_MANAGER")
+    raise CubeError(
+        f"no manager found (tried {', '.join(tried) or 'nothing'}): start one with `cube dev`, or pass "
+        f"--manager URL / set CUBE_MANAGER"
+    )
 
 
 def _answers(url: str) -> bool:
     from cube.cluster.client import Client
+
     try:
         Client(url, timeout=1.0).health(timeout=1.0)
         return True
@@ -321,6 +511,7 @@ def _answers(url: str) -> bool:
 
 def _job_or_none(client, ref: str):
     from cube.core.errors import NotFound
+
     try:
         return client.get(f"/jobs/{ref}")
     except NotFound:
@@ -356,8 +547,7 @@ def _pairs(values, flag: str) -> dict:
 
 
 # Flags that may be given several times, per command (elsewhere `--port` is one number).
-REPEATABLE = {"run": ("--label", "--env", "--port", "--constraint"), "worker": ("--label",),
-              "install": ("--label",)}
+REPEATABLE = {"run": ("--label", "--env", "--port", "--constraint"), "worker": ("--label",), "install": ("--label",)}
 SHORT = {"-f": "--file", "-n": "--count"}
 
 
@@ -420,10 +610,12 @@ def main(argv: list[str] | None = None) -> int:
         print(_command_help(command))
         return 0
     from cube.core.model import InvalidSpec
+
     try:
         rest = _normalise(command, rest)
         _check_flags(command, rest)
         import fire
+
         fire.Fire(Commands, command=[command] + rest, name="cube")
     except (CubeError, InvalidSpec) as error:
         print(f"cube {command}: {getattr(error, 'message', None) or error}", file=sys.stderr)

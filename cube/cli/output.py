@@ -1,5 +1,6 @@
 """How Cube shows things to a person: aligned tables, human ages and sizes, one-task detail. Pure formatting over
 the API's JSON; the `--json` output of the CLI bypasses this module entirely."""
+
 from __future__ import annotations
 
 import time
@@ -10,8 +11,8 @@ from cube.core.model import format_size
 def table(headers: list[str], rows: list[list]) -> str:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
 
 
@@ -39,9 +40,19 @@ def shown_state(task: dict) -> str:
 
 
 def tasks_table(tasks: list[dict]) -> str:
-    rows = [[t["id"], t["name"], shown_state(t), t.get("node") or "-", t["image"],
-             ports(t.get("host_ports") or {}, (t.get("spec") or {}).get("ports")), t.get("restarts", 0),
-             age(t.get("created_at"))] for t in tasks]
+    rows = [
+        [
+            t["id"],
+            t["name"],
+            shown_state(t),
+            t.get("node") or "-",
+            t["image"],
+            ports(t.get("host_ports") or {}, (t.get("spec") or {}).get("ports")),
+            t.get("restarts", 0),
+            age(t.get("created_at")),
+        ]
+        for t in tasks
+    ]
     return table(["ID", "NAME", "STATE", "NODE", "IMAGE", "PORTS", "RESTARTS", "AGE"], rows)
 
 
@@ -49,10 +60,18 @@ def nodes_table(nodes: list[dict]) -> str:
     rows = []
     for n in nodes:
         alloc = n.get("allocated") or {}
-        rows.append([n["name"], n["address"], n["state"], n.get("arch") or "-",
-                     f"{alloc.get('cpu', 0):g}/{n.get('cpus', 0):g}",
-                     f"{format_size(alloc.get('memory', 0))}/{format_size(n.get('memory', 0))}",
-                     f"{format_size(alloc.get('disk', 0))}/{format_size(n.get('disk', 0))}", n.get("tasks", 0)])
+        rows.append(
+            [
+                n["name"],
+                n["address"],
+                n["state"],
+                n.get("arch") or "-",
+                f"{alloc.get('cpu', 0):g}/{n.get('cpus', 0):g}",
+                f"{format_size(alloc.get('memory', 0))}/{format_size(n.get('memory', 0))}",
+                f"{format_size(alloc.get('disk', 0))}/{format_size(n.get('disk', 0))}",
+                n.get("tasks", 0),
+            ]
+        )
     text = table(["NAME", "ADDRESS", "STATE", "ARCH", "CPU", "MEMORY", "DISK", "TASKS"], rows)
     # Why a node is not ready, below the table: a reason is a sentence, too long for a column.
     notes = [f"{n['name']}: {n['state']} — {n['reason']}" for n in nodes if n.get("reason")]
@@ -72,8 +91,8 @@ def task_detail(t: dict) -> str:
         f"Name:      {t['name']}" + (f"   (job {t['job']})" if t.get("job") else ""),
         f"State:     {shown_state(t)} (desired: {t['desired']})" + (f" — {t['reason']}" if t.get("reason") else ""),
         f"Node:      {t.get('node') or '-'}",
-        f"Image:     {t['image']}" + (f"   command: {' '.join(spec.get('command') or [])}"
-                                      if spec.get("command") else ""),
+        f"Image:     {t['image']}"
+        + (f"   command: {' '.join(spec.get('command') or [])}" if spec.get("command") else ""),
         f"Ports:     {ports(t.get('host_ports') or {}, spec.get('ports'))}",
         f"Resources: cpu {spec.get('cpu', 0):g}, memory {format_size(spec.get('memory', 0))}, "
         f"disk {format_size(spec.get('disk', 0))}",
@@ -83,8 +102,7 @@ def task_detail(t: dict) -> str:
     ]
     placement = t.get("placement") or {}
     if placement.get("reasons"):
-        lines.append("Placement: " + (f"on {placement['node']}; " if placement.get("node") else "")
-                     + "rejected nodes:")
+        lines.append("Placement: " + (f"on {placement['node']}; " if placement.get("node") else "") + "rejected nodes:")
         lines += [f"  {name}: {why}" for name, why in sorted(placement["reasons"].items())]
     if t.get("events"):
         lines.append("Events:")

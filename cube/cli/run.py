@@ -3,6 +3,7 @@ runs — or saying exactly why it cannot (no node fits, image cannot be pulled, 
 manager's event stream (long poll), so the command returns as soon as the last task runs. The task id is chosen
 here, so a retried submission is the same task, never a second one.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,11 @@ def build_request(flags: dict) -> tuple[str, dict]:
         "cpu": flags.get("cpu") or 0,
         "memory": flags.get("memory") or 0,
         "disk": flags.get("disk") or 0,
-        "restart": {"name": str(flags.get("restart") or "on-failure"),
-                    "max_restarts": flags.get("max_restarts", 3), "window": flags.get("restart_window", 600.0)},
+        "restart": {
+            "name": str(flags.get("restart") or "on-failure"),
+            "max_restarts": flags.get("max_restarts", 3),
+            "window": flags.get("restart_window", 600.0),
+        },
         "constraints": [str(c) for c in _as_list(flags.get("constraint"))],
         "labels": dict(str(item).split("=", 1) for item in _as_list(flags.get("label")) if "=" in str(item)),
     }
@@ -84,6 +88,7 @@ def _command(cmd) -> list[str]:
     if isinstance(cmd, (list, tuple)):
         return [str(c) for c in cmd]
     import shlex
+
     return shlex.split(str(cmd))
 
 
@@ -139,9 +144,11 @@ def _wait(client, ids: list[str], batch: bool, timeout: float, cursor: int, prog
         left = deadline - time.monotonic()
         if left <= 0:
             waiting = [t for t in tasks if t["state"] not in goal]
-            raise CubeError(f"{len(waiting)} task(s) not {'/'.join(goal)} after {timeout:g} s (e.g. {waiting[0]['id']} "
-                            f"is {waiting[0]['state']}: {waiting[0]['reason'] or 'no reason given'}); "
-                            f"`cube status {waiting[0]['id']}` shows its events")
+            raise CubeError(
+                f"{len(waiting)} task(s) not {'/'.join(goal)} after {timeout:g} s (e.g. {waiting[0]['id']} "
+                f"is {waiting[0]['state']}: {waiting[0]['reason'] or 'no reason given'}); "
+                f"`cube status {waiting[0]['id']}` shows its events"
+            )
         events = client.get("/events", since=cursor, wait=min(left, 5.0), limit=1000)
         for event in events:
             cursor = max(cursor, event["id"])
@@ -152,22 +159,30 @@ def _wait(client, ids: list[str], batch: bool, timeout: float, cursor: int, prog
 def _fail_if_stuck(tasks: list[dict], batch: bool) -> None:
     for t in tasks:
         if t["state"] == "failed":
-            raise CubeError(f"task {t['id']} ({t['name']}) failed: {t['reason']}; `cube status {t['id']}` shows its "
-                            f"events")
+            raise CubeError(
+                f"task {t['id']} ({t['name']}) failed: {t['reason']}; `cube status {t['id']}` shows its events"
+            )
         if t["state"] == "completed" and not batch:
-            raise CubeError(f"task {t['id']} ({t['name']}) ended: {t['reason'] or 'completed'}; use --batch for "
-                            f"work that runs to completion, `cube logs {t['id']}` for its output")
+            raise CubeError(
+                f"task {t['id']} ({t['name']}) ended: {t['reason'] or 'completed'}; use --batch for "
+                f"work that runs to completion, `cube logs {t['id']}` for its output"
+            )
         if t["state"] == "pending" and t.get("reason", "").startswith("failed on "):
             # A service whose node gave up on it: the cluster tries again elsewhere, the user hears why now.
-            raise CubeError(f"task {t['id']} ({t['name']}) {t['reason']}; `cube status {t['id']}` shows its events, "
-                            f"`cube stop {t['job'] or t['id']}` gives up")
+            raise CubeError(
+                f"task {t['id']} ({t['name']}) {t['reason']}; `cube status {t['id']}` shows its events, "
+                f"`cube stop {t['job'] or t['id']}` gives up"
+            )
         if t["state"] == "pending" and t.get("reason", "").startswith(("no node fits", "no nodes")):
-            raise CubeError(f"task {t['id']} cannot be placed: {t['reason']}. It stays pending and starts when a node "
-                            f"fits (`cube stop {t['job'] or t['id']}` cancels it)")
+            raise CubeError(
+                f"task {t['id']} cannot be placed: {t['reason']}. It stays pending and starts when a node "
+                f"fits (`cube stop {t['job'] or t['id']}` cancels it)"
+            )
 
 
 def _summary(kind: str, answer: dict, tasks: list[dict], detach: bool) -> str:
     from cube.cli.output import ports
+
     verb = "submitted" if detach else "running"
     if kind == "job":
         nodes = sorted({t["node"] for t in tasks if t.get("node")})
@@ -204,6 +219,7 @@ class Progress:
 def stop_and_wait(client, ref: str, detach: bool, timeout: float) -> str:
     """`cube stop`: a job (all its tasks) or a task; waits until the containers are stopped unless detached."""
     from cube.core.errors import NotFound
+
     try:
         job = client.get(f"/jobs/{ref}")
     except NotFound:

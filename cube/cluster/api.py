@@ -4,13 +4,14 @@ JSON error shape `{"error": ..., "status": N}` (every CubeError and every bottle
 `_error_body`), bearer-token auth on every route but /health, and how request bodies are parsed and rejected.
 The routes only translate HTTP to calls on a Worker or Manager object; the logic lives there.
 """
+
 from __future__ import annotations
 
 import hmac
 import json
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import bottle
 from cheroot import wsgi
@@ -34,6 +35,7 @@ def _json_response(data, status: int = 200) -> bottle.HTTPResponse:
 
 def _errors_plugin(callback):
     """Turns every CubeError raised by a route into the JSON error shape (invalid specs are BadRequests)."""
+
     def wrapper(*args, **kwargs):
         try:
             result = callback(*args, **kwargs)
@@ -47,6 +49,7 @@ def _errors_plugin(callback):
         if isinstance(result, bottle.HTTPResponse) or not isinstance(result, (dict, list)):
             return result
         return _json_response(result)
+
     return wrapper
 
 
@@ -58,11 +61,15 @@ def _auth_plugin(token: str | None):
             if expected is not None and bottle.request.path != "/health":
                 given = bottle.request.get_header("Authorization", "").encode()
                 if not hmac.compare_digest(given, expected):
-                    error = Unauthorized("missing or wrong cluster token: pass it as 'Authorization: Bearer "
-                                         "<token>' (cube token prints it on the manager)")
+                    error = Unauthorized(
+                        "missing or wrong cluster token: pass it as 'Authorization: Bearer "
+                        "<token>' (cube token prints it on the manager)"
+                    )
                     return _json_response(error.to_dict(), 401)
             return callback(*args, **kwargs)
+
         return wrapper
+
     return plugin
 
 
@@ -80,6 +87,7 @@ def _new_app(token: str | None) -> bottle.Bottle:
         elif res.status_code == 405:
             message = f"method {bottle.request.method} not allowed on {bottle.request.path}"
         return _error_body(res.status_code, message)
+
     app.default_error_handler = default_error
     return app
 
@@ -161,8 +169,9 @@ def worker_app(worker, token: str | None) -> bottle.Bottle:
     @app.get("/state")
     def state():
         version = query_number("version", None, int)
-        return worker.state(version=version, wait=query_number("wait", 0.0) or 0.0,
-                            events_since=query_number("events_since", -1, int))
+        return worker.state(
+            version=version, wait=query_number("wait", 0.0) or 0.0, events_since=query_number("events_since", -1, int)
+        )
 
     @app.get("/events")
     def events():
@@ -209,8 +218,9 @@ def manager_app(manager, membership, links, token: str | None) -> bottle.Bottle:
             raise NotFound(f"task {task.id} has not been placed on a node yet ({task.reason or task.state.value})")
         params = {"tail": query_number("tail", None, int), "follow": "1" if query_flag("follow") else None}
         client = links.client(node.address)
-        return _stream_logs(client.stream(f"/tasks/{task.id}/logs", params=params,
-                                          timeout=None if query_flag("follow") else 30))
+        return _stream_logs(
+            client.stream(f"/tasks/{task.id}/logs", params=params, timeout=None if query_flag("follow") else 30)
+        )
 
     @app.post("/jobs")
     def post_job():
@@ -270,16 +280,30 @@ def manager_app(manager, membership, links, token: str | None) -> bottle.Bottle:
 class Server:
     """A cheroot server for one WSGI app on a background thread. Port 0 picks a free port (see `.port`)."""
 
-    def __init__(self, app: Callable, host: str = "0.0.0.0", port: int = 0, threads: int = 16,
-                 certfile: str | None = None, keyfile: str | None = None):
+    def __init__(
+        self,
+        app: Callable,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        threads: int = 16,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+    ):
         # cheroot's defaults (a listen backlog of 5, at most 10 idle keep-alive connections) close the connections
         # of the 11th client on and then drop its reconnections' SYNs, which clients resend only after 1, 3, 7 s:
         # with 50 clients, p99 was over a second (BENCHMARKS.md, api). Keep-alive connections are cheap here.
-        self._server = wsgi.Server((host, port), app, numthreads=threads, server_name=f"cube/{__version__}",
-                                   timeout=60, request_queue_size=KEEPALIVE_LIMIT)
+        self._server = wsgi.Server(
+            (host, port),
+            app,
+            numthreads=threads,
+            server_name=f"cube/{__version__}",
+            timeout=60,
+            request_queue_size=KEEPALIVE_LIMIT,
+        )
         self._server.keep_alive_conn_limit = KEEPALIVE_LIMIT
         if certfile and keyfile:
             from cheroot.ssl.builtin import BuiltinSSLAdapter
+
             self._server.ssl_adapter = BuiltinSSLAdapter(certfile, keyfile)
         self._server.prepare()
         self.host = host

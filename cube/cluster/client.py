@@ -3,22 +3,21 @@ starts fast. It decides how failures look to callers: an unreachable peer is `Un
 and an error answer becomes the same typed exception the server raised (`errors.from_status`). Connections are kept
 alive per thread: the manager talks to each worker many times a second.
 """
+
 from __future__ import annotations
 
 import http.client
 import json
-import socket
 import ssl
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlencode, urlsplit
 
 from cube.core.errors import CubeError, Unavailable, from_status
 
 
 class Client:
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0,
-                 verify_tls: bool = True):
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0, verify_tls: bool = True):
         if "://" not in base_url:
             base_url = f"http://{base_url}"
         parts = urlsplit(base_url)
@@ -53,8 +52,9 @@ class Client:
             conn.close()
         self._local.conn = None
 
-    def _send(self, method: str, path: str, body, params: dict | None, timeout: float | None,
-              retry: bool | None = None):
+    def _send(
+        self, method: str, path: str, body, params: dict | None, timeout: float | None, retry: bool | None = None
+    ):
         if params:
             path = f"{path}?{urlencode({k: v for k, v in params.items() if v is not None})}"
         headers = {"Accept": "application/json"}
@@ -80,7 +80,7 @@ class Client:
                 self._drop()
                 if attempt == 2 or not (retry and reused):
                     raise Unavailable(f"{self.base_url} closed the connection ({error})") from None
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 self._drop()
                 raise Unavailable(f"{self.base_url} did not answer within {timeout:g} s") from None
             except OSError as error:
@@ -88,8 +88,15 @@ class Client:
                 reason = getattr(error, "strerror", None) or str(error)
                 raise Unavailable(f"cannot reach {self.base_url}: {reason}") from None
 
-    def request(self, method: str, path: str, body=None, params: dict | None = None,
-                timeout: float | None = None, retry: bool | None = None):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body=None,
+        params: dict | None = None,
+        timeout: float | None = None,
+        retry: bool | None = None,
+    ):
         """JSON in, JSON out; None for an empty answer (204). Raises the typed error for an error answer.
         `retry`: whether the request may be sent twice (default: for GET, PUT and DELETE)."""
         response = self._send(method, path, body, params, timeout, retry)

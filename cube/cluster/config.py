@@ -3,6 +3,7 @@ service's state directory for root, the user's data directory otherwise, `CUBE_D
 rules — `--token`, then `CUBE_TOKEN`, then a token file (`--token-file`, `CUBE_TOKEN_FILE`), then the local manager's
 own token file. The manager creates its token at first start, random, mode 0600; the token is never logged.
 """
+
 from __future__ import annotations
 
 import os

@@ -11,6 +11,7 @@ binds and advertises only the machine's non-loopback IPv4 addresses, leaving out
 mDNS only finds addresses: a node killed without saying goodbye stays listed until its records expire,
 so liveness must come from heartbeats. zeroconf is imported lazily: the CLI loads this module cheaply.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -19,8 +20,8 @@ import platform
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from cube import __version__
 from cube.core.errors import Unavailable
@@ -45,6 +46,7 @@ Callback = Callable[["Found"], None]
 @dataclass
 class Found:
     """One discovered instance: its unique instance name, the address to reach it, and its TXT record."""
+
     name: str
     host: str
     port: int
@@ -68,8 +70,7 @@ def _interfaces() -> list[tuple[str, ipaddress.IPv4Interface]]:
 
 def local_addresses() -> list[str]:
     """The IPv4 addresses other LAN nodes can reach us on: not loopback, not a container bridge."""
-    addresses = {str(iface.ip) for name, iface in _interfaces()
-                 if not iface.ip.is_loopback and not NOT_LAN.match(name)}
+    addresses = {str(iface.ip) for name, iface in _interfaces() if not iface.ip.is_loopback and not NOT_LAN.match(name)}
     return sorted(addresses)
 
 
@@ -101,8 +102,15 @@ def txt_record(name: str, port: int, properties: dict[str, str] | None) -> dict[
 class Advertiser:
     """Registers one service instance until close() (which sends goodbyes: call it on SIGTERM)."""
 
-    def __init__(self, kind: str, name: str, port: int, properties: dict[str, str] | None = None,
-                 addresses: list[str] | None = None, interfaces=None):
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        port: int,
+        properties: dict[str, str] | None = None,
+        addresses: list[str] | None = None,
+        interfaces=None,
+    ):
         from zeroconf import IPVersion, Zeroconf
 
         self.kind = kind
@@ -131,8 +139,12 @@ class Advertiser:
         from zeroconf import ServiceInfo
 
         return ServiceInfo(
-            self.service, f"{label}.{self.service}", port=self.port, properties=self.properties,
-            parsed_addresses=self.addresses, server=f"{label}-{self.kind}.local.",
+            self.service,
+            f"{label}.{self.service}",
+            port=self.port,
+            properties=self.properties,
+            parsed_addresses=self.addresses,
+            server=f"{label}-{self.kind}.local.",
         )
 
     def _register(self, name: str, node_id: str | None):
@@ -174,8 +186,7 @@ class Browser:
     zeroconf's browser thread, so they should be quick.
     """
 
-    def __init__(self, kind: str, on_add: Callback | None = None, on_remove: Callback | None = None,
-                 interfaces=None):
+    def __init__(self, kind: str, on_add: Callback | None = None, on_remove: Callback | None = None, interfaces=None):
         from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, Zeroconf
 
         self.service = _service(kind)
@@ -243,8 +254,9 @@ class Browser:
             return None
         ours = [a for a in addresses if any(ipaddress.IPv4Address(a) in net for net in self._networks)]
         props = {k: v or "" for k, v in info.decoded_properties.items()}
-        return Found(name=info.name[: -len(self.service) - 1], host=(ours or addresses)[0],
-                     port=info.port, properties=props)
+        return Found(
+            name=info.name[: -len(self.service) - 1], host=(ours or addresses)[0], port=info.port, properties=props
+        )
 
     def close(self) -> None:
         if self._closed.is_set():

@@ -4,6 +4,7 @@ out dead: all of the worker's routes are idempotent (an assignment is keyed by t
 task id and generation) except a health restart, which would count twice. Whatever must arrive is guaranteed by
 the manager's diff, not by this retry.
 """
+
 from __future__ import annotations
 
 import threading
@@ -25,8 +26,15 @@ class Links:
                 client = self._clients[address] = Client(address, self.token, timeout=self.timeout)
             return client
 
-    def request(self, address: str, method: str, path: str, body: dict | None = None, params: dict | None = None,
-                timeout: float | None = None):
+    def request(
+        self,
+        address: str,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        params: dict | None = None,
+        timeout: float | None = None,
+    ):
         retry = not path.endswith("/restart")
         return self.client(address).request(method, path, body=body, params=params, timeout=timeout, retry=retry)
 

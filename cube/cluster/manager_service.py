@@ -2,6 +2,7 @@
 health checks and HTTP server; `cube dev` adds in-process workers on this machine's engine. Everything is started
 and closed in one place, in an order that lets long polls end at once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,19 @@ class ManagerService:
     """A manager with everything around it: store, membership (long polls), health checks, HTTP server.
     `cube manager` runs one; `cube dev` runs one plus in-process workers; tests start them on port 0."""
 
-    def __init__(self, port=5555, host="0.0.0.0", data=None, token=None, strategy="epvm", node_timeout=5.0,
-                 poll_wait=2.0, certfile=None, keyfile=None, role="manager"):
+    def __init__(
+        self,
+        port=5555,
+        host="0.0.0.0",
+        data=None,
+        token=None,
+        strategy="epvm",
+        node_timeout=5.0,
+        poll_wait=2.0,
+        certfile=None,
+        keyfile=None,
+        role="manager",
+    ):
         from cube.cluster.api import Server, manager_app
         from cube.cluster.config import ensure_token
         from cube.cluster.links import Links
@@ -31,6 +43,7 @@ class ManagerService:
         from cube.manager.manager import Manager
         from cube.manager.membership import Membership
         from cube.store import DiskStore
+
         self.directory = data_dir(role, data)
         self.token = ensure_token(self.directory, token or os.environ.get("CUBE_TOKEN") or None)
         self.store = DiskStore(os.path.join(self.directory, "store"))
@@ -38,8 +51,13 @@ class ManagerService:
         self.manager = Manager(self.store, strategy=strategy, dispatch=self.links.dispatch, node_timeout=node_timeout)
         self.membership = Membership(self.manager, self.links.request, self.store, poll_wait=poll_wait)
         self.health = HealthChecker(self.manager)
-        self.server = Server(manager_app(self.manager, self.membership, self.links, self.token), host, port,
-                             certfile=certfile, keyfile=keyfile)
+        self.server = Server(
+            manager_app(self.manager, self.membership, self.links, self.token),
+            host,
+            port,
+            certfile=certfile,
+            keyfile=keyfile,
+        )
         self._closers: list = []
 
     @property
@@ -73,9 +91,11 @@ class ManagerService:
     def announce(self) -> None:
         """Advertise the manager on the LAN and admit the workers that advertise themselves."""
         from cube.cluster.discovery import Advertiser, Browser
+
         try:
-            advertiser = Advertiser("manager", f"cube-manager-{socket.gethostname()}", self.server.port,
-                                    {"id": node_id(self.store)})  # the manager's own id, for its instance name
+            advertiser = Advertiser(
+                "manager", f"cube-manager-{socket.gethostname()}", self.server.port, {"id": node_id(self.store)}
+            )  # the manager's own id, for its instance name
             self.on_close(advertiser.close)
         except CubeError as error:
             log.warning("not announcing on mDNS: %s", error.message)
@@ -95,11 +115,22 @@ class ManagerService:
         self.store.close()
 
 
-def run_manager(port=5555, host="0.0.0.0", data=None, token=None, strategy="epvm", workers=(), node_timeout=5.0,
-                certfile=None, keyfile=None, mdns=True) -> None:
+def run_manager(
+    port=5555,
+    host="0.0.0.0",
+    data=None,
+    token=None,
+    strategy="epvm",
+    workers=(),
+    node_timeout=5.0,
+    certfile=None,
+    keyfile=None,
+    mdns=True,
+) -> None:
     """`cube manager`: serve the manager API until stopped."""
-    service = ManagerService(port, host, data, token, strategy, node_timeout, certfile=certfile,
-                             keyfile=keyfile).start()
+    service = ManagerService(
+        port, host, data, token, strategy, node_timeout, certfile=certfile, keyfile=keyfile
+    ).start()
     service.add_workers(workers)
     if mdns:
         service.announce()
@@ -111,19 +142,38 @@ def run_manager(port=5555, host="0.0.0.0", data=None, token=None, strategy="epvm
         service.close()
 
 
-def start_dev(port=5555, data=None, workers=1, strategy="epvm", host="127.0.0.1", runtime=None, cpus=None,
-              memory=None, node_timeout=5.0, stop_timeout=10.0) -> ManagerService:
+def start_dev(
+    port=5555,
+    data=None,
+    workers=1,
+    strategy="epvm",
+    host="127.0.0.1",
+    runtime=None,
+    cpus=None,
+    memory=None,
+    node_timeout=5.0,
+    stop_timeout=10.0,
+) -> ManagerService:
     """A whole cluster in one process: a manager and `workers` local workers on the real Docker engine."""
     from cube.cluster.api import Server, worker_app
+
     service = ManagerService(port, host, data, None, strategy, node_timeout, role="dev")
     if runtime is None:
         from cube.worker.docker_runtime import DockerRuntime
+
         runtime = DockerRuntime()
     service.start()
     base = socket.gethostname()
     for i in range(1, int(workers) + 1):
-        worker = build_worker(f"{base}-dev-{i}", os.path.join(service.directory, f"worker-{i}"), cpus, memory,
-                              runtime=runtime, stop_timeout=stop_timeout, unique_key=True)
+        worker = build_worker(
+            f"{base}-dev-{i}",
+            os.path.join(service.directory, f"worker-{i}"),
+            cpus,
+            memory,
+            runtime=runtime,
+            stop_timeout=stop_timeout,
+            unique_key=True,
+        )
         server = Server(worker_app(worker, service.token), host, 0).start()
         worker.start()
         # Closed last-registered first: the worker wakes its long polls, then its server can stop at once.

@@ -2,6 +2,7 @@
 Ctrl-C). The worker's and the manager's services are `worker_service.py` and `manager_service.py`; the CLI parses
 flags, these modules own the process lifecycle.
 """
+
 from __future__ import annotations
 
 import logging
@@ -10,8 +11,9 @@ import threading
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def wait_for_signal(extra_stop: threading.Event | None = None) -> None:

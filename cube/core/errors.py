@@ -40,21 +40,26 @@ class InvalidTransition(Conflict):
 
 class Unavailable(CubeError):
     """A peer (worker, manager, Docker engine) could not be reached or did not answer in time."""
+
     status = 503
 
 
 class RuntimeFailure(CubeError):
     """The container runtime refused or failed an operation."""
+
     status = 500
 
 
 class ImageUnavailable(RuntimeFailure):
     """The image is not present and could not be pulled."""
+
     status = 424
 
 
-_BY_STATUS = {cls.status: cls for cls in (BadRequest, Unauthorized, NotFound, Conflict, Unavailable,
-                                          ImageUnavailable, RuntimeFailure)}
+_BY_STATUS = {
+    cls.status: cls
+    for cls in (BadRequest, Unauthorized, NotFound, Conflict, Unavailable, ImageUnavailable, RuntimeFailure)
+}
 
 
 def from_status(status: int, message: str) -> CubeError:

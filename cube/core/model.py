@@ -22,6 +22,7 @@
 
 Also here: events, node records, resources. No I/O and no clock: callers pass `now`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,19 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from cube.core.errors import InvalidSpec, InvalidTransition
-from cube.core.spec import (DISCONNECT_POLICIES, JOB_TYPES, RESTART_POLICIES, HealthCheck, Job, Port,  # noqa: F401
-                            RestartPolicy, TaskSpec, format_size, new_id, parse_size)
+from cube.core.spec import (  # noqa: F401
+    DISCONNECT_POLICIES,
+    JOB_TYPES,
+    RESTART_POLICIES,
+    HealthCheck,
+    Job,
+    Port,
+    RestartPolicy,
+    TaskSpec,
+    format_size,
+    new_id,
+    parse_size,
+)
 
 
 class State(str, Enum):
@@ -62,6 +74,7 @@ ACTIVE = frozenset({State.PENDING, State.SCHEDULED, State.RUNNING})
 class Assignment:
     """A task as a worker holds it: what the manager gave (id, spec, job, generation, desired) and what the worker
     observes (the rest). The worker persists it before acknowledging, and reports it as `to_dict()`."""
+
     id: str
     spec: TaskSpec
     job: str = ""
@@ -70,12 +83,12 @@ class Assignment:
     state: State = State.SCHEDULED
     node: str = ""
     container_id: str = ""
-    host_ports: dict = field(default_factory=dict)   # "80/tcp" -> host port number
-    restarts: int = 0            # restarts of this assignment, all told (shown to users)
+    host_ports: dict = field(default_factory=dict)  # "80/tcp" -> host port number
+    restarts: int = 0  # restarts of this assignment, all told (shown to users)
     restart_times: list = field(default_factory=list)  # when the recent ones happened (the policy's window)
-    streak: int = 0              # quick restarts in a row (the backoff)
+    streak: int = 0  # quick restarts in a row (the backoff)
     exit_code: int | None = None
-    reason: str = ""             # why it is in its state: last failure, why it waits, ...
+    reason: str = ""  # why it is in its state: last failure, why it waits, ...
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
@@ -87,12 +100,26 @@ class Assignment:
 
     def to_dict(self) -> dict:
         return {
-            "id": self.id, "name": self.name, "job": self.job, "desired": self.desired.value,
-            "generation": self.generation, "state": self.state.value, "node": self.node, "image": self.spec.image,
-            "container_id": self.container_id, "host_ports": dict(self.host_ports), "restarts": self.restarts,
-            "restart_times": list(self.restart_times), "streak": self.streak, "exit_code": self.exit_code, "reason": self.reason,
-            "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
-            "updated_at": self.updated_at, "spec": self.spec.to_dict(),
+            "id": self.id,
+            "name": self.name,
+            "job": self.job,
+            "desired": self.desired.value,
+            "generation": self.generation,
+            "state": self.state.value,
+            "node": self.node,
+            "image": self.spec.image,
+            "container_id": self.container_id,
+            "host_ports": dict(self.host_ports),
+            "restarts": self.restarts,
+            "restart_times": list(self.restart_times),
+            "streak": self.streak,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "updated_at": self.updated_at,
+            "spec": self.spec.to_dict(),
         }
 
     @classmethod
@@ -101,15 +128,24 @@ class Assignment:
             raise InvalidSpec("an assignment must be a JSON object")
         try:
             return cls(
-                id=str(data["id"]), spec=TaskSpec.from_dict(data["spec"]), job=data.get("job") or "",
-                desired=Desired(data.get("desired", "run")), generation=int(data.get("generation") or 0),
-                state=State(data.get("state", "scheduled")), node=data.get("node") or "",
-                container_id=data.get("container_id") or "", host_ports=dict(data.get("host_ports") or {}),
-                restarts=int(data.get("restarts") or 0), restart_times=list(data.get("restart_times") or ()),
+                id=str(data["id"]),
+                spec=TaskSpec.from_dict(data["spec"]),
+                job=data.get("job") or "",
+                desired=Desired(data.get("desired", "run")),
+                generation=int(data.get("generation") or 0),
+                state=State(data.get("state", "scheduled")),
+                node=data.get("node") or "",
+                container_id=data.get("container_id") or "",
+                host_ports=dict(data.get("host_ports") or {}),
+                restarts=int(data.get("restarts") or 0),
+                restart_times=list(data.get("restart_times") or ()),
                 streak=int(data.get("streak") or 0),
-                exit_code=data.get("exit_code"), reason=data.get("reason") or "",
-                created_at=float(data.get("created_at") or 0), started_at=data.get("started_at"),
-                finished_at=data.get("finished_at"), updated_at=float(data.get("updated_at") or 0),
+                exit_code=data.get("exit_code"),
+                reason=data.get("reason") or "",
+                created_at=float(data.get("created_at") or 0),
+                started_at=data.get("started_at"),
+                finished_at=data.get("finished_at"),
+                updated_at=float(data.get("updated_at") or 0),
             )
         except KeyError as missing:
             raise InvalidSpec(f"assignment is missing {missing}") from None
@@ -125,10 +161,11 @@ class Assignment:
 @dataclass(frozen=True)
 class Observed:
     """One node's report of one assignment, as the manager keeps it: never edited, replaced by the next report."""
+
     node: str
     generation: int
     state: State
-    desired: Desired = Desired.RUN      # the worker's copy of the manager's word (stop once told to stop)
+    desired: Desired = Desired.RUN  # the worker's copy of the manager's word (stop once told to stop)
     container_id: str = ""
     host_ports: dict = field(default_factory=dict)
     restarts: int = 0
@@ -138,23 +175,53 @@ class Observed:
     finished_at: float | None = None
     updated_at: float = 0.0
 
-    FIELDS = ("state", "desired", "generation", "container_id", "host_ports", "restarts", "exit_code", "reason",
-              "started_at", "finished_at", "updated_at")
+    FIELDS = (
+        "state",
+        "desired",
+        "generation",
+        "container_id",
+        "host_ports",
+        "restarts",
+        "exit_code",
+        "reason",
+        "started_at",
+        "finished_at",
+        "updated_at",
+    )
 
     @classmethod
     def from_report(cls, node: str, data: dict) -> "Observed":
         get = data.get
-        return cls(node, int(get("generation") or 0), State(get("state", "scheduled")),
-                   Desired(get("desired", "run")), get("container_id") or "", dict(get("host_ports") or {}),
-                   int(get("restarts") or 0), get("exit_code"), get("reason") or "", get("started_at"),
-                   get("finished_at"), float(get("updated_at") or 0))
+        return cls(
+            node,
+            int(get("generation") or 0),
+            State(get("state", "scheduled")),
+            Desired(get("desired", "run")),
+            get("container_id") or "",
+            dict(get("host_ports") or {}),
+            int(get("restarts") or 0),
+            get("exit_code"),
+            get("reason") or "",
+            get("started_at"),
+            get("finished_at"),
+            float(get("updated_at") or 0),
+        )
 
     def to_dict(self) -> dict:
-        return {"node": self.node, "generation": self.generation, "state": self.state.value,
-                "desired": self.desired.value, "container_id": self.container_id,
-                "host_ports": dict(self.host_ports), "restarts": self.restarts, "exit_code": self.exit_code,
-                "reason": self.reason, "started_at": self.started_at, "finished_at": self.finished_at,
-                "updated_at": self.updated_at}
+        return {
+            "node": self.node,
+            "generation": self.generation,
+            "state": self.state.value,
+            "desired": self.desired.value,
+            "container_id": self.container_id,
+            "host_ports": dict(self.host_ports),
+            "restarts": self.restarts,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "updated_at": self.updated_at,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "Observed":
@@ -169,18 +236,19 @@ class Observed:
 class Task:
     """A task as the manager holds it. The manager writes every field but `observed`, which is the report of the
     node the task is placed on (for the current generation), copied verbatim."""
+
     id: str
     spec: TaskSpec
     job: str = ""
     created_at: float = 0.0
     desired: Desired = Desired.RUN
-    node: str = ""               # where it is placed; "" = not placed (pending, or stopped before placement)
-    generation: int = 0          # bumped at each placement, so a stale copy is known by (id, generation)
-    note: str = ""               # the manager's latest word on it: placement problem, why stopped or moved
+    node: str = ""  # where it is placed; "" = not placed (pending, or stopped before placement)
+    generation: int = 0  # bumped at each placement, so a stale copy is known by (id, generation)
+    note: str = ""  # the manager's latest word on it: placement problem, why stopped or moved
     note_at: float = 0.0
-    reschedules: int = 0         # placements after the first, for the reschedule delay
-    not_before: float = 0.0      # no placement before this time (reschedule delay)
-    avoid: str = ""              # a node the next placement avoids if it can (restarts used up there)
+    reschedules: int = 0  # placements after the first, for the reschedule delay
+    not_before: float = 0.0  # no placement before this time (reschedule delay)
+    avoid: str = ""  # a node the next placement avoids if it can (restarts used up there)
     updated_at: float = 0.0
     observed: Observed | None = None
 
@@ -211,14 +279,30 @@ class Task:
         obs = self.current
         shown = obs or Observed(self.node, self.generation, state)
         return {
-            "id": self.id, "name": self.name, "job": self.job, "image": self.spec.image, "state": state.value,
-            "reason": reason, "desired": self.desired.value, "node": self.node, "generation": self.generation,
-            "note": self.note, "note_at": self.note_at, "reschedules": self.reschedules,
-            "not_before": self.not_before, "avoid": self.avoid, "created_at": self.created_at,
-            "updated_at": self.updated_at, "container_id": shown.container_id, "host_ports": dict(shown.host_ports),
-            "restarts": shown.restarts, "exit_code": shown.exit_code, "started_at": shown.started_at,
+            "id": self.id,
+            "name": self.name,
+            "job": self.job,
+            "image": self.spec.image,
+            "state": state.value,
+            "reason": reason,
+            "desired": self.desired.value,
+            "node": self.node,
+            "generation": self.generation,
+            "note": self.note,
+            "note_at": self.note_at,
+            "reschedules": self.reschedules,
+            "not_before": self.not_before,
+            "avoid": self.avoid,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "container_id": shown.container_id,
+            "host_ports": dict(shown.host_ports),
+            "restarts": shown.restarts,
+            "exit_code": shown.exit_code,
+            "started_at": shown.started_at,
             "finished_at": shown.finished_at if obs else (self.note_at if state in TERMINAL else None),
-            "observed": self.observed.to_dict() if self.observed else None, "spec": self.spec.to_dict(),
+            "observed": self.observed.to_dict() if self.observed else None,
+            "spec": self.spec.to_dict(),
         }
 
     @classmethod
@@ -231,11 +315,18 @@ class Task:
             if observed is None and "observed" not in data and get("node") and get("state"):
                 observed = dict(data)  # a record from Cube 0.1, which kept the observed fields flat
             return cls(
-                id=str(data["id"]), spec=TaskSpec.from_dict(data["spec"]), job=get("job") or "",
-                created_at=float(get("created_at") or 0), desired=Desired(get("desired", "run")),
-                node=get("node") or "", generation=int(get("generation") or 0), note=get("note") or "",
-                note_at=float(get("note_at") or 0), reschedules=int(get("reschedules") or 0),
-                not_before=float(get("not_before") or 0), avoid=get("avoid") or "",
+                id=str(data["id"]),
+                spec=TaskSpec.from_dict(data["spec"]),
+                job=get("job") or "",
+                created_at=float(get("created_at") or 0),
+                desired=Desired(get("desired", "run")),
+                node=get("node") or "",
+                generation=int(get("generation") or 0),
+                note=get("note") or "",
+                note_at=float(get("note_at") or 0),
+                reschedules=int(get("reschedules") or 0),
+                not_before=float(get("not_before") or 0),
+                avoid=get("avoid") or "",
                 updated_at=float(get("updated_at") or 0),
                 observed=Observed.from_dict(observed) if observed else None,
             )
@@ -280,14 +371,21 @@ class Event:
 
     def to_dict(self) -> dict:
         # Written out: dataclasses.asdict deep-copies field by field, and every task change makes an event.
-        return {"id": self.id, "task_id": self.task_id, "state": self.state, "time": self.time,
-                "message": self.message, "node": self.node}
+        return {
+            "id": self.id,
+            "task_id": self.task_id,
+            "state": self.state,
+            "time": self.time,
+            "message": self.message,
+            "node": self.node,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "Event":
         get = data.get
-        return cls(get("id", ""), get("task_id", ""), get("state", ""), get("time", ""), get("message", ""),
-                   get("node", ""))
+        return cls(
+            get("id", ""), get("task_id", ""), get("state", ""), get("time", ""), get("message", ""), get("node", "")
+        )
 
 
 def transition(record: Assignment, to: State, now: float, message: str = "") -> Event:
@@ -331,35 +429,56 @@ class Node:
     """A worker as the manager sees it. `capacity` is what the node offers, `allocated` what placed tasks
     reserve; `used_ports` are host ports taken by placed tasks. `state`, `reason` and `since` are written by the
     manager's membership; `disconnect_timeout` and `stop_timeout` are the worker's, from its reports."""
+
     name: str
-    address: str                       # http://host:port
+    address: str  # http://host:port
     capacity: Resources = field(default_factory=Resources)
     allocated: Resources = field(default_factory=Resources)
     labels: dict = field(default_factory=dict)  # arch, hostname, user labels
     state: str = "ready"
     reason: str = ""
-    since: float = 0.0                 # when it entered its state
+    since: float = 0.0  # when it entered its state
     last_seen: float = 0.0
     used_ports: set = field(default_factory=set)  # {(port, protocol)}
     tasks: int = 0
-    disconnect_timeout: float = 0.0    # the worker stops its on-disconnect=stop tasks after this long alone
+    disconnect_timeout: float = 0.0  # the worker stops its on-disconnect=stop tasks after this long alone
     stop_timeout: float = 10.0
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "address": self.address, "state": self.state, "reason": self.reason,
-                "since": self.since, "arch": self.labels.get("arch", ""), "cpus": self.capacity.cpu,
-                "memory": self.capacity.memory, "disk": self.capacity.disk, "capacity": self.capacity.to_dict(),
-                "allocated": self.allocated.to_dict(), "labels": dict(self.labels), "last_seen": self.last_seen,
-                "tasks": self.tasks, "used_ports": sorted([list(p) for p in self.used_ports]),
-                "disconnect_timeout": self.disconnect_timeout, "stop_timeout": self.stop_timeout}
+        return {
+            "name": self.name,
+            "address": self.address,
+            "state": self.state,
+            "reason": self.reason,
+            "since": self.since,
+            "arch": self.labels.get("arch", ""),
+            "cpus": self.capacity.cpu,
+            "memory": self.capacity.memory,
+            "disk": self.capacity.disk,
+            "capacity": self.capacity.to_dict(),
+            "allocated": self.allocated.to_dict(),
+            "labels": dict(self.labels),
+            "last_seen": self.last_seen,
+            "tasks": self.tasks,
+            "used_ports": sorted([list(p) for p in self.used_ports]),
+            "disconnect_timeout": self.disconnect_timeout,
+            "stop_timeout": self.stop_timeout,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "Node":
-        return cls(name=data["name"], address=data.get("address", ""),
-                   capacity=Resources.from_dict(data.get("capacity")),
-                   allocated=Resources.from_dict(data.get("allocated")), labels=dict(data.get("labels") or {}),
-                   state=data.get("state", "ready"), reason=data.get("reason") or "",
-                   since=float(data.get("since") or 0), last_seen=float(data.get("last_seen") or 0),
-                   used_ports={tuple(p) for p in data.get("used_ports") or ()}, tasks=int(data.get("tasks") or 0),
-                   disconnect_timeout=float(data.get("disconnect_timeout") or 0),
-                   stop_timeout=float(data.get("stop_timeout") or 10.0))
+        return cls(
+            name=data["name"],
+            address=data.get("address", ""),
+            capacity=Resources.from_dict(data.get("capacity")),
+            allocated=Resources.from_dict(data.get("allocated")),
+            labels=dict(data.get("labels") or {}),
+            state=data.get("state", "ready"),
+            reason=data.get("reason") or "",
+            since=float(data.get("since") or 0),
+            last_seen=float(data.get("last_seen") or 0),
+            used_ports={tuple(p) for p in data.get("used_ports") or ()},
+            tasks=int(data.get("tasks") or 0),
+            disconnect_timeout=float(data.get("disconnect_timeout") or 0),
+            stop_timeout=float(data.get("stop_timeout") or 10.0),
+        )

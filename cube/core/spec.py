@@ -2,6 +2,7 @@
 check, disconnect policy, labels, constraints) and jobs. This module decides what is valid input and what every
 field means when left out; each error names the field and says what would be right. No I/O, no clock.
 """
+
 from __future__ import annotations
 
 import re
@@ -62,9 +63,11 @@ class Port:
             _only(value, {"container", "host", "protocol"}, "port")
             if "container" not in value:
                 raise InvalidSpec("port needs a 'container' port number")
-            return cls(_port_number(value["container"], "container port"),
-                       None if value.get("host") in (None, 0) else _port_number(value["host"], "host port"),
-                       _protocol(value.get("protocol", "tcp")))
+            return cls(
+                _port_number(value["container"], "container port"),
+                None if value.get("host") in (None, 0) else _port_number(value["host"], "host port"),
+                _protocol(value.get("protocol", "tcp")),
+            )
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise InvalidSpec(f"port must be a number, 'host:container' or an object, not {value!r}")
         text = str(value).strip()
@@ -73,8 +76,7 @@ class Port:
             text, protocol = text.split("/", 1)
         if ":" in text:
             host, container = text.split(":", 1)
-            return cls(_port_number(container, "container port"), _port_number(host, "host port"),
-                       _protocol(protocol))
+            return cls(_port_number(container, "container port"), _port_number(host, "host port"), _protocol(protocol))
         return cls(_port_number(text, "container port"), None, _protocol(protocol))
 
     def to_dict(self) -> dict:
@@ -103,9 +105,10 @@ class RestartPolicy:
     at most `max_restarts` restarts within any `window` seconds, with a backoff that doubles from 1 s and is reset
     by a run of BACKOFF_RESET seconds (see cube.worker.restarts). A service whose node has used up its restarts is
     then rescheduled by the manager, with a delay, preferably elsewhere; a batch task fails."""
+
     name: str = "on-failure"
     max_restarts: int = 3
-    window: float = 600.0   # seconds; Nomad's default interval is 30 min, Kubernetes resets after 10 min of run
+    window: float = 600.0  # seconds; Nomad's default interval is 30 min, Kubernetes resets after 10 min of run
 
     @classmethod
     def parse(cls, value) -> "RestartPolicy":
@@ -180,8 +183,10 @@ def _number(value, what: str, low: float, high: float) -> float:
 def _only(data: dict, allowed: set[str], what: str) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise InvalidSpec(f"unknown field{'s' if len(unknown) > 1 else ''} in {what}: {', '.join(unknown)} "
-                          f"(allowed: {', '.join(sorted(allowed))})")
+        raise InvalidSpec(
+            f"unknown field{'s' if len(unknown) > 1 else ''} in {what}: {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
 
 
 def _constraint(value) -> str:
@@ -193,14 +198,15 @@ def _constraint(value) -> str:
 @dataclass(frozen=True)
 class TaskSpec:
     """What a user asks to run. Immutable; validated by `from_dict`."""
+
     image: str
     name: str = ""
     command: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     ports: tuple[Port, ...] = ()
-    cpu: float = 0.0          # cores; 0 = no limit, nothing reserved
-    memory: int = 0           # bytes; 0 = no limit, nothing reserved
-    disk: int = 0             # bytes reserved on the node
+    cpu: float = 0.0  # cores; 0 = no limit, nothing reserved
+    memory: int = 0  # bytes; 0 = no limit, nothing reserved
+    disk: int = 0  # bytes reserved on the node
     restart: RestartPolicy = RestartPolicy()
     health: HealthCheck | None = None
     labels: tuple[tuple[str, str], ...] = ()
@@ -210,8 +216,21 @@ class TaskSpec:
     # fixed host port (its replacement elsewhere would serve the same address), keep for the others.
     on_disconnect: str = ""
 
-    FIELDS = ("name", "image", "command", "env", "ports", "cpu", "memory", "disk", "restart", "health", "labels",
-              "constraints", "on_disconnect")
+    FIELDS = (
+        "name",
+        "image",
+        "command",
+        "env",
+        "ports",
+        "cpu",
+        "memory",
+        "disk",
+        "restart",
+        "health",
+        "labels",
+        "constraints",
+        "on_disconnect",
+    )
 
     @classmethod
     def from_dict(cls, data) -> "TaskSpec":
@@ -223,13 +242,14 @@ class TaskSpec:
             raise InvalidSpec("image is required: a name such as nginx or nginx:1.25")
         name = data.get("name") or ""
         if name and (not isinstance(name, str) or not _NAME_RE.match(name)):
-            raise InvalidSpec(f"name must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or "
-                              f"digit, not {name!r}")
+            raise InvalidSpec(
+                f"name must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit, not {name!r}"
+            )
         command = data.get("command") or ()
         if isinstance(command, str):
             command = command.split()
         if not isinstance(command, (list, tuple)) or not all(isinstance(c, str) for c in command):
-            raise InvalidSpec("command must be a list of strings, e.g. [\"sleep\", \"3600\"]")
+            raise InvalidSpec('command must be a list of strings, e.g. ["sleep", "3600"]')
         env = data.get("env") or {}
         if isinstance(env, (list, tuple)):
             env = dict(_env_pair(item) for item in env)
@@ -247,14 +267,15 @@ class TaskSpec:
             raise InvalidSpec("ports lists the same host port twice")
         cpu = _number(data.get("cpu", 0) or 0, "cpu", 0, MAX_CPU)
         labels = data.get("labels") or {}
-        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                   for k, v in labels.items()):
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
             raise InvalidSpec("labels must be an object of string: string")
         constraints = data.get("constraints") or ()
         if isinstance(constraints, str):
             constraints = [constraints]
         if not isinstance(constraints, (list, tuple)):
-            raise InvalidSpec("constraints must be a list such as [\"arch=aarch64\"]")
+            raise InvalidSpec('constraints must be a list such as ["arch=aarch64"]')
         health = HealthCheck.parse(data.get("health"))
         if health and health.port is None and not parsed_ports:
             raise InvalidSpec("a health check needs a port: add ports, or set health.port")
@@ -264,22 +285,36 @@ class TaskSpec:
         if on_disconnect not in ("", *DISCONNECT_POLICIES):
             raise InvalidSpec(f"on_disconnect must be stop or keep, not {on_disconnect!r}")
         return cls(
-            image=image.strip(), name=name, command=tuple(command),
-            env=tuple(sorted((k, str(v)) for k, v in env.items())), ports=parsed_ports, cpu=cpu,
+            image=image.strip(),
+            name=name,
+            command=tuple(command),
+            env=tuple(sorted((k, str(v)) for k, v in env.items())),
+            ports=parsed_ports,
+            cpu=cpu,
             memory=parse_size(data.get("memory", 0) or 0, "memory"),
             disk=parse_size(data.get("disk", 0) or 0, "disk"),
-            restart=RestartPolicy.parse(data.get("restart")), health=health,
-            labels=tuple(sorted(labels.items())), constraints=tuple(_constraint(c) for c in constraints),
+            restart=RestartPolicy.parse(data.get("restart")),
+            health=health,
+            labels=tuple(sorted(labels.items())),
+            constraints=tuple(_constraint(c) for c in constraints),
             on_disconnect=on_disconnect,
         )
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "image": self.image, "command": list(self.command), "env": dict(self.env),
-            "ports": [p.to_dict() for p in self.ports], "cpu": self.cpu, "memory": self.memory,
-            "disk": self.disk, "restart": self.restart.to_dict(),
-            "health": self.health.to_dict() if self.health else None, "labels": dict(self.labels),
-            "constraints": list(self.constraints), "on_disconnect": self.on_disconnect,
+            "name": self.name,
+            "image": self.image,
+            "command": list(self.command),
+            "env": dict(self.env),
+            "ports": [p.to_dict() for p in self.ports],
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "disk": self.disk,
+            "restart": self.restart.to_dict(),
+            "health": self.health.to_dict() if self.health else None,
+            "labels": dict(self.labels),
+            "constraints": list(self.constraints),
+            "on_disconnect": self.on_disconnect,
         }
 
     @property
@@ -344,5 +379,11 @@ class Job:
         return cls(name, spec, count, kind, float(data.get("created_at") or 0), bool(data.get("stopped")))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "task": self.spec.to_dict(), "count": self.count, "type": self.type,
-                "created_at": self.created_at, "stopped": self.stopped}
+        return {
+            "name": self.name,
+            "task": self.spec.to_dict(),
+            "count": self.count,
+            "type": self.type,
+            "created_at": self.created_at,
+            "stopped": self.stopped,
+        }

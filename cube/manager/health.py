@@ -3,6 +3,7 @@ This module only probes and tells the manager (`Manager.health_failed`); what a 
 same node, reschedule, fail after the maximum restarts) is the manager's and the worker's decision. A task is first
 checked one interval after its container started, so a slow-starting server is not restarted for being slow.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -11,7 +12,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
-
 
 log = logging.getLogger("cube.health")
 
@@ -35,7 +35,7 @@ class HealthChecker:
     def __init__(self, manager, threads: int = 4, clock=time.monotonic):
         self.manager = manager
         self.clock = clock
-        self._due: dict[tuple, float] = {}       # (task id, container id) -> next check
+        self._due: dict[tuple, float] = {}  # (task id, container id) -> next check
         self._busy: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-health")

@@ -17,14 +17,15 @@ Rules kept here:
 - The dispatcher (how a request reaches a worker) and the clocks are constructor arguments; the API and the health
   checker read copies (`list_tasks`, `task_detail`, `health_targets`, ...), never the dicts or the lock.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from cube import scheduler
 from cube.core.errors import BadRequest, Conflict, CubeError, NotFound
@@ -33,9 +34,9 @@ from cube.manager.reconcile import Reported, job_diff, node_diff, task_decision
 from cube.store import Store
 
 log = logging.getLogger("cube.manager")
-SAMPLE_ABOVE = 64   # nodes; above this, placement samples SAMPLE_LIMIT feasible nodes
+SAMPLE_ABOVE = 64  # nodes; above this, placement samples SAMPLE_LIMIT feasible nodes
 SAMPLE_LIMIT = 16
-RETRY_BASE = 0.5    # seconds before a failed dispatch is tried again; doubles up to RETRY_MAX
+RETRY_BASE = 0.5  # seconds before a failed dispatch is tried again; doubles up to RETRY_MAX
 RETRY_MAX = 10.0
 SWEEP_EVERY = 10.0  # seconds between full rounds over every task and node (the safety net under the indexes)
 
@@ -46,10 +47,11 @@ Dispatch = Callable[[str, str, str, "dict | None", "dict | None"], object]
 @dataclass
 class Attempt:
     """One request the node diff wants delivered (an assignment or a stop), and how its delivery goes."""
+
     in_flight: bool = False
-    acked_at: float | None = None   # monotonic time the worker acknowledged it
+    acked_at: float | None = None  # monotonic time the worker acknowledged it
     failures: int = 0
-    next_at: float = 0.0            # monotonic time before which it is not tried again
+    next_at: float = 0.0  # monotonic time before which it is not tried again
 
 
 def holds(task: Task) -> bool:
@@ -58,9 +60,18 @@ def holds(task: Task) -> bool:
 
 
 class Manager:
-    def __init__(self, store: Store, *, strategy: str = "epvm", clock: Callable[[], float] = time.time,
-                 dispatch: Dispatch | None = None, node_timeout: float = 5.0, threads: int = 8,
-                 monotonic: Callable[[], float] = time.monotonic, executor=None):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        strategy: str = "epvm",
+        clock: Callable[[], float] = time.time,
+        dispatch: Dispatch | None = None,
+        node_timeout: float = 5.0,
+        threads: int = 8,
+        monotonic: Callable[[], float] = time.monotonic,
+        executor=None,
+    ):
         """`executor` (tests): runs deliveries (`submit(fn, *args)`) instead of the manager's thread pool."""
         scheduler.scorer(strategy)  # unknown strategy: fail at start, not at the first placement
         self.store = store
@@ -76,15 +87,15 @@ class Manager:
         self.jobs: dict[str, Job] = {}
         self.nodes: dict[str, Node] = {}
         self.placements: dict[str, dict] = {}
-        self._held: dict[str, str] = {}              # task id -> node whose allocation counts it
-        self._by_node: dict[str, set[str]] = {}      # node -> ids of the tasks placed there
+        self._held: dict[str, str] = {}  # task id -> node whose allocation counts it
+        self._by_node: dict[str, set[str]] = {}  # node -> ids of the tasks placed there
         self._by_job: dict[str, set[str]] = {}
-        self._pending: set[str] = set()              # desired to run, placed nowhere
+        self._pending: set[str] = set()  # desired to run, placed nowhere
         self._reports: dict[str, dict[str, Reported]] = {}
-        self._report_start: dict[str, float] = {}    # node -> monotonic start of the poll of its latest report
-        self._folded: dict[str, tuple] = {}          # task id -> the report fields last copied into it
+        self._report_start: dict[str, float] = {}  # node -> monotonic start of the poll of its latest report
+        self._folded: dict[str, tuple] = {}  # task id -> the report fields last copied into it
         self._outbox: dict[str, dict[tuple, Attempt]] = {}
-        self._dirty: set[str] = set()                # nodes whose diff may have changed
+        self._dirty: set[str] = set()  # nodes whose diff may have changed
         self._swept = float("-inf")
         self._pool = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-dispatch")
         self._load()
@@ -189,8 +200,10 @@ class Manager:
     def _name_free(self, name: str) -> None:
         for other in self.tasks.values():
             if other.name == name and other.desired is Desired.RUN and other.state in ACTIVE:
-                raise Conflict(f"a task named {name!r} is already {other.state.value} (id {other.id}): "
-                               f"stop it first or pick another name")
+                raise Conflict(
+                    f"a task named {name!r} is already {other.state.value} (id {other.id}): "
+                    f"stop it first or pick another name"
+                )
 
     def submit_job(self, data: dict) -> tuple[Job, bool]:
         """Keep a job and place its tasks in one pass. Submitting the same job again is idempotent and completes
@@ -202,8 +215,10 @@ class Manager:
             created = True
             if existing is not None and not existing.stopped:
                 if existing.spec != job.spec or existing.type != job.type or existing.count != job.count:
-                    raise Conflict(f"job {job.name!r} already exists with another spec or count: use "
-                                   f"`cube scale {job.name} N`, or stop it first")
+                    raise Conflict(
+                        f"job {job.name!r} already exists with another spec or count: use "
+                        f"`cube scale {job.name} N`, or stop it first"
+                    )
                 job, created = existing, False
             else:
                 job.created_at = self.clock()
@@ -219,8 +234,10 @@ class Manager:
         tasks = [self.tasks[i] for i in self._by_job.get(job.name, ())]
         plan = job_diff(job, tasks)
         for task_id in plan.stop:
-            self._stop(self.tasks[task_id], f"job {job.name} stopped" if job.stopped
-                       else f"job {job.name} scaled to {job.count}")
+            self._stop(
+                self.tasks[task_id],
+                f"job {job.name} stopped" if job.stopped else f"job {job.name} scaled to {job.count}",
+            )
         new = []
         for index in plan.create:
             spec = TaskSpec.from_dict({**job.spec.to_dict(), "name": f"{job.name}-{index}"})
@@ -266,12 +283,23 @@ class Manager:
             self._commit(task, before, task.note)
 
     def _pick(self, task: Task, nodes: list[Node]):
-        return scheduler.place(task.spec, nodes, self.strategy, seed=f"{task.id}:{task.generation}",
-                               state=self.sched_state, limit=self._limit(len(nodes)))
+        return scheduler.place(
+            task.spec,
+            nodes,
+            self.strategy,
+            seed=f"{task.id}:{task.generation}",
+            state=self.sched_state,
+            limit=self._limit(len(nodes)),
+        )
 
     def _record_placement(self, task: Task, placement, nodes: list[Node]) -> None:
-        record = {"task_id": task.id, "time": self.clock(), "node": placement.node.name if placement.node
-                  else "", "reasons": dict(placement.reasons), "strategy": self.strategy}
+        record = {
+            "task_id": task.id,
+            "time": self.clock(),
+            "node": placement.node.name if placement.node else "",
+            "reasons": dict(placement.reasons),
+            "strategy": self.strategy,
+        }
         previous = self.placements.get(task.id)
         self.placements[task.id] = record
         if placement.node is None:
@@ -335,8 +363,9 @@ class Manager:
 
     # ---- what workers report -------------------------------------------------------------------------------
 
-    def observe(self, node_name: str, reported: list[dict], events: list[dict],
-                poll_started: float | None = None) -> list[tuple]:
+    def observe(
+        self, node_name: str, reported: list[dict], events: list[dict], poll_started: float | None = None
+    ) -> list[tuple]:
         """Fold a node's report in: copy the observations of the tasks placed there, keep what the node holds for
         its diff, act on what changed. Returns the requests the node's diff wants delivered now: the caller (the
         node's poller) delivers them before it polls again, so a worker that waits for the manager's word (see
@@ -350,8 +379,9 @@ class Manager:
             changed = []
             for data in reported:
                 task_id = data["id"]
-                seen = Reported(int(data.get("generation") or 0), State(data["state"]),
-                                Desired(data.get("desired", "run")))
+                seen = Reported(
+                    int(data.get("generation") or 0), State(data["state"]), Desired(data.get("desired", "run"))
+                )
                 report[task_id] = seen
                 task = self.tasks.get(task_id)
                 if task is None or task.node != node_name or seen.generation != task.generation:
@@ -368,8 +398,9 @@ class Manager:
             self._reports[node_name] = report
             self._dirty.add(node_name)
             for data in events:
-                self.store.append_event(Event(0, data["task_id"], data["state"], data["time"],
-                                              data.get("message", ""), node_name))
+                self.store.append_event(
+                    Event(0, data["task_id"], data["state"], data["time"], data.get("message", ""), node_name)
+                )
             self._decide(changed)
             if any(not holds(t) for t in changed):
                 self._place(sorted((self.tasks[i] for i in self._pending), key=lambda t: t.created_at))
@@ -386,8 +417,9 @@ class Manager:
         moved = []
         for task in tasks:
             job = self.jobs.get(task.job)
-            decision = task_decision(task, self.nodes.get(task.node), now, self.node_timeout,
-                                     job.type if job else "service")
+            decision = task_decision(
+                task, self.nodes.get(task.node), now, self.node_timeout, job.type if job else "service"
+            )
             if not decision.unplace:
                 continue
             before = (task.node, task.job)
@@ -429,8 +461,11 @@ class Manager:
                 return
             node.last_seen = self.clock()
             runtime = stats.get("runtime") or {}
-            state, reason = ("ready", "") if runtime.get("ok", True) else \
-                ("unhealthy", f"container engine not answering: {runtime.get('error') or 'no detail'}")
+            state, reason = (
+                ("ready", "")
+                if runtime.get("ok", True)
+                else ("unhealthy", f"container engine not answering: {runtime.get('error') or 'no detail'}")
+            )
             changed = _refresh(node, stats)
             if state != node.state:
                 self._node_state(node, state, reason)
@@ -450,8 +485,14 @@ class Manager:
         """Move a node to `state` (lock held) and decide again for the tasks placed there."""
         was = node.state
         node.state, node.reason, node.since = state, reason, self.clock()
-        log.log(logging.WARNING if state != "ready" else logging.INFO, "node %s is %s%s (was %s)", node.name,
-                state, f": {reason}" if reason else "", was)
+        log.log(
+            logging.WARNING if state != "ready" else logging.INFO,
+            "node %s is %s%s (was %s)",
+            node.name,
+            state,
+            f": {reason}" if reason else "",
+            was,
+        )
         self._decide([self.tasks[i] for i in list(self._by_node.get(node.name, ()))])
         self._changed.notify_all()
 
@@ -585,17 +626,31 @@ class Manager:
             out = []
             for task in self.tasks.values():
                 obs = task.current
-                if not task.spec.health or task.desired is not Desired.RUN or obs is None or \
-                        obs.state is not State.RUNNING or not obs.container_id:
+                if (
+                    not task.spec.health
+                    or task.desired is not Desired.RUN
+                    or obs is None
+                    or obs.state is not State.RUNNING
+                    or not obs.container_id
+                ):
                     continue
                 node = self.nodes.get(task.node)
                 port = task.spec.health_port
                 host_port = obs.host_ports.get(port.key) if port else None
                 if node is None or not host_port:
                     continue
-                out.append({"task_id": task.id, "container_id": obs.container_id, "restarts": obs.restarts,
-                            "address": node.address, "port": int(host_port), "path": task.spec.health.path,
-                            "interval": task.spec.health.interval, "timeout": task.spec.health.timeout})
+                out.append(
+                    {
+                        "task_id": task.id,
+                        "container_id": obs.container_id,
+                        "restarts": obs.restarts,
+                        "address": node.address,
+                        "port": int(host_port),
+                        "path": task.spec.health.path,
+                        "interval": task.spec.health.interval,
+                        "timeout": task.spec.health.timeout,
+                    }
+                )
             return out
 
     def health_failed(self, task_id: str, reason: str) -> None:
@@ -604,17 +659,24 @@ class Manager:
         with self._lock:
             task = self.tasks.get(task_id)
             node = self.nodes.get(task.node) if task else None
-            if task is None or task.state is not State.RUNNING or task.desired is not Desired.RUN or node is None \
-                    or node.state != "ready":
+            if (
+                task is None
+                or task.state is not State.RUNNING
+                or task.desired is not Desired.RUN
+                or node is None
+                or node.state != "ready"
+            ):
                 return
-            self.store.append_event(Event(0, task.id, task.state.value, self.clock(),
-                                          f"health check failed: {reason}", task.node))
+            self.store.append_event(
+                Event(0, task.id, task.state.value, self.clock(), f"health check failed: {reason}", task.node)
+            )
             address = node.address
         if self._dispatch is None:
             return
         try:
-            self._dispatch(address, "POST", f"/tasks/{task_id}/restart",
-                           {"reason": f"health check failed: {reason}"}, None)
+            self._dispatch(
+                address, "POST", f"/tasks/{task_id}/restart", {"reason": f"health check failed: {reason}"}, None
+            )
         except CubeError as error:
             log.warning("restart of %s on %s failed: %s", task_id, node.name, error.message)
 
@@ -651,8 +713,11 @@ class Manager:
         with self._lock:
             job = self._job(name)
             data = job.to_dict()
-            views = [v for v in self.task_views(job=name) if v["desired"] == "run" or v["state"] in
-                     ("pending", "scheduled", "running")]
+            views = [
+                v
+                for v in self.task_views(job=name)
+                if v["desired"] == "run" or v["state"] in ("pending", "scheduled", "running")
+            ]
             data["tasks"] = views
             data["running"] = sum(1 for v in views if v["state"] == "running")
             return data
@@ -717,8 +782,13 @@ class Manager:
 
 def _assignment(task: Task) -> dict:
     """What a worker is given: the task's identity, spec and generation (never the manager's other fields)."""
-    return {"id": task.id, "spec": task.spec.to_dict(), "job": task.job, "generation": task.generation,
-            "desired": Desired.RUN.value}
+    return {
+        "id": task.id,
+        "spec": task.spec.to_dict(),
+        "job": task.job,
+        "generation": task.generation,
+        "desired": Desired.RUN.value,
+    }
 
 
 def _refresh(node: Node, stats: dict) -> bool:
@@ -726,8 +796,7 @@ def _refresh(node: Node, stats: dict) -> bool:
     capacity = Resources.from_dict(stats.get("capacity")) if stats.get("capacity") else node.capacity
     disconnect = float(stats.get("disconnect_timeout") or 0)
     stop = float(stats.get("stop_timeout") or node.stop_timeout)
-    if (capacity.to_dict(), disconnect, stop) == (node.capacity.to_dict(), node.disconnect_timeout,
-                                                  node.stop_timeout):
+    if (capacity.to_dict(), disconnect, stop) == (node.capacity.to_dict(), node.disconnect_timeout, node.stop_timeout):
         return False
     node.capacity, node.disconnect_timeout, node.stop_timeout = capacity, disconnect, stop
     return True
@@ -737,4 +806,3 @@ def _no_fit(placement, nodes: list[Node]) -> str:
     if not nodes:
         return "no nodes yet: start a worker (`cube worker`) or add one with --workers"
     return "no node fits: " + "; ".join(f"{name}: {why}" for name, why in sorted(placement.reasons.items()))
-

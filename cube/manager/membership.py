@@ -10,20 +10,22 @@ that waits for the manager's word after a restart releases its holds on the next
 for it has arrived. The transport (HTTP, token, TLS) is given as `request(address, method, path, body, params,
 timeout)`, so this module has no client of its own.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cube.core.errors import CubeError, Unauthorized
 from cube.core.model import Node, Resources
 
 log = logging.getLogger("cube.membership")
-TICK = 0.25   # seconds between the manager's housekeeping rounds
+TICK = 0.25  # seconds between the manager's housekeeping rounds
 
-Request = Callable[..., Any]   # (address, method, path, body=None, params=None, timeout=None) -> answer
+Request = Callable[..., Any]  # (address, method, path, body=None, params=None, timeout=None) -> answer
 
 
 class Membership:
@@ -48,10 +50,10 @@ class Membership:
         try:
             stats = self.request(address, "GET", "/stats", timeout=5.0)
         except Unauthorized:
-            raise Unauthorized(f"worker at {address} refused our cluster token: start it with the token "
-                               f"`cube token` prints") from None
-        node = node_from_stats(stats, address.rstrip("/") if "://" in address else f"http://{address}",
-                               self.clock())
+            raise Unauthorized(
+                f"worker at {address} refused our cluster token: start it with the token `cube token` prints"
+            ) from None
+        node = node_from_stats(stats, address.rstrip("/") if "://" in address else f"http://{address}", self.clock())
         node.name = self._unique_name(node)
         self.manager.node_up(node)
         self._start_poller(node.name)
@@ -92,9 +94,13 @@ class Membership:
                 return
             started = self.manager.monotonic()
             try:
-                answer = self.request(node.address, "GET", "/state",
-                                      params={"version": version, "wait": self.poll_wait, "events_since": cursor},
-                                      timeout=self.poll_wait + 5)
+                answer = self.request(
+                    node.address,
+                    "GET",
+                    "/state",
+                    params={"version": version, "wait": self.poll_wait, "events_since": cursor},
+                    timeout=self.poll_wait + 5,
+                )
             except CubeError as error:
                 log.debug("poll of %s failed: %s", name, error.message)
                 version = None
@@ -131,6 +137,12 @@ def node_from_stats(stats: dict, address: str, now: float) -> Node:
     labels.setdefault("arch", stats.get("arch", ""))
     labels.setdefault("hostname", stats.get("hostname", ""))
     labels["node_id"] = str(stats.get("id") or "")
-    return Node(name=stats["name"], address=address, capacity=capacity, labels=labels, last_seen=now,
-                disconnect_timeout=float(stats.get("disconnect_timeout") or 0),
-                stop_timeout=float(stats.get("stop_timeout") or 10.0))
+    return Node(
+        name=stats["name"],
+        address=address,
+        capacity=capacity,
+        labels=labels,
+        last_seen=now,
+        disconnect_timeout=float(stats.get("disconnect_timeout") or 0),
+        stop_timeout=float(stats.get("stop_timeout") or 10.0),
+    )

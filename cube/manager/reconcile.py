@@ -19,21 +19,23 @@ Per task (`task_decision`), its desired state, placement and observation against
 Per job (`job_diff`): the job's tasks that are desired to run, against its count: which indexes to create, which
 tasks to stop.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from cube.core.model import Desired, Job, Node, State, Task
 
-RESCHEDULE_BASE = 5.0      # seconds before the first reschedule of a failing service; doubles after
+RESCHEDULE_BASE = 5.0  # seconds before the first reschedule of a failing service; doubles after
 RESCHEDULE_MAX = 300.0
-RESCHEDULE_RESET = 600.0   # a service that ran this long before failing starts its reschedule delay over
+RESCHEDULE_RESET = 600.0  # a service that ran this long before failing starts its reschedule delay over
 
 
 @dataclass(frozen=True)
 class Reported:
     """What the manager keeps of a node's report of one task (enough to decide; the full observation is on the
     task)."""
+
     generation: int
     state: State
     desired: Desired
@@ -46,8 +48,8 @@ class Reported:
 
 @dataclass
 class NodePlan:
-    send: list[str] = field(default_factory=list)                  # task ids whose assignment to deliver
-    stop: list[tuple[str, int]] = field(default_factory=list)      # (task id, generation) copies to stop
+    send: list[str] = field(default_factory=list)  # task ids whose assignment to deliver
+    stop: list[tuple[str, int]] = field(default_factory=list)  # (task id, generation) copies to stop
 
     def empty(self) -> bool:
         return not self.send and not self.stop
@@ -79,11 +81,12 @@ def node_diff(node: str, placed: list[Task], report: dict[str, Reported], lookup
 @dataclass(frozen=True)
 class Decision:
     """What to do with one task: `unplace` (to be placed again, after `not_before`), with a note for the user."""
+
     unplace: bool = False
     note: str = ""
     not_before: float = 0.0
     avoid: str = ""
-    reschedules: int | None = None   # the new count, when this is a reschedule
+    reschedules: int | None = None  # the new count, when this is a reschedule
 
 
 KEEP = Decision()
@@ -109,12 +112,16 @@ def task_decision(task: Task, node: Node | None, now: float, node_timeout: float
         return Decision(True, f"node {task.node} stopped it ({obs.reason or 'no reason given'}): placing it again")
     if obs.state is State.FAILED and _reschedules(task, job_type):
         count = task.reschedules + 1
-        if obs.started_at is not None and obs.finished_at is not None and \
-                obs.finished_at - obs.started_at >= RESCHEDULE_RESET:
+        if (
+            obs.started_at is not None
+            and obs.finished_at is not None
+            and obs.finished_at - obs.started_at >= RESCHEDULE_RESET
+        ):
             count = 1
         delay = reschedule_delay(count)
-        return Decision(True, f"failed on {task.node} ({obs.reason}): rescheduling in {delay:g} s",
-                        now + delay, task.node, count)
+        return Decision(
+            True, f"failed on {task.node} ({obs.reason}): rescheduling in {delay:g} s", now + delay, task.node, count
+        )
     return KEEP
 
 
@@ -147,8 +154,8 @@ def reschedule_delay(count: int) -> float:
 
 @dataclass
 class JobPlan:
-    create: list[int] = field(default_factory=list)   # task indexes to create (job-<index>)
-    stop: list[str] = field(default_factory=list)     # task ids to stop
+    create: list[int] = field(default_factory=list)  # task indexes to create (job-<index>)
+    stop: list[str] = field(default_factory=list)  # task ids to stop
 
 
 def job_diff(job: Job, tasks: list[Task]) -> JobPlan:
@@ -159,8 +166,8 @@ def job_diff(job: Job, tasks: list[Task]) -> JobPlan:
         plan.stop = [t.id for t in tasks if t.desired is Desired.RUN]
         return plan
     live = sorted((t for t in tasks if t.desired is Desired.RUN), key=lambda t: task_index(t.name))
-    plan.stop = [t.id for t in live[job.count:]]
-    used = {task_index(t.name) for t in live[:job.count]}
+    plan.stop = [t.id for t in live[job.count :]]
+    used = {task_index(t.name) for t in live[: job.count]}
     index = 1
     for _ in range(job.count - min(len(live), job.count)):
         while index in used:

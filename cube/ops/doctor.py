@@ -6,6 +6,7 @@ an unsynchronized clock, little disk). It reads files and asks the Docker engine
 Everything it reads from the machine goes through `Probes`, one method per source, so tests give each check
 the machine they want (a Raspberry Pi with `cgroup_disable=memory`, a clock stuck in 1970) without having one.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ from cube.core.errors import CubeError
 IFF_UP, IFF_LOOPBACK, IFF_RUNNING, IFF_MULTICAST = 0x1, 0x8, 0x40, 0x1000
 # Interfaces that never face the LAN: Docker's and container networks' own.
 NOT_LAN = ("docker", "veth", "br-", "virbr", "cni", "flannel", "cali")
-GIB = 1024 ** 3
+GIB = 1024**3
 DISK_FAIL, DISK_WARN = 1 * GIB, 5 * GIB
 PI_CMDLINE = ("/boot/firmware/cmdline.txt", "/boot/cmdline.txt")  # Raspberry Pi OS since bookworm, and before
 BUILD_ARCHES = ("x86_64", "aarch64", "armv7l")
@@ -42,6 +43,7 @@ class Probes:
 
     def docker(self) -> dict:
         from cube.worker.docker_runtime import engine_info
+
         return engine_info(timeout=10.0)
 
     def read(self, path: str) -> str | None:
@@ -78,8 +80,9 @@ class Probes:
     def ntp_synchronized(self) -> bool | None:
         """timedatectl's answer, or None when there is no systemd to ask."""
         try:
-            done = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
-                                  capture_output=True, text=True, timeout=5)
+            done = subprocess.run(
+                ["timedatectl", "show", "-p", "NTPSynchronized", "--value"], capture_output=True, text=True, timeout=5
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         answer = done.stdout.strip()
@@ -91,23 +94,30 @@ class Probes:
     def arch(self) -> tuple[str, str | None, str | None]:
         """(the kernel's machine, the interpreter's architecture, the architecture the pyz was built for)."""
         from cube.ops import zipapp
+
         return platform.machine(), zipapp.interpreter_arch(), zipapp.BUILD_ARCH
 
     def psutil(self) -> str:
         """psutil's version and where it comes from; raises when it cannot be imported."""
         import psutil
+
         where = "system" if "dist-packages" in (psutil.__file__ or "") else "bundled"
         return f"{psutil.__version__} ({where})"
 
 
 # -- the checks ------------------------------------------------------------------------------------------------
 
+
 def check_python(probes: Probes) -> Check:
     version, executable = probes.python()
     text = ".".join(map(str, version))
     if version < (3, 11):
-        return Check("python", "fail", f"Python {text} ({executable})",
-                     "Cube needs Python 3.11 or newer: Debian 12 and Raspberry Pi OS 12 (bookworm) have it")
+        return Check(
+            "python",
+            "fail",
+            f"Python {text} ({executable})",
+            "Cube needs Python 3.11 or newer: Debian 12 and Raspberry Pi OS 12 (bookworm) have it",
+        )
     return Check("python", "ok", f"Python {text} ({executable})")
 
 
@@ -116,11 +126,19 @@ def check_arch(probes: Probes) -> Check:
     running = interpreter or machine
     where = f"{running} userland on an {machine} kernel" if interpreter and interpreter != machine else running
     if built and built != running:
-        return Check("arch", "fail", f"{where}, but this cube.pyz is the {built} build",
-                     f"copy the {running} build instead: cube-<version>-{running}.pyz (./build.sh all makes it)")
+        return Check(
+            "arch",
+            "fail",
+            f"{where}, but this cube.pyz is the {built} build",
+            f"copy the {running} build instead: cube-<version>-{running}.pyz (./build.sh all makes it)",
+        )
     if running not in BUILD_ARCHES:
-        return Check("arch", "warn", f"{where}: Cube has no build for it",
-                     f"builds exist for {', '.join(BUILD_ARCHES)}; run from sources with a local psutil")
+        return Check(
+            "arch",
+            "warn",
+            f"{where}: Cube has no build for it",
+            f"builds exist for {', '.join(BUILD_ARCHES)}; run from sources with a local psutil",
+        )
     return Check("arch", "ok", f"{where}" + (f" (the {built} build)" if built else " (running from sources)"))
 
 
@@ -137,11 +155,17 @@ def check_docker(probes: Probes) -> tuple[Check, dict | None]:
     try:
         info = probes.docker()
     except CubeError as error:
-        return Check("docker", "fail", error.message,
-                     "start the engine (sudo systemctl enable --now docker), or install it (sudo apt install "
-                     "docker.io); a user who is not root needs to be in the docker group"), None
-    detail = (f"Docker {info.get('version')} (API {info.get('api_version')}), {info.get('arch')}, cgroup "
-              f"v{info.get('cgroup_version')} ({info.get('cgroup_driver')}), data in {info.get('root_dir')}")
+        return Check(
+            "docker",
+            "fail",
+            error.message,
+            "start the engine (sudo systemctl enable --now docker), or install it (sudo apt install "
+            "docker.io); a user who is not root needs to be in the docker group",
+        ), None
+    detail = (
+        f"Docker {info.get('version')} (API {info.get('api_version')}), {info.get('arch')}, cgroup "
+        f"v{info.get('cgroup_version')} ({info.get('cgroup_driver')}), data in {info.get('root_dir')}"
+    )
     return Check("docker", "ok", detail), info
 
 
@@ -160,10 +184,12 @@ def check_cgroup_memory(probes: Probes, engine: dict | None) -> Check:
         return Check("cgroup", "ok", f"memory controller enabled ({where})")
     cmdline = next((path for path in PI_CMDLINE if probes.exists(path)), None)
     if cmdline:
-        fix = (f"add `cgroup_enable=memory cgroup_memory=1` to the end of the single line in {cmdline}, then reboot")
+        fix = f"add `cgroup_enable=memory cgroup_memory=1` to the end of the single line in {cmdline}, then reboot"
     else:
-        fix = ("enable the kernel's memory cgroup: add `cgroup_enable=memory` to the kernel command line "
-               "(GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub) and reboot")
+        fix = (
+            "enable the kernel's memory cgroup: add `cgroup_enable=memory` to the kernel command line "
+            "(GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub) and reboot"
+        )
     return Check("cgroup", "fail", f"memory controller disabled ({where}): task memory limits cannot work", fix)
 
 
@@ -178,13 +204,23 @@ def _v1_memory_enabled(table: str | None) -> bool:
 def check_multicast(probes: Probes) -> Check:
     """An interface that is up, running and multicast-capable, facing the LAN: what mDNS discovery needs.
     Only flags are read; nothing is sent."""
-    usable = [name for name, flags in probes.interfaces().items()
-              if flags & IFF_UP and flags & IFF_RUNNING and flags & IFF_MULTICAST and not flags & IFF_LOOPBACK
-              and not name.startswith(NOT_LAN)]
+    usable = [
+        name
+        for name, flags in probes.interfaces().items()
+        if flags & IFF_UP
+        and flags & IFF_RUNNING
+        and flags & IFF_MULTICAST
+        and not flags & IFF_LOOPBACK
+        and not name.startswith(NOT_LAN)
+    ]
     if usable:
         return Check("multicast", "ok", f"multicast-capable interfaces up: {', '.join(usable)}")
-    return Check("multicast", "warn", "no LAN interface is up with multicast: mDNS discovery will not work",
-                 "give addresses instead: cube worker --manager http://HOST:5555, cube manager --workers HOST:5556")
+    return Check(
+        "multicast",
+        "warn",
+        "no LAN interface is up with multicast: mDNS discovery will not work",
+        "give addresses instead: cube worker --manager http://HOST:5555, cube manager --workers HOST:5556",
+    )
 
 
 def check_disk(probes: Probes, role: str, engine: dict | None) -> Check:
@@ -207,13 +243,21 @@ def check_clock(probes: Probes) -> Check:
     now = probes.now()
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
     if time.gmtime(now).tm_year < 2024:
-        return Check("clock", "fail", f"the clock says {stamp}",
-                     "set the time (a Raspberry Pi has no battery clock): sudo timedatectl set-ntp true, and check "
-                     "that the node reaches the network")
+        return Check(
+            "clock",
+            "fail",
+            f"the clock says {stamp}",
+            "set the time (a Raspberry Pi has no battery clock): sudo timedatectl set-ntp true, and check "
+            "that the node reaches the network",
+        )
     synced = probes.ntp_synchronized()
     if synced is False:
-        return Check("clock", "warn", f"{stamp}, not synchronized by NTP",
-                     "sudo timedatectl set-ntp true (clocks that drift apart make events and logs disagree)")
+        return Check(
+            "clock",
+            "warn",
+            f"{stamp}, not synchronized by NTP",
+            "sudo timedatectl set-ntp true (clocks that drift apart make events and logs disagree)",
+        )
     return Check("clock", "ok", stamp + (", NTP synchronized" if synced else ""))
 
 

@@ -8,6 +8,7 @@ Every path and every systemctl call goes through a `Host`: the real machine, or 
 where tests install and uninstall for real — files, modes, `systemctl --root=DIR enable` — without touching the
 machine. Running install twice changes nothing the second time; a changed pyz restarts the services that run it.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,8 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from cube.cluster.config import MANAGER_PORT, TOKEN_FILE, WORKER_PORT
 from cube.core.errors import CubeError
@@ -88,16 +89,22 @@ _ROLE_UNIT = {
     "worker": dict(
         description="Cube worker: runs the cluster's containers on this node",
         after="network-online.target docker.service",
-        why=("The worker only asks the Docker engine, over /run/docker.sock, to do\n"
-             "# the privileged work: it needs no capability, writes only its state directory, and a socket on a\n"
-             "# read-only file system still accepts connections."),
-        extra=""),
+        why=(
+            "The worker only asks the Docker engine, over /run/docker.sock, to do\n"
+            "# the privileged work: it needs no capability, writes only its state directory, and a socket on a\n"
+            "# read-only file system still accepts connections."
+        ),
+        extra="",
+    ),
     "manager": dict(
         description="Cube manager: schedules the cluster's work onto its workers",
         after="network-online.target",
-        why=("The manager only talks HTTP and mDNS and writes its state directory;\n"
-             "# it has no business with the Docker engine of the node it runs on."),
-        extra="InaccessiblePaths=-/run/docker.sock\n"),
+        why=(
+            "The manager only talks HTTP and mDNS and writes its state directory;\n"
+            "# it has no business with the Docker engine of the node it runs on."
+        ),
+        extra="InaccessiblePaths=-/run/docker.sock\n",
+    ),
 }
 
 ENV_TEMPLATE = f"""\
@@ -127,8 +134,15 @@ def unit_name(role: str) -> str:
 
 def unit_text(role: str) -> str:
     """The systemd unit of a role, exactly as install writes it (and as systemd/ holds it)."""
-    return _UNIT.format(unit=f"cube-{_role(role)}", role=role, env_file=ENV_FILE, python=PYTHON, pyz=PYZ,
-                        args=ARGS[role], **_ROLE_UNIT[role])
+    return _UNIT.format(
+        unit=f"cube-{_role(role)}",
+        role=role,
+        env_file=ENV_FILE,
+        python=PYTHON,
+        pyz=PYZ,
+        args=ARGS[role],
+        **_ROLE_UNIT[role],
+    )
 
 
 def write_examples(directory: str) -> list[str]:
@@ -144,17 +158,19 @@ def write_examples(directory: str) -> list[str]:
 
 # -- the machine -----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Host:
     """Where install acts: `root` is the machine's root directory ("/" for real). On another root, systemctl is
     only asked to enable or disable units there (`systemctl --root=DIR`): no daemon, nothing starts — unless
     `live` says otherwise, which tests use with a `run` that records the commands instead of running them."""
+
     root: str = "/"
     euid: int = field(default_factory=os.geteuid)
     run: Callable[[list[str]], subprocess.CompletedProcess] | None = None
     live: bool | None = None
-    settle: float = 3.0   # how long a started service must stay up before install calls it running
-    wait: float = 10.0    # how long to wait for a new manager's token, for the join hint
+    settle: float = 3.0  # how long a started service must stay up before install calls it running
+    wait: float = 10.0  # how long to wait for a new manager's token, for the join hint
 
     def __post_init__(self):
         self.root = os.path.abspath(self.root)
@@ -182,15 +198,20 @@ class Host:
 def preflight(role: str, host: Host, docker: bool = True) -> None:
     """Refuse early, with the fix, when install cannot work here."""
     if host.euid != 0:
-        raise CubeError(f"installing a system service needs root: run it with sudo "
-                        f"(sudo ./cube.pyz install {role} ...)")
+        raise CubeError(
+            f"installing a system service needs root: run it with sudo (sudo ./cube.pyz install {role} ...)"
+        )
     if not os.path.isdir(host.path("/run/systemd/system")):
-        raise CubeError(f"systemd is not running on this machine (no /run/systemd/system), and `cube install` "
-                        f"sets up systemd services: start `cube {role}` from your own service manager instead")
+        raise CubeError(
+            f"systemd is not running on this machine (no /run/systemd/system), and `cube install` "
+            f"sets up systemd services: start `cube {role}` from your own service manager instead"
+        )
     if docker and role == "worker" and not any(_is_socket(host.path(p)) for p in DOCKER_SOCKETS):
-        raise CubeError("Docker is not installed or not running (no /run/docker.sock), and a worker runs its tasks "
-                        "on it: `sudo apt install docker.io` (Raspberry Pi OS too), "
-                        "`sudo systemctl enable --now docker`, then install again")
+        raise CubeError(
+            "Docker is not installed or not running (no /run/docker.sock), and a worker runs its tasks "
+            "on it: `sudo apt install docker.io` (Raspberry Pi OS too), "
+            "`sudo systemctl enable --now docker`, then install again"
+        )
 
 
 def _role(role: str) -> str:
@@ -208,13 +229,16 @@ def _is_socket(path: str) -> bool:
 
 # -- the pyz ---------------------------------------------------------------------------------------------------
 
+
 def running_pyz() -> str:
     """The cube.pyz this process runs from (install copies it), or a CubeError saying how to get one."""
     path = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if path and build_id(path):
         return path
-    raise CubeError("`cube install` copies the cube.pyz it runs from, and this cube does not run from one: "
-                    "run `sudo ./cube.pyz install ...` (./build.sh makes dist/cube-<version>-<arch>.pyz)")
+    raise CubeError(
+        "`cube install` copies the cube.pyz it runs from, and this cube does not run from one: "
+        "run `sudo ./cube.pyz install ...` (./build.sh makes dist/cube-<version>-<arch>.pyz)"
+    )
 
 
 def build_id(path: str) -> str | None:
@@ -259,6 +283,7 @@ def prune_extractions(directory: str, keep: str | None) -> list[str]:
 
 
 # -- files -----------------------------------------------------------------------------------------------------
+
 
 def write_file(path: str, data: bytes, mode: int) -> bool:
     """Write atomically with `mode`; False (and nothing touched) when the file already is exactly that."""
@@ -323,8 +348,9 @@ def _quote(value: str) -> str:
     return '"' + re.sub(r'(["\\$`])', r"\\\1", value) + '"'
 
 
-def role_args(role: str, port=None, manager=None, labels=(), name=None, workers=(), scheduler=None,
-              mdns: bool = True) -> str | None:
+def role_args(
+    role: str, port=None, manager=None, labels=(), name=None, workers=(), scheduler=None, mdns: bool = True
+) -> str | None:
     """The service's command-line flags from install's options, or None when none was given (keep the old ones).
     systemd splits them at spaces, so no value may hold one."""
     given = port is not None or manager or labels or name or workers or scheduler or not mdns
@@ -356,8 +382,10 @@ def role_args(role: str, port=None, manager=None, labels=(), name=None, workers=
 
 # -- install and uninstall -------------------------------------------------------------------------------------
 
-def install(role: str, pyz: str | None = None, token: str | None = None, args: str | None = None,
-            host: Host | None = None) -> list[str]:
+
+def install(
+    role: str, pyz: str | None = None, token: str | None = None, args: str | None = None, host: Host | None = None
+) -> list[str]:
     """Install (or update) a role's service; returns what was done, one line each, for the user."""
     host = host or Host()
     _role(role)
@@ -366,17 +394,24 @@ def install(role: str, pyz: str | None = None, token: str | None = None, args: s
         raise CubeError(f"the service runs {PYTHON}, which this machine lacks: `sudo apt install python3`")
     if token is not None and (not str(token).strip() or re.search(r"\s", str(token))):
         raise CubeError("--token cannot be empty or hold spaces")
-    if role == "worker" and not (token or read_env(_read(host.path(ENV_FILE))).get("CUBE_TOKEN") or
-                                 os.path.exists(host.path(f"{STATE_DIR}/manager/{TOKEN_FILE}"))):
-        raise CubeError("the worker needs the cluster token: pass --token (on the manager: "
-                        f"sudo cat {STATE_DIR}/manager/{TOKEN_FILE})")
+    if role == "worker" and not (
+        token
+        or read_env(_read(host.path(ENV_FILE))).get("CUBE_TOKEN")
+        or os.path.exists(host.path(f"{STATE_DIR}/manager/{TOKEN_FILE}"))
+    ):
+        raise CubeError(
+            "the worker needs the cluster token: pass --token (on the manager: "
+            f"sudo cat {STATE_DIR}/manager/{TOKEN_FILE})"
+        )
     source = pyz or running_pyz()
     if not build_id(source):
         raise CubeError(f"{source} is not a cube.pyz")
     built, machine = pyz_arch(source), interpreter_arch(host.path(PYTHON))
     if built and machine and built != machine:
-        raise CubeError(f"{source} is the {built} build, and this machine's {PYTHON} runs {machine} programs: "
-                        f"install cube-<version>-{machine}.pyz instead (./build.sh all makes it)")
+        raise CubeError(
+            f"{source} is the {built} build, and this machine's {PYTHON} runs {machine} programs: "
+            f"install cube-<version>-{machine}.pyz instead (./build.sh all makes it)"
+        )
     with open(source, "rb") as handle:
         binary = handle.read()
     fresh = not _installed(role, host)
@@ -403,8 +438,10 @@ def install(role: str, pyz: str | None = None, token: str | None = None, args: s
             else:
                 host.systemctl("start", name)
         _check_running(restart, host, restarted=changed)
-        done.append(f"{'started' if fresh else 'restarted' if changed else 'running'} {' '.join(restart)} "
-                    f"(systemctl status {unit}; journalctl -u {unit} -f)")
+        done.append(
+            f"{'started' if fresh else 'restarted' if changed else 'running'} {' '.join(restart)} "
+            f"(systemctl status {unit}; journalctl -u {unit} -f)"
+        )
     else:
         done.append(f"enabled {unit}")
     prune_extractions(host.path(SHIV_ROOT), build_id(host.path(PYZ)))
@@ -449,10 +486,14 @@ def _check_running(units: list[str], host: Host, restarted: bool) -> None:
         state = host.systemctl("show", "-p", "ActiveState", "-p", "NRestarts", unit, check=False).stdout or ""
         fields = dict(line.split("=", 1) for line in state.splitlines() if "=" in line)
         if fields.get("ActiveState") != "active" or (restarted and fields.get("NRestarts", "0") != "0"):
-            log = (host.command(["journalctl", "-u", unit, "-n", "15", "--no-pager", "-o", "cat"],
-                                check=False).stdout or "").strip()
-            raise CubeError(f"{unit} does not stay up ({fields.get('ActiveState', 'unknown')}); its last lines:\n"
-                            f"{log}\nfix, then run install again (journalctl -u {unit} for more)")
+            log = (
+                host.command(["journalctl", "-u", unit, "-n", "15", "--no-pager", "-o", "cat"], check=False).stdout
+                or ""
+            ).strip()
+            raise CubeError(
+                f"{unit} does not stay up ({fields.get('ActiveState', 'unknown')}); its last lines:\n"
+                f"{log}\nfix, then run install again (journalctl -u {unit} for more)"
+            )
 
 
 def _join_hint(args: str | None, host: Host, wait: float) -> list[str]:
@@ -468,8 +509,10 @@ def _join_hint(args: str | None, host: Host, wait: float) -> list[str]:
     current = read_env(_read(host.path(ENV_FILE)))
     match = re.search(r"--port\s+(\d+)", args or current.get(ARGS["manager"], ""))
     port = match.group(1) if match else MANAGER_PORT
-    return [f"workers join with: sudo ./cube.pyz install worker --manager http://{socket.gethostname()}:{port} "
-            f"--token {token}"]
+    return [
+        f"workers join with: sudo ./cube.pyz install worker --manager http://{socket.gethostname()}:{port} "
+        f"--token {token}"
+    ]
 
 
 def _read(path: str) -> str:

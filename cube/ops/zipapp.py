@@ -11,6 +11,7 @@ system's python3-psutil (a Debian and Raspberry Pi OS package) before the host p
 be had — missing, or a pyz built for another architecture — importing it raises a CubeError that says what to do,
 which the CLI prints as one line; commands that do not need psutil (the client, `install`, `doctor`) still work.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -42,14 +43,16 @@ def isolate(path: list[str], own: str) -> None:
     library come before the pyz's entries and stay."""
     mine = [i for i, entry in enumerate(path) if entry == own or entry.startswith(own + os.sep)]
     if mine:
-        del path[mine[-1] + 1:]
+        del path[mine[-1] + 1 :]
 
 
 def psutil_problem(own: str, arch: str, machine: str | None) -> str | None:
     """Why the pyz's psutil cannot work on this interpreter, or None."""
     if machine and machine != arch:
-        return (f"this cube.pyz is built for {arch} but this Python runs on {machine}: "
-                f"use the {machine} build (./build.sh all makes dist/cube-<version>-{machine}.pyz)")
+        return (
+            f"this cube.pyz is built for {arch} but this Python runs on {machine}: "
+            f"use the {machine} build (./build.sh all makes dist/cube-<version>-{machine}.pyz)"
+        )
     return None
 
 
@@ -62,8 +65,10 @@ def _borrow_psutil() -> str | None:
             del sys.modules["psutil"]
             raise ImportError("no module named 'psutil'")
     except ImportError as error:
-        return (f"this build of cube uses the system's psutil (PyPI has none for {BUILD_ARCH}), and it cannot "
-                f"be imported ({error}): install it with `sudo apt install python3-psutil`")
+        return (
+            f"this build of cube uses the system's psutil (PyPI has none for {BUILD_ARCH}), and it cannot "
+            f"be imported ({error}): install it with `sudo apt install python3-psutil`"
+        )
     return None
 
 

@@ -12,6 +12,7 @@ No I/O, no store and no clock live here. `place` only picks; `place_many` and `r
 change the `Node` objects they are given (allocated resources, used host ports, task count), which the manager then
 persists.
 """
+
 from cube.scheduler.bookkeeping import release, reserve
 from cube.scheduler.feasibility import (
     CHECKS,
@@ -31,7 +32,27 @@ from cube.scheduler.ranking import DEFAULT_STRATEGY, LIEB, SCORERS, SchedulerSta
 from cube.scheduler.selection import Placement, place, place_many
 
 __all__ = [
-    "CHECKS", "CONSTRAINT_NOT_MET", "DEFAULT_STRATEGY", "INSUFFICIENT_CPU", "INSUFFICIENT_DISK", "INSUFFICIENT_MEMORY",
-    "KINDS", "LIEB", "NODE_NOT_READY", "PIPELINE", "PORT_IN_USE", "SCORERS", "Placement", "Rejection",
-    "SchedulerState", "Scorer", "feasible", "place", "place_many", "rejection", "release", "reserve", "scorer",
+    "CHECKS",
+    "CONSTRAINT_NOT_MET",
+    "DEFAULT_STRATEGY",
+    "INSUFFICIENT_CPU",
+    "INSUFFICIENT_DISK",
+    "INSUFFICIENT_MEMORY",
+    "KINDS",
+    "LIEB",
+    "NODE_NOT_READY",
+    "PIPELINE",
+    "PORT_IN_USE",
+    "SCORERS",
+    "Placement",
+    "Rejection",
+    "SchedulerState",
+    "Scorer",
+    "feasible",
+    "place",
+    "place_many",
+    "rejection",
+    "release",
+    "reserve",
+    "scorer",
 ]

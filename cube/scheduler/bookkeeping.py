@@ -2,6 +2,7 @@
 fixed host ports and one more task on the `Node` object it is given, `release` gives them back; the manager persists
 the node afterwards. This is the only part of the scheduler that changes a node.
 """
+
 from __future__ import annotations
 
 from cube.core.model import Node, TaskSpec

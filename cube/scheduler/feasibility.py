@@ -4,6 +4,7 @@ is a value with a `kind` (one of `KINDS`, counted to explain a failed placement:
 ready") and a `detail` a user can read, with numbers ("insufficient memory (needs 512 MiB, free 200 MiB)"). Nothing
 here ranks feasible nodes or picks one (`ranking`, `selection`), and nothing changes a node.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -27,13 +28,20 @@ READY = "ready"
 EPSILON = 1e-9  # allocations are float sums: 0.1 + 0.2 must still fit in 0.3 free
 
 # Architecture names as `uname -m` (the worker's label) and as Docker/Debian spell them.
-ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64",
-                "armhf": "armv7l", "armv7l": "armv7l"}
+ARCH_ALIASES = {
+    "amd64": "x86_64",
+    "x86_64": "x86_64",
+    "arm64": "aarch64",
+    "aarch64": "aarch64",
+    "armhf": "armv7l",
+    "armv7l": "armv7l",
+}
 
 
 @dataclass(frozen=True)
 class Rejection:
     """Why one node cannot take one task: `kind` (one of `KINDS`) to count, `detail` to show."""
+
     kind: str
     detail: str
 
@@ -46,11 +54,12 @@ Check = Callable[[TaskSpec, Node], Rejection | None]
 
 # -------------------------------------------------------------------------------------------------------- checks
 
+
 def check_state(spec: TaskSpec, node: Node) -> Rejection | None:
     if node.state == READY:
         return None
-    # `reason` says why a node is unhealthy (its engine does not answer, ...); older models have no such field.
-    return _not_ready(node.state, getattr(node, "reason", ""))
+    # `reason` says why a node is unhealthy (its engine does not answer, ...) or down.
+    return _not_ready(node.state, node.reason)
 
 
 def check_constraints(spec: TaskSpec, node: Node) -> Rejection | None:
@@ -165,6 +174,7 @@ def feasible(spec: TaskSpec, node: Node) -> str | None:
 # node (check_cpu, CPython 3.11) and building the frozen value ~0.4 µs more; memoised, `check_cpu` rejects in
 # ~0.3 µs. Rejections are immutable, so nodes share them safely; the caches are bounded.
 
+
 @lru_cache(maxsize=1024)
 def _not_ready(state: str, reason: str) -> Rejection:
     return Rejection(NODE_NOT_READY, f"node is {state}: {reason}" if reason else f"node is {state}")
@@ -194,6 +204,7 @@ def _port_used(host: int, protocol: str) -> Rejection:
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
+
 
 @lru_cache(maxsize=4096)
 def parse_constraint(text: str) -> tuple[str, bool, str]:

@@ -2,6 +2,7 @@
 spread, round-robin) turns the feasible nodes of one placement into a node → score function, higher is better,
 roughly in [-1, 1]. Nothing here decides whether a node can take the task (`feasibility`) or breaks ties (`selection`).
 """
+
 from __future__ import annotations
 
 from bisect import bisect_right
@@ -28,6 +29,7 @@ NodeScore = Callable[[Node], float]
 @dataclass
 class SchedulerState:
     """What the scheduler remembers between placements; the manager keeps one. Round-robin continues after `last`."""
+
     last: str = ""  # name of the last node picked
 
 
@@ -37,6 +39,7 @@ class Scorer:
     work stays out of the per-node loop) and returns the node → score function, higher is better, roughly in
     [-1, 1]. `node_local`: the score depends on the node and spec alone, not on the other picks, so `place_many`
     only has to re-score the node it just filled."""
+
     name: str
     prepare: Callable[[TaskSpec, list[Node], SchedulerState], NodeScore]
     node_local: bool = True
@@ -67,12 +70,16 @@ def _epvm(spec: TaskSpec, candidates: list[Node], state: SchedulerState) -> Node
         else:
             cost = worst
         if capacity.memory > 0:
-            used = (allocated.memory if allocated.memory > NOMINAL_MEMORY * tasks  # noqa: FURB136
-                    else NOMINAL_MEMORY * tasks)
+            used = (
+                allocated.memory
+                if allocated.memory > NOMINAL_MEMORY * tasks  # noqa: FURB136
+                else NOMINAL_MEMORY * tasks
+            )
             cost += LIEB ** ((used + memory) / capacity.memory) - LIEB ** (used / capacity.memory)
         else:
             cost += worst
         return -cost / span
+
     return score
 
 
@@ -81,8 +88,10 @@ def _after(cpu: float, memory: float, node: Node) -> tuple[float, float]:
     the node does not declare counts as full)."""
     used_cpu, used_memory = _loads(node)
     capacity = node.capacity
-    return ((used_cpu + cpu) / capacity.cpu if capacity.cpu > 0 else 1.0,
-            (used_memory + memory) / capacity.memory if capacity.memory > 0 else 1.0)
+    return (
+        (used_cpu + cpu) / capacity.cpu if capacity.cpu > 0 else 1.0,
+        (used_memory + memory) / capacity.memory if capacity.memory > 0 else 1.0,
+    )
 
 
 def _binpack(spec: TaskSpec, candidates: list[Node], state: SchedulerState) -> NodeScore:
@@ -93,7 +102,8 @@ def _binpack(spec: TaskSpec, candidates: list[Node], state: SchedulerState) -> N
     def score(node: Node) -> float:
         cpu_after, memory_after = _after(cpu, memory, node)
         fit = 10.0 ** min(max(1.0 - cpu_after, 0.0), 1.0) + 10.0 ** min(max(1.0 - memory_after, 0.0), 1.0)
-        return (20.0 - fit) / 18.0   # 1: the node is full after placing
+        return (20.0 - fit) / 18.0  # 1: the node is full after placing
+
     return score
 
 
@@ -106,7 +116,8 @@ def _spread(spec: TaskSpec, candidates: list[Node], state: SchedulerState) -> No
     def score(node: Node) -> float:
         cpu_after, memory_after = _after(cpu, memory, node)
         dominant = cpu_after if cpu_after > memory_after else memory_after  # noqa: FURB136 (hot loop, see _epvm)
-        return 1.0 - (dominant + (cpu_after + memory_after) / 2) / 2   # 1: the node is empty after placing
+        return 1.0 - (dominant + (cpu_after + memory_after) / 2) / 2  # 1: the node is empty after placing
+
     return score
 
 

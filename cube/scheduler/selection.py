@@ -4,6 +4,7 @@ score; ties are broken by a hash of (seed, node name), so the same seed (the tas
 whatever the order of the node list. `place_many` picks for the copies of a job in one pass. The result is a
 `Placement`: the node, every rejection, the scores, and a summary a user can read.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,6 +30,7 @@ class Placement:
     """The node picked (None: nothing fits), the rejection of each node looked at, and the scores of the feasible
     nodes looked at. `examined` nodes were looked at out of the `total` given: fewer only when a `limit` sampled
     them. When nothing fits every node was looked at, so every node has its rejection."""
+
     node: Node | None
     rejections: dict[str, Rejection] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
@@ -77,8 +79,15 @@ def _kind_order(kind: str) -> int:
 
 # ---------------------------------------------------------------------------------------------------------- place
 
-def place(spec: TaskSpec, nodes: list[Node], strategy: str = DEFAULT_STRATEGY, seed: str | int = 0,
-          state: SchedulerState | None = None, limit: int | None = None) -> Placement:
+
+def place(
+    spec: TaskSpec,
+    nodes: list[Node],
+    strategy: str = DEFAULT_STRATEGY,
+    seed: str | int = 0,
+    state: SchedulerState | None = None,
+    limit: int | None = None,
+) -> Placement:
     """Pick a node for one copy of `spec`. The nodes are not changed: call `reserve(placement.node, spec)` once the
     placement is committed. `state.last` becomes the picked node (round-robin continues after it).
 
@@ -87,8 +96,9 @@ def place(spec: TaskSpec, nodes: list[Node], strategy: str = DEFAULT_STRATEGY, s
     sampled placement fails only when no node at all fits; which nodes it looks at depends on the seed and on the
     list order, so pass the nodes in a stable order to replay it. None looks at every node (exact, O(nodes))."""
     _check_limit(limit)
-    return _place(spec, nodes, scorer(strategy), _seed_hash(seed), state if state is not None else SchedulerState(),
-                  limit)
+    return _place(
+        spec, nodes, scorer(strategy), _seed_hash(seed), state if state is not None else SchedulerState(), limit
+    )
 
 
 def _check_limit(limit: object) -> None:
@@ -96,8 +106,9 @@ def _check_limit(limit: object) -> None:
         raise BadRequest(f"limit must be a whole number of at least 1 (or None for every node), not {limit!r}")
 
 
-def _place(spec: TaskSpec, nodes: list[Node], rank: Scorer, seed_hash: int, state: SchedulerState,
-           limit: int | None) -> Placement:
+def _place(
+    spec: TaskSpec, nodes: list[Node], rank: Scorer, seed_hash: int, state: SchedulerState, limit: int | None
+) -> Placement:
     checks = checks_for(spec)
     rejections: dict[str, Rejection] = {}
     candidates: list[Node] = []
@@ -120,8 +131,9 @@ def _place(spec: TaskSpec, nodes: list[Node], rank: Scorer, seed_hash: int, stat
     return Placement(best, rejections, scores, examined, len(nodes))
 
 
-def _best(spec: TaskSpec, candidates: list[Node], rank: Scorer, seed_hash: int,
-          state: SchedulerState) -> tuple[Node, dict[str, float]]:
+def _best(
+    spec: TaskSpec, candidates: list[Node], rank: Scorer, seed_hash: int, state: SchedulerState
+) -> tuple[Node, dict[str, float]]:
     """The best-scored candidate (ties to the lowest seeded hash) and every candidate's score."""
     score = rank.prepare(spec, candidates, state)
     scores: dict[str, float] = {}
@@ -170,9 +182,16 @@ def _tiebreak(seed_hash: int, name: str) -> int:
 
 # ----------------------------------------------------------------------------------------------------- place_many
 
-def place_many(spec: TaskSpec, count: int, nodes: list[Node], strategy: str = DEFAULT_STRATEGY,
-               seed: str | int = 0, state: SchedulerState | None = None,
-               limit: int | None = None) -> list[Placement]:
+
+def place_many(
+    spec: TaskSpec,
+    count: int,
+    nodes: list[Node],
+    strategy: str = DEFAULT_STRATEGY,
+    seed: str | int = 0,
+    state: SchedulerState | None = None,
+    limit: int | None = None,
+) -> list[Placement]:
     """Place `count` copies of `spec` in one pass. Each pick is reserved on the given Node object at once
     (`reserve`), so the next pick sees it, and the manager persists the nodes afterwards; `release` undoes a copy
     the manager does not commit. The picks are those of `count` calls to `place` with the same seed, each followed
@@ -194,8 +213,9 @@ def place_many(spec: TaskSpec, count: int, nodes: list[Node], strategy: str = DE
     return _place_heap(spec, count, nodes, rank, seed_hash, state)
 
 
-def _place_sampled(spec: TaskSpec, count: int, nodes: list[Node], rank: Scorer, seed_hash: int,
-                   state: SchedulerState, limit: int) -> list[Placement]:
+def _place_sampled(
+    spec: TaskSpec, count: int, nodes: list[Node], rank: Scorer, seed_hash: int, state: SchedulerState, limit: int
+) -> list[Placement]:
     placements = []
     for copy in range(count):
         placement = _place(spec, nodes, rank, _seed_hash((seed_hash, copy)), state, limit)
@@ -214,8 +234,9 @@ def _slim(placement: Placement) -> Placement:
     return Placement(placement.node, {}, {name: placement.scores[name]}, placement.examined, placement.total)
 
 
-def _place_heap(spec: TaskSpec, count: int, nodes: list[Node], rank: Scorer, seed_hash: int,
-                state: SchedulerState) -> list[Placement]:
+def _place_heap(
+    spec: TaskSpec, count: int, nodes: list[Node], rank: Scorer, seed_hash: int, state: SchedulerState
+) -> list[Placement]:
     checks = checks_for(spec)
     score = rank.prepare(spec, nodes, state)
     total = len(nodes)

@@ -1,4 +1,5 @@
 """Where Cube keeps what must survive a `kill -9`: one interface (`base.Store`), two backends."""
+
 from cube.store.base import EVENT_RETENTION, Store
 from cube.store.disk import DiskStore
 from cube.store.memory import MemoryStore

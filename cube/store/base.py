@@ -5,6 +5,7 @@ log. One interface, two backends: `DiskStore` (diskcache, the only module that i
 Records are plain JSON-able dicts; callers convert to and from model objects. Nothing is written unless a caller
 writes: reading never touches the disk's write path (SD cards wear out), so eviction is off and statistics too.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,15 +18,32 @@ EVENT_RETENTION = 200_000  # events kept; older ones are culled as new ones arri
 class Store:
     """The interface. Each method is atomic on its own."""
 
-    def put(self, kind: str, key: str, value: dict) -> None: raise NotImplementedError
-    def get(self, kind: str, key: str) -> dict | None: raise NotImplementedError
-    def delete(self, kind: str, key: str) -> None: raise NotImplementedError
-    def values(self, kind: str) -> list[dict]: raise NotImplementedError
-    def _append(self, event: dict) -> int: raise NotImplementedError
-    def _event(self, seq: int) -> dict | None: raise NotImplementedError
-    def last_event_id(self) -> int: raise NotImplementedError
-    def _task_event_ids(self, task_id: str) -> list[int]: raise NotImplementedError
-    def close(self) -> None: pass
+    def put(self, kind: str, key: str, value: dict) -> None:
+        raise NotImplementedError
+
+    def get(self, kind: str, key: str) -> dict | None:
+        raise NotImplementedError
+
+    def delete(self, kind: str, key: str) -> None:
+        raise NotImplementedError
+
+    def values(self, kind: str) -> list[dict]:
+        raise NotImplementedError
+
+    def _append(self, event: dict) -> int:
+        raise NotImplementedError
+
+    def _event(self, seq: int) -> dict | None:
+        raise NotImplementedError
+
+    def last_event_id(self) -> int:
+        raise NotImplementedError
+
+    def _task_event_ids(self, task_id: str) -> list[int]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
 
     def append_event(self, event: Event) -> Event:
         """Numbers the event (ids grow by one from 1) and keeps it; returns it with its id."""

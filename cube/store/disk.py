@@ -1,5 +1,6 @@
 """The diskcache store (the only module that imports diskcache): one Cache per kind, one for events, one for the
 per-task event index. Eviction and statistics are off, so reading never writes (SD cards wear out)."""
+
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ class DiskStore(Store):
 
     def __init__(self, directory: str):
         import diskcache  # only here: the CLI's fast paths never load it
+
         self._diskcache = diskcache
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
@@ -28,8 +30,13 @@ class DiskStore(Store):
             if cache is None:
                 if not kind.replace("_", "").isalnum():
                     raise ValueError(f"bad store kind {kind!r}")
-                cache = self._diskcache.Cache(os.path.join(self.directory, kind), eviction_policy="none",
-                                              size_limit=2**62, cull_limit=0, statistics=False)
+                cache = self._diskcache.Cache(
+                    os.path.join(self.directory, kind),
+                    eviction_policy="none",
+                    size_limit=2**62,
+                    cull_limit=0,
+                    statistics=False,
+                )
                 self._caches[kind] = cache
             return cache
 

@@ -1,4 +1,5 @@
 """The in-memory store: fast tests and simulated clusters. Same contract as the disk store (tests/test_store.py)."""
+
 from __future__ import annotations
 
 import pickle

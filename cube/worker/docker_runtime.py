@@ -14,6 +14,7 @@ Threads: one client (a pooled `requests` session) is shared by all threads; its 
 worker's thread pool so concurrent calls never wait for a connection. Streams that may stay quiet for a long
 time (followed logs, pulls) go through a second client without a read timeout.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -22,7 +23,8 @@ import logging
 import math
 import re
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import docker
 import docker.errors
@@ -36,8 +38,7 @@ from cube.worker.runtime import LABEL_GENERATION, LABEL_NODE, LABEL_TASK, Contai
 log = logging.getLogger(__name__)
 
 POOL_SIZE = 16  # > the worker's 4-8 threads plus open event/log streams, so no call waits for a connection
-EVENT_ACTIONS = frozenset({"create", "start", "restart", "die", "kill", "oom", "stop", "destroy", "pause",
-                           "unpause"})
+EVENT_ACTIONS = frozenset({"create", "start", "restart", "die", "kill", "oom", "stop", "destroy", "pause", "unpause"})
 _EXITED = re.compile(r"^Exited \((-?\d+)\)")
 _TIMESTAMP = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
@@ -45,8 +46,13 @@ _STREAM_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPE
 
 
 class DockerRuntime:
-    def __init__(self, base_url: str | None = None, pull_timeout: float = 60.0, api_timeout: float = 30.0,
-                 stop_timeout: float | None = None):
+    def __init__(
+        self,
+        base_url: str | None = None,
+        pull_timeout: float = 60.0,
+        api_timeout: float = 30.0,
+        stop_timeout: float | None = None,
+    ):
         """`stop_timeout`: the grace every container gets when the engine itself stops it (its StopTimeout): the
         worker's own, so `systemctl stop docker` treats a task as `cube stop` does (Docker's default is 10 s)."""
         self.base_url = base_url
@@ -54,7 +60,7 @@ class DockerRuntime:
         self.pull_timeout = pull_timeout
         self.api_timeout = api_timeout
         self._lock = threading.Lock()
-        self._client: Any = None     # connected lazily: a worker may start before its engine answers
+        self._client: Any = None  # connected lazily: a worker may start before its engine answers
         self._stream_client: Any = None
         self._pulls: dict[str, _Pull] = {}
 
@@ -79,8 +85,9 @@ class DockerRuntime:
         with self._translate("connecting to the Docker engine"):
             try:
                 if self.base_url:
-                    return docker.DockerClient(base_url=self.base_url, timeout=timeout, version=version,
-                                               max_pool_size=POOL_SIZE)
+                    return docker.DockerClient(
+                        base_url=self.base_url, timeout=timeout, version=version, max_pool_size=POOL_SIZE
+                    )
                 return docker.from_env(timeout=timeout, version=version, max_pool_size=POOL_SIZE)
             except docker.errors.DockerException as e:
                 # from_env asks the engine for its API version; failing that means it does not answer
@@ -103,8 +110,9 @@ class DockerRuntime:
         except docker.errors.APIError as e:
             raise RuntimeFailure(f"{doing}: {_explain(e)}") from None
         except requests.exceptions.Timeout:
-            raise Unavailable(f"{doing}: the Docker engine at {self._where()} did not answer within "
-                              f"{self.api_timeout:g} s") from None
+            raise Unavailable(
+                f"{doing}: the Docker engine at {self._where()} did not answer within {self.api_timeout:g} s"
+            ) from None
         except (requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError) as e:
             raise Unavailable(f"{doing}: the Docker engine at {self._where()} does not answer ({e})") from None
         except docker.errors.DockerException as e:
@@ -122,17 +130,25 @@ class DockerRuntime:
                 limits["nano_cpus"] = int(spec.cpu * 1e9)
             if spec.memory > 0:
                 limits["mem_limit"] = spec.memory
-            host_config = api.create_host_config(port_bindings={p.key: p.host for p in spec.ports} or None,
-                                                 **limits)
-            labels = {**dict(spec.labels), LABEL_TASK: task.id, LABEL_NODE: node,
-                      LABEL_GENERATION: str(task.generation)}  # cube's labels last: a spec cannot forge them
+            host_config = api.create_host_config(port_bindings={p.key: p.host for p in spec.ports} or None, **limits)
+            labels = {
+                **dict(spec.labels),
+                LABEL_TASK: task.id,
+                LABEL_NODE: node,
+                LABEL_GENERATION: str(task.generation),
+            }  # cube's labels last: a spec cannot forge them
 
             def create() -> str:
                 return api.create_container(
-                    spec.image, command=list(spec.command) or None, name=name, environment=dict(spec.env),
-                    labels=labels, ports=[(p.container, p.protocol) for p in spec.ports] or None,
+                    spec.image,
+                    command=list(spec.command) or None,
+                    name=name,
+                    environment=dict(spec.env),
+                    labels=labels,
+                    ports=[(p.container, p.protocol) for p in spec.ports] or None,
                     host_config=host_config,
-                    stop_timeout=None if self.stop_timeout is None else max(0, math.ceil(self.stop_timeout)))["Id"]
+                    stop_timeout=None if self.stop_timeout is None else max(0, math.ceil(self.stop_timeout)),
+                )["Id"]
 
             container_id = self._create(create, task, name, node)
             try:
@@ -170,8 +186,10 @@ class DockerRuntime:
             return  # removed meanwhile
         labels = (existing.get("Config") or {}).get("Labels") or {}
         if labels.get(LABEL_TASK) != task_id or labels.get(LABEL_NODE) != node:
-            raise RuntimeFailure(f"a container named {name} already exists and does not belong to task "
-                                 f"{task_id} on node {node}; remove it (docker rm -f {name}) or rename the task")
+            raise RuntimeFailure(
+                f"a container named {name} already exists and does not belong to task "
+                f"{task_id} on node {node}; remove it (docker rm -f {name}) or rename the task"
+            )
         log.info("removing leftover container %s of task %s before starting it again", name, task_id)
         self.remove(existing["Id"])
 
@@ -184,8 +202,10 @@ class DockerRuntime:
                 pull = self._pulls[image] = _Pull(image)
                 threading.Thread(target=self._run_pull, args=(pull,), name=f"pull {image}", daemon=True).start()
         if not pull.done.wait(self.pull_timeout):
-            raise ImageUnavailable(f"image {image!r} is not present locally and could not be pulled within "
-                                   f"{self.pull_timeout:g} s (the pull goes on in the background)")
+            raise ImageUnavailable(
+                f"image {image!r} is not present locally and could not be pulled within "
+                f"{self.pull_timeout:g} s (the pull goes on in the background)"
+            )
         if pull.error:
             raise ImageUnavailable(f"image {image!r} is not present locally and could not be pulled: {pull.error}")
 
@@ -246,8 +266,9 @@ class DockerRuntime:
         # A followed log may be silent for longer than the API timeout: it reads through the no-timeout client.
         api = self._stream_api() if follow else self._api()
         with self._translate(f"reading the logs of container {container_id}"):
-            stream = api.logs(container_id, stdout=True, stderr=True, stream=True, follow=follow,
-                              timestamps=False, tail=tail or "all")  # as FakeRuntime: no tail (or 0) is all
+            stream = api.logs(
+                container_id, stdout=True, stderr=True, stream=True, follow=follow, timestamps=False, tail=tail or "all"
+            )  # as FakeRuntime: no tail (or 0) is all
         return self._guarded(stream, f"reading the logs of container {container_id}")
 
     def _guarded(self, stream, doing: str) -> Iterator[bytes]:
@@ -416,11 +437,19 @@ def _from_inspect(data: dict) -> ContainerInfo:
             if host:
                 ports[key] = int(host)
     return ContainerInfo(
-        id=data["Id"], task_id=labels.get(LABEL_TASK, ""), node=labels.get(LABEL_NODE, ""), status=status,
+        id=data["Id"],
+        task_id=labels.get(LABEL_TASK, ""),
+        node=labels.get(LABEL_NODE, ""),
+        status=status,
         exit_code=state.get("ExitCode") if status in ("exited", "dead") else None,
-        started_at=parse_time(state.get("StartedAt")), finished_at=parse_time(state.get("FinishedAt")),
-        host_ports=ports, image=config.get("Image") or data.get("Image", ""), error=state.get("Error") or "",
-        oom_killed=bool(state.get("OOMKilled")), generation=_generation(labels))
+        started_at=parse_time(state.get("StartedAt")),
+        finished_at=parse_time(state.get("FinishedAt")),
+        host_ports=ports,
+        image=config.get("Image") or data.get("Image", ""),
+        error=state.get("Error") or "",
+        oom_killed=bool(state.get("OOMKilled")),
+        generation=_generation(labels),
+    )
 
 
 def _from_summary(data: dict) -> ContainerInfo:
@@ -428,12 +457,21 @@ def _from_summary(data: dict) -> ContainerInfo:
     labels = data.get("Labels") or {}
     status = data.get("State", "")
     match = _EXITED.match(data.get("Status") or "")
-    ports = {f"{p['PrivatePort']}/{p.get('Type', 'tcp')}": int(p["PublicPort"])
-             for p in data.get("Ports") or () if p.get("PublicPort")}
+    ports = {
+        f"{p['PrivatePort']}/{p.get('Type', 'tcp')}": int(p["PublicPort"])
+        for p in data.get("Ports") or ()
+        if p.get("PublicPort")
+    }
     return ContainerInfo(
-        id=data["Id"], task_id=labels.get(LABEL_TASK, ""), node=labels.get(LABEL_NODE, ""), status=status,
-        exit_code=int(match.group(1)) if match else None, host_ports=ports, image=data.get("Image", ""),
-        generation=_generation(labels))
+        id=data["Id"],
+        task_id=labels.get(LABEL_TASK, ""),
+        node=labels.get(LABEL_NODE, ""),
+        status=status,
+        exit_code=int(match.group(1)) if match else None,
+        host_ports=ports,
+        image=data.get("Image", ""),
+        generation=_generation(labels),
+    )
 
 
 def engine_info(base_url: str | None = None, timeout: float = 5.0) -> dict:
@@ -446,8 +484,14 @@ def engine_info(base_url: str | None = None, timeout: float = 5.0) -> dict:
             version, info = api.version(), api.info()
     finally:
         runtime.close()
-    return {"version": version.get("Version"), "api_version": version.get("ApiVersion"),
-            "os": info.get("OperatingSystem"), "arch": info.get("Architecture"),
-            "cgroup_version": info.get("CgroupVersion"), "cgroup_driver": info.get("CgroupDriver"),
-            "memory_limit": info.get("MemoryLimit"), "root_dir": info.get("DockerRootDir"),
-            "warnings": list(info.get("Warnings") or [])}
+    return {
+        "version": version.get("Version"),
+        "api_version": version.get("ApiVersion"),
+        "os": info.get("OperatingSystem"),
+        "arch": info.get("Architecture"),
+        "cgroup_version": info.get("CgroupVersion"),
+        "cgroup_driver": info.get("CgroupDriver"),
+        "memory_limit": info.get("MemoryLimit"),
+        "root_dir": info.get("DockerRootDir"),
+        "warnings": list(info.get("Warnings") or []),
+    }

@@ -2,6 +2,7 @@
 since the previous reading (not the cumulative figure since boot that the book reports), memory, disk, load, and the
 capacity the node offers to the scheduler — the machine's own, or what `--cpus/--memory/--disk` say so that several
 workers can share one test machine."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,9 @@ def machine_arch() -> str:
 
 
 class Metrics:
-    def __init__(self, data_dir: str | None = None, cpus: float | None = None, memory: int | None = None,
-                 disk: int | None = None):
+    def __init__(
+        self, data_dir: str | None = None, cpus: float | None = None, memory: int | None = None, disk: int | None = None
+    ):
         self.data_dir = data_dir or "/"
         self._override = (cpus, memory, disk)
         psutil.cpu_percent(interval=None)  # the first reading only sets the baseline for the rate

@@ -15,6 +15,7 @@ Rules, in the order they are decided for each task:
   disconnect stopped it) is neither started nor restarted; everything else about it is still observed;
 - a container labelled for this node that no task owns is an orphan: removed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,22 +26,26 @@ from cube.worker.runtime import ContainerInfo
 
 @dataclass
 class Plan:
-    start: list[str] = field(default_factory=list)                     # task ids to create a container for
-    restart: list[tuple[str, str]] = field(default_factory=list)       # (task id, ended container id)
+    start: list[str] = field(default_factory=list)  # task ids to create a container for
+    restart: list[tuple[str, str]] = field(default_factory=list)  # (task id, ended container id)
     died: list[tuple[str, ContainerInfo | None]] = field(default_factory=list)  # ended since last seen
-    stop: list[tuple[str, str]] = field(default_factory=list)          # (task id, container id)
-    stopped: list[str] = field(default_factory=list)                   # desired stop, nothing left: complete
+    stop: list[tuple[str, str]] = field(default_factory=list)  # (task id, container id)
+    stopped: list[str] = field(default_factory=list)  # desired stop, nothing left: complete
     observe: list[tuple[str, ContainerInfo]] = field(default_factory=list)  # running, record is behind
-    orphans: list[str] = field(default_factory=list)                   # container ids nobody owns
+    orphans: list[str] = field(default_factory=list)  # container ids nobody owns
 
     def empty(self) -> bool:
-        return not any((self.start, self.restart, self.died, self.stop, self.stopped, self.observe,
-                        self.orphans))
+        return not any((self.start, self.restart, self.died, self.stop, self.stopped, self.observe, self.orphans))
 
 
-def diff(tasks: dict[str, Assignment], containers: list[ContainerInfo], now: float,
-         busy: frozenset[str] = frozenset(), due: dict[str, float] | None = None,
-         blocked: frozenset[str] = frozenset()) -> Plan:
+def diff(
+    tasks: dict[str, Assignment],
+    containers: list[ContainerInfo],
+    now: float,
+    busy: frozenset[str] = frozenset(),
+    due: dict[str, float] | None = None,
+    blocked: frozenset[str] = frozenset(),
+) -> Plan:
     """`busy`: task ids with an action in flight (left alone this round). `due`: task id -> earliest restart
     time (backoff). `blocked`: task ids on hold (not started or restarted this round)."""
     due = due or {}
@@ -90,8 +95,7 @@ def _plan_run(plan: Plan, task: Assignment, current: ContainerInfo | None, now: 
             plan.orphans.append(current.id)
         return
     if current is not None and current.running:
-        if task.state is not State.RUNNING or task.container_id != current.id or \
-                task.host_ports != current.host_ports:
+        if task.state is not State.RUNNING or task.container_id != current.id or task.host_ports != current.host_ports:
             plan.observe.append((task.id, current))
         return
     if current is not None:  # ended

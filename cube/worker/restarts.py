@@ -10,9 +10,10 @@ habits, Nomad's attempts per interval):
   interrupted, not crashed: it is restarted without counting and without waiting.
 Pure functions over numbers: the worker passes the clock.
 """
+
 from __future__ import annotations
 
-BACKOFF_BASE = 1.0    # seconds before the second restart in a row; doubles after, the first restart is immediate
+BACKOFF_BASE = 1.0  # seconds before the second restart in a row; doubles after, the first restart is immediate
 BACKOFF_MAX = 30.0
 BACKOFF_RESET = 10.0  # seconds of running that make the next crash a first one again
 

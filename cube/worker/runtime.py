@@ -5,14 +5,16 @@ fast tests and simulated clusters. The real one is `cube.worker.docker_runtime.D
 Every container a runtime creates carries the labels `cube.task_id` and `cube.node`: they are how a restarted
 worker finds (adopts) its containers and how it recognises containers that no task owns.
 """
+
 from __future__ import annotations
 
 import itertools
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from cube.core.errors import ImageUnavailable, NotFound, RuntimeFailure, Unavailable
 from cube.core.model import Assignment
@@ -27,13 +29,13 @@ class ContainerInfo:
     id: str
     task_id: str
     node: str
-    status: str                      # created, running, exited, dead, ... (Docker's words)
+    status: str  # created, running, exited, dead, ... (Docker's words)
     exit_code: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
     host_ports: dict = field(default_factory=dict)  # "80/tcp" -> host port
     image: str = ""
-    error: str = ""                  # the engine's own explanation of a failure, when it gives one
+    error: str = ""  # the engine's own explanation of a failure, when it gives one
     oom_killed: bool = False
     generation: int = 0
 
@@ -49,6 +51,7 @@ class ContainerInfo:
 @dataclass(frozen=True)
 class RuntimeEvent:
     """Something happened to a container this node owns: `action` is Docker's (start, die, oom, destroy)."""
+
     action: str
     container_id: str
     task_id: str
@@ -67,6 +70,7 @@ class Runtime(Protocol):
     def list_owned(self, node: str) -> list[ContainerInfo]: ...
     def alive(self) -> bool:
         """Whether the engine answers a new connection (not one it keeps while shutting down)."""
+
     def logs(self, container_id: str, tail: int | None = None, follow: bool = False) -> Iterator[bytes]: ...
 
     def events(self, node: str, stop: threading.Event) -> Iterator[RuntimeEvent]:
@@ -90,8 +94,8 @@ class FakeRuntime:
         self._ids = itertools.count(1)
         self._ports = itertools.count(32768)
         self._subscribers: list[queue.Queue] = []
-        self.down: str | None = None   # set: the engine does not answer, every call raises Unavailable (why)
-        self.stopping = False          # set: shutting down as dockerd 20.10 does (lists still answer, alive not)
+        self.down: str | None = None  # set: the engine does not answer, every call raises Unavailable (why)
+        self.stopping = False  # set: shutting down as dockerd 20.10 does (lists still answer, alive not)
 
     def alive(self) -> bool:
         return self.down is None and not self.stopping
@@ -131,8 +135,16 @@ class FakeRuntime:
             self.starts += 1
             cid = f"fake{next(self._ids):08d}"
             ports = {p.key: p.host or next(self._ports) for p in task.spec.ports}
-            info = ContainerInfo(cid, task.id, node, "running", started_at=time.time(), host_ports=ports,
-                                 image=task.spec.image, generation=task.generation)
+            info = ContainerInfo(
+                cid,
+                task.id,
+                node,
+                "running",
+                started_at=time.time(),
+                host_ports=ports,
+                image=task.spec.image,
+                generation=task.generation,
+            )
             self.containers[cid] = info
             self.logs_by_id[cid] = [f"started {task.spec.image} {' '.join(task.spec.command)}\n".encode()]
         self._emit("start", info)

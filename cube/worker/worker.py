@@ -19,14 +19,15 @@ manager for `disconnect_timeout` stops the tasks whose policy says `on_disconnec
 
 The manager learns what happens here through `state()`, a long poll that answers as soon as anything changes.
 """
+
 from __future__ import annotations
 
 import logging
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
 
 from cube import __version__
 from cube.core.errors import Conflict, CubeError, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
@@ -38,16 +39,28 @@ from cube.worker.restarts import backoff, ran_stable, recent
 from cube.worker.runtime import ContainerInfo, Runtime
 
 log = logging.getLogger("cube.worker")
-HOLD_MAX = 10.0          # seconds a hold waits for a manager before the worker acts alone
-ENGINE_RETRY_MAX = 5.0   # seconds between reconcile rounds while the engine does not answer (it was 142 logs/s)
+HOLD_MAX = 10.0  # seconds a hold waits for a manager before the worker acts alone
+ENGINE_RETRY_MAX = 5.0  # seconds between reconcile rounds while the engine does not answer (it was 142 logs/s)
 
 
 class Worker:
-    def __init__(self, name: str, runtime: Runtime, store: Store, *, metrics: Metrics | None = None,
-                 labels: dict | None = None, reconcile_interval: float = 5.0, threads: int = 4,
-                 stop_timeout: float = 10.0, clock: Callable[[], float] = time.time, key: str | None = None,
-                 disconnect_timeout: float = 30.0, monotonic: Callable[[], float] = time.monotonic,
-                 sync: bool = False):
+    def __init__(
+        self,
+        name: str,
+        runtime: Runtime,
+        store: Store,
+        *,
+        metrics: Metrics | None = None,
+        labels: dict | None = None,
+        reconcile_interval: float = 5.0,
+        threads: int = 4,
+        stop_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        key: str | None = None,
+        disconnect_timeout: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        sync: bool = False,
+    ):
         """`sync` (tests): actions run inside `tick()` instead of on the thread pools."""
         self.name = name
         # What this worker's containers are labelled with (cube.node): its name by default. Two workers with one
@@ -70,9 +83,9 @@ class Worker:
         self.version = 1
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._busy: set[str] = set()            # task ids (and container ids) with an action in flight
-        self._settled: dict[str, float] = {}     # task id -> monotonic time its last action ended
-        self._due: dict[str, float] = {}         # task id -> earliest restart (backoff)
+        self._busy: set[str] = set()  # task ids (and container ids) with an action in flight
+        self._settled: dict[str, float] = {}  # task id -> monotonic time its last action ended
+        self._due: dict[str, float] = {}  # task id -> earliest restart (backoff)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-action")
         # Stops wait up to stop_timeout for a container to exit: on a pool of their own they never hold up
         # a start or a restart.
@@ -81,17 +94,17 @@ class Worker:
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sync = sync
-        self._local = threading.local()          # the (task id, generation) an action thread acts for
-        self._dead_ids: set[str] = set()         # container ids the event stream reported dead
-        self.last_polled = float("-inf")         # monotonic time of the last state() call (a manager's poll)
+        self._local = threading.local()  # the (task id, generation) an action thread acts for
+        self._dead_ids: set[str] = set()  # container ids the event stream reported dead
+        self.last_polled = float("-inf")  # monotonic time of the last state() call (a manager's poll)
         self._started = monotonic()
         # Engine health, as the last reconcile round found it.
         self.engine_ok = True
         self.engine_error = ""
         self.engine_since = clock()
         # Holds (see the module docstring): task id -> (answers given when it began, why, monotonic start).
-        self._answers = 0      # state() answers given so far
-        self._confirmed = -1   # answers given before the latest poll arrived: the manager has seen those
+        self._answers = 0  # state() answers given so far
+        self._confirmed = -1  # answers given before the latest poll arrived: the manager has seen those
         self._held: dict[str, tuple[int, str, float]] = {}
         # Restarts counted lately (task id -> clock times): Docker 20.10 stops the containers before its API goes
         # away when it is stopped, so the deaths are seen first; when the engine turns out to be going down, the
@@ -112,10 +125,19 @@ class Worker:
             existing = self.tasks.get(task.id)
             if existing is not None and existing.generation >= task.generation:
                 return existing.copy(), False
-            task = Assignment(id=task.id, spec=task.spec, job=task.job, generation=task.generation,
-                              node=self.name, created_at=self.clock(), updated_at=self.clock())
-            self._save(task, Event(0, task.id, State.SCHEDULED.value, task.updated_at,
-                                   f"assigned to node {self.name}", self.name))
+            task = Assignment(
+                id=task.id,
+                spec=task.spec,
+                job=task.job,
+                generation=task.generation,
+                node=self.name,
+                created_at=self.clock(),
+                updated_at=self.clock(),
+            )
+            self._save(
+                task,
+                Event(0, task.id, State.SCHEDULED.value, task.updated_at, f"assigned to node {self.name}", self.name),
+            )
             self._due.pop(task.id, None)
             self._held.pop(task.id, None)  # the manager's word is fresh: nothing to wait for
         self._kick.set()
@@ -151,8 +173,9 @@ class Worker:
             else:
                 task.restarts += 1
                 task.restart_times = counted + [now]
-                event = transition(task, State.SCHEDULED, now, f"{reason}; restarting "
-                                                               f"({len(counted) + 1} of {_limit(policy)})")
+                event = transition(
+                    task, State.SCHEDULED, now, f"{reason}; restarting ({len(counted) + 1} of {_limit(policy)})"
+                )
             self._save(task, event)
             self._busy.add(task_id)
         self._submit(task_id, self._stop_container, task_id, container_id, False, pool=self._stop_pool)
@@ -187,12 +210,23 @@ class Worker:
     def stats(self) -> dict:
         data = self.metrics.snapshot()
         with self._lock:
-            active = [t for t in self.tasks.values() if t.desired is Desired.RUN
-                      and t.state in (State.SCHEDULED, State.RUNNING)]
+            active = [
+                t
+                for t in self.tasks.values()
+                if t.desired is Desired.RUN and t.state in (State.SCHEDULED, State.RUNNING)
+            ]
             runtime = {"ok": self.engine_ok, "error": self.engine_error, "since": self.engine_since}
-        data.update(name=self.name, id=self.id, version=__version__, labels=self.node_labels(), tasks=len(active),
-                    allocated=_allocated(active).to_dict(), runtime=runtime,
-                    disconnect_timeout=self.disconnect_timeout, stop_timeout=self.stop_timeout)
+        data.update(
+            name=self.name,
+            id=self.id,
+            version=__version__,
+            labels=self.node_labels(),
+            tasks=len(active),
+            allocated=_allocated(active).to_dict(),
+            runtime=runtime,
+            disconnect_timeout=self.disconnect_timeout,
+            stop_timeout=self.stop_timeout,
+        )
         return data
 
     def node_labels(self) -> dict:
@@ -210,8 +244,9 @@ class Worker:
             self._confirmed = self._answers
             released = self._release_holds()
             if version is not None and wait > 0 and version == self.version and not released:
-                self._changed.wait_for(lambda: self.version != version or self._closed.is_set(),
-                                       timeout=min(wait, 30.0))
+                self._changed.wait_for(
+                    lambda: self.version != version or self._closed.is_set(), timeout=min(wait, 30.0)
+                )
             tasks = [t.to_dict() for t in self.tasks.values()]
             current = self.version
             self._answers += 1
@@ -223,8 +258,14 @@ class Worker:
             last = events[-1].id if events else events_since
         else:
             events, last = [], self.store.last_event_id()
-        return {"node": self.name, "version": current, "tasks": tasks, "stats": self.stats(),
-                "events": [e.to_dict() for e in events], "last_event": last}
+        return {
+            "node": self.name,
+            "version": current,
+            "tasks": tasks,
+            "stats": self.stats(),
+            "events": [e.to_dict() for e in events],
+            "last_event": last,
+        }
 
     # ---- holds ----------------------------------------------------------------------------------------------
 
@@ -237,8 +278,11 @@ class Worker:
         disconnect hold waits for a manager however long). Lock held. Returns whether any was released."""
         now = self.monotonic()
         alone = now - max(self.last_polled, self._started) >= HOLD_MAX
-        done = [tid for tid, (seq, why, since) in self._held.items()
-                if self._confirmed > seq or (why != "disconnect" and alone and now - since >= HOLD_MAX)]
+        done = [
+            tid
+            for tid, (seq, why, since) in self._held.items()
+            if self._confirmed > seq or (why != "disconnect" and alone and now - since >= HOLD_MAX)
+        ]
         for tid in done:
             del self._held[tid]
         return bool(done)
@@ -266,8 +310,14 @@ class Worker:
             # not show what that action did.
             skip = {tid for tid, at in self._settled.items() if at >= listed_at}
             busy = frozenset(self._busy | skip)
-            plan = diff({tid: t.copy() for tid, t in self.tasks.items()}, containers, now, busy, dict(self._due),
-                        frozenset(self._held))
+            plan = diff(
+                {tid: t.copy() for tid, t in self.tasks.items()},
+                containers,
+                now,
+                busy,
+                dict(self._due),
+                frozenset(self._held),
+            )
         if plan.died and not self.runtime.alive():
             # Containers died and the engine takes no new connection: it is stopping them (see
             # DockerRuntime.alive). Their ends are the engine's, not the tasks' failures.
@@ -294,8 +344,15 @@ class Worker:
                 self._refund(now)
             for task in self.tasks.values():
                 if task.desired is Desired.RUN and task.state is State.RUNNING:
-                    self._save(task, transition(task, State.SCHEDULED, now, f"waiting for the container engine, "
-                                                                            f"which does not answer: {error}"))
+                    self._save(
+                        task,
+                        transition(
+                            task,
+                            State.SCHEDULED,
+                            now,
+                            f"waiting for the container engine, which does not answer: {error}",
+                        ),
+                    )
                 if task.desired is Desired.RUN and task.state is State.SCHEDULED:
                     self._hold(task.id, "engine")
             self._bump()
@@ -315,8 +372,17 @@ class Worker:
                 task.restarts = max(0, task.restarts - 1)
                 task.streak = max(0, task.streak - 1)
             self._due.pop(task_id, None)
-            self._save(task, Event(0, task_id, task.state.value, now, f"the container engine stopped: "
-                                   f"{len(recent_ones)} restart(s) not counted", self.name))
+            self._save(
+                task,
+                Event(
+                    0,
+                    task_id,
+                    task.state.value,
+                    now,
+                    f"the container engine stopped: {len(recent_ones)} restart(s) not counted",
+                    self.name,
+                ),
+            )
         self._counted.clear()
 
     def _count(self, task: Assignment, now: float) -> None:
@@ -348,15 +414,21 @@ class Worker:
         if alone < self.disconnect_timeout:
             return
         for task in self.tasks.values():
-            if task.desired is Desired.RUN and task.spec.disconnect == "stop" and task.state is State.RUNNING \
-                    and task.id not in self._held and task.id not in self._busy:
+            if (
+                task.desired is Desired.RUN
+                and task.spec.disconnect == "stop"
+                and task.state is State.RUNNING
+                and task.id not in self._held
+                and task.id not in self._busy
+            ):
                 self._hold(task.id, "disconnect")
-                message = (f"stopped: no manager for {alone:.0f} s (on_disconnect: stop); starts again when a "
-                           f"manager answers and keeps it here")
+                message = (
+                    f"stopped: no manager for {alone:.0f} s (on_disconnect: stop); starts again when a "
+                    f"manager answers and keeps it here"
+                )
                 self._save(task, transition(task, State.SCHEDULED, now, message))
                 self._busy.add(task.id)
-                self._submit(task.id, self._stop_container, task.id, task.container_id, False,
-                             pool=self._stop_pool)
+                self._submit(task.id, self._stop_container, task.id, task.container_id, False, pool=self._stop_pool)
 
     def _fresh(self, containers: list[ContainerInfo]) -> list[ContainerInfo]:
         """Docker's container list can lag its own `die` event by a few milliseconds: a container reported dead
@@ -426,6 +498,7 @@ class Worker:
                     self._busy.discard(key)
                     self._settled[key] = time.monotonic()
                 self._kick.set()
+
         if self._sync:
             run()
         else:
@@ -470,8 +543,17 @@ class Worker:
             if policy.allows(1, len(counted)):
                 self._due[task_id] = now + backoff(task.streak)
                 self._count(task, now)
-                self._save(task, Event(0, task_id, task.state.value, now,
-                                       f"{message}; retrying ({len(counted) + 1} of {_limit(policy)})", self.name))
+                self._save(
+                    task,
+                    Event(
+                        0,
+                        task_id,
+                        task.state.value,
+                        now,
+                        f"{message}; retrying ({len(counted) + 1} of {_limit(policy)})",
+                        self.name,
+                    ),
+                )
             else:
                 self._save(task, transition(task, State.FAILED, now, message))
 
@@ -489,15 +571,23 @@ class Worker:
     def _observe(self, task_id: str, info: ContainerInfo) -> None:
         with self._lock:
             adopted = self._mine(task_id).container_id != info.id
-        self._running(task_id, info, f"adopted running container {info.id[:12]}" if adopted
-                      else f"container {info.id[:12]} running")
+        self._running(
+            task_id,
+            info,
+            f"adopted running container {info.id[:12]}" if adopted else f"container {info.id[:12]} running",
+        )
 
     def _died(self, task_id: str, info: ContainerInfo | None) -> None:
         with self._lock:
             task = self._mine(task_id)
             code = info.exit_code if info else None
-            what = "container vanished" if info is None else f"container exited with code {code}" + \
-                (" (out of memory)" if info.oom_killed else "") + (f": {info.error}" if info and info.error else "")
+            what = (
+                "container vanished"
+                if info is None
+                else f"container exited with code {code}"
+                + (" (out of memory)" if info.oom_killed else "")
+                + (f": {info.error}" if info and info.error else "")
+            )
             task.exit_code = code
             if info is None:
                 task.container_id = ""
@@ -509,8 +599,9 @@ class Worker:
             if policy.allows(code, len(counted)):
                 self._due[task_id] = now + backoff(task.streak)
                 self._count(task, now)
-                event = transition(task, State.SCHEDULED, now,
-                                   f"{what}; restarting ({len(counted) + 1} of {_limit(policy)})")
+                event = transition(
+                    task, State.SCHEDULED, now, f"{what}; restarting ({len(counted) + 1} of {_limit(policy)})"
+                )
             elif code == 0:
                 event = transition(task, State.COMPLETED, now, what)
             else:
@@ -605,8 +696,9 @@ class Worker:
     def _next_wait(self) -> float:
         """Until the next full reconcile, or sooner when a restart's backoff or a hold ends before it."""
         with self._lock:
-            due = [at for tid, at in self._due.items() if tid in self.tasks
-                   and self.tasks[tid].state is State.SCHEDULED]
+            due = [
+                at for tid, at in self._due.items() if tid in self.tasks and self.tasks[tid].state is State.SCHEDULED
+            ]
             held = bool(self._held)
         wait = self.reconcile_interval
         if held:
@@ -657,11 +749,11 @@ def node_id(store: Store) -> str:
     value = store.get("meta", "node_id")
     if not value:
         import secrets
+
         value = {"id": secrets.token_hex(4)}
         store.put("meta", "node_id", value)
     return value["id"]
 
 
 def _allocated(tasks: list[Assignment]) -> Resources:
-    return Resources(sum(t.spec.cpu for t in tasks), sum(t.spec.memory for t in tasks),
-                     sum(t.spec.disk for t in tasks))
+    return Resources(sum(t.spec.cpu for t in tasks), sum(t.spec.memory for t in tasks), sum(t.spec.disk for t in tasks))
