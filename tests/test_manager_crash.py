@@ -17,52 +17,39 @@ TOKEN = "crash-test-token"
 JOB = {"name": "big", "count": 1000, "task": {"image": "busybox", "command": ["sleep", "3600"]}}
 
 
-def test_job_cut_short_by_a_manager_crash_is_completed(pyz, procs, tmp_path):
-    ports = [free_port(), free_port()]
-    procs(
-        [
-            sys.executable,
-            "-m",
-            "bench.fakeworker",
-            "--ports",
-            ",".join(map(str, ports)),
-            "--name",
-            "fake",
-            "--token",
-            TOKEN,
-        ],
-        tmp_path / "workers.log",
-        env={"PYTHONPATH": str(ROOT)},
-    )
-    port = free_port()
-    argv = [
-        pyz,
-        "manager",
-        "--port",
-        str(port),
-        "--data",
-        str(tmp_path / "manager"),
-        "--token",
-        TOKEN,
-        "--no-mdns",
-        "--workers",
-        ",".join(f"127.0.0.1:{p}" for p in ports),
-    ]
-    manager = procs(argv, tmp_path / "manager.log")
-    manager.wait_http(f"http://127.0.0.1:{port}")
-    client = Client(f"http://127.0.0.1:{port}", TOKEN, timeout=60)
-    wait_for(lambda: len([n for n in client.get("/nodes") if n["state"] == "ready"]) == 2, timeout=30)
+class FakeCluster:
+    """A manager (the pyz, diskcache store) and workers on the fake runtime (bench/fakeworker.py), on loopback."""
 
-    answered = []
+    def __init__(self, pyz, procs, tmp_path, workers: int):
+        self.procs, self.tmp = procs, tmp_path
+        ports = [free_port() for _ in range(workers)]
+        fake = [sys.executable, "-m", "bench.fakeworker", "--name", "fake", "--token", TOKEN]
+        procs([*fake, "--ports", ",".join(map(str, ports))], tmp_path / "workers.log", env={"PYTHONPATH": str(ROOT)})
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.argv = [pyz, "manager", "--port", self.url.rsplit(":", 1)[1], "--data", str(tmp_path / "manager")]
+        self.argv += ["--token", TOKEN, "--no-mdns", "--workers", ",".join(f"127.0.0.1:{p}" for p in ports)]
+        self.client = Client(self.url, TOKEN, timeout=60)
+        self.manager = self.start_manager()
+        wait_for(lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == workers, timeout=30)
+
+    def start_manager(self, log: str = "manager.log"):
+        proc = self.procs(self.argv, self.tmp / log)
+        proc.wait_http(self.url)
+        return proc
+
+
+def test_job_cut_short_by_a_manager_crash_is_completed(pyz, procs, tmp_path):
+    cluster = FakeCluster(pyz, procs, tmp_path, workers=2)
+    client = cluster.client
+    answered: list = []
     sender = threading.Thread(target=lambda: _post(client, answered))
     sender.start()
     time.sleep(0.4)  # the manager is creating the job's tasks, one by one, each persisted
-    manager.kill(9)
+    cluster.manager.kill(9)
     sender.join()
     assert not answered, "killed before it answered: the client saw no acknowledgement"
 
-    manager = procs(argv, tmp_path / "manager-2.log")
-    manager.wait_http(f"http://127.0.0.1:{port}")
+    cluster.start_manager("manager-2.log")
     kept = len(client.get("/tasks"))
     print(f"\nafter the crash the store held {kept} of the job's 1000 tasks")
     assert 0 < kept < 1000, "the kill came in the middle of the submission"
@@ -80,38 +67,12 @@ def _post(client: Client, answered: list) -> None:
         pass
 
 
-def test_idle_manager_and_workers_write_nothing(pyz, procs, tmp_path):
+def test_idle_manager_writes_nothing(pyz, procs, tmp_path):
     """The store is written only when something changes (SD cards wear out): a cluster with running tasks and
-    nothing happening leaves the manager's files untouched for 5 s (every round of the converge loop ran ~20
-    times meanwhile)."""
-    ports = [free_port()]
-    procs(
-        [sys.executable, "-m", "bench.fakeworker", "--ports", str(ports[0]), "--name", "idle", "--token", TOKEN],
-        tmp_path / "workers.log",
-        env={"PYTHONPATH": str(ROOT)},
-    )
-    port = free_port()
-    manager = procs(
-        [
-            pyz,
-            "manager",
-            "--port",
-            str(port),
-            "--data",
-            str(tmp_path / "manager"),
-            "--token",
-            TOKEN,
-            "--no-mdns",
-            "--workers",
-            f"127.0.0.1:{ports[0]}",
-        ],
-        tmp_path / "manager.log",
-    )
-    manager.wait_http(f"http://127.0.0.1:{port}")
-    client = Client(f"http://127.0.0.1:{port}", TOKEN)
-    wait_for(lambda: client.get("/nodes") and client.get("/nodes")[0]["state"] == "ready", timeout=30)
-    client.post("/jobs", {"name": "quiet", "count": 20, "task": {"image": "busybox"}})
-    wait_for(lambda: client.get("/jobs/quiet")["running"] == 20, timeout=30)
+    nothing happening leaves the manager's files untouched for 5 s (the converge loop runs 4 times a second)."""
+    cluster = FakeCluster(pyz, procs, tmp_path, workers=1)
+    cluster.client.post("/jobs", {"name": "quiet", "count": 20, "task": {"image": "busybox"}})
+    wait_for(lambda: cluster.client.get("/jobs/quiet")["running"] == 20, timeout=30)
     time.sleep(11)  # past the manager's full sweep (every 10 s)
     before = _snapshot(tmp_path / "manager")
     time.sleep(5)

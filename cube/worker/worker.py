@@ -153,7 +153,7 @@ class Worker:
             if task.desired is not Desired.STOP:
                 task.desired = Desired.STOP
                 task.updated_at = self.clock()
-                self._save(task, Event(0, task.id, task.state.value, task.updated_at, "stop requested", self.name))
+                self._say(task, "stop requested", task.updated_at)
         self._kick.set()
         return task.copy()
 
@@ -372,17 +372,7 @@ class Worker:
                 task.restarts = max(0, task.restarts - 1)
                 task.streak = max(0, task.streak - 1)
             self._due.pop(task_id, None)
-            self._save(
-                task,
-                Event(
-                    0,
-                    task_id,
-                    task.state.value,
-                    now,
-                    f"the container engine stopped: {len(recent_ones)} restart(s) not counted",
-                    self.name,
-                ),
-            )
+            self._say(task, f"the container engine stopped: {len(recent_ones)} restart(s) not counted", now)
         self._counted.clear()
 
     def _count(self, task: Assignment, now: float) -> None:
@@ -543,17 +533,7 @@ class Worker:
             if policy.allows(1, len(counted)):
                 self._due[task_id] = now + backoff(task.streak)
                 self._count(task, now)
-                self._save(
-                    task,
-                    Event(
-                        0,
-                        task_id,
-                        task.state.value,
-                        now,
-                        f"{message}; retrying ({len(counted) + 1} of {_limit(policy)})",
-                        self.name,
-                    ),
-                )
+                self._say(task, f"{message}; retrying ({len(counted) + 1} of {_limit(policy)})", now)
             else:
                 self._save(task, transition(task, State.FAILED, now, message))
 
@@ -563,7 +543,7 @@ class Worker:
             task.container_id, task.host_ports, task.exit_code = info.id, dict(info.host_ports), None
             task.finished_at = None
             if task.state is State.RUNNING:
-                self._save(task, Event(0, task_id, State.RUNNING.value, self.clock(), message, self.name))
+                self._say(task, message, self.clock())
             else:
                 self._save(task, transition(task, State.RUNNING, self.clock(), message))
                 task.started_at = info.started_at or task.updated_at
@@ -660,6 +640,10 @@ class Worker:
         if event is not None:
             self.store.append_event(Event(0, event.task_id, event.state, event.time, event.message, self.name))
         self._bump()
+
+    def _say(self, task: Assignment, message: str, when: float) -> None:
+        """Record `message` about `task` in its current state (lock held)."""
+        self._save(task, Event(0, task.id, task.state.value, when, message, self.name))
 
     def _bump(self) -> None:
         self.version += 1
