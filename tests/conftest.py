@@ -162,15 +162,27 @@ def docker_inspect(container_id: str) -> dict:
     return json.loads(out.stdout)[0]
 
 
+def _cube_containers() -> set[str]:
+    if not _docker_answers():
+        return set()
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--no-trunc", "--filter", "label=cube.node"], capture_output=True, text=True, timeout=30
+    )
+    return set(out.stdout.split())
+
+
+_BEFORE: set[str] = set()
+
+
+def pytest_sessionstart(session):
+    """Cube's containers on the machine's engine before this run began: another run's, not this one's leftovers."""
+    _BEFORE.update(_cube_containers())
+
+
 def _leftovers(basetemp: str) -> list[str]:
-    """What this run left behind: containers of Cube on the machine's engine, processes started from the run's
-    temporary directory, network namespaces named with this process's pid."""
-    found = []
-    if _docker_answers():
-        ids = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", "label=cube.node"], capture_output=True, text=True, timeout=30
-        ).stdout.split()
-        found += [f"container {i}" for i in ids]
+    """What this run left behind: containers of Cube on the machine's engine made since it began, processes started
+    from the run's temporary directory, network namespaces named with this process's pid."""
+    found = [f"container {i[:12]}" for i in sorted(_cube_containers() - _BEFORE)]
     me = str(os.getpid())
     for entry in pathlib.Path("/proc").iterdir():
         if not entry.name.isdigit() or entry.name == me:

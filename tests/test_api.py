@@ -5,6 +5,7 @@ submissions, jobs, nodes; the worker's assignments per generation and its long-p
 The manager runs on a MemoryStore with an inline executor and a dispatcher that records what it is given; the worker
 on a FakeRuntime with `sync=True`, driven by `tick()`. Every error answer any test gets is checked for the JSON shape
 `{"error": ..., "status": N}` and for the absence of a traceback (see `call`)."""
+
 import io
 import json
 import threading
@@ -35,22 +36,37 @@ IMAGE = "cube-busybox:latest"
 @dataclass
 class Response:
     status: int
-    headers: dict      # lower-cased names
+    headers: dict  # lower-cased names
     body: bytes
 
     def json(self):
         return json.loads(self.body)
 
 
-def call(app, method: str, path: str, body=None, *, token: str | None = TOKEN, raw: bytes | None = None,
-         headers: dict | None = None) -> Response:
+def call(
+    app,
+    method: str,
+    path: str,
+    body=None,
+    *,
+    token: str | None = TOKEN,
+    raw: bytes | None = None,
+    headers: dict | None = None,
+) -> Response:
     """Call a WSGI `app` as a server would. `body` is sent as JSON, `raw` as it is; `token` as a bearer token."""
     environ: dict = {}
     setup_testing_defaults(environ)
     path, _, query = path.partition("?")
     data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-    environ.update({"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
-                    "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data)})
+    environ.update(
+        {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "CONTENT_LENGTH": str(len(data)),
+            "wsgi.input": io.BytesIO(data),
+        }
+    )
     if data:
         environ["CONTENT_TYPE"] = "application/json"
     if token is not None:
@@ -147,8 +163,15 @@ def mgr(worker):
         raise Unavailable(f"cannot reach {address}")
 
     membership = Membership(manager, request, manager.store)
-    manager.node_up(Node("n1", "http://127.0.0.1:1", Resources(4, 8 << 30, 100 << 30),
-                         labels={"node_id": "n1id", "arch": "x86_64"}, last_seen=time.time()))
+    manager.node_up(
+        Node(
+            "n1",
+            "http://127.0.0.1:1",
+            Resources(4, 8 << 30, 100 << 30),
+            labels={"node_id": "n1id", "arch": "x86_64"},
+            last_seen=time.time(),
+        )
+    )
     yield ManagerParts(manager_app(manager, membership, Links(TOKEN), TOKEN), manager, membership, recorder.sent)
     membership.close()
     manager.close()
@@ -194,24 +217,30 @@ def test_the_right_token_is_let_through(any_app):
     assert answer.status == 200 and answer.json() == []
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/nope", 404),
-    ("GET", "/tasks/t1/nope", 404),
-    ("DELETE", "/", 404),
-    ("PUT", "/tasks", 405),
-    ("PATCH", "/health", 405),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nope", 404),
+        ("GET", "/tasks/t1/nope", 404),
+        ("DELETE", "/", 404),
+        ("PUT", "/tasks", 405),
+        ("PATCH", "/health", 405),
+    ],
+)
 def test_unknown_routes_and_methods_answer_in_the_json_shape(any_app, method, path, status):
     message = error_of(call(any_app, method, path), status)
     assert path in message
 
 
-@pytest.mark.parametrize(("raw", "words"), [
-    (b"", "empty"),
-    (b"{", "not valid JSON"),
-    (b"{'image': 'x'}", "not valid JSON"),
-    (b"\xff\xfe\x00", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b"", "empty"),
+        (b"{", "not valid JSON"),
+        (b"{'image': 'x'}", "not valid JSON"),
+        (b"\xff\xfe\x00", "not valid JSON"),
+    ],
+)
 def test_bad_bodies_are_400s_that_say_what_is_wrong(any_app, raw, words):
     assert words in error_of(call(any_app, "POST", "/tasks", raw=raw), 400)
 
@@ -219,36 +248,42 @@ def test_bad_bodies_are_400s_that_say_what_is_wrong(any_app, raw, words):
 # ---- the manager -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"image": IMAGE, "bogus": 1}, "bogus"),
-    ({"command": ["sleep", "1"]}, "image"),
-    ({"image": ""}, "image"),
-    ({"image": IMAGE, "ports": ["99999"]}, "port"),
-    ({"image": IMAGE, "ports": ["http"]}, "port"),
-    ({"image": IMAGE, "ports": [{"container": 80, "host": 0, "protocol": "sctp"}]}, "protocol"),
-    ({"image": IMAGE, "memory": "lots"}, "memory"),
-    ({"image": IMAGE, "cpu": -1}, "cpu"),
-    ({"image": IMAGE, "restart": "sometimes"}, "restart"),
-    ({"image": IMAGE, "id": "not an id!"}, "id"),
-    ([{"image": IMAGE}], "JSON object"),
-    ("just a string", "JSON object"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"image": IMAGE, "bogus": 1}, "bogus"),
+        ({"command": ["sleep", "1"]}, "image"),
+        ({"image": ""}, "image"),
+        ({"image": IMAGE, "ports": ["99999"]}, "port"),
+        ({"image": IMAGE, "ports": ["http"]}, "port"),
+        ({"image": IMAGE, "ports": [{"container": 80, "host": 0, "protocol": "sctp"}]}, "protocol"),
+        ({"image": IMAGE, "memory": "lots"}, "memory"),
+        ({"image": IMAGE, "cpu": -1}, "cpu"),
+        ({"image": IMAGE, "restart": "sometimes"}, "restart"),
+        ({"image": IMAGE, "id": "not an id!"}, "id"),
+        ([{"image": IMAGE}], "JSON object"),
+        ("just a string", "JSON object"),
+    ],
+)
 def test_manager_rejects_bad_tasks_naming_the_field(mgr, body, field):
     assert field in error_of(call(mgr.app, "POST", "/tasks", body), 400)
     assert call(mgr.app, "GET", "/tasks").json() == []  # nothing was kept
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"name": "web", "task": {"image": IMAGE}, "count": -1}, "count"),
-    ({"name": "web", "task": {"image": IMAGE}, "count": "3"}, "count"),
-    ({"name": "web", "task": {"image": IMAGE}, "count": True}, "count"),
-    ({"name": "web", "task": {"image": IMAGE}, "count": 10001}, "count"),
-    ({"name": "web", "task": {"image": IMAGE}, "type": "cron"}, "type"),
-    ({"name": "web"}, "task"),
-    ({"task": {"image": IMAGE}}, "name"),
-    ({"name": "web", "task": {"image": IMAGE}, "replicas": 2}, "replicas"),
-    ({"name": "web", "task": {"image": IMAGE, "ports": ["0"]}}, "port"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "web", "task": {"image": IMAGE}, "count": -1}, "count"),
+        ({"name": "web", "task": {"image": IMAGE}, "count": "3"}, "count"),
+        ({"name": "web", "task": {"image": IMAGE}, "count": True}, "count"),
+        ({"name": "web", "task": {"image": IMAGE}, "count": 10001}, "count"),
+        ({"name": "web", "task": {"image": IMAGE}, "type": "cron"}, "type"),
+        ({"name": "web"}, "task"),
+        ({"task": {"image": IMAGE}}, "name"),
+        ({"name": "web", "task": {"image": IMAGE}, "replicas": 2}, "replicas"),
+        ({"name": "web", "task": {"image": IMAGE, "ports": ["0"]}}, "port"),
+    ],
+)
 def test_manager_rejects_bad_jobs_naming_the_field(mgr, body, field):
     assert field in error_of(call(mgr.app, "POST", "/jobs", body), 400)
     assert call(mgr.app, "GET", "/jobs").json() == []
@@ -266,10 +301,6 @@ def test_post_task_is_201_then_200_for_the_same_id(mgr):
     assert [t["id"] for t in call(mgr.app, "GET", "/tasks").json()] == ["abc123"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Manager.submit_task answers 200 with the existing task when the id is known, whatever the body: a different "
-    "spec under the same id is silently dropped (the client is told its task exists, with the old image), while "
-    "submit_job answers 409 for the same mistake"))
 def test_post_task_with_a_known_id_and_another_spec_is_a_conflict(mgr):
     assert call(mgr.app, "POST", "/tasks", {"id": "abc123", "image": IMAGE}).status == 201
     answer = call(mgr.app, "POST", "/tasks", {"id": "abc123", "image": "nginx:1.25"})
@@ -359,13 +390,16 @@ def test_a_job_with_another_spec_under_a_taken_name_is_a_conflict(mgr):
     assert call(mgr.app, "GET", "/jobs/web").json()["count"] == 2
 
 
-@pytest.mark.parametrize(("body", "words"), [
-    ({"count": -1}, "count"),
-    ({"count": "2"}, "count"),
-    ({"count": 1.5}, "count"),
-    ({}, "count"),
-    ([3], "count"),
-])
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"count": -1}, "count"),
+        ({"count": "2"}, "count"),
+        ({"count": 1.5}, "count"),
+        ({}, "count"),
+        ([3], "count"),
+    ],
+)
 def test_scale_rejects_a_bad_count(mgr, body, words):
     call(mgr.app, "POST", "/jobs", {"name": "web", "task": {"image": IMAGE}, "count": 2})
     assert words in error_of(call(mgr.app, "POST", "/jobs/web/scale", body), 400)
@@ -380,8 +414,7 @@ def test_get_nodes(mgr):
     nodes = call(mgr.app, "GET", "/nodes").json()
     assert [n["name"] for n in nodes] == ["n1"]
     (node,) = nodes
-    assert (node["state"], node["address"], node["arch"], node["cpus"]) == ("ready", "http://127.0.0.1:1",
-                                                                            "x86_64", 4)
+    assert (node["state"], node["address"], node["arch"], node["cpus"]) == ("ready", "http://127.0.0.1:1", "x86_64", 4)
 
 
 def test_post_nodes_admits_a_worker_that_answers(mgr):
@@ -391,11 +424,14 @@ def test_post_nodes_admits_a_worker_that_answers(mgr):
     assert [n["name"] for n in call(mgr.app, "GET", "/nodes").json()] == ["n1", "w1"]
 
 
-@pytest.mark.parametrize(("body", "status"), [
-    ({"address": "http://nobody:5556"}, 503),
-    ({}, 400),
-    ({"address": 5556}, 400),
-])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"address": "http://nobody:5556"}, 503),
+        ({}, 400),
+        ({"address": 5556}, 400),
+    ],
+)
 def test_post_nodes_errors(mgr, body, status):
     error_of(call(mgr.app, "POST", "/nodes", body), status)
     assert [n["name"] for n in call(mgr.app, "GET", "/nodes").json()] == ["n1"]
@@ -424,11 +460,6 @@ def test_logs_of_a_task_not_placed_yet_are_404(mgr):
     assert "not been placed" in error_of(call(mgr.app, "GET", "/tasks/abc123/logs"), 404)
 
 
-@pytest.mark.xfail(strict=True, raises=Unavailable, reason=(
-    "GET /tasks/<id>/logs on the manager returns the generator of Client.stream, which connects only when "
-    "iterated: the worker's Unavailable (or its 404) is raised when bottle peeks at the first chunk, outside "
-    "the errors plugin; with catchall off it leaves the WSGI app, and cheroot answers a bare '500' with an empty "
-    "text/plain body (the client reads 'HTTP 500') instead of the JSON 503"))
 def test_logs_of_a_task_whose_node_does_not_answer_are_a_503(mgr):
     call(mgr.app, "POST", "/tasks", {"id": "abc123", "image": IMAGE})  # placed on n1, at a port nobody serves
     error_of(call(mgr.app, "GET", "/tasks/abc123/logs"), 503)
@@ -490,30 +521,36 @@ def test_worker_stop_of_generation_n_stops_generation_n(wapp, worker):
     assert worker.get("t1").state.value == "completed"
 
 
-@pytest.mark.parametrize(("path", "status", "words"), [
-    ("/tasks/nothere", 404, "nothere"),
-    ("/tasks/t1?generation=two", 400, "generation"),
-    ("/tasks/t1?generation=1.5", 400, "generation"),
-])
+@pytest.mark.parametrize(
+    ("path", "status", "words"),
+    [
+        ("/tasks/nothere", 404, "nothere"),
+        ("/tasks/t1?generation=two", 400, "generation"),
+        ("/tasks/t1?generation=1.5", 400, "generation"),
+    ],
+)
 def test_worker_stop_errors(wapp, path, status, words):
     call(wapp, "POST", "/tasks", assignment("t1"))
     assert words in error_of(call(wapp, "DELETE", path), status)
 
 
-@pytest.mark.parametrize(("body", "status", "words"), [
-    ({**assignment(), "desired": "stop"}, 409, "run"),
-    ({**assignment(), "desired": "maybe"}, 400, "maybe"),
-    ({"id": "t1", "generation": 1}, 400, "spec"),
-    ({"spec": {"image": IMAGE}, "generation": 1}, 400, "id"),
-    ({**assignment(), "generation": "two"}, 400, "two"),
-    ({**assignment(), "spec": {"command": ["sleep", "1"]}}, 400, "image"),
-    ({**assignment(), "spec": {"image": IMAGE, "ports": ["70000"]}}, 400, "port"),
-    ({**assignment(), "spec": {"image": IMAGE, "bogus": True}}, 400, "bogus"),
-    ([assignment()], 400, "JSON object"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({**assignment(), "desired": "stop"}, 409, "run"),
+        ({**assignment(), "desired": "maybe"}, 400, "maybe"),
+        ({"id": "t1", "generation": 1}, 400, "spec"),
+        ({"spec": {"image": IMAGE}, "generation": 1}, 400, "id"),
+        ({**assignment(), "generation": "two"}, 400, "two"),
+        ({**assignment(), "spec": {"command": ["sleep", "1"]}}, 400, "image"),
+        ({**assignment(), "spec": {"image": IMAGE, "ports": ["70000"]}}, 400, "port"),
+        ({**assignment(), "spec": {"image": IMAGE, "bogus": True}}, 400, "bogus"),
+        ([assignment()], 400, "JSON object"),
+    ],
+)
 def test_worker_rejects_bad_assignments(wapp, worker, body, status, words):
     assert words in error_of(call(wapp, "POST", "/tasks", body), status)
-    assert worker.list() == []
+    assert worker.assignments() == []
 
 
 def test_worker_state_has_version_tasks_and_stats(wapp, worker):
@@ -565,7 +602,7 @@ def test_worker_state_rejects_a_bad_version(wapp):
 def test_worker_task_detail_logs_and_restart(wapp, worker):
     call(wapp, "POST", "/tasks", assignment("t1"))
     error_of(call(wapp, "POST", "/tasks/t1/restart"), 409)  # not running yet
-    error_of(call(wapp, "GET", "/tasks/t1/logs"), 404)      # no container yet
+    error_of(call(wapp, "GET", "/tasks/t1/logs"), 404)  # no container yet
     worker.tick()
     detail = call(wapp, "GET", "/tasks/t1").json()
     assert detail["container"]["id"] == detail["container_id"] and detail["container"]["status"] == "running"
@@ -600,6 +637,7 @@ class Deferred:
 
 def test_a_task_submitted_to_the_manager_api_runs_through_the_worker_api(worker, wapp):
     """The manager's requests (assignment body, stop with its generation) are what the worker's routes accept."""
+
     def dispatch(address, method, path, body, params):
         assert address == "http://w1:5556"
         query = "&".join(f"{k}={v}" for k, v in (params or {}).items())
@@ -623,15 +661,26 @@ def test_a_task_submitted_to_the_manager_api_runs_through_the_worker_api(worker,
 
         poll()
         assert call(mapp, "POST", "/tasks", {"id": "abc123", "image": IMAGE}).status == 201
-        assert executor.run() == 1          # the assignment went to the worker
+        assert executor.run() == 1  # the assignment went to the worker
         worker.tick()
         poll()
         assert call(mapp, "GET", "/tasks/abc123").json()["state"] == "running"
         assert call(mapp, "DELETE", "/tasks/abc123").status == 204
-        assert executor.run() == 1          # the stop, naming generation 1
+        assert executor.run() == 1  # the stop, naming generation 1
         worker.tick()
         poll()
         assert call(mapp, "GET", "/tasks/abc123").json()["state"] == "completed"
         assert worker.runtime.list_owned("w1") == []
     finally:
         manager.close()
+
+
+def test_a_job_cannot_be_sent_with_the_managers_own_fields(mgr):
+    body = {"name": "web", "count": 1, "task": {"image": IMAGE}, "stopped": True}
+    assert "stopped: kept by the manager" in error_of(call(mgr.app, "POST", "/jobs", body), 400)
+    assert call(mgr.app, "GET", "/jobs").json() == []
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_event_limits_count_at_least_one(mgr, limit):
+    assert "limit" in error_of(call(mgr.app, "GET", f"/events?limit={limit}"), 400)

@@ -1,6 +1,6 @@
 """Issue 9, failure 5, for real: the manager (the pyz, with its diskcache store) killed with `kill -9` in the middle
-of one `POST /jobs` of 1,000 tasks, then started again; the client resends the same job, as it does after a lost
-answer. The workers are real Worker processes on the fake runtime (bench/fakeworker.py), so 1,000 tasks are cheap.
+of one `POST /jobs` of 2,000 tasks, then started again; the client resends the same job, as it does after a lost
+answer. The workers are real Worker processes on the fake runtime (bench/fakeworker.py), so 2,000 tasks are cheap.
 """
 
 import subprocess
@@ -12,9 +12,11 @@ from conftest import ROOT, free_port, wait_for
 
 from cube.cluster.client import Client
 from cube.core.errors import CubeError
+from cube.store import DiskStore
 
 TOKEN = "crash-test-token"
-JOB = {"name": "big", "count": 1000, "task": {"image": "busybox", "command": ["sleep", "3600"]}}
+COUNT = 2000  # ~2 s of submission on this 2-core machine: the kill at 0.3 s lands in the middle
+JOB = {"name": "big", "count": COUNT, "task": {"image": "busybox", "command": ["sleep", "3600"]}}
 
 
 class FakeCluster:
@@ -44,20 +46,22 @@ def test_job_cut_short_by_a_manager_crash_is_completed(pyz, procs, tmp_path):
     answered: list = []
     sender = threading.Thread(target=lambda: _post(client, answered))
     sender.start()
-    time.sleep(0.4)  # the manager is creating the job's tasks, one by one, each persisted
+    time.sleep(0.3)  # the manager is creating the job's tasks, one by one, each persisted
     cluster.manager.kill(9)
     sender.join()
     assert not answered, "killed before it answered: the client saw no acknowledgement"
 
-    cluster.start_manager("manager-2.log")
-    kept = len(client.get("/tasks"))
-    print(f"\nafter the crash the store held {kept} of the job's 1000 tasks")
-    assert 0 < kept < 1000, "the kill came in the middle of the submission"
+    store = DiskStore(str(tmp_path / "manager" / "store"))  # what the crash left, read before any manager runs
+    kept = len(store.values("tasks"))
+    store.close()
+    print(f"\nafter the crash the store held {kept} of the job's {COUNT} tasks")
+    assert 0 < kept < COUNT, "the kill came in the middle of the submission"
+    cluster.start_manager("manager-2.log")  # it completes the job it finds cut short
     job = client.post("/jobs", JOB)  # the client resends after the lost answer
-    assert job["count"] == 1000
-    wait_for(lambda: client.get("/jobs/big")["running"] == 1000, timeout=120, interval=0.5)
+    assert job["count"] == COUNT
+    wait_for(lambda: client.get("/jobs/big")["running"] == COUNT, timeout=180, interval=1.0)
     tasks = client.get("/tasks", job="big")
-    assert sorted(t["name"] for t in tasks) == sorted(f"big-{i}" for i in range(1, 1001)), "each once"
+    assert sorted(t["name"] for t in tasks) == sorted(f"big-{i}" for i in range(1, COUNT + 1)), "each once"
 
 
 def _post(client: Client, answered: list) -> None:

@@ -3,6 +3,7 @@ against `DockerRuntime` on the real engine: the verbs the worker relies on (star
 restart, remove, logs, events, alive) must mean the same on both, and an engine that does not answer must read as
 `Unavailable` on both. Where the fake legitimately differs from Docker, the test says so in a comment instead of
 asserting the weaker of the two."""
+
 import queue
 import subprocess
 import threading
@@ -23,16 +24,21 @@ SLEEP = ["sleep", "300"]
 
 @dataclass
 class Subject:
-    engine: str          # "fake" or "docker"
-    runtime: object      # the Runtime under test
-    node: str            # this test's node: the Docker containers labelled with it are removed afterwards
-    other: str           # a second node on the same engine
+    engine: str  # "fake" or "docker"
+    runtime: object  # the Runtime under test
+    node: str  # this test's node: the Docker containers labelled with it are removed afterwards
+    other: str  # a second node on the same engine
     image: str
 
 
 def _sweep(node: str) -> None:
-    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=cube.node={node}"], check=False,
-                         capture_output=True, text=True, timeout=30).stdout.split()
+    ids = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=cube.node={node}"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", "-v", *ids], check=False, capture_output=True, timeout=60)
 
@@ -54,8 +60,11 @@ def subject(request):
 
 
 def assignment(image: str, command=SLEEP, ports=(), generation: int = 1) -> Assignment:
-    return Assignment(id=new_id(), spec=TaskSpec.from_dict({"image": image, "command": list(command),
-                                                            "ports": list(ports)}), generation=generation)
+    return Assignment(
+        id=new_id(),
+        spec=TaskSpec.from_dict({"image": image, "command": list(command), "ports": list(ports)}),
+        generation=generation,
+    )
 
 
 def start(s: Subject, command=SLEEP, ports=(), generation: int = 1, node: str | None = None):
@@ -215,10 +224,12 @@ def test_remove_is_idempotent_and_the_container_is_gone(subject):
 def test_verbs_on_an_unknown_container_raise_not_found(subject, verb):
     _, info = start(subject)
     subject.runtime.remove(info.id)
-    call = {"inspect": lambda: subject.runtime.inspect(info.id),
-            "stop": lambda: subject.runtime.stop(info.id, timeout=0),
-            "restart": lambda: subject.runtime.restart(info.id),
-            "logs": lambda: list(subject.runtime.logs(info.id))}[verb]
+    call = {
+        "inspect": lambda: subject.runtime.inspect(info.id),
+        "stop": lambda: subject.runtime.stop(info.id, timeout=0),
+        "restart": lambda: subject.runtime.restart(info.id),
+        "logs": lambda: list(subject.runtime.logs(info.id)),
+    }[verb]
     with pytest.raises(NotFound):
         call()
 
@@ -257,21 +268,16 @@ def test_a_die_event_arrives_when_a_container_is_stopped_and_the_stream_ends_on_
     assert events.error is None
 
 
-def test_events_of_another_nodes_containers_are_not_given(subject, request):
-    if subject.engine == "fake":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "FakeRuntime.events looks the container's node up when the reader takes an event, not when it is "
-            "emitted: once another node's container is removed, its queued 'die' and its 'destroy' go to every "
-            "subscriber (Docker filters on the cube.node label, so it never does)")))
+def test_events_of_another_nodes_containers_are_not_given(subject):
     _, mine = start(subject)
     _, theirs = start(subject, node=subject.other)
     events = Events(subject.runtime, subject.node)
     try:
-        stop_until_die_seen(subject, events, mine.id)   # the stream is subscribed from here on
+        stop_until_die_seen(subject, events, mine.id)  # the stream is subscribed from here on
         subject.runtime.stop(theirs.id, timeout=0)
         subject.runtime.remove(theirs.id)
         subject.runtime.restart(mine.id)
-        stop_until_die_seen(subject, events, mine.id)   # events come in order: theirs would have come before
+        stop_until_die_seen(subject, events, mine.id)  # events come in order: theirs would have come before
     finally:
         events.close()
     assert [e for e in events.seen if e.container_id == theirs.id] == []
@@ -291,12 +297,7 @@ VERBS = ["start", "restart", "stop", "remove", "inspect", "list_owned", "logs"]
 def _dead_cases():
     for engine in ("fake", "docker"):
         for verb in VERBS:
-            marks = []
-            if engine == "fake" and verb == "logs":
-                marks.append(pytest.mark.xfail(strict=True, reason=(
-                    "FakeRuntime.logs does not call _check(): with the engine down it still answers (or raises "
-                    "NotFound), although its docstring says every call raises Unavailable, as DockerRuntime does")))
-            yield pytest.param(engine, verb, marks=marks, id=f"{engine}-{verb}")
+            yield pytest.param(engine, verb, id=f"{engine}-{verb}")
 
 
 @pytest.fixture
@@ -318,13 +319,15 @@ def dead_engine(request, tmp_path):
 @pytest.mark.parametrize(("engine", "verb"), list(_dead_cases()))
 def test_every_verb_raises_unavailable_when_the_engine_does_not_answer(engine, verb, dead_engine):
     runtime, container_id = dead_engine
-    call = {"start": lambda: runtime.start(assignment(IMAGE), "node-a"),
-            "restart": lambda: runtime.restart(container_id),
-            "stop": lambda: runtime.stop(container_id, timeout=0),
-            "remove": lambda: runtime.remove(container_id),
-            "inspect": lambda: runtime.inspect(container_id),
-            "list_owned": lambda: runtime.list_owned("node-a"),
-            "logs": lambda: list(runtime.logs(container_id))}[verb]
+    call = {
+        "start": lambda: runtime.start(assignment(IMAGE), "node-a"),
+        "restart": lambda: runtime.restart(container_id),
+        "stop": lambda: runtime.stop(container_id, timeout=0),
+        "remove": lambda: runtime.remove(container_id),
+        "inspect": lambda: runtime.inspect(container_id),
+        "list_owned": lambda: runtime.list_owned("node-a"),
+        "logs": lambda: list(runtime.logs(container_id)),
+    }[verb]
     with pytest.raises(Unavailable):
         call()
 

@@ -1,6 +1,7 @@
 """One contract suite for the store interface (`cube.store.base.Store`), run against every backend: records by kind,
 the numbered event log, retention, concurrency. Disk-only promises (a reopened directory keeps everything, reads
 write nothing, kind names are checked) are tested on `DiskStore` alone."""
+
 import os
 import threading
 
@@ -40,18 +41,23 @@ def ids(events) -> list[int]:
 
 
 def set_retention(monkeypatch, n: int) -> None:
-    # Each backend imported the constant by name (`from cube.store.base import EVENT_RETENTION`), so the culling in
-    # `_append` reads its own module's copy and `Store.events` reads base's: all three must move together.
-    for module in (cube.store.base, cube.store.disk, cube.store.memory):
-        monkeypatch.setattr(module, "EVENT_RETENTION", n)
+    # One constant, read at call time by the interface and by both backends.
+    monkeypatch.setattr(cube.store.base, "EVENT_RETENTION", n)
 
 
 # ---- records -----------------------------------------------------------------------------------------------------
 
 
 def test_put_then_get_returns_an_equal_record(store):
-    record = {"id": "a", "spec": {"image": "busybox", "ports": [{"container": 80, "host": None}]},
-              "cpu": 0.5, "ok": True, "exit_code": None, "name": "wéb-✓", "times": [1.5, 2.5]}
+    record = {
+        "id": "a",
+        "spec": {"image": "busybox", "ports": [{"container": 80, "host": None}]},
+        "cpu": 0.5,
+        "ok": True,
+        "exit_code": None,
+        "name": "wéb-✓",
+        "times": [1.5, 2.5],
+    }
     store.put("tasks", "a", record)
     assert store.get("tasks", "a") == record
 
@@ -74,9 +80,9 @@ def test_delete_removes_only_that_key_and_is_idempotent(store):
     store.put("tasks", "a", {"v": 1})
     store.put("tasks", "b", {"v": 2})
     store.delete("tasks", "a")
-    store.delete("tasks", "a")         # already gone
-    store.delete("tasks", "never")     # never there
-    store.delete("nokind", "x")        # a kind never written
+    store.delete("tasks", "a")  # already gone
+    store.delete("tasks", "never")  # never there
+    store.delete("nokind", "x")  # a kind never written
     assert store.get("tasks", "a") is None
     assert store.get("tasks", "b") == {"v": 2}
     assert store.values("tasks") == [{"v": 2}]
@@ -177,21 +183,13 @@ def test_event_log_and_records_do_not_touch_each_other(store):
     assert store.values("tasks") == []
 
 
-@pytest.mark.parametrize("backend", [
-    "memory",
-    pytest.param("disk", marks=pytest.mark.xfail(strict=True, reason=(
-        "DiskStore keeps its event log in the kinds '_events' and '_task_events', which `_cache` accepts as record "
-        "kinds: values('_events') returns the events and the '_last' counter, and put('_events', ...) writes into "
-        "the log"))),
-])
-def test_event_log_is_not_readable_as_a_record_kind(backend, tmp_path):
-    s = open_store(backend, tmp_path / "store")
-    try:
-        s.append_event(event())
-        assert s.values("_events") == []
-        assert s.values("_task_events") == []
-    finally:
-        s.close()
+def test_the_event_log_is_not_a_record_kind(store):
+    store.append_event(event())
+    for kind in ("_events", "_task_events", "_anything"):
+        with pytest.raises(ValueError, match="bad store kind"):
+            store.values(kind)
+        with pytest.raises(ValueError, match="bad store kind"):
+            store.put(kind, "k", {"v": 1})
 
 
 def test_retention_culls_the_oldest_events(store, monkeypatch):
@@ -208,10 +206,6 @@ def test_retention_culls_the_oldest_events(store, monkeypatch):
     assert store.append_event(event()).id == 13
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Store.events(task_id=..., limit=N) takes the first N ids of the task's index and only then drops the ones "
-    "retention culled: a task whose oldest events were culled gets fewer than N events, or none, although newer "
-    "ones exist (same in both backends: the index keeps culled ids)"))
 def test_events_by_task_limit_counts_only_events_still_kept(store, monkeypatch):
     set_retention(monkeypatch, 5)
     for _ in range(12):
@@ -220,21 +214,13 @@ def test_events_by_task_limit_counts_only_events_still_kept(store, monkeypatch):
     assert ids(store.events(task_id="a", limit=2)) == [8, 9]
 
 
-@pytest.mark.parametrize("backend", [
-    "memory",
-    pytest.param("disk", marks=pytest.mark.xfail(strict=True, reason=(
-        "DiskStore's per-task index keeps only the newest 1000 ids of a task (`ids[-1000:]` in _append) while "
-        "MemoryStore keeps them all: past 1000 events, events(task_id=...) loses a task's oldest events on disk "
-        "although the log still has them, and the two backends answer differently"))),
-])
-def test_a_tasks_events_are_all_found_while_the_log_keeps_them(backend, tmp_path):
-    s = open_store(backend, tmp_path / "store")
-    try:
-        for _ in range(1005):
-            s.append_event(event(task_id="busy"))
-        assert ids(s.events(task_id="busy", limit=2000)) == list(range(1, 1006))
-    finally:
-        s.close()
+def test_a_task_keeps_its_newest_events(store, monkeypatch):
+    """Both backends find a task's newest TASK_EVENTS_KEPT events by its id (the log itself keeps more)."""
+    monkeypatch.setattr(cube.store.base, "TASK_EVENTS_KEPT", 10)
+    for _ in range(15):
+        store.append_event(event(task_id="busy"))
+    assert ids(store.events(task_id="busy", limit=100)) == list(range(6, 16))
+    assert len(store.events(limit=100)) == 15
 
 
 def test_concurrent_appends_get_unique_consecutive_ids(store):
@@ -334,12 +320,27 @@ def test_disk_store_reads_write_nothing(disk_dir):
         s.close()
 
 
-@pytest.mark.parametrize("case", ["kind never written", "kind written before a reopen"])
-@pytest.mark.xfail(strict=True, reason=(
-    "the first access of a kind in a process opens a diskcache.Cache, and opening one writes: it creates the "
-    "kind's directory and cache.db (-wal, -shm) when missing, and rewrites its Settings rows otherwise (cache.db's "
-    "mtime changes) -- so reading is not free of writes, against store/base.py's 'reading never touches the disk's "
-    "write path'"))
+def test_disk_store_read_of_a_kind_never_written_writes_nothing(disk_dir):
+    s = DiskStore(disk_dir)
+    try:
+        before = _files(disk_dir)
+        assert s.get("tasks", "a") is None and s.values("tasks") == []
+        s.delete("tasks", "a")
+        assert _files(disk_dir) == before
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("case", ["kind written before a reopen"])
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "the first access of a kind in a process opens a diskcache.Cache, and opening one writes: it creates the "
+        "kind's directory and cache.db (-wal, -shm) when missing, and rewrites its Settings rows otherwise (cache.db's "
+        "mtime changes) -- so reading is not free of writes, against store/base.py's 'reading never touches the disk's "
+        "write path'"
+    ),
+)
 def test_disk_store_first_read_of_a_kind_writes_nothing(disk_dir, case):
     if case == "kind written before a reopen":
         first = DiskStore(disk_dir)

@@ -198,3 +198,17 @@ def test_state_long_poll_returns_on_change(worker):
     started = time.monotonic()
     answer = worker.state(version=version, wait=5)
     assert answer["version"] > version and time.monotonic() - started < 2
+
+
+def test_stale_copy_is_removed_before_the_new_generation_starts(worker):
+    task = make_task(ports=["8080:80"])
+    worker.accept(task)
+    worker.tick()
+    old = worker.get(task.id).container_id
+    task.generation = 2
+    worker.accept(task)
+    first = worker.tick()
+    assert first.start == [] and old in first.orphans, "the old copy holds the host port: it goes first"
+    second = worker.tick()
+    assert second.start == [task.id]
+    assert old not in worker.runtime.containers and worker.get(task.id).state is State.RUNNING

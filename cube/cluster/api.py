@@ -8,6 +8,7 @@ The routes only translate HTTP to calls on a Worker or Manager object; the logic
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import logging
 import threading
@@ -113,12 +114,26 @@ def query_number(name: str, default: float | None, kind=float) -> float | None:
         raise BadRequest(f"query parameter {name} must be a number, not {raw!r}") from None
 
 
+def query_count(name: str, default: int) -> int:
+    """A query parameter that counts things: a whole number of at least 1."""
+    value = query_number(name, default, int)
+    if value is None or value < 1:
+        raise BadRequest(f"query parameter {name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
 def query_flag(name: str) -> bool:
     return bottle.request.query.get(name, "").lower() in ("1", "true", "yes")
 
 
 def _stream_logs(chunks) -> bottle.HTTPResponse:
-    return bottle.HTTPResponse(chunks, status=200, headers={"Content-Type": "text/plain; charset=utf-8"})
+    """A streamed text answer. Its first chunk is read here, in the route: a peer that cannot be reached (or
+    answers an error) is then the route's typed error, not an exception in the middle of the response."""
+    chunks = iter(chunks)
+    first = next(chunks, b"")
+    return bottle.HTTPResponse(
+        itertools.chain([first], chunks), status=200, headers={"Content-Type": "text/plain; charset=utf-8"}
+    )
 
 
 def worker_app(worker, token: str | None) -> bottle.Bottle:
@@ -176,7 +191,7 @@ def worker_app(worker, token: str | None) -> bottle.Bottle:
     @app.get("/events")
     def events():
         since = query_number("since", 0, int)
-        limit = query_number("limit", 1000, int)
+        limit = query_count("limit", 1000)
         return [e.to_dict() for e in worker.store.events(since=since, limit=limit)]
 
     return app
@@ -265,7 +280,7 @@ def manager_app(manager, membership, links, token: str | None) -> bottle.Bottle:
         tail = query_number("tail", None, int)
         if tail is not None:  # the newest `tail` events
             since = max(since, manager.last_event_id() - tail)
-        limit = query_number("limit", 1000, int)
+        limit = query_count("limit", 1000)
         wait = query_number("wait", 0.0) or 0.0
         task_id = bottle.request.query.get("task") or None
         found = manager.events(since=since, limit=limit, task_id=task_id)

@@ -73,12 +73,16 @@ class Client:
         for attempt in (1, 2):
             conn = self._connection(timeout)
             reused = conn.sock is not None
+            sent = False
             try:
                 conn.request(method, path, body=payload, headers=headers)
+                sent = True
                 return conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as error:
                 self._drop()
-                if attempt == 2 or not (retry and reused):
+                # Refused while sending on a connection the peer had closed: nothing reached it, any request may go
+                # again. Closed after the request went out: only one that may run twice.
+                if attempt == 2 or not reused or (sent and not retry):
                     raise Unavailable(f"{self.base_url} closed the connection ({error})") from None
             except TimeoutError:
                 self._drop()

@@ -378,6 +378,15 @@ class Job:
             raise InvalidSpec("a batch job runs to completion: restart 'always' would never let it finish")
         return cls(name, spec, count, kind, float(data.get("created_at") or 0), bool(data.get("stopped")))
 
+    @classmethod
+    def from_request(cls, data) -> "Job":
+        """A job as a client sends it: the fields the manager keeps (created_at, stopped) are not the client's."""
+        if isinstance(data, dict):
+            kept = sorted({"created_at", "stopped"} & set(data))
+            if kept:
+                raise InvalidSpec(f"{', '.join(kept)}: kept by the manager, not sent (stop a job with `cube stop`)")
+        return cls.from_dict(data)
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,

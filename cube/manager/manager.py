@@ -96,6 +96,7 @@ class Manager:
         self._folded: dict[str, tuple] = {}  # task id -> the report fields last copied into it
         self._outbox: dict[str, dict[tuple, Attempt]] = {}
         self._dirty: set[str] = set()  # nodes whose diff may have changed
+        self._seen: dict[str, float] = {}  # node -> its last answer (see alive), written without the lock
         self._swept = float("-inf")
         self._pool = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-dispatch")
         self._load()
@@ -187,7 +188,12 @@ class Manager:
         spec = TaskSpec.from_dict(data)
         with self._lock:
             if task_id in self.tasks:
-                return self.tasks[task_id].copy(), False
+                existing = self.tasks[task_id]
+                if existing.spec != spec:
+                    raise Conflict(
+                        f"task {task_id} already exists with another spec: pick another id, or stop it and submit again"
+                    )
+                return existing.copy(), False
             if spec.name:
                 self._name_free(spec.name)
             task = Task(id=task_id, spec=spec, created_at=self.clock())
@@ -209,7 +215,7 @@ class Manager:
         """Keep a job and place its tasks in one pass. Submitting the same job again is idempotent and completes
         it (a client resends after a lost answer, perhaps after a manager crash cut the first submission short);
         a different spec under an existing name is a conflict (scale or stop it instead)."""
-        job = Job.from_dict(data)
+        job = Job.from_request(data)
         with self._lock:
             existing = self.jobs.get(job.name)
             created = True
@@ -367,9 +373,9 @@ class Manager:
         self, node_name: str, reported: list[dict], events: list[dict], poll_started: float | None = None
     ) -> list[tuple]:
         """Fold a node's report in: copy the observations of the tasks placed there, keep what the node holds for
-        its diff, act on what changed. Returns the requests the node's diff wants delivered now: the caller (the
-        node's poller) delivers them before it polls again, so a worker that waits for the manager's word (see
-        worker.py, holds) has it by its next poll."""
+        its diff, act on what changed. Returns the stops the node's diff wants delivered now: the caller (the node's
+        poller) delivers them before it polls again, so a worker that waits for the manager's word (see worker.py,
+        holds) has it by its next poll. Everything else due is sent on the pool."""
         with self._lock:
             node = self.nodes.get(node_name)
             if node is None:
@@ -406,8 +412,10 @@ class Manager:
                 self._place(sorted((self.tasks[i] for i in self._pending), key=lambda t: t.created_at))
             due = self._flush()
             self._changed.notify_all()
-        mine = [d for d in due if d[0] == node_name]
-        self._deliver_later([d for d in due if d[0] != node_name])
+        # Stops for this node go back to its poller, to be delivered before it polls again (a worker's holds wait
+        # for them); the rest go on the pool: a thousand assignments sent in line would delay its heartbeat.
+        mine = [d for d in due if d[0] == node_name and d[1] == "stop"]
+        self._deliver_later([d for d in due if d not in mine])
         return mine
 
     def _decide(self, tasks: list[Task]) -> None:
@@ -453,13 +461,19 @@ class Manager:
             due = self._flush()
         self._deliver_later(due)
 
+    def alive(self, node_name: str) -> None:
+        """A node answered: its heartbeat, recorded without waiting for the lock (a busy manager must not declare
+        down a node whose answers it has not yet had time to fold in)."""
+        self._seen[node_name] = self.clock()
+
     def heard(self, node_name: str, stats: dict) -> None:
         """A node answered its poll: it is alive; its engine's health and its capacity are as it says."""
+        self.alive(node_name)
         with self._lock:
             node = self.nodes.get(node_name)
             if node is None:
                 return
-            node.last_seen = self.clock()
+            node.last_seen = max(node.last_seen, self._seen.get(node_name, 0.0))
             runtime = stats.get("runtime") or {}
             state, reason = (
                 ("ready", "")
@@ -501,6 +515,7 @@ class Manager:
         with self._lock:
             now = self.clock() if now is None else now
             for node in self.nodes.values():
+                node.last_seen = max(node.last_seen, self._seen.get(node.name, 0.0))
                 silent = now - node.last_seen
                 if node.state != "down" and silent > self.node_timeout:
                     self._node_state(node, "down", f"no answer for {silent:.1f} s")

@@ -7,7 +7,8 @@ import os
 import threading
 from typing import Any
 
-from cube.store.base import EVENT_RETENTION, Store
+from cube.store import base
+from cube.store.base import Store, record_kind
 
 
 class DiskStore(Store):
@@ -24,14 +25,17 @@ class DiskStore(Store):
         self._events_cache = self._cache("_events")
         self._index = self._cache("_task_events")
 
-    def _cache(self, kind: str):
+    def _cache(self, kind: str, create: bool = True):
+        """The Cache of `kind`, opened at first use. `create=False` (reads): None for a kind never written, so
+        reading one creates no file."""
         with self._lock:
             cache = self._caches.get(kind)
             if cache is None:
-                if not kind.replace("_", "").isalnum():
-                    raise ValueError(f"bad store kind {kind!r}")
+                path = os.path.join(self.directory, kind)
+                if not create and not os.path.exists(path):
+                    return None
                 cache = self._diskcache.Cache(
-                    os.path.join(self.directory, kind),
+                    path,
                     eviction_policy="none",
                     size_limit=2**62,
                     cull_limit=0,
@@ -41,16 +45,21 @@ class DiskStore(Store):
             return cache
 
     def put(self, kind, key, value):
-        self._cache(kind).set(key, value)
+        self._cache(record_kind(kind)).set(key, value)
 
     def get(self, kind, key):
-        return self._cache(kind).get(key)
+        cache = self._cache(record_kind(kind), create=False)
+        return None if cache is None else cache.get(key)
 
     def delete(self, kind, key):
-        self._cache(kind).delete(key)
+        cache = self._cache(record_kind(kind), create=False)
+        if cache is not None:
+            cache.delete(key)
 
     def values(self, kind):
-        cache = self._cache(kind)
+        cache = self._cache(record_kind(kind), create=False)
+        if cache is None:
+            return []
         out = []
         for key in list(cache.iterkeys()):
             value = cache.get(key)
@@ -64,12 +73,12 @@ class DiskStore(Store):
             seq = cache.incr("_last", 1, default=0)
             event["id"] = seq
             cache.set(seq, event)
-            if seq > EVENT_RETENTION:
-                cache.delete(seq - EVENT_RETENTION)
+            if seq > base.EVENT_RETENTION:
+                cache.delete(seq - base.EVENT_RETENTION)
         with index.transact():
             ids = index.get(event["task_id"], [])
             ids.append(seq)
-            index.set(event["task_id"], ids[-1000:])
+            index.set(event["task_id"], ids[-base.TASK_EVENTS_KEPT :])
         return seq
 
     def _event(self, seq):

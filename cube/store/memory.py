@@ -5,7 +5,8 @@ from __future__ import annotations
 import pickle
 import threading
 
-from cube.store.base import EVENT_RETENTION, Store
+from cube.store import base
+from cube.store.base import Store, record_kind
 
 
 class MemoryStore(Store):
@@ -18,28 +19,30 @@ class MemoryStore(Store):
 
     def put(self, kind, key, value):
         with self._lock:
-            self._kinds.setdefault(kind, {})[key] = _copy(value)
+            self._kinds.setdefault(record_kind(kind), {})[key] = _copy(value)
 
     def get(self, kind, key):
         with self._lock:
-            value = self._kinds.get(kind, {}).get(key)
+            value = self._kinds.get(record_kind(kind), {}).get(key)
             return _copy(value) if value is not None else None
 
     def delete(self, kind, key):
         with self._lock:
-            self._kinds.get(kind, {}).pop(key, None)
+            self._kinds.get(record_kind(kind), {}).pop(key, None)
 
     def values(self, kind):
         with self._lock:
-            return [_copy(v) for v in self._kinds.get(kind, {}).values()]
+            return [_copy(v) for v in self._kinds.get(record_kind(kind), {}).values()]
 
     def _append(self, event):
         with self._lock:
             self._last += 1
             event["id"] = self._last
             self._events[self._last] = dict(event)
-            self._by_task.setdefault(event["task_id"], []).append(self._last)
-            self._events.pop(self._last - EVENT_RETENTION, None)
+            ids = self._by_task.setdefault(event["task_id"], [])
+            ids.append(self._last)
+            del ids[: -base.TASK_EVENTS_KEPT]
+            self._events.pop(self._last - base.EVENT_RETENTION, None)
             return self._last
 
     def _event(self, seq):

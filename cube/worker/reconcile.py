@@ -11,6 +11,7 @@ Rules, in the order they are decided for each task:
   task completes (exit 0) or fails;
 - desired `run` and no container: started if the task is waiting to start; if it was running, its container
   vanished, which counts as a failure;
+- a task with a stale copy still running waits for its removal (this round) before it starts (the next);
 - a task on hold (`blocked`: it waits for the manager's word after a worker or engine restart, or after a
   disconnect stopped it) is neither started nor restarted; everything else about it is still observed;
 - a container labelled for this node that no task owns is an orphan: removed.
@@ -63,8 +64,10 @@ def diff(
         plan.orphans.extend(c.id for c in extra)
         if task.desired is Desired.STOP:
             _plan_stop(plan, task, current)
-        else:
-            _plan_run(plan, task, current, now, float("inf") if task_id in blocked else due.get(task_id, 0.0))
+            continue
+        # A stale copy still running is removed first: the new one may need its host port or its name.
+        wait = task_id in blocked or any(c.running for c in extra)
+        _plan_run(plan, task, current, now, float("inf") if wait else due.get(task_id, 0.0))
     return plan
 
 

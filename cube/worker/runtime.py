@@ -121,8 +121,9 @@ class FakeRuntime:
             raise Unavailable(f"fake engine: {self.down}")
 
     def _emit(self, action: str, info: ContainerInfo) -> None:
+        # The node is taken now, as Docker's label filter does: a container removed later is still another node's.
         for q in list(self._subscribers):
-            q.put(RuntimeEvent(action, info.id, info.task_id))
+            q.put((info.node, RuntimeEvent(action, info.id, info.task_id)))
 
     def start(self, task: Assignment, node: str) -> ContainerInfo:
         with self._lock:
@@ -192,6 +193,7 @@ class FakeRuntime:
 
     def logs(self, container_id: str, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
         with self._lock:
+            self._check()
             self._get(container_id)
             lines = list(self.logs_by_id.get(container_id, []))
         return iter(lines[-tail:] if tail else lines)
@@ -202,12 +204,10 @@ class FakeRuntime:
         try:
             while not stop.is_set():
                 try:
-                    event = q.get(timeout=0.1)
+                    owner, event = q.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                with self._lock:
-                    owner = self.containers.get(event.container_id)
-                if owner is None or owner.node == node or event.action == "destroy":
+                if owner == node:
                     yield event
         finally:
             self._subscribers.remove(q)
