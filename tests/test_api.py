@@ -495,7 +495,8 @@ def test_worker_stop_by_generation(wapp, worker):
     call(wapp, "POST", "/tasks", assignment("t1", generation=1))
     worker.tick()
     call(wapp, "POST", "/tasks", assignment("t1", generation=2))  # placed here again: generation 2 held
-    worker.tick()
+    worker.tick()  # the old copy goes first
+    worker.tick()  # then the new one starts
     container = worker.get("t1").container_id
     assert worker.get("t1").generation == 2
     assert [(c.id, c.generation, c.running) for c in worker.runtime.list_owned("w1")] == [(container, 2, True)]

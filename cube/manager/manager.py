@@ -820,4 +820,8 @@ def _refresh(node: Node, stats: dict) -> bool:
 def _no_fit(placement, nodes: list[Node]) -> str:
     if not nodes:
         return "no nodes yet: start a worker (`cube worker`) or add one with --workers"
-    return "no node fits: " + "; ".join(f"{name}: {why}" for name, why in sorted(placement.reasons.items()))
+    # The counts first (what to fix), then each node's own words; a long list is cut (a reason is one line).
+    details = sorted(placement.reasons.items())
+    shown = "; ".join(f"{name}: {why}" for name, why in details[:8])
+    more = f"; and {len(details) - 8} more" if len(details) > 8 else ""
+    return f"no node fits ({placement.tally()}): {shown}{more}"
