@@ -25,33 +25,22 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from cube import scheduler
-from cube.core.errors import BadRequest, Conflict, CubeError, NotFound
+from cube.core.errors import BadRequest, Conflict, CubeError
 from cube.core.model import ACTIVE, Desired, Event, Job, Node, Observed, Resources, State, Task, TaskSpec, new_id
+from cube.manager.outbox import RETRY_MAX, Outbox
 from cube.manager.reconcile import Reported, job_diff, node_diff, task_decision
+from cube.manager.views import ManagerViews
 from cube.store import Store
 
 log = logging.getLogger("cube.manager")
 SAMPLE_ABOVE = 64  # nodes; above this, placement samples SAMPLE_LIMIT feasible nodes
 SAMPLE_LIMIT = 16
-RETRY_BASE = 0.5  # seconds before a failed dispatch is tried again; doubles up to RETRY_MAX
-RETRY_MAX = 10.0
 SWEEP_EVERY = 10.0  # seconds between full rounds over every task and node (the safety net under the indexes)
 
 # (address, method, path, body, params) -> the worker's answer; raises CubeError.
 Dispatch = Callable[[str, str, str, "dict | None", "dict | None"], object]
-
-
-@dataclass
-class Attempt:
-    """One request the node diff wants delivered (an assignment or a stop), and how its delivery goes."""
-
-    in_flight: bool = False
-    acked_at: float | None = None  # monotonic time the worker acknowledged it
-    failures: int = 0
-    next_at: float = 0.0  # monotonic time before which it is not tried again
 
 
 def holds(task: Task) -> bool:
@@ -59,7 +48,7 @@ def holds(task: Task) -> bool:
     return bool(task.node) and task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING)
 
 
-class Manager:
+class Manager(ManagerViews):
     def __init__(
         self,
         store: Store,
@@ -94,7 +83,7 @@ class Manager:
         self._reports: dict[str, dict[str, Reported]] = {}
         self._report_start: dict[str, float] = {}  # node -> monotonic start of the poll of its latest report
         self._folded: dict[str, tuple] = {}  # task id -> the report fields last copied into it
-        self._outbox: dict[str, dict[tuple, Attempt]] = {}
+        self._outbox = Outbox(monotonic)
         self._dirty: set[str] = set()  # nodes whose diff may have changed
         self._seen: dict[str, float] = {}  # node -> its last answer (see alive), written without the lock
         self._swept = float("-inf")
@@ -542,7 +531,7 @@ class Manager:
                     if node.state != "ready":
                         self._decide([self.tasks[i] for i in list(self._by_node.get(node.name, ()))])
             self._place(sorted((self.tasks[i] for i in self._pending), key=lambda t: t.created_at))
-            self._dirty.update(n for n, box in self._outbox.items() if box)
+            self._dirty.update(self._outbox.waiting())
             due = self._flush()
         self._deliver_later(due)
 
@@ -565,21 +554,7 @@ class Manager:
         plan = node_diff(name, placed, self._reports[name], self.tasks.get)
         wanted = {("send", tid, self.tasks[tid].generation) for tid in plan.send}
         wanted |= {("stop", tid, gen) for tid, gen in plan.stop}
-        box = self._outbox.setdefault(name, {})
-        for key in list(box):
-            if key not in wanted and not box[key].in_flight:
-                del box[key]  # done (the report shows it) or no longer wanted
-        now = self.monotonic()
-        due = []
-        for key in sorted(wanted):
-            attempt = box.setdefault(key, Attempt())
-            if attempt.in_flight or attempt.next_at > now:
-                continue
-            if attempt.acked_at is not None and self._report_start.get(name, float("-inf")) < attempt.acked_at:
-                continue  # delivered; the latest report was taken before it arrived
-            attempt.in_flight = True
-            due.append((name, *key))
-        return due
+        return self._outbox.due(name, wanted, self._report_start.get(name, float("-inf")))
 
     def _deliver_later(self, due: list[tuple]) -> None:
         """Deliver on the pool: a slow worker must not hold up the others or the caller."""
@@ -617,14 +592,7 @@ class Manager:
 
     def _delivered(self, node_name: str, key: tuple, ok: bool, refused: str | None) -> None:
         with self._lock:
-            attempt = self._outbox.get(node_name, {}).get(key)
-            if attempt is not None:
-                attempt.in_flight = False
-                if ok:
-                    attempt.acked_at, attempt.failures = self.monotonic(), 0
-                else:
-                    attempt.failures += 1
-                    attempt.next_at = self.monotonic() + min(RETRY_BASE * 2 ** (attempt.failures - 1), RETRY_MAX)
+            self._outbox.done(node_name, key, ok)
             task = self.tasks.get(key[1])
             if refused and task is not None and task.node == node_name and task.generation == key[2]:
                 # The worker will not take it (an older Cube, a spec it cannot run): try another node later.
@@ -694,101 +662,6 @@ class Manager:
             )
         except CubeError as error:
             log.warning("restart of %s on %s failed: %s", task_id, node.name, error.message)
-
-    # ---- reading (copies) ------------------------------------------------------------------------------------
-
-    def view(self, task: Task) -> dict:
-        """A task as the API shows it (lock held): derived with the state of its node."""
-        node = self.nodes.get(task.node)
-        return task.to_dict(node.state if node else "ready")
-
-    def task_detail(self, task_id: str) -> dict:
-        with self._lock:
-            task = self._task(task_id)
-            data = self.view(task)
-            data["placement"] = self.placements.get(task_id)
-        data["events"] = [e.to_dict() for e in self.store.events(task_id=task_id)]
-        return data
-
-    def list_tasks(self, job: str | None = None, state: str | None = None) -> list[Task]:
-        with self._lock:
-            pool = self.tasks.values() if job is None else [self.tasks[i] for i in self._by_job.get(job, ())]
-            tasks = [t.copy() for t in pool if state is None or t.state.value == state]
-        return sorted(tasks, key=lambda t: (t.created_at, t.name))
-
-    def task_views(self, job: str | None = None, state: str | None = None) -> list[dict]:
-        """The API's task list: `view` of each, oldest first."""
-        with self._lock:
-            pool = self.tasks.values() if job is None else [self.tasks[i] for i in self._by_job.get(job, ())]
-            views = [self.view(t) for t in pool]
-        views = [v for v in views if state is None or v["state"] == state]
-        return sorted(views, key=lambda v: (v["created_at"], v["name"]))
-
-    def job_detail(self, name: str) -> dict:
-        with self._lock:
-            job = self._job(name)
-            data = job.to_dict()
-            views = [
-                v
-                for v in self.task_views(job=name)
-                if v["desired"] == "run" or v["state"] in ("pending", "scheduled", "running")
-            ]
-            data["tasks"] = views
-            data["running"] = sum(1 for v in views if v["state"] == "running")
-            return data
-
-    def job_names(self) -> list[str]:
-        with self._lock:
-            return sorted(self.jobs)
-
-    def list_nodes(self) -> list[dict]:
-        with self._lock:
-            return [n.to_dict() for n in sorted(self.nodes.values(), key=lambda n: n.name)]
-
-    def node(self, name: str) -> Node | None:
-        """A copy of the node record, or None."""
-        with self._lock:
-            node = self.nodes.get(name)
-            return Node.from_dict(node.to_dict()) if node else None
-
-    def node_names(self) -> list[str]:
-        with self._lock:
-            return list(self.nodes)
-
-    def find_task(self, ref: str) -> Task:
-        """A task by id, id prefix or name (the newest when several share a name)."""
-        with self._lock:
-            if ref in self.tasks:
-                return self.tasks[ref].copy()
-            matches = [t for t in self.tasks.values() if t.id.startswith(ref) or t.name == ref]
-            if not matches:
-                raise NotFound(f"no task {ref!r}: `cube status` lists tasks")
-            ids = {t.id for t in matches if t.id.startswith(ref)}
-            if len(ids) > 1:
-                raise BadRequest(f"{ref!r} matches several task ids: give more characters")
-            return max(matches, key=lambda t: (t.desired is Desired.RUN, t.created_at)).copy()
-
-    def _task(self, task_id: str) -> Task:
-        task = self.tasks.get(task_id)
-        if task is None:
-            return self.tasks[self.find_task(task_id).id]
-        return task
-
-    def _job(self, name: str) -> Job:
-        job = self.jobs.get(name)
-        if job is None:
-            raise NotFound(f"no job {name!r}: `cube status` lists jobs")
-        return job
-
-    def events(self, since: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
-        return self.store.events(since=since, limit=limit, task_id=task_id)
-
-    def last_event_id(self) -> int:
-        return self.store.last_event_id()
-
-    def wait_changed(self, timeout: float) -> None:
-        with self._changed:
-            self._changed.wait(timeout)
 
     def close(self) -> None:
         if isinstance(self._pool, ThreadPoolExecutor):

@@ -7,10 +7,9 @@ ones. When it acts: a level-triggered loop (`tick`) re-reads everything on a sho
 stream (a container died) makes the next tick come at once — a missed event is repaired by the next tick, a seen one
 is acted on in milliseconds. How it acts: `reconcile.diff` computes a plan; actions run on a small thread pool
 (starting 100 containers one by one would take 100 engine round trips in a row), one action per task at a time.
-When it waits for the manager (holds): after this worker restarts, after its engine comes back, and after a
-disconnect stopped a task, the tasks it held before are not started again until the manager has seen the new
-situation and had its chance to move them (a poll received after an answer given after the hold began), or, when
-no manager is around, after HOLD_MAX seconds — so a task moved elsewhere meanwhile never runs twice.
+When it waits for the manager (holds, see holds.py): after this worker restarts, after its engine comes back, and
+after a disconnect stopped a task, the tasks it held before are not started again until the manager has seen the
+new situation, so a task moved elsewhere meanwhile never runs twice.
 
 Engine health is node health: a runtime that does not answer is reported (`stats()["runtime"]`), its running tasks
 are shown waiting for the engine (not completed), and containers that ended with the engine are restarted when it
@@ -33,13 +32,13 @@ from cube import __version__
 from cube.core.errors import Conflict, CubeError, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
 from cube.core.model import Assignment, Desired, Event, Resources, State, transition
 from cube.store import Store
+from cube.worker.holds import DISCONNECT, Holds
 from cube.worker.metrics import Metrics, machine_arch
 from cube.worker.reconcile import Plan, diff
 from cube.worker.restarts import backoff, ran_stable, recent
 from cube.worker.runtime import ContainerInfo, Runtime
 
 log = logging.getLogger("cube.worker")
-HOLD_MAX = 10.0  # seconds a hold waits for a manager before the worker acts alone
 ENGINE_RETRY_MAX = 5.0  # seconds between reconcile rounds while the engine does not answer (it was 142 logs/s)
 
 
@@ -96,23 +95,18 @@ class Worker:
         self._sync = sync
         self._local = threading.local()  # the (task id, generation) an action thread acts for
         self._dead_ids: set[str] = set()  # container ids the event stream reported dead
-        self.last_polled = float("-inf")  # monotonic time of the last state() call (a manager's poll)
-        self._started = monotonic()
+        self.holds = Holds(monotonic())
         # Engine health, as the last reconcile round found it.
         self.engine_ok = True
         self.engine_error = ""
         self.engine_since = clock()
-        # Holds (see the module docstring): task id -> (answers given when it began, why, monotonic start).
-        self._answers = 0  # state() answers given so far
-        self._confirmed = -1  # answers given before the latest poll arrived: the manager has seen those
-        self._held: dict[str, tuple[int, str, float]] = {}
         # Restarts counted lately (task id -> clock times): Docker 20.10 stops the containers before its API goes
         # away when it is stopped, so the deaths are seen first; when the engine turns out to be going down, the
         # restarts counted for them are given back (see _engine_down).
         self._counted: dict[str, list[float]] = {}
         for task in self.tasks.values():
             if task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING):
-                self._held[task.id] = (0, "worker restarted", self._started)
+                self.holds.hold(task.id, "worker restarted", self.holds.started)
 
     # ---- what the API calls -------------------------------------------------------------------------------
 
@@ -139,7 +133,7 @@ class Worker:
                 Event(0, task.id, State.SCHEDULED.value, task.updated_at, f"assigned to node {self.name}", self.name),
             )
             self._due.pop(task.id, None)
-            self._held.pop(task.id, None)  # the manager's word is fresh: nothing to wait for
+            self.holds.drop(task.id)
         self._kick.set()
         return task.copy(), True
 
@@ -238,18 +232,14 @@ class Worker:
         waits up to `wait` seconds for a change first (long poll): the manager hears of a change at once,
         and a silent node answers anyway, which is its heartbeat."""
         with self._changed:
-            self.last_polled = self.monotonic()
-            # The manager polls again only after it has acted on the previous answer (membership.py): every
-            # answer given before this poll arrived has been seen.
-            self._confirmed = self._answers
-            released = self._release_holds()
+            released = self.holds.polled(self.monotonic())
             if version is not None and wait > 0 and version == self.version and not released:
                 self._changed.wait_for(
                     lambda: self.version != version or self._closed.is_set(), timeout=min(wait, 30.0)
                 )
             tasks = [t.to_dict() for t in self.tasks.values()]
             current = self.version
-            self._answers += 1
+            self.holds.answered()
         if released:
             self._kick.set()
         if events_since >= 0:
@@ -269,23 +259,10 @@ class Worker:
 
     # ---- holds ----------------------------------------------------------------------------------------------
 
-    def _hold(self, task_id: str, why: str) -> None:
-        """Keep `task_id` from starting until the manager has seen the present (lock held)."""
-        self._held[task_id] = (self._answers, why, self.monotonic())
-
-    def _release_holds(self) -> bool:
-        """Release the holds the manager has had its chance on, or that waited HOLD_MAX with no manager (a
-        disconnect hold waits for a manager however long). Lock held. Returns whether any was released."""
-        now = self.monotonic()
-        alone = now - max(self.last_polled, self._started) >= HOLD_MAX
-        done = [
-            tid
-            for tid, (seq, why, since) in self._held.items()
-            if self._confirmed > seq or (why != "disconnect" and alone and now - since >= HOLD_MAX)
-        ]
-        for tid in done:
-            del self._held[tid]
-        return bool(done)
+    @property
+    def last_polled(self) -> float:
+        """Monotonic time of the last poll (a manager's GET /state); the registrar registers after a quiet spell."""
+        return self.holds.last_polled
 
     # ---- the loop -----------------------------------------------------------------------------------------
 
@@ -304,7 +281,7 @@ class Worker:
         self._engine_up()
         now = self.clock() if now is None else now
         with self._lock:
-            self._release_holds()
+            self.holds.release(self.monotonic())
             self._disconnect(now)
             # A task whose action ended after the listing began is judged next round: the listing may
             # not show what that action did.
@@ -316,7 +293,7 @@ class Worker:
                 now,
                 busy,
                 dict(self._due),
-                frozenset(self._held),
+                self.holds.held(),
             )
         if plan.died and not self.runtime.alive():
             # Containers died and the engine takes no new connection: it is stopping them (see
@@ -354,7 +331,7 @@ class Worker:
                         ),
                     )
                 if task.desired is Desired.RUN and task.state is State.SCHEDULED:
-                    self._hold(task.id, "engine")
+                    self.holds.hold(task.id, "engine", self.monotonic())
             self._bump()
 
     def _refund(self, now: float) -> None:
@@ -391,16 +368,14 @@ class Worker:
                 return
             log.info("container runtime answers again (was down for %.1f s)", self.clock() - self.engine_since)
             self.engine_ok, self.engine_error, self.engine_since = True, "", self.clock()
-            for task_id, (_, why, _since) in list(self._held.items()):
-                if why == "engine":
-                    self._hold(task_id, "engine")  # counted from now: the manager must see the engine back
+            self.holds.renew("engine", self.monotonic())  # the manager must see the engine back first
             self._bump()
 
     def _disconnect(self, now: float) -> None:
         """No manager for `disconnect_timeout`: stop the running tasks whose policy says so (lock held)."""
         if not self.disconnect_timeout:
             return
-        alone = self.monotonic() - max(self.last_polled, self._started)
+        alone = self.holds.alone(self.monotonic())
         if alone < self.disconnect_timeout:
             return
         for task in self.tasks.values():
@@ -408,10 +383,10 @@ class Worker:
                 task.desired is Desired.RUN
                 and task.spec.disconnect == "stop"
                 and task.state is State.RUNNING
-                and task.id not in self._held
+                and task.id not in self.holds
                 and task.id not in self._busy
             ):
-                self._hold(task.id, "disconnect")
+                self.holds.hold(task.id, DISCONNECT, self.monotonic())
                 message = (
                     f"stopped: no manager for {alone:.0f} s (on_disconnect: stop); starts again when a "
                     f"manager answers and keeps it here"
@@ -683,7 +658,7 @@ class Worker:
             due = [
                 at for tid, at in self._due.items() if tid in self.tasks and self.tasks[tid].state is State.SCHEDULED
             ]
-            held = bool(self._held)
+            held = bool(self.holds)
         wait = self.reconcile_interval
         if held:
             wait = min(wait, 1.0)  # a hold ends by the clock when no manager is around

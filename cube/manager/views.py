@@ -1,0 +1,116 @@
+"""What the manager shows: copies of its records, taken under its lock, for the API, the CLI, membership and the
+health checker — never its dicts or its lock. A mixin of `Manager`, which owns the state these read.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from cube.core.errors import BadRequest, NotFound
+from cube.core.model import Desired, Event, Job, Node, Task
+from cube.store import Store
+
+
+class ManagerViews:
+    # Owned and written by Manager (see manager.py).
+    _lock: threading.RLock
+    _changed: threading.Condition
+    tasks: dict[str, Task]
+    jobs: dict[str, Job]
+    nodes: dict[str, Node]
+    placements: dict[str, dict]
+    store: Store
+    _by_job: dict[str, set[str]]
+
+    def view(self, task: Task) -> dict:
+        """A task as the API shows it (lock held): derived with the state of its node."""
+        node = self.nodes.get(task.node)
+        return task.to_dict(node.state if node else "ready")
+
+    def task_detail(self, task_id: str) -> dict:
+        with self._lock:
+            task = self._task(task_id)
+            data = self.view(task)
+            data["placement"] = self.placements.get(task_id)
+        data["events"] = [e.to_dict() for e in self.store.events(task_id=task_id)]
+        return data
+
+    def list_tasks(self, job: str | None = None, state: str | None = None) -> list[Task]:
+        with self._lock:
+            pool = self.tasks.values() if job is None else [self.tasks[i] for i in self._by_job.get(job, ())]
+            tasks = [t.copy() for t in pool if state is None or t.state.value == state]
+        return sorted(tasks, key=lambda t: (t.created_at, t.name))
+
+    def task_views(self, job: str | None = None, state: str | None = None) -> list[dict]:
+        """The API's task list: `view` of each, oldest first."""
+        with self._lock:
+            pool = self.tasks.values() if job is None else [self.tasks[i] for i in self._by_job.get(job, ())]
+            views = [self.view(t) for t in pool]
+        views = [v for v in views if state is None or v["state"] == state]
+        return sorted(views, key=lambda v: (v["created_at"], v["name"]))
+
+    def job_detail(self, name: str) -> dict:
+        with self._lock:
+            job = self._job(name)
+            data = job.to_dict()
+            views = [
+                v
+                for v in self.task_views(job=name)
+                if v["desired"] == "run" or v["state"] in ("pending", "scheduled", "running")
+            ]
+            data["tasks"] = views
+            data["running"] = sum(1 for v in views if v["state"] == "running")
+            return data
+
+    def job_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self.jobs)
+
+    def list_nodes(self) -> list[dict]:
+        with self._lock:
+            return [n.to_dict() for n in sorted(self.nodes.values(), key=lambda n: n.name)]
+
+    def node(self, name: str) -> Node | None:
+        """A copy of the node record, or None."""
+        with self._lock:
+            node = self.nodes.get(name)
+            return Node.from_dict(node.to_dict()) if node else None
+
+    def node_names(self) -> list[str]:
+        with self._lock:
+            return list(self.nodes)
+
+    def find_task(self, ref: str) -> Task:
+        """A task by id, id prefix or name (the newest when several share a name)."""
+        with self._lock:
+            if ref in self.tasks:
+                return self.tasks[ref].copy()
+            matches = [t for t in self.tasks.values() if t.id.startswith(ref) or t.name == ref]
+            if not matches:
+                raise NotFound(f"no task {ref!r}: `cube status` lists tasks")
+            ids = {t.id for t in matches if t.id.startswith(ref)}
+            if len(ids) > 1:
+                raise BadRequest(f"{ref!r} matches several task ids: give more characters")
+            return max(matches, key=lambda t: (t.desired is Desired.RUN, t.created_at)).copy()
+
+    def _task(self, task_id: str) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            return self.tasks[self.find_task(task_id).id]
+        return task
+
+    def _job(self, name: str) -> Job:
+        job = self.jobs.get(name)
+        if job is None:
+            raise NotFound(f"no job {name!r}: `cube status` lists jobs")
+        return job
+
+    def events(self, since: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
+        return self.store.events(since=since, limit=limit, task_id=task_id)
+
+    def last_event_id(self) -> int:
+        return self.store.last_event_id()
+
+    def wait_changed(self, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait(timeout)
