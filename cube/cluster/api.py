@@ -320,11 +320,28 @@ class Server:
             from cheroot.ssl.builtin import BuiltinSSLAdapter
 
             self._server.ssl_adapter = BuiltinSSLAdapter(certfile, keyfile)
-        self._server.prepare()
+        self._prepare()
         self.host = host
         self.port = self._server.bind_addr[1]
         self.scheme = "https" if certfile and keyfile else "http"
         self._thread = threading.Thread(target=self._server.serve, name="cube-http", daemon=True)
+
+    def _prepare(self) -> None:
+        """Bind and start cheroot's worker threads from a daemon thread: threads inherit that flag, and a server
+        someone forgot to stop must not keep its process alive at exit (a test run once hung so after its tests)."""
+        failure: list[BaseException] = []
+
+        def prepare() -> None:
+            try:
+                self._server.prepare()
+            except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+                failure.append(error)
+
+        thread = threading.Thread(target=prepare, name="cube-http-prepare", daemon=True)
+        thread.start()
+        thread.join()
+        if failure:
+            raise failure[0]
 
     def start(self) -> "Server":
         self._thread.start()

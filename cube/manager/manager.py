@@ -84,7 +84,10 @@ class Manager(ManagerViews):
         self._report_start: dict[str, float] = {}  # node -> monotonic start of the poll of its latest report
         self._folded: dict[str, tuple] = {}  # task id -> the report fields last copied into it
         self._outbox = Outbox(monotonic)
-        self._dirty: set[str] = set()  # nodes whose diff may have changed
+        # Whose diff may have changed: node -> the task ids to look at again, or None for all of them. A report of
+        # 2,500 tasks of which one changed re-diffs one task, not 2,500 (the API's latency under load, BENCHMARKS.md).
+        self._dirty: dict[str, set[str] | None] = {}
+        self._raw: dict[str, dict[str, tuple]] = {}  # node -> task id -> (generation, state, desired) as reported
         self._seen: dict[str, float] = {}  # node -> its last answer (see alive), written without the lock
         self._swept = float("-inf")
         self._pool = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-dispatch")
@@ -151,9 +154,9 @@ class Manager(ManagerViews):
         if message:
             self.store.append_event(Event(0, task.id, task.state.value, task.updated_at, message, task.node))
         if task.node:
-            self._dirty.add(task.node)
+            self._mark(task.node, {task.id})
         if before and before[0] and before[0] != task.node:
-            self._dirty.add(before[0])
+            self._mark(before[0], {task.id})
         self._changed.notify_all()
         return task
 
@@ -370,16 +373,21 @@ class Manager(ManagerViews):
             if node is None:
                 return []
             self._report_start[node_name] = self.monotonic() if poll_started is None else poll_started
-            report: dict[str, Reported] = {}
+            first = node_name not in self._raw
+            raw = self._raw.setdefault(node_name, {})
+            report = self._reports.setdefault(node_name, {})
+            touched, present = set(), set()
             changed = []
             for data in reported:
                 task_id = data["id"]
-                seen = Reported(
-                    int(data.get("generation") or 0), State(data["state"]), Desired(data.get("desired", "run"))
-                )
-                report[task_id] = seen
+                present.add(task_id)
+                key = (data.get("generation"), data["state"], data.get("desired", "run"))
+                if raw.get(task_id) != key:
+                    raw[task_id] = key
+                    report[task_id] = Reported(int(key[0] or 0), State(key[1]), Desired(key[2]))
+                    touched.add(task_id)
                 task = self.tasks.get(task_id)
-                if task is None or task.node != node_name or seen.generation != task.generation:
+                if task is None or task.node != node_name or report[task_id].generation != task.generation:
                     continue
                 # A worker reports all its tasks on every change of any one: a report equal to the one last
                 # copied has nothing new (folding 2,500 such tasks held the lock ~9 ms per report; BENCHMARKS.md).
@@ -390,8 +398,10 @@ class Manager(ManagerViews):
                 task.observed = Observed.from_report(node_name, data)
                 self._commit(task)
                 changed.append(task)
-            self._reports[node_name] = report
-            self._dirty.add(node_name)
+            for task_id in raw.keys() - present:  # the node no longer has it
+                del raw[task_id], report[task_id]
+                touched.add(task_id)
+            self._mark(node_name, None if first else touched)
             for data in events:
                 self.store.append_event(
                     Event(0, data["task_id"], data["state"], data["time"], data.get("message", ""), node_name)
@@ -488,6 +498,7 @@ class Manager(ManagerViews):
         """Move a node to `state` (lock held) and decide again for the tasks placed there."""
         was = node.state
         node.state, node.reason, node.since = state, reason, self.clock()
+        self._mark(node.name, None)  # back from down: its whole diff again
         log.log(
             logging.WARNING if state != "ready" else logging.INFO,
             "node %s is %s%s (was %s)",
@@ -522,7 +533,8 @@ class Manager(ManagerViews):
             sweep = now - self._swept >= SWEEP_EVERY
             if sweep:
                 self._swept = now
-                self._dirty.update(self.nodes)
+                for name in self.nodes:
+                    self._mark(name, None)
                 for job in list(self.jobs.values()):
                     self._reconcile_job(job)
                 self._decide([t for t in self.tasks.values() if t.desired is Desired.RUN and t.node])
@@ -531,7 +543,8 @@ class Manager(ManagerViews):
                     if node.state != "ready":
                         self._decide([self.tasks[i] for i in list(self._by_node.get(node.name, ()))])
             self._place(sorted((self.tasks[i] for i in self._pending), key=lambda t: t.created_at))
-            self._dirty.update(self._outbox.waiting())
+            for name, ids in self._outbox.waiting().items():
+                self._mark(name, ids)
             due = self._flush()
         self._deliver_later(due)
 
@@ -541,20 +554,32 @@ class Manager(ManagerViews):
         """The requests due now for every node whose diff may have changed (lock held). A node that is down or
         has not reported since this manager started is left alone: its first report brings its diff."""
         due = []
-        for name in sorted(self._dirty):
+        for name, scope in sorted(self._dirty.items()):
             node = self.nodes.get(name)
             if node is None or node.state == "down" or name not in self._reports:
                 continue
-            due.extend(self._node_due(name))
+            due.extend(self._node_due(name, scope))
         self._dirty.clear()
         return due
 
-    def _node_due(self, name: str) -> list[tuple]:
-        placed = [self.tasks[i] for i in self._by_node.get(name, ())]
-        plan = node_diff(name, placed, self._reports[name], self.tasks.get)
+    def _mark(self, node: str, ids: set[str] | None) -> None:
+        """Note that the diff of `node` may have changed for `ids` (None: for everything)."""
+        if ids is None or self._dirty.get(node, set()) is None:
+            self._dirty[node] = None
+        else:
+            self._dirty.setdefault(node, set()).update(ids)  # type: ignore[union-attr]
+
+    def _node_due(self, name: str, scope: set[str] | None) -> list[tuple]:
+        report = self._reports[name]
+        if scope is None:
+            placed = [self.tasks[i] for i in self._by_node.get(name, ())]
+        else:
+            placed = [t for i in scope if (t := self.tasks.get(i)) is not None and t.node == name]
+            report = {i: report[i] for i in scope if i in report}
+        plan = node_diff(name, placed, report, self.tasks.get)
         wanted = {("send", tid, self.tasks[tid].generation) for tid in plan.send}
         wanted |= {("stop", tid, gen) for tid, gen in plan.stop}
-        return self._outbox.due(name, wanted, self._report_start.get(name, float("-inf")))
+        return self._outbox.due(name, wanted, self._report_start.get(name, float("-inf")), scope)
 
     def _deliver_later(self, due: list[tuple]) -> None:
         """Deliver on the pool: a slow worker must not hold up the others or the caller."""

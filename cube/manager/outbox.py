@@ -34,12 +34,13 @@ class Outbox:
         self.monotonic = monotonic
         self._boxes: dict[str, dict[Key, Attempt]] = {}
 
-    def due(self, node: str, wanted: set[Key], report_start: float) -> list[tuple]:
+    def due(self, node: str, wanted: set[Key], report_start: float, scope: set[str] | None = None) -> list[tuple]:
         """Of what the diff wants for `node`, what to send now, as (node, kind, task id, generation) items, each
-        marked in flight. `report_start`: when the poll that brought the node's latest report began."""
+        marked in flight. `report_start`: when the poll that brought the node's latest report began. `scope`: the
+        task ids the diff looked at (None: all), so the requests of the others are kept as they are."""
         box = self._boxes.setdefault(node, {})
         for key in list(box):
-            if key not in wanted and not box[key].in_flight:
+            if key not in wanted and not box[key].in_flight and (scope is None or key[1] in scope):
                 del box[key]
         now = self.monotonic()
         due = []
@@ -65,6 +66,6 @@ class Outbox:
             attempt.failures += 1
             attempt.next_at = self.monotonic() + min(RETRY_BASE * 2 ** (attempt.failures - 1), RETRY_MAX)
 
-    def waiting(self) -> list[str]:
-        """Nodes with requests not yet seen done: their diffs are computed again on every round."""
-        return [node for node, box in self._boxes.items() if box]
+    def waiting(self) -> dict[str, set[str]]:
+        """Node -> the task ids of its requests not yet seen done: their diffs are computed again every round."""
+        return {node: {key[1] for key in box} for node, box in self._boxes.items() if box}
