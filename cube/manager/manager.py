@@ -518,7 +518,7 @@ class Manager(ManagerViews):
                 node.last_seen = max(node.last_seen, self._seen.get(node.name, 0.0))
                 silent = now - node.last_seen
                 if node.state != "down" and silent > self.node_timeout:
-                    self._node_state(node, "down", f"no answer for {silent:.1f} s")
+                    self._node_state(node, "down", f"no answer within the node timeout ({self.node_timeout:g} s)")
                     self.save_node(node)
 
     # ---- the round -----------------------------------------------------------------------------------------
