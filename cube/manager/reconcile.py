@@ -98,7 +98,7 @@ def task_decision(task: Task, node: Node | None, now: float, node_timeout: float
         return KEEP
     if task.desired is Desired.STOP:
         if node is None or node.state == "down":  # cannot be told now: its diff stops the copy when it is back
-            return Decision(True, f"stopped (node {task.node} is down: its copy is stopped when it answers again)")
+            return Decision(True, f"node {task.node} is down: its copy is stopped when it answers again")
         return KEEP
     if node is None:
         return Decision(True, f"node {task.node} is gone: rescheduling")
