@@ -12,6 +12,7 @@
 # - zeroconf and charset_normalizer ship accelerators compiled for one CPython version next to their .py sources:
 #   they are removed, so every Python runs the same pure-python code; any other version-specific binary, or a
 #   binary of the wrong architecture, stops the build;
+# - cryptography (the cluster CA) as its abi3 wheel without cffi, which it does not need for certificates;
 # - armv7l: PyPI has no psutil wheel for it, so that pyz carries none and uses the system's python3-psutil
 #   (see cube/ops/zipapp.py, which also keeps the host's site-packages out of the pyz's way).
 # Reproducible: same sources, same bytes (SOURCE_DATE_EPOCH, no bytecode, fixed umask and order, shiv --reproducible).
@@ -48,7 +49,7 @@ print(" ".join(value) if isinstance(value, list) else value)' "$1"
 }
 
 pyz() {  # pyz ARCH: build dist/cube-<version>-ARCH.pyz
-  local arch=$1 version site tmp out deps=()
+  local arch=$1 version site tmp out crypto="" deps=()
   version=$(project version)
   out=$DIST/cube-$version-$arch.pyz
   tmp=$(mktemp -d)
@@ -61,10 +62,16 @@ pyz() {  # pyz ARCH: build dist/cube-<version>-ARCH.pyz
   for dep in $(project dependencies); do
     # armv7l: no psutil wheel on PyPI; cube.zipapp borrows the system's python3-psutil instead.
     if [ "$arch" = armv7l ] && [[ $dep == psutil* ]]; then continue; fi
+    if [[ $dep == cryptography* ]]; then crypto=$dep; continue; fi
     deps+=("$dep")
   done
   "$VENV/bin/pip" install -q --no-compile --target "$site" --only-binary=:all: --implementation cp \
       --python-version 3.11 --platform "manylinux2014_$arch" "${deps[@]}" >/dev/null
+  # cryptography: its abi3 wheel, without cffi (a binary per CPython version, with no armv7l wheel on PyPI):
+  # the certificate code Cube uses is cryptography's Rust core, which never imports cffi.
+  "$VENV/bin/pip" install -q --no-compile --no-deps --target "$site" --only-binary=:all: --implementation cp \
+      --python-version 3.11 --platform "manylinux2014_$arch" --platform "manylinux_2_28_$arch" \
+      --platform "manylinux_2_31_$arch" "$crypto" >/dev/null
   "$VENV/bin/python" - "$site" "$arch" <<'EOF'
 """Make the installed tree the same for every CPython and check that its binaries fit the target architecture."""
 import pathlib, re, shutil, sys

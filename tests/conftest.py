@@ -87,6 +87,7 @@ class Proc:
         import time
 
         from cube.cluster.client import Client
+        from cube.cluster.trust import Trust
         from cube.core.errors import CubeError
 
         deadline = time.monotonic() + timeout
@@ -94,7 +95,7 @@ class Proc:
             if self.popen.poll() is not None:
                 raise AssertionError(f"process exited with {self.popen.returncode}:\n{self.output()}")
             try:
-                Client(url, timeout=1.0).health(timeout=1.0)
+                Client(url, timeout=1.0, trust=Trust(insecure=url.startswith("http://"))).health(timeout=1.0)
                 return
             except CubeError:
                 time.sleep(0.05)
@@ -133,6 +134,19 @@ def procs():
 
     yield start
     kill_started()
+
+
+def cluster_client(url: str, token: str, timeout: float = 10.0, manager_data=None):
+    """A client of the manager at `url` as the CLI makes one: the manager's CA read from its data directory when
+    given, else fetched and checked with the token (see cube.cluster.client.manager_trust)."""
+    from cube.cluster.client import Client, manager_trust
+    from cube.cluster.trust import member_files, parse_token
+
+    given = parse_token(token)
+    local = None
+    if manager_data is not None and os.path.exists(member_files(str(manager_data))[0]):
+        local = pathlib.Path(member_files(str(manager_data))[0]).read_text()
+    return Client(url, given.secret, timeout=timeout, trust=manager_trust(url, given, local))
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02):

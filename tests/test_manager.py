@@ -7,6 +7,7 @@ import pytest
 from conftest import wait_for
 
 from cube.cluster.client import Client
+from cube.cluster.trust import Trust
 from cube.cluster.manager_service import start_dev
 from cube.core.errors import BadRequest, Conflict, NotFound, Unauthorized
 from cube.worker.runtime import FakeRuntime
@@ -18,7 +19,7 @@ def cluster(tmp_path):
     service = start_dev(
         port=0, data=str(tmp_path / "dev"), workers=2, runtime=runtime, cpus=2, memory=4 << 30, node_timeout=3.0
     )
-    client = Client(service.url, service.token)
+    client = service.client()
     yield service, client, runtime
     service.close()
 
@@ -87,7 +88,9 @@ def test_bad_input_is_400_with_message(cluster):
         client._local.conn = None
         import http.client
 
-        conn = http.client.HTTPConnection("127.0.0.1", service.server.port)
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", service.server.port, context=service.trust.for_clients().client_context()
+        )
         conn.request("POST", "/tasks", body=b"{nope", headers={"Authorization": f"Bearer {service.token}"})
         response = conn.getresponse()
         from cube.cluster.client import _error
@@ -99,8 +102,8 @@ def test_bad_input_is_400_with_message(cluster):
 def test_wrong_token_is_401_and_health_is_open(cluster):
     service, client, runtime = cluster
     with pytest.raises(Unauthorized):
-        Client(service.url, "wrong").get("/tasks")
-    assert Client(service.url).health()["status"] == "ok"
+        Client(service.url, "wrong", trust=service.trust.for_clients()).get("/tasks")
+    assert Client(service.url, trust=Trust()).health()["status"] == "ok"  # no CA, no token: /health only
 
 
 def test_unknown_task_and_job_are_404(cluster):
@@ -126,7 +129,7 @@ def test_manager_restart_keeps_everything_and_restarts_nothing(tmp_path):
     runtime = FakeRuntime()
     data = str(tmp_path / "dev")
     service = start_dev(port=0, data=data, workers=1, runtime=runtime)
-    client = Client(service.url, service.token)
+    client = service.client()
     client.post("/jobs", {"name": "api", "count": 2, "task": {"image": "busybox"}})
     single = client.post("/tasks", {"image": "busybox", "name": "solo"})
     wait_for(lambda: client.get("/jobs/api")["running"] == 2 and running(client, single["id"]))
@@ -135,7 +138,7 @@ def test_manager_restart_keeps_everything_and_restarts_nothing(tmp_path):
     starts = runtime.starts
     again = start_dev(port=0, data=data, workers=1, runtime=runtime)
     try:
-        client = Client(again.url, again.token)
+        client = again.client()
         assert client.get("/jobs/api")["running"] == 2
         assert running(client, single["id"])
         time.sleep(1.0)

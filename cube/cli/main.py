@@ -26,13 +26,14 @@ Work:
   scale     change a job's count
   logs      print a task's output
   events    what happened, as it happens
-  nodes     list the cluster's nodes (alias: node)
+  nodes     list the cluster's nodes (alias: node); `cube node rm NAME` removes one
 
 Cluster:
   dev       a whole cluster in this process (manager + local workers)
   manager   run the manager
   worker    run a worker on this node
-  token     print the cluster token
+  join      join this node to a cluster (a worker does it by itself at first start)
+  token     print the join token (--rotate: a new one)
   install   install this file as a systemd service (worker or manager)
   uninstall remove the systemd service
   doctor    check that this machine can run Cube
@@ -227,12 +228,34 @@ class Commands:
             if not follow and len(batch) < 1000:
                 return None
 
-    def nodes(self, manager: str | None = None, token: str | None = None, json: bool = False):
+    def nodes(
+        self,
+        action: str | None = None,
+        name: str | None = None,
+        manager: str | None = None,
+        token: str | None = None,
+        json: bool = False,
+    ):
         """cube nodes [--json]
+        cube node rm NAME
 
-        Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), tasks."""
+        Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), tasks. `rm` removes a node
+        that is down: its tasks go elsewhere and its certificate is revoked, so it cannot come back without the
+        join token."""
         from cube.cli import output
 
+        if action not in (None, "ls", "list", "rm"):
+            raise CubeError(f"unknown action {action!r}: use `cube nodes` or `cube node rm NAME`")
+        if action == "rm":
+            if not name:
+                raise CubeError("which node? `cube node rm NAME` (`cube nodes` lists them)")
+            answer = _client(manager, token).delete(f"/nodes/{name}")
+            revoked = "its certificate is revoked" if answer and answer.get("revoked") else "it had no certificate"
+            print(
+                f"removed node {name}; {revoked}. Containers left on that machine are not Cube's any more: "
+                f"remove them there (docker ps --filter label=cube.task)"
+            )
+            return None
         nodes = _client(manager, token).get("/nodes")
         _print(
             nodes
@@ -247,12 +270,19 @@ class Commands:
 
     # ---- cluster processes ---------------------------------------------------------------------------------
 
-    def token(self, data: str | None = None):
-        """cube token [--data DIR]
+    def token(self, data: str | None = None, rotate: bool = False, manager: str | None = None):
+        """cube token [--data DIR] [--rotate]
 
-        Prints the cluster token kept by the manager on this machine (or by `cube dev`)."""
+        Prints the join token of the manager on this machine (or of `cube dev`): the cluster CA's fingerprint and
+        the secret, which workers join with and the CLI uses (CUBE_TOKEN). --rotate makes a new one on the running
+        manager: joined nodes keep working, new joins and CLI users need the new token."""
         from cube.cluster.config import TOKEN_FILE, data_dir, read_token_file
+        from cube.cluster.trust import join_token as make_join_token
+        from cube.cluster.trust import member_files
 
+        if rotate:
+            print(_client(manager, None).post("/token/rotate")["token"])
+            return None
         places = (
             [os.path.join(data_dir("manager", data), TOKEN_FILE)]
             if data
@@ -260,12 +290,33 @@ class Commands:
         )
         for path in places:
             if os.path.exists(path):
-                print(read_token_file(path))
+                ca_path = member_files(os.path.dirname(path))[0]
+                ca = open(ca_path, encoding="ascii").read() if os.path.exists(ca_path) else None
+                print(make_join_token(read_token_file(path), ca))
                 return None
         raise CubeError(
             f"no cluster token at {' or '.join(places)}: run this on the manager's machine (as the user "
             f"that runs it), or pass --data DIR"
         )
+
+    def join(self, manager: str | None = None, token: str | None = None, data: str | None = None):
+        """cube join --manager URL --token JOIN_TOKEN [--data DIR]
+
+        Joins this node to a cluster: checks the manager against the token's CA fingerprint, gets a certificate for
+        a key made here, and keeps both in the worker's data directory. `cube worker` does this by itself at first
+        start; after it, the worker needs no token."""
+        from cube.cluster.config import data_dir, find_token
+        from cube.cluster.trust import parse_token
+        from cube.cluster.worker_service import join, worker_id
+
+        given = parse_token(find_token(token))
+        if given is None:
+            raise CubeError("join needs the join token: pass --token or set CUBE_TOKEN (`cube token` on the manager)")
+        url = _manager_url(manager)
+        directory = data_dir("worker", data)
+        node = worker_id(directory)
+        join(url, given, directory, node)
+        print(f"joined the cluster of {url} as node {node}; start the worker: systemctl start cube-worker")
 
     def worker(
         self,
@@ -281,8 +332,7 @@ class Commands:
         host: str = "0.0.0.0",
         manager: str | None = None,
         mdns: bool = True,
-        certfile: str | None = None,
-        keyfile: str | None = None,
+        insecure: bool = False,
         reconcile_interval: float = 5.0,
         stop_timeout: float = 10.0,
         threads: int = 4,
@@ -290,11 +340,13 @@ class Commands:
         verbose: bool = False,
     ):
         """cube worker [--port 5556] [--data DIR] [--name NAME] [--token T | --token-file F] [--cpus N]
-                  [--memory 4g] [--disk 20g] [--label k=v]... [--manager URL] [--no-mdns] [--certfile F --keyfile F]
+                  [--memory 4g] [--disk 20g] [--label k=v]... [--manager URL] [--no-mdns] [--insecure]
                   [--reconcile-interval 5] [--stop-timeout 10] [--threads 4] [--disconnect-timeout 30]
 
         Runs a worker: runs the tasks the manager assigns to this node as Docker containers. Without --manager it
-        announces itself on the LAN (mDNS) and registers with the manager it finds. A worker that hears from no manager
+        announces itself on the LAN (mDNS) and registers with the manager it finds. At first start it joins the
+        cluster with the join token (`cube token` on the manager) and keeps a certificate; after that the token is
+        not needed. --insecure: plain HTTP with a manager that runs --insecure. A worker that hears from no manager
         for --disconnect-timeout seconds stops its tasks whose on_disconnect is stop (0: never)."""
         from cube.cluster.service import setup_logging
         from cube.cluster.worker_service import run_worker
@@ -312,8 +364,7 @@ class Commands:
             memory=parse_size(memory, "--memory") if memory else None,
             disk=parse_size(disk, "--disk") if disk else None,
             labels=_pairs(label, "--label"),
-            certfile=certfile,
-            keyfile=keyfile,
+            insecure=bool(insecure),
             manager=manager,
             mdns=mdns,
             reconcile_interval=float(reconcile_interval),
@@ -332,15 +383,14 @@ class Commands:
         host: str = "0.0.0.0",
         node_timeout: float = 5.0,
         mdns: bool = True,
-        certfile: str | None = None,
-        keyfile: str | None = None,
+        insecure: bool = False,
         verbose: bool = False,
     ):
         """cube manager [--port 5555] [--data DIR] [--token T] [--scheduler epvm|roundrobin|binpack|spread]
-                  [--workers host:port,...] [--node-timeout 5] [--no-mdns] [--certfile F --keyfile F]
+                  [--workers host:port,...] [--node-timeout 5] [--no-mdns] [--insecure]
 
-        Runs the manager: accepts work, schedules it onto workers, keeps it running. Creates the cluster token at first
-        start (`cube token` prints it)."""
+        Runs the manager: accepts work, schedules it onto workers, keeps it running. Creates the cluster CA and
+        token at first start (`cube token` prints the join token). All traffic is TLS; --insecure: plain HTTP."""
         from cube.cluster.manager_service import run_manager
         from cube.cluster.service import setup_logging
 
@@ -353,9 +403,8 @@ class Commands:
             strategy=scheduler,
             workers=_list(workers),
             node_timeout=float(node_timeout),
-            certfile=certfile,
-            keyfile=keyfile,
             mdns=mdns,
+            insecure=bool(insecure),
         )
 
     def dev(
@@ -367,10 +416,11 @@ class Commands:
         cpus: float | None = None,
         memory=None,
         stop_timeout: float = 10.0,
+        insecure: bool = False,
         verbose: bool = False,
     ):
         """cube dev [--port 5555] [--data DIR] [--workers 1] [--scheduler epvm] [--cpus N] [--memory 4g]
-                  [--stop-timeout 10]
+                  [--stop-timeout 10] [--insecure]
 
         A whole cluster in one process: a manager and N local workers on this machine's Docker engine. Prints the
         manager URL and token; `cube run` in another terminal finds it by itself."""
@@ -387,6 +437,7 @@ class Commands:
             cpus=float(cpus) if cpus else None,
             memory=parse_size(memory, "--memory") if memory else None,
             stop_timeout=float(stop_timeout),
+            insecure=bool(insecure),
         )
 
     def install(
@@ -462,11 +513,32 @@ class Commands:
 
 
 def _client(manager: str | None, token: str | None):
-    from cube.cluster.client import Client
+    from cube.cluster.client import Client, manager_trust
     from cube.cluster.config import find_token
+    from cube.cluster.trust import parse_token
 
     url = _manager_url(manager)
-    return Client(url, find_token(token), timeout=15.0)
+    given = parse_token(find_token(token))
+    trust = manager_trust(url, given, _local_ca(url))
+    return Client(url, given.secret if given else None, timeout=15.0, trust=trust)
+
+
+def _local_ca(url: str) -> str | None:
+    """The CA of the manager on this machine, when `url` is that manager's (its `url` file says so)."""
+    from cube.cluster.config import data_dir
+    from cube.cluster.trust import member_files
+
+    for role in ("manager", "dev"):
+        directory = data_dir(role)
+        try:
+            with open(os.path.join(directory, "url")) as handle:
+                if handle.read().strip() != url.rstrip("/"):
+                    continue
+            with open(member_files(directory)[0], encoding="ascii") as handle:
+                return handle.read()
+        except OSError:
+            continue
+    return None
 
 
 def _manager_url(given: str | None) -> str:
@@ -501,9 +573,10 @@ def _manager_url(given: str | None) -> str:
 
 def _answers(url: str) -> bool:
     from cube.cluster.client import Client
+    from cube.cluster.trust import Trust
 
-    try:
-        Client(url, timeout=1.0).health(timeout=1.0)
+    try:  # /health sends nothing secret: the CA is not needed to see whether something answers
+        Client(url, timeout=1.0, trust=Trust(insecure=url.startswith("http://"))).health(timeout=1.0)
         return True
     except CubeError:
         return False

@@ -11,6 +11,7 @@ import hmac
 import itertools
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ import bottle
 from cheroot import wsgi
 
 from cube import __version__
+from cube.cluster.trust import proof
 from cube.core.errors import BadRequest, CubeError, NotFound, Unauthorized
 from cube.core.model import Assignment
 
@@ -54,19 +56,56 @@ def _errors_plugin(callback):
     return wrapper
 
 
-def _auth_plugin(token: str | None):
-    expected = f"Bearer {token}".encode() if token else None
+PUBLIC = ("/health", "/hello", "/ca", "/join")  # routes anyone may call: they prove things, or are harmless
 
+
+class Access:
+    """Who may call an API. `secret()`: the cluster secret, accepted as a bearer token (the CLI; every caller on an
+    insecure cluster); None for an open API (tests). `member_role`: the role a client certificate must have (mutual
+    TLS; the TLS layer already checked it chains to the cluster CA), allowed `member_routes` only when given, and not
+    when `revoked(serial)`."""
+
+    def __init__(self, secret=None, member_role: str | None = None, member_routes=None, revoked=None):
+        self.secret = secret if callable(secret) or secret is None else (lambda: secret)
+        self.member_role, self.member_routes, self.revoked = member_role, member_routes, revoked
+
+    def check(self, environ: dict, method: str, path: str) -> None:
+        if path in PUBLIC or (self.secret is None and self.member_role is None):
+            return
+        role = environ.get("SSL_CLIENT_S_DN_OU")
+        if role and role == self.member_role:
+            serial = str(environ.get("SSL_CLIENT_M_SERIAL", "")).lower()
+            if self.revoked is not None and self.revoked(serial):
+                raise Unauthorized(
+                    f"node {environ.get('SSL_CLIENT_S_DN_CN', '?')} was removed from the cluster: join it again"
+                )
+            if self.member_routes is None or (method, path) in self.member_routes:
+                return
+        secret = self.secret() if self.secret is not None else None
+        if secret:
+            given = environ.get("HTTP_AUTHORIZATION", "").encode()
+            if hmac.compare_digest(given, f"Bearer {secret}".encode()):
+                return
+        raise Unauthorized(
+            "missing or wrong cluster token: set CUBE_TOKEN or pass --token (`cube token` on the manager prints "
+            "it); over HTTP send 'Authorization: Bearer <token>'"
+        )
+
+    def hello(self, challenge: str, role: str) -> dict:
+        """An insecure cluster's challenge: prove the secret over the caller's nonce and our role."""
+        secret = self.secret() if self.secret is not None else None
+        if not secret or not challenge or len(challenge) > 128:
+            raise BadRequest("nonce: send a nonce of 1 to 128 characters")
+        return {"proof": proof(secret, "hello", challenge, role)}
+
+
+def _auth_plugin(access: Access):
     def plugin(callback):
         def wrapper(*args, **kwargs):
-            if expected is not None and bottle.request.path != "/health":
-                given = bottle.request.get_header("Authorization", "").encode()
-                if not hmac.compare_digest(given, expected):
-                    error = Unauthorized(
-                        "missing or wrong cluster token: pass it as 'Authorization: Bearer "
-                        "<token>' (cube token prints it on the manager)"
-                    )
-                    return _json_response(error.to_dict(), 401)
+            try:
+                access.check(bottle.request.environ, bottle.request.method, bottle.request.path)
+            except Unauthorized as error:
+                return _json_response(error.to_dict(), 401)
             return callback(*args, **kwargs)
 
         return wrapper
@@ -74,11 +113,19 @@ def _auth_plugin(token: str | None):
     return plugin
 
 
-def _new_app(token: str | None) -> bottle.Bottle:
+def _access(token) -> Access:
+    return token if isinstance(token, Access) else Access(token)
+
+
+def _new_app(access: Access, role: str) -> bottle.Bottle:
     app = bottle.Bottle()
     app.config["catchall"] = False
     app.install(_errors_plugin)
-    app.install(_auth_plugin(token))
+    app.install(_auth_plugin(access))
+
+    @app.get("/hello")
+    def hello():
+        return access.hello(bottle.request.query.get("nonce", ""), role)
 
     def default_error(res: bottle.HTTPError):
         res.content_type = "application/json"
@@ -136,9 +183,10 @@ def _stream_logs(chunks) -> bottle.HTTPResponse:
     )
 
 
-def worker_app(worker, token: str | None) -> bottle.Bottle:
-    """The worker's API: the book's routes plus health, logs, state (the manager's long poll) and events."""
-    app = _new_app(token)
+def worker_app(worker, token) -> bottle.Bottle:
+    """The worker's API: the book's routes plus health, logs, state (the manager's long poll) and events.
+    `token`: an `Access`, or the bearer token (None: open)."""
+    app = _new_app(_access(token), "worker")
 
     @app.get("/health")
     def health():
@@ -197,9 +245,44 @@ def worker_app(worker, token: str | None) -> bottle.Bottle:
     return app
 
 
-def manager_app(manager, membership, links, token: str | None) -> bottle.Bottle:
-    """The manager's API: the book's routes plus jobs, events, logs (proxied from the worker), nodes, health."""
-    app = _new_app(token)
+def manager_app(manager, membership, links, token, authority=None) -> bottle.Bottle:
+    """The manager's API: the book's routes plus jobs, events, logs (proxied from the worker), nodes, health, and
+    with an `authority` (TLS) the CA, joins, token rotation and node removal. `token`: an `Access`, or the bearer
+    token (None: open)."""
+    app = _new_app(_access(token), "manager")
+
+    @app.get("/ca")
+    def get_ca():
+        if authority is None:
+            raise NotFound("this manager runs --insecure: it has no cluster CA")
+        challenge = bottle.request.query.get("nonce") or None
+        if challenge is not None and len(challenge) > 128:
+            raise BadRequest("nonce: at most 128 characters")
+        return authority.ca_answer(challenge)
+
+    @app.post("/join")
+    def join():
+        if authority is None:
+            raise NotFound("this manager runs --insecure: workers join with the token alone")
+        return authority.join(read_json())
+
+    @app.post("/token/rotate")
+    def rotate_token():
+        if authority is None:
+            raise NotFound("this manager runs --insecure: restart it with a new --token instead")
+        return {"token": authority.rotate()}
+
+    @app.get("/token")
+    def get_token():
+        if authority is None:
+            raise NotFound("this manager runs --insecure: its token is the one you used")
+        return {"token": authority.join_token()}
+
+    @app.delete("/nodes/<name>")
+    def remove_node(name):
+        node = manager.remove_node(name)
+        revoked = authority.revoke_node(node.labels.get("node_id", "")) if authority is not None else False
+        return {"removed": node.name, "revoked": revoked}
 
     @app.get("/health")
     def health():
@@ -292,6 +375,27 @@ def manager_app(manager, membership, links, token: str | None) -> bottle.Bottle:
     return app
 
 
+HANDSHAKE_TIMEOUT = 5.0  # seconds: cheroot shakes hands on its accepting thread, so a silent peer stalls it that long
+
+
+def _adapter(context: ssl.SSLContext):
+    """cheroot's TLS adapter around our context, with a short handshake timeout."""
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    class Adapter(BuiltinSSLAdapter):
+        def __init__(self):  # the context is ours: nothing to load from files
+            self.certificate = self.private_key = self.certificate_chain = self.ciphers = None
+            self.private_key_password = None
+            self._server_env: dict = {}
+            self.context = context
+
+        def wrap(self, sock):
+            sock.settimeout(HANDSHAKE_TIMEOUT)
+            return super().wrap(sock)
+
+    return Adapter()
+
+
 class Server:
     """A cheroot server for one WSGI app on a background thread. Port 0 picks a free port (see `.port`)."""
 
@@ -301,8 +405,7 @@ class Server:
         host: str = "0.0.0.0",
         port: int = 0,
         threads: int = 16,
-        certfile: str | None = None,
-        keyfile: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
         # cheroot's defaults (a listen backlog of 5, at most 10 idle keep-alive connections) close the connections
         # of the 11th client on and then drop its reconnections' SYNs, which clients resend only after 1, 3, 7 s:
@@ -316,14 +419,12 @@ class Server:
             request_queue_size=KEEPALIVE_LIMIT,
         )
         self._server.keep_alive_conn_limit = KEEPALIVE_LIMIT
-        if certfile and keyfile:
-            from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-            self._server.ssl_adapter = BuiltinSSLAdapter(certfile, keyfile)
+        if tls is not None:
+            self._server.ssl_adapter = _adapter(tls)
         self._prepare()
         self.host = host
         self.port = self._server.bind_addr[1]
-        self.scheme = "https" if certfile and keyfile else "http"
+        self.scheme = "https" if tls is not None else "http"
         self._thread = threading.Thread(target=self._server.serve, name="cube-http", daemon=True)
 
     def _prepare(self) -> None:

@@ -8,35 +8,97 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import ssl
 import threading
 from collections.abc import Iterator
 from urllib.parse import urlencode, urlsplit
 
-from cube.core.errors import CubeError, Unavailable, from_status
+from cube.cluster.trust import Token, Trust, fingerprint, nonce, proves
+from cube.core.errors import CubeError, Unavailable, Untrusted, from_status
+
+
+class _MemberConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that checks, right after the handshake and before any request is written, that the
+    peer is the cluster member it should be (see `Trust.check_peer`)."""
+
+    def __init__(self, host, port, timeout, context, check):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._check = check
+
+    def connect(self) -> None:
+        super().connect()
+        try:
+            self._check(self.sock.getpeercert())
+        except CubeError:
+            self.close()
+            raise
 
 
 class Client:
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0, verify_tls: bool = True):
-        if "://" not in base_url:
+    """`trust`: how to reach a cluster member (TLS with the cluster CA pinned, or plain HTTP with a challenge);
+    without it, a plain HTTP or a publicly verified HTTPS URL."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 10.0,
+        verify_tls: bool = True,
+        trust: Trust | None = None,
+    ):
+        if trust is not None:
+            base_url = trust.url(base_url)
+        elif "://" not in base_url:
             base_url = f"http://{base_url}"
         parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise CubeError(f"bad address {base_url!r}: use http://HOST:PORT")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+            raise CubeError(f"bad address {base_url!r}: use http://HOST:PORT (a port from 1 to 65535)")
         self.base_url = base_url.rstrip("/")
         self._scheme, self._host = parts.scheme, parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._port = port or (443 if parts.scheme == "https" else 80)
         self.token = token
         self.timeout = timeout
+        if trust is not None:
+            trust = trust.for_scheme(parts.scheme)
+        self.trust = trust
         self._tls = None
-        if parts.scheme == "https":
+        if trust is not None:
+            self._tls = trust.client_context()
+        elif parts.scheme == "https":
             self._tls = ssl.create_default_context() if verify_tls else ssl._create_unverified_context()
+        # --insecure: no certificate proves the peer, so before the token goes out on a new connection the peer
+        # must answer a challenge with the secret (see trust.py).
+        self._challenge = bool(trust is not None and trust.insecure and token)
         self._local = threading.local()
+
+    def _hello(self, conn: http.client.HTTPConnection, timeout: float) -> None:
+        challenge, role = nonce(), self.trust.peer_role if self.trust else ""
+        conn.request("GET", f"/hello?{urlencode({'nonce': challenge, 'role': role})}", headers={"Accept": "*/*"})
+        response = conn.getresponse()
+        raw = response.read()
+        try:
+            answer = json.loads(raw) if response.status == 200 else {}
+        except ValueError:
+            answer = {}
+        given = answer.get("proof") if isinstance(answer, dict) else None
+        if not proves(str(self.token), given, "hello", challenge, role):
+            self._drop()
+            if b"HTTPS" in raw:
+                raise Unavailable(f"{self.base_url} speaks HTTPS: use https:// (it does not run --insecure)")
+            raise Untrusted(f"{self.base_url} could not prove it holds the cluster token: nothing was sent to it")
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            if self._tls is not None:
+            if self._tls is not None and self.trust is not None:
+                check = lambda cert: self.trust.check_peer(cert, self.base_url)
+                conn = _MemberConnection(self._host, self._port, timeout, self._tls, check)
+            elif self._tls is not None:
                 conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._tls)
             else:
                 conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
@@ -75,6 +137,8 @@ class Client:
             reused = conn.sock is not None
             sent = False
             try:
+                if not reused and self._challenge:
+                    self._hello(conn, timeout)
                 conn.request(method, path, body=payload, headers=headers)
                 sent = True
                 return conn.getresponse()
@@ -87,6 +151,17 @@ class Client:
             except TimeoutError:
                 self._drop()
                 raise Unavailable(f"{self.base_url} did not answer within {timeout:g} s") from None
+            except ssl.SSLCertVerificationError as error:
+                self._drop()
+                raise Untrusted(
+                    f"{self.base_url} is not a member of this cluster: {error.verify_message or error.reason}"
+                ) from None
+            except ssl.SSLError as error:
+                self._drop()
+                raise Unavailable(
+                    f"TLS with {self.base_url} failed ({error.reason or error}): if it runs with --insecure, "
+                    f"so must this side"
+                ) from None
             except OSError as error:
                 self._drop()
                 reason = getattr(error, "strerror", None) or str(error)
@@ -152,3 +227,61 @@ def _error(status: int, raw: bytes) -> CubeError:
     except (ValueError, AttributeError):
         message = raw.decode(errors="replace")[:200] or f"HTTP {status}"
     return from_status(status, message)
+
+
+def fetch_ca(url: str, token: Token) -> str:
+    """The cluster CA of the manager at `url`, believed only when it matches the join token's pin or, for a bare
+    secret, when the manager proves it holds the secret with an HMAC over our nonce and the CA's fingerprint."""
+    challenge = nonce()
+    answer = Client(url, None, timeout=10.0, trust=Trust(peer_role="manager")).get("/ca", nonce=challenge)
+    ca = answer.get("ca") if isinstance(answer, dict) else None
+    try:
+        found = fingerprint(ca) if isinstance(ca, str) else ""
+    except ValueError:
+        found = ""
+    if not found:
+        raise Untrusted(f"{url} answered without a CA certificate: it is not a Cube manager")
+    if token.pin:
+        if found != token.pin:
+            raise Untrusted(
+                f"{url} is not the manager this token belongs to: its CA is {found[:16]}..., the token pins "
+                f"{token.pin[:16]}..."
+            )
+    elif not proves(token.secret, answer.get("proof"), "ca", challenge, found):
+        raise Untrusted(f"{url} could not prove it holds the cluster token: nothing was sent to it")
+    return str(ca)
+
+
+def manager_trust(url: str, token: Token | None, local_ca: str | None = None) -> Trust:
+    """How the CLI (or a worker) reaches the manager at `url`: plain for an http:// URL; else the CA found on this
+    machine (the manager's own), one cached for the token's pin, or one fetched and checked (see fetch_ca)."""
+    if url.startswith("http://"):
+        return Trust(insecure=True)
+    if local_ca:
+        return Trust(ca=local_ca)
+    if token is None:
+        raise Untrusted(
+            "no cluster token: set CUBE_TOKEN or pass --token with the join token `cube token` prints on the manager"
+        )
+    cache = os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cube", "ca"
+    )
+    if token.pin:
+        path = os.path.join(cache, f"{token.pin}.pem")
+        try:
+            with open(path, encoding="ascii") as handle:
+                ca = handle.read()
+            if fingerprint(ca) == token.pin:
+                return Trust(ca=ca)
+        except (OSError, ValueError):
+            pass
+    ca = fetch_ca(url, token)
+    if token.pin:  # the CA is public; caching it saves a round trip on every later command
+        try:
+            os.makedirs(cache, exist_ok=True)
+            with open(os.path.join(cache, f"{token.pin}.pem.tmp"), "w", encoding="ascii") as handle:
+                handle.write(ca)
+            os.replace(os.path.join(cache, f"{token.pin}.pem.tmp"), os.path.join(cache, f"{token.pin}.pem"))
+        except OSError:
+            pass
+    return Trust(ca=ca)

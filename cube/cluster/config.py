@@ -66,8 +66,10 @@ def ensure_token(directory: str, token: str | None = None) -> str:
     """The manager's token: the given one (kept for next time), the one kept in `directory`, or a new random one."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, TOKEN_FILE)
-    if not token and os.path.exists(path):
-        return read_token_file(path)
+    if os.path.exists(path):
+        kept = read_token_file(path)
+        if not token or token == kept:  # nothing to write: a manager must start on a full disk
+            return kept
     token = token or secrets.token_urlsafe(24)
     fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

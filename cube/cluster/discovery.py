@@ -54,7 +54,10 @@ class Found:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """The advertised scheme (https unless the peer says it is insecure). Believing an advertisement is safe
+        either way: over TLS the peer's certificate decides, over http its answer to a challenge (trust.py)."""
+        scheme = "http" if self.properties.get("scheme") == "http" else "https"
+        return f"{scheme}://{self.host}:{self.port}"
 
 
 def _interfaces() -> list[tuple[str, ipaddress.IPv4Interface]]:

@@ -1,21 +1,22 @@
-"""The manager's connections to its workers: one HTTP client per worker address (keep-alive per thread, the
-cluster token on every request). It decides which requests may be sent twice when a kept-alive connection turns
-out dead: all of the worker's routes are idempotent (an assignment is keyed by task id and generation, a stop by
-task id and generation) except a health restart, which would count twice. Whatever must arrive is guaranteed by
-the manager's diff, not by this retry.
-"""
+"""The manager's connections to its workers: one HTTP client per worker address (keep-alive per thread; mutual TLS with
+the manager's certificate, or the token after a challenge on an insecure cluster, see trust.py). It decides which
+requests may be sent twice when a kept-alive connection turns out dead: all of the worker's routes are idempotent
+(an assignment is keyed by task id and generation, a stop by task id and generation) except a health restart, which
+would count twice. Whatever must arrive is guaranteed by the manager's diff, not by this retry."""
 
 from __future__ import annotations
 
 import threading
 
 from cube.cluster.client import Client
+from cube.cluster.trust import Trust
 
 
 class Links:
-    def __init__(self, token: str | None, timeout: float = 10.0):
+    def __init__(self, token: str | None, timeout: float = 10.0, trust: Trust | None = None):
         self.token = token
         self.timeout = timeout
+        self.trust = trust
         self._clients: dict[str, Client] = {}
         self._lock = threading.Lock()
 
@@ -23,7 +24,7 @@ class Links:
         with self._lock:
             client = self._clients.get(address)
             if client is None:
-                client = self._clients[address] = Client(address, self.token, timeout=self.timeout)
+                client = self._clients[address] = Client(address, self.token, timeout=self.timeout, trust=self.trust)
             return client
 
     def request(

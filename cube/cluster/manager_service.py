@@ -13,7 +13,7 @@ import threading
 from cube.cluster.config import data_dir
 from cube.cluster.service import wait_for_signal
 from cube.cluster.worker_service import build_worker
-from cube.core.errors import CubeError
+from cube.core.errors import BadRequest, CubeError
 from cube.worker.worker import node_id
 
 log = logging.getLogger("cube")
@@ -32,33 +32,64 @@ class ManagerService:
         strategy="epvm",
         node_timeout=5.0,
         poll_wait=2.0,
-        certfile=None,
-        keyfile=None,
+        insecure=False,
         role="manager",
     ):
-        from cube.cluster.api import Server, manager_app
+        from cube.cluster.api import Access, Server, manager_app
         from cube.cluster.config import ensure_token
         from cube.cluster.links import Links
+        from cube.cluster.trust import Trust, parse_token
         from cube.manager.health import HealthChecker
         from cube.manager.manager import Manager
         from cube.manager.membership import Membership
         from cube.store import DiskStore
 
         self.directory = data_dir(role, data)
-        self.token = ensure_token(self.directory, token or os.environ.get("CUBE_TOKEN") or None)
+        given = parse_token(token or os.environ.get("CUBE_TOKEN") or None)
+        self.token = ensure_token(self.directory, given.secret if given else None)
         self.store = DiskStore(os.path.join(self.directory, "store"))
-        self.links = Links(self.token)
+        self.authority = None
+        if insecure:
+            self.trust = Trust(insecure=True, peer_role="worker")
+            access = Access(self.token)
+        else:
+            from cube.cluster.authority import Authority
+
+            self.authority = Authority(self.directory, self.token, self.store, node_id(self.store))
+            self.trust = self.authority.trust()
+            authority = self.authority
+            access = Access(lambda: authority.secret, "worker", {("POST", "/nodes")}, revoked=authority.revoked)
+        # With TLS, workers know the manager by its certificate: the token is never sent to them.
+        self.links = Links(self.token if insecure else None, trust=self.trust)
         self.manager = Manager(self.store, strategy=strategy, dispatch=self.links.dispatch, node_timeout=node_timeout)
-        self.membership = Membership(self.manager, self.links.request, self.store, poll_wait=poll_wait)
+        self.membership = Membership(
+            self.manager, self.links.request, self.store, poll_wait=poll_wait, url=self._worker_url
+        )
         self.health = HealthChecker(self.manager)
         self.server = Server(
-            manager_app(self.manager, self.membership, self.links, self.token),
+            manager_app(self.manager, self.membership, self.links, access, self.authority),
             host,
             port,
-            certfile=certfile,
-            keyfile=keyfile,
+            tls=None if insecure else self.trust.server_context(),
         )
         self._closers: list = []
+
+    def client(self, timeout: float = 10.0):
+        """A client of this manager's API, as the CLI on this machine would make it (tests, `cube dev`)."""
+        from cube.cluster.client import Client
+
+        return Client(self.url, self.token, timeout=timeout, trust=self.trust.for_clients())
+
+    def _worker_url(self, address: str) -> str:
+        """A worker's URL. A TLS cluster never talks plain HTTP to a worker: anyone can advertise one."""
+        url = self.trust.url(address)
+        if not self.trust.insecure and url.startswith("http://"):
+            raise BadRequest(f"address: {url} is plain HTTP, and this cluster uses TLS (workers join with the token)")
+        return url
+
+    @property
+    def join_token(self) -> str:
+        return self.authority.join_token() if self.authority else self.token
 
     @property
     def url(self) -> str:
@@ -94,7 +125,10 @@ class ManagerService:
 
         try:
             advertiser = Advertiser(
-                "manager", f"cube-manager-{socket.gethostname()}", self.server.port, {"id": node_id(self.store)}
+                "manager",
+                f"cube-manager-{socket.gethostname()}",
+                self.server.port,
+                {"id": node_id(self.store), "scheme": self.server.scheme},
             )  # the manager's own id, for its instance name
             self.on_close(advertiser.close)
         except CubeError as error:
@@ -123,14 +157,11 @@ def run_manager(
     strategy="epvm",
     workers=(),
     node_timeout=5.0,
-    certfile=None,
-    keyfile=None,
     mdns=True,
+    insecure=False,
 ) -> None:
     """`cube manager`: serve the manager API until stopped."""
-    service = ManagerService(
-        port, host, data, token, strategy, node_timeout, certfile=certfile, keyfile=keyfile
-    ).start()
+    service = ManagerService(port, host, data, token, strategy, node_timeout, insecure=insecure).start()
     service.add_workers(workers)
     if mdns:
         service.announce()
@@ -153,11 +184,12 @@ def start_dev(
     memory=None,
     node_timeout=5.0,
     stop_timeout=10.0,
+    insecure=False,
 ) -> ManagerService:
     """A whole cluster in one process: a manager and `workers` local workers on the real Docker engine."""
-    from cube.cluster.api import Server, worker_app
+    from cube.cluster.api import Access, Server, worker_app
 
-    service = ManagerService(port, host, data, None, strategy, node_timeout, role="dev")
+    service = ManagerService(port, host, data, None, strategy, node_timeout, insecure=insecure, role="dev")
     if runtime is None:
         from cube.worker.docker_runtime import DockerRuntime
 
@@ -174,7 +206,13 @@ def start_dev(
             stop_timeout=stop_timeout,
             unique_key=True,
         )
-        server = Server(worker_app(worker, service.token), host, 0).start()
+        if service.authority is None:
+            server = Server(worker_app(worker, service.token), host, 0).start()
+        else:  # joined directly: the manager signs the worker's certificate in-process
+            trust = service.authority.enroll(os.path.join(service.directory, f"worker-{i}"), worker.id)
+            access = Access(None, "manager")
+            server = Server(worker_app(worker, access), host, 0, tls=trust.server_context())
+            server.start()
         worker.start()
         # Closed last-registered first: the worker wakes its long polls, then its server can stop at once.
         service.on_close(worker.store.close)
@@ -184,11 +222,15 @@ def start_dev(
     return service
 
 
-def run_dev(port=5555, data=None, workers=1, strategy="epvm", cpus=None, memory=None, stop_timeout=10.0) -> None:
+def run_dev(
+    port=5555, data=None, workers=1, strategy="epvm", cpus=None, memory=None, stop_timeout=10.0, insecure=False
+) -> None:
     """`cube dev`: start the one-process cluster, print how to reach it, run until stopped."""
-    service = start_dev(port, data, workers, strategy, cpus=cpus, memory=memory, stop_timeout=stop_timeout)
+    service = start_dev(
+        port, data, workers, strategy, cpus=cpus, memory=memory, stop_timeout=stop_timeout, insecure=insecure
+    )
     print(f"cube dev: manager {service.url} with {workers} worker(s); data {service.directory}")
-    print(f"token: {service.token}")
+    print(f"token: {service.join_token}")
     print("try:   cube run --image IMAGE   (this machine finds the manager and token by itself)", flush=True)
     try:
         wait_for_signal()

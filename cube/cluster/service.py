@@ -16,10 +16,15 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def wait_for_signal(extra_stop: threading.Event | None = None) -> None:
-    """Block until SIGTERM or SIGINT (or `extra_stop`)."""
-    stop = extra_stop or threading.Event()
+def stop_on_signal(stop: threading.Event) -> threading.Event:
+    """SIGTERM and SIGINT set `stop` from now on (a worker may be waiting to join when they come)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
+    return stop
+
+
+def wait_for_signal(extra_stop: threading.Event | None = None) -> None:
+    """Block until SIGTERM or SIGINT (or `extra_stop`)."""
+    stop = stop_on_signal(extra_stop or threading.Event())
+    while not stop.wait(1.0):  # a timed wait, so the main thread runs the signal handler promptly
         pass

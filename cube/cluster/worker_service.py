@@ -12,8 +12,8 @@ import threading
 import time
 
 from cube.cluster.config import data_dir, find_token
-from cube.cluster.service import wait_for_signal
-from cube.core.errors import CubeError
+from cube.cluster.service import stop_on_signal, wait_for_signal
+from cube.core.errors import CubeError, Unauthorized
 from cube.worker.worker import node_id
 
 log = logging.getLogger("cube")
@@ -63,6 +63,17 @@ def build_worker(
     )
 
 
+def worker_id(directory: str) -> str:
+    """The node id of the worker whose data directory is `directory` (made and kept there when new)."""
+    from cube.store import DiskStore
+
+    store = DiskStore(os.path.join(directory, "store"))
+    try:
+        return node_id(store)
+    finally:
+        store.close()
+
+
 def run_worker(
     name=None,
     port=5556,
@@ -74,25 +85,32 @@ def run_worker(
     memory=None,
     disk=None,
     labels=None,
-    certfile=None,
-    keyfile=None,
     manager=None,
     mdns=True,
     reconcile_interval: float = 5.0,
     stop_timeout: float = 10.0,
     threads: int = 4,
     disconnect_timeout: float = 30.0,
+    insecure: bool = False,
 ) -> None:
     """`cube worker`: serve the worker API until stopped. `threads`: how many container actions run at once.
-    `disconnect_timeout`: seconds without a manager before tasks with on_disconnect=stop are stopped (0: never)."""
-    from cube.cluster.api import Server, worker_app
+    `disconnect_timeout`: seconds without a manager before tasks with on_disconnect=stop are stopped (0: never).
+    Joins the cluster first when this node has no certificate yet (the token is then needed; after, it is not)."""
+    from cube.cluster.api import Access, Server, worker_app
+    from cube.cluster.trust import Trust, member_trust, parse_token
 
-    token = find_token(token, token_file)
-    if not token:
+    given = parse_token(find_token(token, token_file))
+    directory = data_dir("worker", data)
+    if manager and not insecure and str(manager).startswith("http://"):
+        manager = "https://" + str(manager)[len("http://") :]  # the user's own setting: the cluster speaks TLS
+    trust = None if insecure else member_trust(directory, "manager")
+    if not given and trust is None:
         raise CubeError(
-            "the worker needs the cluster token: pass --token, set CUBE_TOKEN or --token-file "
+            "the worker needs the join token: pass --token, set CUBE_TOKEN or --token-file "
             "(print it on the manager with `cube token`)"
         )
+    if trust is None and not insecure and not manager and not mdns:
+        raise CubeError("to join, the worker needs the manager: pass --manager URL (or leave mDNS on)")
     worker = build_worker(
         name,
         data,
@@ -105,13 +123,28 @@ def run_worker(
         threads=threads,
         disconnect_timeout=disconnect_timeout,
     )
-    server = Server(worker_app(worker, token), host, port, certfile=certfile, keyfile=keyfile)
+    closed = stop_on_signal(threading.Event())
+    if insecure:
+        assert given is not None
+        trust = Trust(insecure=True)
+        access = Access(given.secret)
+    else:
+        if trust is None:
+            assert given is not None
+            trust = join_when_found(worker, directory, given, manager, mdns, closed)
+            if trust is None:
+                worker.store.close()
+                return
+        access = Access(given.secret if given else None, "manager")
+    server = Server(
+        worker_app(worker, access), host, port, tls=None if insecure else trust.server_context()
+    )
     worker.start()
     server.start()
-    log.info("worker %s serving on %s:%s (data %s)", worker.name, host, server.port, data_dir("worker", data))
-    extras = _announce_worker(worker, server.port, mdns, manager, token)
+    log.info("worker %s serving on %s:%s (data %s)", worker.name, host, server.port, directory)
+    extras = _announce_worker(worker, server, mdns, manager, given.secret if insecure and given else None, trust)
     try:
-        wait_for_signal()
+        wait_for_signal(closed)
     finally:
         log.info("worker %s stopping", worker.name)
         for close in extras:
@@ -121,19 +154,70 @@ def run_worker(
         worker.store.close()
 
 
-def _announce_worker(worker, port: int, mdns: bool, manager: str | None, token: str) -> list:
+def join(url: str, token, directory: str, node: str):
+    """Join the cluster of the manager at `url`: check its CA (pinned by the join token, or proved with the secret),
+    send a signing request for a new key with a proof of the secret bound to that key, keep what comes back."""
+    from cube.cluster import pki
+    from cube.cluster.authority import save_member
+    from cube.cluster.client import Client, fetch_ca
+    from cube.cluster.trust import Trust, member_trust, proof
+
+    ca = fetch_ca(url, token)
+    csr, key = pki.make_request(node)
+    digest = pki.request_key_digest(csr)
+    client = Client(url, None, timeout=15.0, trust=Trust(ca=ca, peer_role="manager"))
+    answer = client.post(
+        "/join", {"csr": csr.decode(), "node_id": node, "proof": proof(token.secret, "join", node, digest)}
+    )
+    save_member(directory, ca.encode(), str(answer["cert"]).encode(), key)
+    log.info("joined the cluster of %s as node %s", url, node)
+    trust = member_trust(directory, "manager")
+    assert trust is not None
+    return trust
+
+
+def join_when_found(worker, directory: str, token, manager: str | None, mdns: bool, closed: threading.Event):
+    """Join as soon as a manager is known and answers (given, or found over mDNS); None if stopped first. A peer
+    that cannot prove it is the cluster's manager is logged once and skipped."""
+    delay, refused = 1.0, set()
+    while not closed.is_set():
+        url = manager or (_find_manager() if mdns else None)
+        if url:
+            url = url if "://" in url else f"https://{url}"
+            try:
+                return join(url, token, directory, worker.id)
+            except Unauthorized as error:
+                if url not in refused:
+                    log.error("not joining %s: %s", url, error.message)
+                    refused.add(url)
+            except CubeError as error:
+                log.warning("cannot join %s yet: %s", url, error.message)
+        closed.wait(delay)
+        delay = min(delay * 2, 10.0)
+    return None
+
+
+def _find_manager() -> str | None:
+    from cube.cluster.discovery import find_manager
+
+    found = find_manager(timeout=3.0)
+    return found.url if found else None
+
+
+def _announce_worker(worker, server, mdns: bool, manager: str | None, token: str | None, trust) -> list:
     """Advertise the worker on the LAN (mDNS) and keep it registered with its manager. Returns closers."""
+    port = server.port
     closers = []
     if mdns:
         from cube.cluster.discovery import Advertiser
 
         try:
-            advertiser = Advertiser("worker", worker.name, port, {"id": worker.id})
+            advertiser = Advertiser("worker", worker.name, port, {"id": worker.id, "scheme": server.scheme})
             closers.append(advertiser.close)
         except CubeError as error:
             log.warning("not announcing on mDNS: %s", error.message)
     if manager or mdns:
-        registrar = Registrar(worker, port, manager, token, mdns)
+        registrar = Registrar(worker, port, manager, token, mdns, trust, server.scheme)
         registrar.start()
         closers.insert(0, registrar.close)
     return closers
@@ -146,9 +230,11 @@ class Registrar:
 
     QUIET = 10.0  # seconds without a manager's poll before registering (again)
 
-    def __init__(self, worker, port: int, manager: str | None, token: str, mdns: bool):
+    def __init__(self, worker, port: int, manager: str | None, token, mdns: bool, trust=None, scheme="http"):
         self.worker, self.port, self.manager, self.token, self.mdns = worker, port, manager, token, mdns
+        self.trust, self.scheme = trust, scheme
         self._closed = threading.Event()
+        self._refused: set[str] = set()
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="cube-register", daemon=True).start()
@@ -163,31 +249,29 @@ class Registrar:
             if time.monotonic() - self.worker.last_polled < self.QUIET:
                 continue
             url = self.manager or self._find()
+            if url and url.startswith("http://") and not self.token:
+                continue  # a TLS worker registers over TLS only: whoever advertises plain HTTP is not our manager
             if url:
                 self._register(url)
 
     def _find(self) -> str | None:
-        from cube.cluster.discovery import find_manager
-
-        found = find_manager(timeout=3.0)
-        return found.url if found else None
+        return _find_manager()
 
     def _register(self, url: str) -> None:
         from cube.cluster.client import Client
-        from cube.core.errors import Unauthorized
 
-        client = Client(url, self.token, timeout=10.0)
-        address = f"http://{_source_address(url)}:{self.port}"
+        # Over TLS the worker's certificate is its credential; the token goes only to an insecure manager that
+        # answered the challenge first (see trust.py).
+        client = Client(url, self.token, timeout=10.0, trust=self.trust)
+        address = f"{self.scheme}://{_source_address(url)}:{self.port}"
         try:
             client.post("/nodes", {"address": address})
             log.info("registered with manager %s as %s", url, address)
+            self._refused.discard(url)
         except Unauthorized as error:
-            log.error(
-                "manager %s refused this worker: %s — start the worker with the token `cube token` prints "
-                "on the manager",
-                url,
-                error.message,
-            )
+            if url not in self._refused:  # a fake manager on the LAN is logged once, not every round
+                log.error("manager %s refused or is not trusted: %s", url, error.message)
+                self._refused.add(url)
         except CubeError as error:
             log.warning("cannot register with manager %s: %s", url, error.message)
 

@@ -26,6 +26,10 @@ class Unauthorized(CubeError):
     status = 401
 
 
+class Untrusted(Unauthorized):
+    """A peer that could not prove it belongs to this cluster (see cluster/trust.py)."""
+
+
 class NotFound(CubeError):
     status = 404
 

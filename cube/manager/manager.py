@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from cube import scheduler
-from cube.core.errors import BadRequest, Conflict, CubeError
+from cube.core.errors import BadRequest, Conflict, CubeError, NotFound
 from cube.core.model import ACTIVE, Desired, Event, Job, Node, Observed, Resources, State, Task, TaskSpec, new_id
 from cube.manager.outbox import RETRY_MAX, Outbox
 from cube.manager.reconcile import Reported, job_diff, node_diff, task_decision
@@ -453,6 +453,29 @@ class Manager(ManagerViews):
             self._place_pending()
             due = self._flush()
         self._deliver_later(due)
+
+    def remove_node(self, name: str) -> Node:
+        """Forget a node that is down (`cube node rm`): its tasks are placed elsewhere, its poller ends. A node
+        that still answers is refused: its copies would keep running with nobody to stop them."""
+        with self._lock:
+            node = self.nodes.get(name)
+            if node is None:
+                raise NotFound(f"no node named {name!r}: `cube nodes` lists them")
+            if node.state != "down":
+                raise Conflict(
+                    f"node {name} is {node.state}: stop its worker first (systemctl stop cube-worker on it), "
+                    f"wait until `cube nodes` shows it down, then remove it"
+                )
+            del self.nodes[name]
+            for per_node in (self._seen, self._reports, self._report_start, self._dirty, self._raw):
+                per_node.pop(name, None)
+            self.store.delete("nodes", name)
+            self._decide([self.tasks[i] for i in list(self._by_node.get(name, ()))])
+            self._changed.notify_all()
+            due = self._flush()
+        self._deliver_later(due)
+        log.warning("node %s removed", name)
+        return node
 
     def alive(self, node_name: str) -> None:
         """A node answered: its heartbeat, recorded without waiting for the lock (a busy manager must not declare

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cube.core.errors import CubeError, Unauthorized
+from cube.core.errors import CubeError, Unauthorized, Untrusted
 from cube.core.model import Node, Resources
 
 log = logging.getLogger("cube.membership")
@@ -29,8 +29,10 @@ Request = Callable[..., Any]  # (address, method, path, body=None, params=None, 
 
 
 class Membership:
-    def __init__(self, manager, request: Request, store, poll_wait: float = 2.0, clock=time.time):
+    def __init__(self, manager, request: Request, store, poll_wait: float = 2.0, clock=time.time, url=None):
         self.manager = manager
+        # A worker's address as a URL (the cluster's scheme when none is given).
+        self.url = url or (lambda address: address.rstrip("/") if "://" in address else f"http://{address}")
         self.request = request
         self.store = store
         # A silent worker answers its long poll after `poll_wait`: that is its heartbeat, so it must come a few
@@ -46,14 +48,17 @@ class Membership:
         return self._closed
 
     def add(self, address: str) -> Node:
-        """Admit the worker at `address` (after it proves it shares our token) and start polling it."""
+        """Admit the worker at `address` (after it proves it belongs to the cluster) and start polling it."""
+        address = self.url(address)
         try:
             stats = self.request(address, "GET", "/stats", timeout=5.0)
+        except Untrusted:
+            raise
         except Unauthorized:
             raise Unauthorized(
-                f"worker at {address} refused our cluster token: start it with the token `cube token` prints"
+                f"worker at {address} refused us: join it to this cluster with the token `cube token` prints"
             ) from None
-        node = node_from_stats(stats, address.rstrip("/") if "://" in address else f"http://{address}", self.clock())
+        node = node_from_stats(stats, address, self.clock())
         node.name = self._unique_name(node)
         self.manager.node_up(node)
         self._start_poller(node.name)
