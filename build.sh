@@ -21,6 +21,7 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=.venv
 ARCHES=(x86_64 aarch64 armv7l)
+CFFI_PYTHONS="3.11 3.12 3.13"  # the CPython versions a pyz runs on (README)
 DIST=${CUBE_DIST:-dist}  # where the pyz files go (tests build into temporary directories)
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -67,11 +68,23 @@ pyz() {  # pyz ARCH: build dist/cube-<version>-ARCH.pyz
   done
   "$VENV/bin/pip" install -q --no-compile --target "$site" --only-binary=:all: --implementation cp \
       --python-version 3.11 --platform "manylinux2014_$arch" "${deps[@]}" >/dev/null
-  # cryptography: its abi3 wheel, without cffi (a binary per CPython version, with no armv7l wheel on PyPI):
-  # the certificate code Cube uses is cryptography's Rust core, which never imports cffi.
+  # cryptography: its abi3 wheel, and of cffi only the one module cryptography loads, _cffi_backend, built for
+  # each CPython the pyz supports (they sit side by side; each Python loads its own). armv7l: PyPI has no cffi
+  # wheel for it, so that pyz borrows the system's python3-cffi-backend, as it does psutil.
   "$VENV/bin/pip" install -q --no-compile --no-deps --target "$site" --only-binary=:all: --implementation cp \
       --python-version 3.11 --platform "manylinux2014_$arch" --platform "manylinux_2_28_$arch" \
       --platform "manylinux_2_31_$arch" "$crypto" >/dev/null
+  if [ "$arch" != armv7l ]; then
+    for pyver in $CFFI_PYTHONS; do
+      "$VENV/bin/pip" download -q --no-deps --only-binary=:all: --implementation cp --python-version "$pyver" \
+          --platform "manylinux2014_$arch" -d "$tmp/cffi-$pyver" "cffi>=1.17" >/dev/null
+      "$VENV/bin/python" -c 'import sys, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+for name in wheel.namelist():
+    if name.startswith("_cffi_backend.") and name.endswith(".so"):
+        wheel.extract(name, sys.argv[2])' "$tmp"/cffi-"$pyver"/*.whl "$site"
+    done
+  fi
   "$VENV/bin/python" - "$site" "$arch" <<'EOF'
 """Make the installed tree the same for every CPython and check that its binaries fit the target architecture."""
 import pathlib, re, shutil, sys
@@ -88,7 +101,8 @@ for lib in sorted(site.rglob("*.so")):
     if version_specific and lib.with_name(version_specific.group(1) + ".py").exists():
         lib.unlink()  # an optional accelerator: the .py next to it is the same module
         continue
-    if version_specific or not lib.name.endswith(".abi3.so"):
+    per_version = version_specific and lib.parent == site and version_specific.group(1) == "_cffi_backend"
+    if not per_version and (version_specific or not lib.name.endswith(".abi3.so")):  # cffi: see above
         sys.exit(f"build.sh: {lib.relative_to(site)} works on one CPython version only and has no pure-python twin")
     header = lib.read_bytes()[:20]
     if int.from_bytes(header[18:20], "little") != ELF_MACHINE[arch]:

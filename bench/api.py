@@ -155,6 +155,7 @@ class FakeCluster:
                     "--token",
                     TOKEN,
                     "--no-mdns",
+                    "--insecure",  # the fake workers serve plain HTTP (bench/fakeworker.py)
                     "--workers",
                     ",".join(f"127.0.0.1:{p}" for p in ports),
                 ),
@@ -164,7 +165,7 @@ class FakeCluster:
             manager.wait_http(self.url)
             from cube.cluster.client import Client
 
-            self.client = Client(self.url, TOKEN, timeout=120)
+            self.client = Client(self.url, TOKEN, timeout=120)  # no Trust: the bearer token, as curl would send it
             wait_for(
                 lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == self.n,
                 timeout=30,

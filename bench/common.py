@@ -23,6 +23,7 @@ import time
 import uuid
 
 from cube.cluster.client import Client
+from cube.cluster.trust import Trust
 from cube.core.errors import CubeError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -120,7 +121,7 @@ class Proc:
             if not self.alive():
                 raise RuntimeError(f"{self.argv[2:4]} exited with {self.popen.returncode}:\n{self.output()}")
             try:
-                Client(url, timeout=1.0).health(timeout=1.0)
+                Client(url, timeout=1.0, trust=Trust(insecure=url.startswith("http://"))).health(timeout=1.0)
                 return
             except CubeError:
                 time.sleep(0.05)
@@ -164,7 +165,7 @@ class Cluster:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.manager_port}"
+        return f"https://127.0.0.1:{self.manager_port}"
 
     def __enter__(self) -> "Cluster":
         try:
@@ -179,9 +180,7 @@ class Cluster:
 
     def start(self) -> None:
         for i in range(1, self.n_workers + 1):
-            name = f"bench-{self.tag}-w{i}"
-            self.workers[name] = {"port": free_port(), "proc": None}
-            self.start_worker(name)
+            self.workers[f"bench-{self.tag}-w{i}"] = {"port": free_port(), "proc": None}
         self.manager_port = free_port()
         workers = ",".join(f"127.0.0.1:{w['port']}" for w in self.workers.values())
         self.manager = Proc(
@@ -203,7 +202,10 @@ class Cluster:
             self.dir / "manager.log",
         )
         self.manager.wait_http(self.url)
-        self.client = Client(self.url, TOKEN, timeout=30.0)
+        for name in self.workers:  # after the manager: a worker joins it with the token at its first start
+            self.start_worker(name)
+        ca = (self.dir / "manager" / "tls" / "ca.pem").read_text()
+        self.client = Client(self.url, TOKEN, timeout=30.0, trust=Trust(ca=ca))
         wait_for(
             lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == self.n_workers,
             timeout=30,
@@ -226,6 +228,8 @@ class Cluster:
                 str(self.dir / name),
                 "--token",
                 TOKEN,
+                "--manager",
+                self.url,
                 "--no-mdns",
                 "--stop-timeout",
                 "1",
@@ -233,7 +237,7 @@ class Cluster:
             ),
             self.dir / f"{name}.log",
         )
-        spec["proc"].wait_http(f"http://127.0.0.1:{spec['port']}")
+        spec["proc"].wait_http(f"https://127.0.0.1:{spec['port']}")
 
     def pids(self) -> dict[str, int]:
         found = {name: spec["proc"].pid for name, spec in self.workers.items() if spec["proc"]}

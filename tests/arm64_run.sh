@@ -14,7 +14,7 @@ DEBARCH=${1:-arm64}
 SUITE=${2:-bookworm}
 case "$DEBARCH" in
   arm64) ARCH=aarch64 QEMU=qemu-aarch64 PACKAGES=python3 ;;
-  armhf) ARCH=armv7l QEMU=qemu-arm PACKAGES=python3,python3-psutil ;;
+  armhf) ARCH=armv7l QEMU=qemu-arm PACKAGES=python3,python3-psutil,python3-cffi-backend ;;
   amd64) ARCH=x86_64 QEMU= PACKAGES=python3 ;;
   *) echo "usage: tests/arm64_run.sh [arm64|armhf|amd64] [bookworm|trixie]" >&2; exit 2 ;;
 esac
@@ -23,7 +23,7 @@ VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' cube/__init__.py)
 PYZ=$(realpath "dist/cube-$VERSION-$ARCH.pyz")
 CACHE=${CUBE_CI_CACHE:-/var/cache/cube-ci}
 MIRROR=${CUBE_CI_MIRROR:-http://deb.debian.org/debian}
-TREE=$CACHE/$SUITE-$DEBARCH
+TREE=$CACHE/$SUITE-$DEBARCH-$(echo "$PACKAGES" | md5sum | cut -c1-6)  # a new package list, a new tree
 NODE=cube-tree-$SUITE-$DEBARCH
 export DEBIAN_FRONTEND=noninteractive
 started=$(date +%s)
@@ -82,8 +82,8 @@ i=0
 until [ -s /var/lib/cube/manager/token ]; do
   i=$((i + 1)); [ $i -lt 120 ] && kill -0 $manager || { cat /tmp/manager.log; exit 1; }; sleep 0.5
 done
-export CUBE_MANAGER=http://127.0.0.1:15555 CUBE_TOKEN=$(cat /var/lib/cube/manager/token)
-cube worker --port 15556 --name "$NODE" --manager http://127.0.0.1:15555 --no-mdns >/tmp/worker.log 2>&1 &
+export CUBE_MANAGER=https://127.0.0.1:15555 CUBE_TOKEN=$(cube token)
+cube worker --port 15556 --name "$NODE" --manager https://127.0.0.1:15555 --no-mdns >/tmp/worker.log 2>&1 &
 worker=$!
 i=0
 until cube nodes 2>/dev/null | grep -q "$NODE.*ready"; do
@@ -111,12 +111,16 @@ run() {  # run [nspawn options...] -- command...: the tree, emulated, with a pri
 run --bind=/run/docker.sock:/run/docker.sock -- /bin/sh /opt/inside.sh
 if [ "$DEBARCH" = armhf ]; then
   echo
-  echo "== without python3-psutil: cube worker must say what to install"
+  echo "== without python3-psutil and python3-cffi-backend: cube worker must say what to install"
   set +e
   out=$(run --tmpfs=/usr/lib/python3/dist-packages -- python3 /opt/cube.pyz worker --token x 2>&1)
   status=$?
-  set -e
   echo "$out (exit $status)"
   [ $status -eq 1 ] && grep -q "apt install python3-psutil" <<<"$out"
+  out=$(run --tmpfs=/usr/lib/python3/dist-packages -- python3 /opt/cube.pyz manager --no-mdns 2>&1)
+  status=$?
+  set -e
+  echo "$out (exit $status)"
+  [ $status -eq 1 ] && grep -q "apt install python3-cffi-backend" <<<"$out"
 fi
 echo "arm64_run: $SUITE $DEBARCH ($ARCH pyz) passed in $(( $(date +%s) - started )) s"

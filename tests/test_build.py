@@ -48,7 +48,7 @@ def test_build_all_is_reproducible_small_and_version_independent(tmp_path):
     assert (first / "cube.pyz").read_bytes() == (first / f"cube-{__version__}-{HOST_ARCH}.pyz").read_bytes()
     for arch, machine in ELF_MACHINE.items():
         path = first / f"cube-{__version__}-{arch}.pyz"
-        assert path.stat().st_size < 5 * 1024 * 1024
+        assert path.stat().st_size < 8 * 1024 * 1024  # about 4 MiB of it is cryptography (the cluster CA)
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             assert f'arch="{arch}"' in archive.read("site-packages/bin/cube_preamble.py").decode()

@@ -8,6 +8,8 @@ import subprocess
 import pytest
 from conftest import free_port, wait_for
 
+from cube.cluster.trust import fingerprint
+
 pytestmark = pytest.mark.docker
 
 
@@ -160,7 +162,8 @@ def test_user_errors_are_one_line_with_next_step(dev, busybox_image):
         (("scale", "nosuchjob", "2"), "no job 'nosuchjob'"),
         (("frobnicate",), "unknown command"),
         (("status", "--manager", "http://127.0.0.1:1"), "cannot reach http://127.0.0.1:1"),
-        (("status", "--manager", f"http://127.0.0.1:{port}", "--token", "wrong"), "cluster token"),
+        (("status", "--manager", f"https://127.0.0.1:{port}", "--token", "wrong"), "cluster token"),
+        (("status", "--manager", f"https://127.0.0.1:{port}", "--token", "CUBE1-" + "0" * 64 + "-x"), "pins 0000"),
     ]
     for args, expected in cases:
         result = cube(*args)
@@ -170,11 +173,15 @@ def test_user_errors_are_one_line_with_next_step(dev, busybox_image):
         assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
 
 
-def test_token_command_prints_the_dev_token(dev):
+def test_token_command_prints_the_dev_join_token(dev):
     cube, port, data = dev
     token = cube("token", check=0).stdout.strip()
-    assert token == (data / "dev" / "token").read_text().strip()
-    assert oct((data / "dev" / "token").stat().st_mode & 0o777) == "0o600"
+    prefix, pin, secret = token.split("-", 2)
+    assert prefix == "CUBE1" and secret == (data / "dev" / "token").read_text().strip()
+    assert pin == fingerprint((data / "dev" / "tls" / "ca.pem").read_text())
+    for path in ("token", "tls/ca.key", "tls/ca.pem", "tls/manager.key", "worker-1/tls/node.key"):
+        assert oct((data / "dev" / path).stat().st_mode & 0o777) == "0o600", path
+    assert oct((data / "dev" / "tls").stat().st_mode & 0o777) == "0o700"
 
 
 def test_status_does_not_import_the_docker_sdk(dev, pyz):
@@ -190,3 +197,4 @@ def test_status_does_not_import_the_docker_sdk(dev, pyz):
     assert "cube.core.model" in imported, "the import trace covers cube itself"
     assert not {m for m in imported if m == "docker" or m.startswith("docker.")}
     assert "zeroconf" not in imported and "bottle" not in imported
+    assert "cryptography" not in imported, "the CLI checks the CA with the standard library"

@@ -1,6 +1,7 @@
-"""A real cluster on the real Docker engine: a manager and two workers, each its own pyz process, talking HTTP on
-loopback. Covers jobs, health checks turning bad, a worker killed (tasks move), a manager killed with kill -9 in
-the middle of submissions (nothing acknowledged lost, nothing duplicated)."""
+"""A real cluster on the real Docker engine: a manager and two workers, each its own pyz process, talking TLS on
+loopback (the workers join with the token at their first start). Covers jobs, health checks turning bad, a worker
+killed (tasks move), a manager killed with kill -9 in the middle of submissions (nothing acknowledged lost, nothing
+duplicated)."""
 
 import signal
 import subprocess
@@ -9,9 +10,8 @@ import time
 import uuid
 
 import pytest
-from conftest import docker_ids, free_port, kill_started, wait_for
+from conftest import cluster_client, docker_ids, free_port, kill_started, wait_for
 
-from cube.cluster.client import Client
 from cube.core.errors import CubeError
 
 pytestmark = pytest.mark.docker
@@ -25,12 +25,13 @@ class Cluster:
         self.workers = {}
         for i in range(1, n_workers + 1):
             self.workers[f"w{i}-{self.tag}"] = {"port": free_port(), "proc": None}
-        for name in self.workers:
-            self.start_worker(name)
         self.manager_port = free_port()
+        self.url = f"https://127.0.0.1:{self.manager_port}"
         self.manager = None
         self.start_manager()
-        self.client = Client(f"http://127.0.0.1:{self.manager_port}", TOKEN)
+        for name in self.workers:
+            self.start_worker(name)
+        self.client = cluster_client(self.url, TOKEN, manager_data=self.tmp / "manager")
         wait_for(lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == n_workers, timeout=30)
 
     def start_worker(self, name):
@@ -47,6 +48,8 @@ class Cluster:
                 str(self.tmp / name),
                 "--token",
                 TOKEN,
+                "--manager",
+                self.url,
                 "--no-mdns",
                 "--cpus",
                 "2",
@@ -57,7 +60,7 @@ class Cluster:
             ],
             self.tmp / f"{name}.log",
         )
-        spec["proc"].wait_http(f"http://127.0.0.1:{spec['port']}")
+        spec["proc"].wait_http(f"https://127.0.0.1:{spec['port']}")
 
     def start_manager(self):
         workers = ",".join(f"127.0.0.1:{w['port']}" for w in self.workers.values())
@@ -79,7 +82,7 @@ class Cluster:
             ],
             self.tmp / "manager.log",
         )
-        self.manager.wait_http(f"http://127.0.0.1:{self.manager_port}")
+        self.manager.wait_http(self.url)
 
     def cleanup(self):
         kill_started()  # first: a worker still running could create a container after the sweep
@@ -180,7 +183,7 @@ def test_manager_kill_9_mid_submission_loses_and_duplicates_nothing(cluster, bus
     acknowledged, stop = [], threading.Event()
 
     def submit():
-        client = Client(f"http://127.0.0.1:{cluster.manager_port}", TOKEN, timeout=5)
+        client = cluster_client(cluster.url, TOKEN, timeout=5, manager_data=cluster.tmp / "manager")
         while not stop.is_set():
             task_id = uuid.uuid4().hex[:12]
             try:

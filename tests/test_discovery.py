@@ -161,7 +161,7 @@ def test_workers_and_manager_find_each_other(lan):
     for ip, report in added.items():
         found = report["found"]
         assert found["name"] == ready[ip]["instance"]
-        assert report["url"] == f"http://{ip}:7001"
+        assert report["url"] == f"https://{ip}:7001"  # no scheme advertised: TLS
         assert found["properties"]["name"] == "pi"
         assert found["properties"]["id"] == ("b0000001" if ip == b.ip else "c0000001")
         assert set(found["properties"]) == {"id", "name", "port", "arch", "version"}

@@ -15,6 +15,7 @@ import pytest
 from conftest import wait_for
 
 from cube.cluster.client import Client
+from cube.cluster.trust import Trust
 from cube.core.errors import CubeError
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns]
@@ -35,8 +36,6 @@ class FaultCluster:
         self.manager_host, self.worker_hosts = lan.hosts[0], lan.hosts[1:]
         self.names = {h.name: f"n{h.index}" for h in self.worker_hosts}
         self.procs: dict[str, subprocess.Popen] = {}
-        for host in self.worker_hosts:
-            self.start_worker(host)
         workers = ",".join(f"{h.ip}:5556" for h in self.worker_hosts)
         self._start(
             "manager",
@@ -56,7 +55,12 @@ class FaultCluster:
                 str(NODE_TIMEOUT),
             ],
         )
-        self.client = Client(f"http://127.0.0.1:{lan.forward(self.manager_host, 5555)}", TOKEN, timeout=10)
+        ca = tmp / "manager" / "tls" / "ca.pem"
+        wait_for(ca.exists, timeout=30, interval=0.1)
+        for host in self.worker_hosts:  # they join the manager with the token at their first start
+            self.start_worker(host)
+        url = f"https://127.0.0.1:{lan.forward(self.manager_host, 5555)}"
+        self.client = Client(url, TOKEN, timeout=10, trust=Trust(ca=ca.read_text()))
         wait_for(lambda: self._ready() == len(self.worker_hosts), timeout=60, interval=0.2)
 
     def _start(self, key: str, host, args: list[str], env: dict | None = None) -> None:
@@ -86,6 +90,8 @@ class FaultCluster:
                 str(self.tmp / name),
                 "--token",
                 TOKEN,
+                "--manager",
+                f"https://{self.manager_host.ip}:5555",
                 "--no-mdns",
                 "--stop-timeout",
                 str(STOP_TIMEOUT),

@@ -150,7 +150,7 @@ def test_install_manager_keeps_its_token_in_its_data_directory(root, host, pyz):
 
 
 def test_worker_needs_a_token_unless_the_manager_runs_here(root, host, pyz):
-    with pytest.raises(CubeError, match="needs the cluster token"):
+    with pytest.raises(CubeError, match="needs the join token"):
         install.install("worker", pyz=pyz, host=host)
     assert not (root / "usr/local/bin/cube").exists()  # refused before writing anything
     install.install("manager", pyz=pyz, token="local", host=host)
@@ -300,7 +300,7 @@ def test_cli_install_and_uninstall(root, pyz, capsys):
     assert main(["uninstall", "worker", "--root", str(root), "--purge"]) == 0
     assert not (root / "etc/cube").exists()
     assert main(["install", "worker", "--root", str(root), "--pyz", pyz]) == 1
-    assert capsys.readouterr().err.startswith("cube install: the worker needs the cluster token")
+    assert capsys.readouterr().err.startswith("cube install: the worker needs the join token")
 
 
 def test_cli_install_from_sources_says_how_to_get_a_pyz(root, capsys):

@@ -114,11 +114,11 @@ def test_worker_with_wrong_token_is_refused_and_says_so(lan, pyz, tmp_path):
         stderr=subprocess.STDOUT,
         env=env,
     )
-    text = wait_for(lambda: "refused" in (t := (tmp_path / "w.log").read_text()) and t, timeout=40, interval=0.5)
-    assert "token" in text
+    text = wait_for(lambda: "not joining" in (t := (tmp_path / "w.log").read_text()) and t, timeout=40, interval=0.5)
+    assert "could not prove it holds the cluster token" in text and "token is wrong" in text
     assert TOKEN not in text and TOKEN not in (tmp_path / "m.log").read_text(), "the token is never logged"
     nodes = subprocess.run(
-        lan.command(manager_host, [pyz, "nodes", "--json", "--manager", "http://127.0.0.1:5555", "--token", TOKEN]),
+        lan.command(manager_host, [pyz, "nodes", "--json", "--manager", "https://127.0.0.1:5555", "--token", TOKEN]),
         capture_output=True,
         text=True,
         env=env,

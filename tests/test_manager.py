@@ -7,8 +7,8 @@ import pytest
 from conftest import wait_for
 
 from cube.cluster.client import Client
-from cube.cluster.trust import Trust
 from cube.cluster.manager_service import start_dev
+from cube.cluster.trust import Trust
 from cube.core.errors import BadRequest, Conflict, NotFound, Unauthorized
 from cube.worker.runtime import FakeRuntime
 

@@ -30,6 +30,7 @@ class FakeCluster:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.argv = [pyz, "manager", "--port", self.url.rsplit(":", 1)[1], "--data", str(tmp_path / "manager")]
         self.argv += ["--token", TOKEN, "--no-mdns", "--workers", ",".join(f"127.0.0.1:{p}" for p in ports)]
+        self.argv += ["--insecure"]  # bench.fakeworker serves plain HTTP
         self.client = Client(self.url, TOKEN, timeout=60)
         self.manager = self.start_manager()
         wait_for(lambda: len([n for n in self.client.get("/nodes") if n["state"] == "ready"]) == workers, timeout=30)

@@ -36,6 +36,7 @@ def worker(pyz, procs, node_name, tmp_path):
                 "--token",
                 TOKEN,
                 "--no-mdns",
+                "--insecure",  # the worker alone, no manager to join: its API on plain HTTP with the token
                 "--cpus",
                 "2",
                 "--memory",

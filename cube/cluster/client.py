@@ -258,6 +258,11 @@ def manager_trust(url: str, token: Token | None, local_ca: str | None = None) ->
     if url.startswith("http://"):
         return Trust(insecure=True)
     if local_ca:
+        if token is not None and token.pin and fingerprint(local_ca) != token.pin:
+            raise Untrusted(
+                f"{url} is not the manager this token belongs to: its CA is {fingerprint(local_ca)[:16]}..., the "
+                f"token pins {token.pin[:16]}..."
+            )
         return Trust(ca=local_ca)
     if token is None:
         raise Untrusted(

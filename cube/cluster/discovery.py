@@ -275,12 +275,15 @@ class Browser:
         self.close()
 
 
-def find_manager(timeout: float = 3.0, interfaces=None) -> Found | None:
-    """The first manager that resolves within `timeout` seconds, or None (returns as soon as one does)."""
+def find_manager(timeout: float = 3.0, interfaces=None, skip=()) -> Found | None:
+    """The first manager that resolves within `timeout` seconds, or None (returns as soon as one does). `skip`:
+    URLs of advertisers already found not to be our manager (anyone can advertise one)."""
     first: list[Found] = []
     ready = threading.Event()
 
     def add(found: Found) -> None:
+        if found.url in skip:
+            return
         first.append(found)
         ready.set()
 

@@ -143,7 +143,9 @@ class Trust:
     def for_clients(self) -> Trust:
         """How a client of this member's server (the CLI on its machine) trusts it: the same CA, no certificate of
         its own, the member's role."""
-        return Trust(insecure=self.insecure, ca=self.ca, peer_role="manager" if self.peer_role == "worker" else "worker")
+        return Trust(
+            insecure=self.insecure, ca=self.ca, peer_role="manager" if self.peer_role == "worker" else "worker"
+        )
 
     def server_context(self) -> ssl.SSLContext:
         """The context of a member's server: its own certificate, and client certificates checked against the CA

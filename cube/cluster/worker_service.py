@@ -136,9 +136,7 @@ def run_worker(
                 worker.store.close()
                 return
         access = Access(given.secret if given else None, "manager")
-    server = Server(
-        worker_app(worker, access), host, port, tls=None if insecure else trust.server_context()
-    )
+    server = Server(worker_app(worker, access), host, port, tls=None if insecure else trust.server_context())
     worker.start()
     server.start()
     log.info("worker %s serving on %s:%s (data %s)", worker.name, host, server.port, directory)
@@ -179,16 +177,21 @@ def join(url: str, token, directory: str, node: str):
 def join_when_found(worker, directory: str, token, manager: str | None, mdns: bool, closed: threading.Event):
     """Join as soon as a manager is known and answers (given, or found over mDNS); None if stopped first. A peer
     that cannot prove it is the cluster's manager is logged once and skipped."""
-    delay, refused = 1.0, set()
+    delay, refused = 1.0, set[str]()
     while not closed.is_set():
-        url = manager or (_find_manager() if mdns else None)
+        url = manager or (_find_manager(refused) if mdns else None)
         if url:
             url = url if "://" in url else f"https://{url}"
             try:
                 return join(url, token, directory, worker.id)
             except Unauthorized as error:
                 if url not in refused:
-                    log.error("not joining %s: %s", url, error.message)
+                    log.error(
+                        "not joining %s: %s (if it is your manager, this node's token is wrong: `cube token` on the "
+                        "manager prints the right one)",
+                        url,
+                        error.message,
+                    )
                     refused.add(url)
             except CubeError as error:
                 log.warning("cannot join %s yet: %s", url, error.message)
@@ -197,10 +200,10 @@ def join_when_found(worker, directory: str, token, manager: str | None, mdns: bo
     return None
 
 
-def _find_manager() -> str | None:
+def _find_manager(skip=()) -> str | None:
     from cube.cluster.discovery import find_manager
 
-    found = find_manager(timeout=3.0)
+    found = find_manager(timeout=3.0, skip=skip)
     return found.url if found else None
 
 
@@ -255,7 +258,7 @@ class Registrar:
                 self._register(url)
 
     def _find(self) -> str | None:
-        return _find_manager()
+        return _find_manager(self._refused)
 
     def _register(self, url: str) -> None:
         from cube.cluster.client import Client

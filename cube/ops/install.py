@@ -119,7 +119,7 @@ CUBE_TOKEN=
 
 # Flags of `cube worker` (see `cube worker --help`), split at spaces: port, manager address (without one the worker
 # finds the manager by mDNS), labels for placement constraints, node name, capacity offered to the scheduler.
-# Example: --port {WORKER_PORT} --manager http://192.168.1.10:{MANAGER_PORT} --label room=attic --memory 3g
+# Example: --port {WORKER_PORT} --manager https://192.168.1.10:{MANAGER_PORT} --label room=attic --memory 3g
 {ARGS["worker"]}="--port {WORKER_PORT}"
 
 # Flags of `cube manager` (see `cube manager --help`): port, scheduler, and static workers for networks
@@ -399,10 +399,7 @@ def install(
         or read_env(_read(host.path(ENV_FILE))).get("CUBE_TOKEN")
         or os.path.exists(host.path(f"{STATE_DIR}/manager/{TOKEN_FILE}"))
     ):
-        raise CubeError(
-            "the worker needs the cluster token: pass --token (on the manager: "
-            f"sudo cat {STATE_DIR}/manager/{TOKEN_FILE})"
-        )
+        raise CubeError("the worker needs the join token: pass --token (on the manager: sudo cube token)")
     source = pyz or running_pyz()
     if not build_id(source):
         raise CubeError(f"{source} is not a cube.pyz")
@@ -497,20 +494,26 @@ def _check_running(units: list[str], host: Host, restarted: bool) -> None:
 
 
 def _join_hint(args: str | None, host: Host, wait: float) -> list[str]:
-    """How workers join: the manager's address and its token (made at the manager's first start)."""
+    """How workers join: the manager's address and its join token (made at the manager's first start)."""
+    from cube.cluster.trust import join_token, member_files
+
     path = host.path(f"{STATE_DIR}/manager/{TOKEN_FILE}")
+    ca_path = member_files(host.path(f"{STATE_DIR}/manager"))[0]
     deadline = time.monotonic() + wait
-    while not os.path.exists(path) and time.monotonic() < deadline:
+    while not (os.path.exists(path) and os.path.exists(ca_path)) and time.monotonic() < deadline:
         time.sleep(0.2)
     if not os.path.exists(path):
-        return [f"the manager writes its token to {STATE_DIR}/manager/{TOKEN_FILE} when it starts"]
+        return ["the manager makes its join token when it starts: `sudo cube token` prints it"]
     with open(path, encoding="utf-8") as handle:
         token = handle.read().strip()
+    if os.path.exists(ca_path):
+        with open(ca_path, encoding="ascii") as handle:
+            token = join_token(token, handle.read())
     current = read_env(_read(host.path(ENV_FILE)))
     match = re.search(r"--port\s+(\d+)", args or current.get(ARGS["manager"], ""))
     port = match.group(1) if match else MANAGER_PORT
     return [
-        f"workers join with: sudo ./cube.pyz install worker --manager http://{socket.gethostname()}:{port} "
+        f"workers join with: sudo ./cube.pyz install worker --manager https://{socket.gethostname()}:{port} "
         f"--token {token}"
     ]
 

@@ -6,10 +6,11 @@ lacks — an optional import such as simplejson, brotli or paramiko — would si
 happens to have installed, and cube would behave differently from node to node. `start()` drops every path that
 the host's site machinery added after the pyz's own, so every node runs exactly what the pyz holds.
 
-One deliberate exception: PyPI has no psutil wheel for armv7l, so the armv7l pyz carries none and borrows the
-system's python3-psutil (a Debian and Raspberry Pi OS package) before the host paths are dropped. When psutil cannot
-be had — missing, or a pyz built for another architecture — importing it raises a CubeError that says what to do,
-which the CLI prints as one line; commands that do not need psutil (the client, `install`, `doctor`) still work.
+Deliberate exceptions: PyPI has no psutil or cffi wheel for armv7l, so the armv7l pyz carries neither and borrows
+the system's python3-psutil and python3-cffi-backend (Debian and Raspberry Pi OS packages; cryptography loads
+`_cffi_backend`) before the host paths are dropped. When one cannot be had — missing, or a pyz built for another
+architecture — importing it raises a CubeError that says what to do, which the CLI prints as one line; commands
+that do not need it (the client, `install`, `doctor`) still work.
 """
 
 from __future__ import annotations
@@ -30,11 +31,18 @@ def start(site_packages, arch: str) -> None:
     BUILD_ARCH = arch
     own = str(site_packages)
     problem = psutil_problem(own, arch, interpreter_arch())
+    missing = {}
     if problem is None and not os.path.isdir(os.path.join(own, "psutil")):
-        problem = _borrow_psutil()
-    isolate(sys.path, own)
+        problem = _borrow("psutil", "python3-psutil")
     if problem:
-        sys.meta_path.insert(0, MissingModule("psutil", problem))
+        missing["psutil"] = problem
+    if not any(name.startswith("_cffi_backend.") for name in os.listdir(own)):
+        cffi = _borrow("_cffi_backend", "python3-cffi-backend")
+        if cffi:
+            missing["_cffi_backend"] = cffi
+    isolate(sys.path, own)
+    for name, why in missing.items():
+        sys.meta_path.insert(0, MissingModule(name, why))
 
 
 def isolate(path: list[str], own: str) -> None:
@@ -56,18 +64,18 @@ def psutil_problem(own: str, arch: str, machine: str | None) -> str | None:
     return None
 
 
-def _borrow_psutil() -> str | None:
-    """Import the system's psutil while the host's paths are still there; once imported it stays in
-    sys.modules, and its submodules load from its own directory. Returns the problem when there is none."""
+def _borrow(name: str, package: str) -> str | None:
+    """Import the system's module `name` while the host's paths are still there; once imported it stays in
+    sys.modules, and its submodules load from its own directory. Returns the problem, or None."""
     try:
-        module = importlib.import_module("psutil")
+        module = importlib.import_module(name)
         if getattr(module, "__file__", None) is None:  # an empty directory imports as a namespace package
-            del sys.modules["psutil"]
-            raise ImportError("no module named 'psutil'")
+            del sys.modules[name]
+            raise ImportError(f"no module named {name!r}")
     except ImportError as error:
         return (
-            f"this build of cube uses the system's psutil (PyPI has none for {BUILD_ARCH}), and it cannot "
-            f"be imported ({error}): install it with `sudo apt install python3-psutil`"
+            f"this build of cube uses the system's {name} (PyPI has none for {BUILD_ARCH}), and it cannot "
+            f"be imported ({error}): install it with `sudo apt install {package}`"
         )
     return None
 
