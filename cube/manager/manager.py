@@ -573,11 +573,13 @@ class Manager(ManagerViews):
                     f"node {name} is {node.state}: stop its worker first (systemctl stop cube-worker on it), "
                     f"wait until `cube nodes` shows it down, then remove it"
                 )
+            self.store.delete("nodes", name)  # first: a refusal (507, 503) leaves the node as it was
             del self.nodes[name]
             for per_node in (self._seen, self._reports, self._report_start, self._dirty, self._raw):
                 per_node.pop(name, None)
-            self.store.delete("nodes", name)
-            self._decide([self.tasks[i] for i in list(self._by_node.get(name, ()))])
+            self._unsaved.discard(name)
+            with self._trying():  # refused: its tasks are placed elsewhere by the next sweep (their node is gone)
+                self._decide([self.tasks[i] for i in list(self._by_node.get(name, ()))])
             self._changed.notify_all()
             due = self._flush()
         self._deliver_later(due)

@@ -1,16 +1,16 @@
 """The worker: keeps the tasks assigned to this node in their desired state on a container runtime, and reports
 what it observes. It is the only writer of its tasks' observed state.
 
-It decides four things. What it holds: every assignment is persisted before it is acknowledged, so a worker killed
-with `kill -9` comes back with the same tasks and adopts their running containers by label instead of starting new
-ones; a change the store refuses (disk full, read-only) is not made in memory either (`_save`), and an assignment
-the store refused is answered 507 or 503 and never started. When it acts: a level-triggered loop (`tick`) re-reads everything on a short interval, and the runtime's event
-stream (a container died) makes the next tick come at once — a missed event is repaired by the next tick, a seen one
-is acted on in milliseconds. How it acts: `reconcile.diff` computes a plan; actions run on a small thread pool
-(starting 100 containers one by one would take 100 engine round trips in a row), one action per task at a time.
-When it waits for the manager (holds, see holds.py): after this worker restarts, after its engine comes back, and
-after a disconnect stopped a task, the tasks it held before are not started again until the manager has seen the
-new situation, so a task moved elsewhere meanwhile never runs twice.
+It decides four things. What it holds: every assignment is persisted before it is acknowledged, so a worker killed with
+`kill -9` comes back with the same tasks and adopts their running containers by label instead of starting new ones; a
+change the store refuses (disk full, read-only) is not made in memory either (`_save`), and an assignment the store
+refused is answered 507 or 503 and never started. When it acts: a level-triggered loop (`tick`) re-reads everything on a
+short interval, and the runtime's event stream (a container died) makes the next tick come at once — a missed event is
+repaired by the next tick, a seen one is acted on in milliseconds. How it acts: `reconcile.diff` computes a plan;
+actions run on a small thread pool (starting 100 containers one by one would take 100 engine round trips in a row), one
+action per task at a time. When it waits for the manager (holds, see holds.py): after this worker restarts, after its
+engine comes back, and after a disconnect stopped a task, the tasks it held before are not started again until the
+manager has seen the new situation, so a task moved elsewhere meanwhile never runs twice.
 
 Engine health is node health: a runtime that does not answer is reported (`stats()["runtime"]`), its running tasks
 are shown waiting for the engine (not completed), and containers that ended with the engine are restarted when it
