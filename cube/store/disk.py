@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -81,6 +82,8 @@ class DiskStore(Store):
             os.close(os.open(os.path.join(path, DB), os.O_WRONLY | os.O_CREAT, 0o600))  # empty: a new database
             return _cache_class(self._diskcache)(path, **SETTINGS)
         except (OSError, sqlite3.Error, self._diskcache.Timeout) as error:
+            # A kind cut short holds nothing (its first write is what failed): removed, it reads as never written.
+            shutil.rmtree(path, ignore_errors=True)
             raise self._failure(error) from None
 
     def _open(self, path: str):
@@ -143,7 +146,6 @@ class DiskStore(Store):
         with self._write_lock:
             self._local.open = opened = _Batch()
             try:
-                self._writable()
                 with ExitStack() as stack:
                     opened.stack = stack
                     yield
@@ -157,10 +159,13 @@ class DiskStore(Store):
             finally:
                 self._local.open = None
 
-    def _write(self, cache, key, value) -> None:
-        """Set (or delete: `_DELETE`) `key` inside this thread's batch, remembering its value before the batch."""
+    def _write(self, kind: str, key, value) -> None:
+        """Set (or delete: `_DELETE`) `key` of `kind` inside this thread's batch, remembering its value before."""
         opened: _Batch = self._local.open
         try:
+            if not opened.caches:
+                self._writable()  # at the first write: a batch that writes nothing asks nothing of the disk
+            cache = self._cache(kind)
             if cache not in opened.caches:
                 opened.caches[cache] = {}
                 opened.stack.enter_context(_transaction(cache, opened.committed))
@@ -178,18 +183,16 @@ class DiskStore(Store):
 
     def put(self, kind, key, value):
         with self.batch():
-            cache = self._cache(record_kind(kind))
-            self._write(cache, key, value)
+            self._write(record_kind(kind), key, value)
 
     def get(self, kind, key):
         cache = self._cache(record_kind(kind), create=False)
         return None if cache is None else cache.get(key)
 
     def delete(self, kind, key):
-        cache = self._cache(record_kind(kind), create=False)
-        if cache is not None:
+        if self._cache(record_kind(kind), create=False) is not None:
             with self.batch():
-                self._write(cache, key, _DELETE)
+                self._write(kind, key, _DELETE)
 
     def values(self, kind):
         cache = self._cache(record_kind(kind), create=False)
@@ -204,16 +207,15 @@ class DiskStore(Store):
 
     def _append(self, event):
         with self.batch():
-            cache, index = self._cache("_events"), self._cache("_task_events")
-            seq = int(cache.get("_last", 0)) + 1
+            seq = self.last_event_id() + 1
             event["id"] = seq
-            self._write(cache, "_last", seq)
-            self._write(cache, seq, event)
+            self._write("_events", "_last", seq)
+            self._write("_events", seq, event)
             if seq > base.EVENT_RETENTION:
-                self._write(cache, seq - base.EVENT_RETENTION, _DELETE)
-            ids = index.get(event["task_id"], [])
+                self._write("_events", seq - base.EVENT_RETENTION, _DELETE)
+            ids = self._task_event_ids(event["task_id"])
             ids.append(seq)
-            self._write(index, event["task_id"], ids[-base.TASK_EVENTS_KEPT :])
+            self._write("_task_events", event["task_id"], ids[-base.TASK_EVENTS_KEPT :])
         return seq
 
     def _event(self, seq):
