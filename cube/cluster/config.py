@@ -6,8 +6,10 @@ own token file. The manager creates its token at first start, random, mode 0600;
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import stat
 
 from cube.core.errors import CubeError
 
@@ -76,3 +78,28 @@ def ensure_token(directory: str, token: str | None = None) -> str:
         handle.write(token + "\n")
     os.replace(path + ".tmp", path)
     return token
+
+
+def private_dir(path: str) -> str:
+    """`path` as a data directory only its owner reads, whatever the umask: made 0700 when missing, tightened
+    (directories 0700, files 0600) when an older Cube or a hand-made one left it readable, and this process's files
+    made private from here on (umask 077: the store holds env values). Raises a one-line CubeError when it cannot
+    be a directory; a read-only one is used as it is (the store then serves reads only)."""
+    os.umask(0o077)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CubeError(f"cannot use {path} as a data directory: it is a file, not a directory")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise CubeError(f"cannot create the data directory {path}: {error.strerror}") from None
+    for root, _, files in os.walk(path):
+        for name in [root] + [os.path.join(root, f) for f in files]:
+            mode = os.lstat(name).st_mode
+            if stat.S_ISLNK(mode) or not mode & 0o077:
+                continue
+            try:
+                os.chmod(name, mode & 0o700)
+            except OSError as error:
+                logging.getLogger("cube").warning("cannot make %s private: %s", name, error.strerror)
+                return path
+    return path

@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 
-from cube.cluster.config import data_dir
+from cube.cluster.config import data_dir, private_dir
 from cube.cluster.service import wait_for_signal
 from cube.cluster.worker_service import build_worker
 from cube.core.errors import BadRequest, CubeError
@@ -44,7 +44,7 @@ class ManagerService:
         from cube.manager.membership import Membership
         from cube.store import DiskStore
 
-        self.directory = data_dir(role, data)
+        self.directory = private_dir(data_dir(role, data))
         given = parse_token(token or os.environ.get("CUBE_TOKEN") or None)
         self.token = ensure_token(self.directory, given.secret if given else None)
         self.store = DiskStore(os.path.join(self.directory, "store"))
@@ -99,8 +99,11 @@ class ManagerService:
         self.server.start()
         self.membership.start()
         self.health.start()
-        with open(os.path.join(self.directory, "url"), "w") as handle:
-            handle.write(self.url + "\n")
+        try:  # a convenience for local tools: a full or read-only disk must not keep the manager from serving
+            with open(os.path.join(self.directory, "url"), "w") as handle:
+                handle.write(self.url + "\n")
+        except OSError as error:
+            log.warning("cannot write %s: %s", os.path.join(self.directory, "url"), error.strerror)
         return self
 
     def add_workers(self, addresses) -> None:

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 
-from cube.cluster.config import data_dir, find_token
+from cube.cluster.config import data_dir, find_token, private_dir
 from cube.cluster.service import stop_on_signal, wait_for_signal
 from cube.core.errors import CubeError, Unauthorized
 from cube.worker.worker import node_id
@@ -40,8 +40,7 @@ def build_worker(
     from cube.worker.metrics import Metrics
     from cube.worker.worker import Worker
 
-    directory = data_dir("worker", data)
-    os.makedirs(directory, exist_ok=True)
+    directory = private_dir(data_dir("worker", data))
     if runtime is None:
         from cube.worker.docker_runtime import DockerRuntime
 

@@ -48,6 +48,19 @@ class Unavailable(CubeError):
     status = 503
 
 
+class StorageFailed(CubeError):
+    """The data directory refused a write (read-only file system, no permission, an I/O error). Nothing of the
+    change was kept; the message names the path and the cause."""
+
+    status = 503
+
+
+class StorageFull(StorageFailed):
+    """The data disk is full (or the quota used up): nothing of the change was kept."""
+
+    status = 507
+
+
 class RuntimeFailure(CubeError):
     """The container runtime refused or failed an operation."""
 
@@ -62,7 +75,16 @@ class ImageUnavailable(RuntimeFailure):
 
 _BY_STATUS = {
     cls.status: cls
-    for cls in (BadRequest, Unauthorized, NotFound, Conflict, Unavailable, ImageUnavailable, RuntimeFailure)
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        Conflict,
+        Unavailable,
+        StorageFull,
+        ImageUnavailable,
+        RuntimeFailure,
+    )
 }
 
 

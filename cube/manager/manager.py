@@ -12,6 +12,11 @@ Rules kept here:
   resent until a report taken after it still lacks it.
 - Every change to a task goes through `_commit`, which persists it (with its event), keeps the indexes and the
   node allocations in step, and marks the nodes whose diff may have changed.
+- Store first, memory as the store has it: each operation (a submission, a job of N tasks, a report folded in, a
+  tick) is one store batch (`_saving`). When the store refuses it (disk full: 507; read-only: 503), every task, job
+  and placement it touched is read back from the store, so nothing of a refused change remains, and the request
+  gets the error. Background rounds (`_trying`) log the cause once and are retried by the next round. Node records
+  are the exception: what a node is (ready, down) is observed, not asked for; one not saved is saved again later.
 - Node health: ready, unhealthy (it answers but its engine does not: no new placements) or down (no answer within
   the node timeout); only the workers' long-poll answers (`heard`) move a node back to ready.
 - The dispatcher (how a request reaches a worker) and the clocks are constructor arguments; the API and the health
@@ -23,11 +28,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from cube import scheduler
-from cube.core.errors import BadRequest, Conflict, CubeError, NotFound
+from cube.core.errors import BadRequest, Conflict, CubeError, NotFound, StorageFailed
 from cube.core.model import ACTIVE, Desired, Event, Job, Node, Observed, Resources, State, Task, TaskSpec, new_id
 from cube.manager.outbox import RETRY_MAX, Outbox
 from cube.manager.reconcile import Reported, job_diff, node_diff, task_decision
@@ -90,6 +96,9 @@ class Manager(ManagerViews):
         self._raw: dict[str, dict[str, tuple]] = {}  # node -> task id -> (generation, state, desired) as reported
         self._seen: dict[str, float] = {}  # node -> its last answer (see alive), written without the lock
         self._swept = float("-inf")
+        self._touched: dict[str, set[str]] | None = None  # what the open store batch changed (see _saving)
+        self._unsaved: set[str] = set()  # nodes whose record the store refused: saved again by tick
+        self._store_trouble = ""  # the store's last refusal, logged once
         self._pool = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-dispatch")
         self._load()
 
@@ -111,7 +120,7 @@ class Manager(ManagerViews):
             self._index(task, None)
         for data in self.store.values("placements"):
             self.placements[data["task_id"]] = data
-        with self._lock:
+        with self._lock, self._trying():
             # A job cut short by a crash (its record kept, some of its tasks not yet) is completed here.
             for job in list(self.jobs.values()):
                 self._reconcile_job(job)
@@ -145,14 +154,15 @@ class Manager(ManagerViews):
             self._held.pop(task.id, None)
 
     def _commit(self, task: Task, before: tuple[str, str] | None = None, message: str = "") -> Task:
-        """Persist `task` (with an event when `message` is given: the decision in the task's derived state);
-        keep indexes and allocations right; mark the nodes whose diff changed. Lock held."""
+        """Persist `task` (with an event when `message` is given: the decision in the task's derived state), then
+        keep it, its indexes and allocations; mark the nodes whose diff changed. Lock held, inside `_saving`."""
         task.updated_at = self.clock()
-        self.tasks[task.id] = task
-        self._index(task, before)
+        self._touch("tasks", task.id)
         self.store.put("tasks", task.id, task.to_dict())
         if message:
             self.store.append_event(Event(0, task.id, task.state.value, task.updated_at, message, task.node))
+        self.tasks[task.id] = task
+        self._index(task, before)
         if task.node:
             self._mark(task.node, {task.id})
         if before and before[0] and before[0] != task.node:
@@ -164,7 +174,91 @@ class Manager(ManagerViews):
         task.note, task.note_at = note, self.clock()
 
     def save_node(self, node: Node) -> None:
+        self._touch("nodes", node.name)
         self.store.put("nodes", node.name, node.to_dict())
+        self._unsaved.discard(node.name)
+
+    def _save_job(self, job: Job) -> None:
+        self._touch("jobs", job.name)
+        self.store.put("jobs", job.name, job.to_dict())
+
+    def _touch(self, kind: str, key: str) -> None:
+        if self._touched is not None:
+            self._touched[kind].add(key)
+
+    @contextmanager
+    def _saving(self) -> Iterator[None]:
+        """One operation's writes as one store batch (lock held; nested: part of the outer one). If the store
+        refuses it (or the operation fails half-way), the tasks, jobs and placements it touched are put back as
+        the store has them: nothing of it remains. Raises StorageFailed (StorageFull: 507) for the caller."""
+        if self._touched is not None:
+            yield
+            return
+        touched: dict[str, set[str]] = {"tasks": set(), "jobs": set(), "placements": set(), "nodes": set()}
+        self._touched = touched
+        try:
+            with self.store.batch():
+                yield
+        except BaseException as error:
+            self._touched = None
+            self._restore(touched)
+            if isinstance(error, StorageFailed) and error.message != self._store_trouble:
+                self._store_trouble = error.message
+                log.warning("%s: changes refused until then, memory kept as the store has it", error.message)
+            raise
+        self._touched = None
+        if self._store_trouble:
+            log.info("the store takes writes again (was: %s)", self._store_trouble)
+            self._store_trouble = ""
+
+    @contextmanager
+    def _trying(self) -> Iterator[None]:
+        """`_saving` for background rounds (reports, ticks, start-up): a refusal is logged once (by `_saving`) and
+        the round's changes wait for a later round."""
+        try:
+            with self._saving():
+                yield
+        except StorageFailed:
+            pass
+
+    def _restore(self, touched: dict[str, set[str]]) -> None:
+        """Memory back to what the store has for everything a refused batch touched (lock held)."""
+        for task_id in touched["tasks"]:
+            current, data = self.tasks.get(task_id), self.store.get("tasks", task_id)
+            self._folded.pop(task_id, None)  # the next report is folded in again
+            if current is not None and current.node:
+                self._mark(current.node, {task_id})
+            if data is None:
+                if current is not None:
+                    self._forget(current)
+                continue
+            task = Task.from_dict(data)
+            self.tasks[task_id] = task
+            self._index(task, (current.node, current.job) if current else None)
+            if task.node:
+                self._mark(task.node, {task_id})
+        for name in touched["jobs"]:
+            data = self.store.get("jobs", name)
+            if data is None:
+                self.jobs.pop(name, None)
+            else:
+                self.jobs[name] = Job.from_dict(data)
+        for task_id in touched["placements"]:
+            data = self.store.get("placements", task_id)
+            if data is None:
+                self.placements.pop(task_id, None)
+            else:
+                self.placements[task_id] = data
+        self._unsaved |= touched["nodes"]
+
+    def _forget(self, task: Task) -> None:
+        """Drop a task the store never kept from memory and its indexes (lock held)."""
+        del self.tasks[task.id]
+        task.desired, task.node = Desired.STOP, ""  # so that _account releases what it held
+        self._account(task)
+        for ids in (*self._by_node.values(), self._by_job.get(task.job, set()), self._pending):
+            ids.discard(task.id)
+        self.placements.pop(task.id, None)
 
     # ---- submitting work -----------------------------------------------------------------------------------
 
@@ -189,8 +283,9 @@ class Manager(ManagerViews):
             if spec.name:
                 self._name_free(spec.name)
             task = Task(id=task_id, spec=spec, created_at=self.clock())
-            self._commit(task, message="submitted")
-            self._place([task])
+            with self._saving():
+                self._commit(task, message="submitted")
+                self._place([task])
             due = self._flush()
         self._deliver_later(due)
         return task.copy(), True
@@ -218,11 +313,12 @@ class Manager(ManagerViews):
                         f"`cube scale {job.name} N`, or stop it first"
                     )
                 job, created = existing, False
-            else:
-                job.created_at = self.clock()
-                self.jobs[job.name] = job
-                self.store.put("jobs", job.name, job.to_dict())
-            self._reconcile_job(job)
+            with self._saving():  # the job and its N tasks: all kept, or none
+                if created:
+                    job.created_at = self.clock()
+                    self._save_job(job)
+                    self.jobs[job.name] = job
+                self._reconcile_job(job)
             due = self._flush()
         self._deliver_later(due)
         return job, created
@@ -249,9 +345,10 @@ class Manager(ManagerViews):
             raise BadRequest(f"count must be a whole number from 0 to 10000, not {count!r}")
         with self._lock:
             job = self._job(name)
-            job.count = count
-            self.store.put("jobs", job.name, job.to_dict())
-            self._reconcile_job(job)
+            with self._saving():
+                job.count = count
+                self._save_job(job)
+                self._reconcile_job(job)
             due = self._flush()
         self._deliver_later(due)
         return job
@@ -299,6 +396,7 @@ class Manager(ManagerViews):
             "strategy": self.strategy,
         }
         previous = self.placements.get(task.id)
+        self._touch("placements", task.id)
         self.placements[task.id] = record
         if placement.node is None:
             summary = _no_fit(placement, nodes)
@@ -324,7 +422,9 @@ class Manager(ManagerViews):
     def stop_task(self, task_id: str) -> Task:
         with self._lock:
             task = self._task(task_id)
-            self._stop(task, "stop requested")
+            with self._saving():
+                self._stop(task, "stop requested")
+            task = self.tasks[task_id]
             due = self._flush()
         self._deliver_later(due)
         return task.copy()
@@ -346,9 +446,10 @@ class Manager(ManagerViews):
     def stop_job(self, name: str) -> Job:
         with self._lock:
             job = self._job(name)
-            job.stopped = True
-            self.store.put("jobs", job.name, job.to_dict())
-            self._reconcile_job(job)
+            with self._saving():
+                job.stopped = True
+                self._save_job(job)
+                self._reconcile_job(job)
             due = self._flush()
         self._deliver_later(due)
         return job
@@ -366,43 +467,8 @@ class Manager(ManagerViews):
             node = self.nodes.get(node_name)
             if node is None:
                 return []
-            self._report_start[node_name] = self.monotonic() if poll_started is None else poll_started
-            first = node_name not in self._raw
-            raw = self._raw.setdefault(node_name, {})
-            report = self._reports.setdefault(node_name, {})
-            touched, present = set(), set()
-            changed = []
-            for data in reported:
-                task_id = data["id"]
-                present.add(task_id)
-                key = (data.get("generation"), data["state"], data.get("desired", "run"))
-                if raw.get(task_id) != key:
-                    raw[task_id] = key
-                    report[task_id] = Reported(int(key[0] or 0), State(key[1]), Desired(key[2]))
-                    touched.add(task_id)
-                task = self.tasks.get(task_id)
-                if task is None or task.node != node_name or report[task_id].generation != task.generation:
-                    continue
-                # A worker reports all its tasks on every change of any one: a report equal to the one last
-                # copied has nothing new (folding 2,500 such tasks held the lock ~9 ms per report; BENCHMARKS.md).
-                fields = tuple(map(data.get, Observed.FIELDS))
-                if self._folded.get(task_id) == fields:
-                    continue
-                self._folded[task_id] = fields
-                task.observed = Observed.from_report(node_name, data)
-                self._commit(task)
-                changed.append(task)
-            for task_id in raw.keys() - present:  # the node no longer has it
-                del raw[task_id], report[task_id]
-                touched.add(task_id)
-            self._mark(node_name, None if first else touched)
-            for data in events:
-                self.store.append_event(
-                    Event(0, data["task_id"], data["state"], data["time"], data.get("message", ""), node_name)
-                )
-            self._decide(changed)
-            if any(not holds(t) for t in changed):
-                self._place_pending()
+            with self._trying():
+                self._fold(node_name, reported, events, poll_started)
             due = self._flush()
             self._changed.notify_all()
         # Stops for this node go back to its poller, to be delivered before it polls again (a worker's holds wait
@@ -410,6 +476,46 @@ class Manager(ManagerViews):
         mine = [d for d in due if d[0] == node_name and d[1] == "stop"]
         self._deliver_later([d for d in due if d not in mine])
         return mine
+
+    def _fold(self, node_name: str, reported: list[dict], events: list[dict], poll_started: float | None) -> None:
+        """observe's work (lock held, inside a store batch)."""
+        self._report_start[node_name] = self.monotonic() if poll_started is None else poll_started
+        first = node_name not in self._raw
+        raw = self._raw.setdefault(node_name, {})
+        report = self._reports.setdefault(node_name, {})
+        touched, present = set(), set()
+        changed = []
+        for data in reported:
+            task_id = data["id"]
+            present.add(task_id)
+            key = (data.get("generation"), data["state"], data.get("desired", "run"))
+            if raw.get(task_id) != key:
+                raw[task_id] = key
+                report[task_id] = Reported(int(key[0] or 0), State(key[1]), Desired(key[2]))
+                touched.add(task_id)
+            task = self.tasks.get(task_id)
+            if task is None or task.node != node_name or report[task_id].generation != task.generation:
+                continue
+            # A worker reports all its tasks on every change of any one: a report equal to the one last
+            # copied has nothing new (folding 2,500 such tasks held the lock ~9 ms per report; BENCHMARKS.md).
+            fields = tuple(map(data.get, Observed.FIELDS))
+            if self._folded.get(task_id) == fields:
+                continue
+            self._folded[task_id] = fields
+            task.observed = Observed.from_report(node_name, data)
+            self._commit(task)
+            changed.append(task)
+        for task_id in raw.keys() - present:  # the node no longer has it
+            del raw[task_id], report[task_id]
+            touched.add(task_id)
+        self._mark(node_name, None if first else touched)
+        for data in events:
+            self.store.append_event(
+                Event(0, data["task_id"], data["state"], data["time"], data.get("message", ""), node_name)
+            )
+        self._decide(changed)
+        if any(not holds(t) for t in changed):
+            self._place_pending()
 
     def _decide(self, tasks: list[Task]) -> None:
         """Apply `reconcile.task_decision` to each task (lock held); unplaced tasks are placed again at once
@@ -449,8 +555,9 @@ class Manager(ManagerViews):
                 self.nodes[node.name] = node
                 for task in self.tasks.values():
                     self._account(task)
-            self.save_node(node)
-            self._place_pending()
+            with self._trying():
+                self.save_node(node)
+                self._place_pending()
             due = self._flush()
         self._deliver_later(due)
 
@@ -466,11 +573,13 @@ class Manager(ManagerViews):
                     f"node {name} is {node.state}: stop its worker first (systemctl stop cube-worker on it), "
                     f"wait until `cube nodes` shows it down, then remove it"
                 )
+            self.store.delete("nodes", name)  # first: a refusal (507, 503) leaves the node as it was
             del self.nodes[name]
             for per_node in (self._seen, self._reports, self._report_start, self._dirty, self._raw):
                 per_node.pop(name, None)
-            self.store.delete("nodes", name)
-            self._decide([self.tasks[i] for i in list(self._by_node.get(name, ()))])
+            self._unsaved.discard(name)
+            with self._trying():  # refused: its tasks are placed elsewhere by the next sweep (their node is gone)
+                self._decide([self.tasks[i] for i in list(self._by_node.get(name, ()))])
             self._changed.notify_all()
             due = self._flush()
         self._deliver_later(due)
@@ -498,14 +607,16 @@ class Manager(ManagerViews):
             )
             changed = _refresh(node, stats)
             if state != node.state:
-                self._node_state(node, state, reason)
+                with self._trying():
+                    self._node_state(node, state, reason)
                 changed = True
             elif reason != node.reason:
                 node.reason = reason  # the same trouble in other words: its deadline runs on
                 changed = True
             if changed:
-                self.save_node(node)
-                self._place_pending()
+                with self._trying():
+                    self.save_node(node)
+                    self._place_pending()
                 due = self._flush()
             else:
                 due = []
@@ -529,7 +640,7 @@ class Manager(ManagerViews):
 
     def check_deadlines(self, now: float | None = None) -> None:
         """Nodes silent past the node timeout are down."""
-        with self._lock:
+        with self._lock, self._trying():
             now = self.clock() if now is None else now
             for node in self.nodes.values():
                 node.last_seen = max(node.last_seen, self._seen.get(node.name, 0.0))
@@ -547,23 +658,32 @@ class Manager(ManagerViews):
         with self._lock:
             now = self.clock() if now is None else now
             self.check_deadlines(now)
-            sweep = now - self._swept >= SWEEP_EVERY
-            if sweep:
-                self._swept = now
-                for name in self.nodes:
-                    self._mark(name, None)
-                for job in list(self.jobs.values()):
-                    self._reconcile_job(job)
-                self._decide([t for t in self.tasks.values() if t.desired is Desired.RUN and t.node])
-            else:
-                for node in self.nodes.values():
-                    if node.state != "ready":
-                        self._decide([self.tasks[i] for i in list(self._by_node.get(node.name, ()))])
-            self._place_pending()
+            with self._trying():
+                self._round(now)
             for name, ids in self._outbox.waiting().items():
                 self._mark(name, ids)
             due = self._flush()
         self._deliver_later(due)
+
+    def _round(self, now: float) -> None:
+        """tick's decisions (lock held, inside a store batch)."""
+        for name in sorted(self._unsaved):  # node records the store refused before
+            if name in self.nodes:
+                self.save_node(self.nodes[name])
+        self._unsaved &= self.nodes.keys()
+        sweep = now - self._swept >= SWEEP_EVERY
+        if sweep:
+            self._swept = now
+            for name in self.nodes:
+                self._mark(name, None)
+            for job in list(self.jobs.values()):
+                self._reconcile_job(job)
+            self._decide([t for t in self.tasks.values() if t.desired is Desired.RUN and t.node])
+        else:
+            for node in self.nodes.values():
+                if node.state != "ready":
+                    self._decide([self.tasks[i] for i in list(self._by_node.get(node.name, ()))])
+        self._place_pending()
 
     # ---- dispatch ------------------------------------------------------------------------------------------
 
@@ -639,9 +759,10 @@ class Manager(ManagerViews):
             if refused and task is not None and task.node == node_name and task.generation == key[2]:
                 # The worker will not take it (an older Cube, a spec it cannot run): try another node later.
                 before = (task.node, task.job)
-                task.node, task.avoid, task.not_before = "", node_name, self.clock() + RETRY_MAX
-                self._note(task, f"node {node_name} refused the task: {refused}")
-                self._commit(task, before, task.note)
+                with self._trying():
+                    task.node, task.avoid, task.not_before = "", node_name, self.clock() + RETRY_MAX
+                    self._note(task, f"node {node_name} refused the task: {refused}")
+                    self._commit(task, before, task.note)
 
     # ---- health checks: decisions (probing lives in health.py) -----------------------------------------------
 
@@ -692,9 +813,10 @@ class Manager(ManagerViews):
                 or node.state != "ready"
             ):
                 return
-            self.store.append_event(
-                Event(0, task.id, task.state.value, self.clock(), f"health check failed: {reason}", task.node)
-            )
+            with self._trying():
+                self.store.append_event(
+                    Event(0, task.id, task.state.value, self.clock(), f"health check failed: {reason}", task.node)
+                )
             address = node.address
         if self._dispatch is None:
             return

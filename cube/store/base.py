@@ -3,14 +3,18 @@ log. One interface, two backends: `DiskStore` (diskcache, the only module that i
 `MemoryStore` for fast tests and simulations; `tests/test_store.py` runs one suite against both.
 
 Records are plain JSON-able dicts; callers convert to and from model objects. Nothing is written while nothing
-changes (SD cards wear out): eviction and statistics are off, and reading a kind never written creates nothing. One
-write remains that no change asks for: diskcache rewrites a kind's settings when a process first opens it (once per
-start; tests/test_store.py keeps it as a known failure). Kinds starting with '_' are the store's own.
+changes (SD cards wear out): eviction and statistics are off, reading a kind never written creates nothing, and
+opening a store already there writes nothing. Kinds starting with '_' are the store's own.
+
+Writes land together or not at all inside `batch()` (a task, its event and its placement; a job and its N tasks). A
+write the disk refuses raises `StorageFull` (507: no space, quota) or `StorageFailed` (503: read-only, permission,
+I/O) naming the directory, after undoing the whole batch: callers keep their memory as the store has it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from cube.core.model import Event
 
@@ -27,6 +31,13 @@ def record_kind(kind: str) -> str:
 
 class Store:
     """The interface. Each method is atomic on its own."""
+
+    def batch(self) -> AbstractContextManager[None]:
+        """The writes made inside, by this thread (put, delete, append_event), land together or not at all: an
+        exception escaping the outermost batch, or a write the disk refuses, undoes every one of them. Batches nest
+        (the outermost decides); other threads' writes wait for the batch to end. A write outside any batch is a
+        batch of one."""
+        raise NotImplementedError
 
     def put(self, kind: str, key: str, value: dict) -> None:
         raise NotImplementedError

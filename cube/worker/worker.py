@@ -1,15 +1,16 @@
 """The worker: keeps the tasks assigned to this node in their desired state on a container runtime, and reports
 what it observes. It is the only writer of its tasks' observed state.
 
-It decides four things. What it holds: every assignment is persisted before it is acknowledged, so a worker killed
-with `kill -9` comes back with the same tasks and adopts their running containers by label instead of starting new
-ones. When it acts: a level-triggered loop (`tick`) re-reads everything on a short interval, and the runtime's event
-stream (a container died) makes the next tick come at once — a missed event is repaired by the next tick, a seen one
-is acted on in milliseconds. How it acts: `reconcile.diff` computes a plan; actions run on a small thread pool
-(starting 100 containers one by one would take 100 engine round trips in a row), one action per task at a time.
-When it waits for the manager (holds, see holds.py): after this worker restarts, after its engine comes back, and
-after a disconnect stopped a task, the tasks it held before are not started again until the manager has seen the
-new situation, so a task moved elsewhere meanwhile never runs twice.
+It decides four things. What it holds: every assignment is persisted before it is acknowledged, so a worker killed with
+`kill -9` comes back with the same tasks and adopts their running containers by label instead of starting new ones; a
+change the store refuses (disk full, read-only) is not made in memory either (`_save`), and an assignment the store
+refused is answered 507 or 503 and never started. When it acts: a level-triggered loop (`tick`) re-reads everything on a
+short interval, and the runtime's event stream (a container died) makes the next tick come at once — a missed event is
+repaired by the next tick, a seen one is acted on in milliseconds. How it acts: `reconcile.diff` computes a plan;
+actions run on a small thread pool (starting 100 containers one by one would take 100 engine round trips in a row), one
+action per task at a time. When it waits for the manager (holds, see holds.py): after this worker restarts, after its
+engine comes back, and after a disconnect stopped a task, the tasks it held before are not started again until the
+manager has seen the new situation, so a task moved elsewhere meanwhile never runs twice.
 
 Engine health is node health: a runtime that does not answer is reported (`stats()["runtime"]`), its running tasks
 are shown waiting for the engine (not completed), and containers that ended with the engine are restarted when it
@@ -27,9 +28,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 
 from cube import __version__
-from cube.core.errors import Conflict, CubeError, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
+from cube.core.errors import (
+    Conflict,
+    CubeError,
+    ImageUnavailable,
+    NotFound,
+    RuntimeFailure,
+    StorageFailed,
+    Unavailable,
+)
 from cube.core.model import Assignment, Desired, Event, Resources, State, transition
 from cube.store import Store
 from cube.worker.holds import DISCONNECT, Holds
@@ -95,6 +105,7 @@ class Worker:
         self._sync = sync
         self._local = threading.local()  # the (task id, generation) an action thread acts for
         self._dead_ids: set[str] = set()  # container ids the event stream reported dead
+        self._store_trouble = ""  # the store's last refusal, logged once
         self.holds = Holds(monotonic())
         # Engine health, as the last reconcile round found it.
         self.engine_ok = True
@@ -318,18 +329,22 @@ class Worker:
             if was_ok:
                 self.engine_since = now
                 log.warning("container runtime unavailable: %s", error)
-                self._refund(now)
-            for task in self.tasks.values():
+                with suppress(StorageFailed):  # logged once by _save: the engine's state is reported all the same
+                    self._refund(now)
+            for task_id in list(self.tasks):
+                task = self.tasks[task_id]
                 if task.desired is Desired.RUN and task.state is State.RUNNING:
-                    self._save(
-                        task,
-                        transition(
+                    with suppress(StorageFailed):
+                        self._save(
                             task,
-                            State.SCHEDULED,
-                            now,
-                            f"waiting for the container engine, which does not answer: {error}",
-                        ),
-                    )
+                            transition(
+                                task,
+                                State.SCHEDULED,
+                                now,
+                                f"waiting for the container engine, which does not answer: {error}",
+                            ),
+                        )
+                    task = self.tasks[task_id]
                 if task.desired is Desired.RUN and task.state is State.SCHEDULED:
                     self.holds.hold(task.id, "engine", self.monotonic())
             self._bump()
@@ -386,12 +401,12 @@ class Worker:
                 and task.id not in self.holds
                 and task.id not in self._busy
             ):
-                self.holds.hold(task.id, DISCONNECT, self.monotonic())
                 message = (
                     f"stopped: no manager for {alone:.0f} s (on_disconnect: stop); starts again when a "
                     f"manager answers and keeps it here"
                 )
                 self._save(task, transition(task, State.SCHEDULED, now, message))
+                self.holds.hold(task.id, DISCONNECT, self.monotonic())
                 self._busy.add(task.id)
                 self._submit(task.id, self._stop_container, task.id, task.container_id, False, pool=self._stop_pool)
 
@@ -453,6 +468,8 @@ class Worker:
                 fn(*args)
             except _Stale:
                 log.debug("action %s for %s: the task was assigned again meanwhile", getattr(fn, "__name__", fn), key)
+            except StorageFailed:
+                pass  # logged once by _save; memory is as the store has it, and the next round tries again
             except Unavailable as error:  # the engine went away mid-action: the next round judges again
                 log.info("action %s for %s: %s", getattr(fn, "__name__", fn), key, error.message)
             except Exception:  # an action must never kill the pool thread; the next tick retries
@@ -609,11 +626,28 @@ class Worker:
         return task
 
     def _save(self, task: Assignment, event: Event | None) -> None:
-        """Persist the task, then its event; wake long polls. Called with the lock held."""
+        """Persist the task with its event (together or not at all), then keep it; wake long polls. Lock held. If
+        the store refuses (disk full: 507; read-only: 503), the task in memory goes back to what the store has
+        (an assignment never kept is dropped: no container starts for it) and StorageFailed is raised."""
+        try:
+            with self.store.batch():
+                self.store.put("tasks", task.id, task.to_dict())
+                if event is not None:
+                    self.store.append_event(Event(0, event.task_id, event.state, event.time, event.message, self.name))
+        except StorageFailed as error:
+            data = self.store.get("tasks", task.id)
+            if data is None:
+                self.tasks.pop(task.id, None)
+            else:
+                self.tasks[task.id] = Assignment.from_dict(data)
+            if error.message != self._store_trouble:
+                self._store_trouble = error.message
+                log.warning("%s: changes refused until then, memory kept as the store has it", error.message)
+            raise
+        if self._store_trouble:
+            log.info("the store takes writes again (was: %s)", self._store_trouble)
+            self._store_trouble = ""
         self.tasks[task.id] = task
-        self.store.put("tasks", task.id, task.to_dict())
-        if event is not None:
-            self.store.append_event(Event(0, event.task_id, event.state, event.time, event.message, self.name))
         self._bump()
 
     def _say(self, task: Assignment, message: str, when: float) -> None:
@@ -641,8 +675,8 @@ class Worker:
             try:
                 self.tick()
                 failures = 0
-            except Unavailable:
-                # Logged once by _engine_down; retried with a growing pause, whatever kicks the loop meanwhile.
+            except (Unavailable, StorageFailed):
+                # Logged once (by _engine_down, by _save); retried with a growing pause, whatever kicks the loop.
                 failures += 1
                 wait = min(0.5 * 2 ** (failures - 1), ENGINE_RETRY_MAX)
             except Exception:
