@@ -103,7 +103,7 @@ class Authority:
             log.warning("refused a join as node %s: wrong token", node_id)
             raise Untrusted("join refused: the join token is wrong (or was rotated): `cube token` on the manager")
         cert, serial = pki.sign(self.ca, self._ca_key, csr.encode(), "worker", node_id)
-        with self._lock:
+        with self._lock, self.store.batch():
             old = self.store.get("members", node_id)
             if old and old.get("serial"):
                 self._revoke(str(old["serial"]), node_id, "joined again")
@@ -124,7 +124,7 @@ class Authority:
 
     def revoke_node(self, node_id: str) -> bool:
         """Revoke the certificate of a node (`cube node rm`). False when the manager never signed one for it."""
-        with self._lock:
+        with self._lock, self.store.batch():
             member = self.store.get("members", node_id)
             if not member or not member.get("serial"):
                 return False
@@ -133,6 +133,8 @@ class Authority:
         return True
 
     def _revoke(self, serial: str, node_id: str, why: str) -> None:
+        """Inside a batch. Memory learns of it at once, even if the batch then fails: a certificate wrongly taken
+        for revoked costs a join again; one wrongly taken for valid would let a removed node back."""
         self.store.put("revoked", serial, {"serial": serial, "node_id": node_id, "why": why, "at": time.time()})
         self._revoked.add(serial.lower())
 

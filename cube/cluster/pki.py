@@ -11,6 +11,7 @@ exist (a manager starting on a full disk must not need to write).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import secrets
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cube.core.errors import BadRequest
+from cube.core.errors import BadRequest, CubeError
 
 CA_YEARS = 10
 MEMBER_YEARS = 10  # a Pi that is off for a year must still rejoin; `cube node rm` revokes sooner
@@ -52,14 +53,19 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 
 def write_private(path: str, data: bytes) -> None:
     """Write a file readable by its owner only (0600), atomically; its directory made 0700 if new."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise CubeError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def make_ca(common: str) -> tuple[bytes, bytes]:

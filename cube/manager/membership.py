@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cube.core.errors import CubeError, Unauthorized, Untrusted
+from cube.core.errors import CubeError, StorageFailed, Unauthorized, Untrusted
 from cube.core.model import Node, Resources
 
 log = logging.getLogger("cube.membership")
@@ -118,7 +118,10 @@ class Membership:
                 self.manager.deliver(item)
             if answer["last_event"] != cursor:
                 cursor = answer["last_event"]
-                self.store.put("cursors", name, cursor)
+                try:
+                    self.store.put("cursors", name, cursor)
+                except StorageFailed:
+                    pass  # kept in memory; after a restart the node's events are read again, which is harmless
 
     def run(self) -> None:
         """The manager's housekeeping loop: `Manager.tick` a few times a second."""
