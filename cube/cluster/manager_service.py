@@ -13,7 +13,7 @@ import threading
 from cube.cluster.config import data_dir, private_dir
 from cube.cluster.service import wait_for_signal
 from cube.cluster.worker_service import build_worker
-from cube.core.errors import BadRequest, CubeError
+from cube.core.errors import BadRequest, CubeError, Untrusted
 from cube.worker.worker import node_id
 
 log = logging.getLogger("cube")
@@ -73,6 +73,7 @@ class ManagerService:
             tls=None if insecure else self.trust.server_context(),
         )
         self._closers: list = []
+        self._ignored: set[str] = set()
 
     def client(self, timeout: float = 10.0):
         """A client of this manager's API, as the CLI on this machine would make it (tests, `cube dev`)."""
@@ -112,10 +113,18 @@ class ManagerService:
             threading.Thread(target=self._admit, args=(address,), daemon=True, name="cube-admit").start()
 
     def _admit(self, address: str) -> None:
+        """Admit one worker, retrying while it cannot be reached. A peer that answers but cannot prove it is a
+        member (anyone can advertise a worker) is logged once and ignored until it is advertised again."""
         delay = 0.5
         while not self.membership.closed.is_set():
             try:
                 self.membership.add(address)
+                self._ignored.discard(address)
+                return
+            except (Untrusted, BadRequest) as error:
+                if address not in self._ignored:
+                    self._ignored.add(address)
+                    log.warning("ignoring the worker advertised at %s: %s", address, error.message)
                 return
             except CubeError as error:
                 log.warning("worker %s not admitted yet: %s", address, error.message)
