@@ -11,9 +11,10 @@ import threading
 
 import pytest
 
-from cube.cli import args
+from cube.cli import args, run
 from cube.cli.main import Commands, main
 from cube.cluster.manager_service import start_dev
+from cube.core.errors import BadRequest
 from cube.worker.runtime import FakeRuntime
 
 CUBE = [sys.executable, "-c", "import sys; from cube.cli.main import main; sys.exit(main())"]
@@ -178,7 +179,44 @@ def cluster(tmp_path, monkeypatch):
     service.close()
 
 
+def test_run_reports_a_container_that_exits_at_once(cluster, capsys):
+    code, out, err = cli(capsys, "run", "--image", "exit-3", "--name", "crash")
+    assert code == 1 and out == ""
+    line = one_line(err)
+    assert "(crash) stopped running: container exited with code 3; restarting (1 of 3" in line, line
+    assert "`cube logs " in line and "`cube stop " in line
+
+
+def test_run_reports_the_exit_code_of_a_task_that_may_not_restart(cluster, capsys):
+    code, _, err = cli(capsys, "run", "--image", "exit-3", "--restart", "no")
+    assert code == 1
+    assert "failed: container exited with code 3; restart policy is 'no'" in one_line(err)
+
+
+def test_run_reports_the_first_exit_in_a_job(cluster, capsys):
+    code, _, err = cli(capsys, "run", "--image", "exit-2", "--count", "2", "--name", "pair")
+    assert code == 1
+    line = one_line(err)
+    assert "stopped running: container exited with code 2" in line and "`cube stop pair` gives up" in line
+
+
+def test_run_says_running_once_the_task_has_kept_running(cluster, capsys, monkeypatch):
+    monkeypatch.setattr(run, "STABLE_FOR", 0.5)
+    code, out, err = cli(capsys, "run", "--image", "busybox", "--name", "steady", "--json")
+    assert code == 0, err
+    task = json.loads(out)
+    assert task["state"] == "running" and task["name"] == "steady" and task["restarts"] == 0
+
+
 def test_a_name_is_kept_as_typed(cluster, capsys):
     code, out, err = cli(capsys, "run", "--image", "busybox", "--name", "0x10", "--detach", "--json")
     assert code == 0, err
     assert json.loads(out)["name"] == "0x10"
+
+
+def test_the_managers_400_is_printed_as_it_is(cluster, capsys):
+    with pytest.raises(BadRequest) as refused:
+        cluster.client().post("/tasks", {"image": "Bad Image!!"})
+    code, _, err = cli(capsys, "run", "--image", "Bad Image!!")
+    assert code == 1
+    assert one_line(err) == f"cube run: {refused.value.message}"
