@@ -5,11 +5,15 @@ with the right exit code (2: the command line does not fit the command; 1: the r
 
 import inspect
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 
 import pytest
+from conftest import cluster_client, free_port, wait_for
 
 from cube.cli import args, run
 from cube.cli.main import Commands, main
@@ -220,3 +224,64 @@ def test_the_managers_400_is_printed_as_it_is(cluster, capsys):
     code, _, err = cli(capsys, "run", "--image", "Bad Image!!")
     assert code == 1
     assert one_line(err) == f"cube run: {refused.value.message}"
+
+
+# A manager on FakeRuntime in a process of its own, so that the test can kill it as a crash would.
+MANAGER = """import sys, time
+from cube.cluster.manager_service import start_dev
+from cube.worker.runtime import FakeRuntime
+service = start_dev(port=int(sys.argv[1]), data=sys.argv[2], workers=1, runtime=FakeRuntime())
+print(service.join_token, flush=True)
+time.sleep(600)
+"""
+
+
+def test_events_follow_waits_for_a_restarted_manager_and_goes_on(tmp_path):
+    port, data = free_port(), str(tmp_path / "dev")
+    url = f"https://127.0.0.1:{port}"
+    started = []
+
+    def manager():
+        proc = subprocess.Popen([sys.executable, "-c", MANAGER, str(port), data], stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        token = proc.stdout.readline().strip()
+        return token, cluster_client(url, token)
+
+    token, client = manager()
+    env = {**os.environ, "CUBE_MANAGER": url, "CUBE_TOKEN": token, "CUBE_NO_MDNS": "1"}
+    proc = subprocess.Popen(
+        CUBE + ["events", "--follow", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    printed: list[dict] = []
+    said: list[str] = []
+    readers = [
+        threading.Thread(target=lambda: printed.extend(json.loads(line) for line in proc.stdout), daemon=True),
+        threading.Thread(target=lambda: said.extend(proc.stderr), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+
+    def shown_running(task_id: str) -> bool:
+        return any(e["task_id"] == task_id and e["state"] == "running" for e in printed)
+
+    try:
+        first = client.post("/tasks", {"image": "busybox"})
+        wait_for(lambda: shown_running(first["id"]), timeout=20)
+        started[0].kill()
+        started[0].wait()
+        wait_for(lambda: said, timeout=20)
+        token, client = manager()
+        second = client.post("/tasks", {"image": "busybox"})
+        wait_for(lambda: shown_running(second["id"]), timeout=20)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=20)
+        for manager_proc in started:
+            manager_proc.kill()
+            manager_proc.wait()
+    for reader in readers:
+        reader.join(timeout=10)
+    assert code == 130
+    assert said == ["cube events: manager unreachable, retrying (Ctrl-C stops)\n"], said
+    ids = [e["id"] for e in printed]
+    assert ids == sorted(set(ids)), "went on from the last event printed: none twice, none out of order"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from cube import __version__
 from cube.core.errors import CubeError
@@ -43,6 +44,7 @@ manager on this machine, then on the LAN (mDNS).
 """
 
 ALIASES = {"ps": "status", "node": "nodes"}
+RETRY_EVERY = 1.0  # seconds between tries to reach a manager that `cube events --follow` lost
 
 
 class Commands:
@@ -254,13 +256,27 @@ class Commands:
         import json as jsonlib
 
         from cube.cli import output
+        from cube.core.errors import Unavailable
 
         client = _client(manager, token)
-        cursor = int(since)
+        cursor = since
         tail = None if since else 50  # without --since: the last 50, then (with --follow) what comes
+        wait = 25 if follow else None
+        unreachable = False
         while True:
-            batch = client.get("/events", since=cursor, tail=tail, task=task, wait=25 if follow else None)
-            tail = None
+            params = {"since": cursor, "tail": tail, "task": task, "wait": wait}
+            try:
+                # The manager holds a long poll up to `wait`: the answer may take that long, and more.
+                batch = client.request("GET", "/events", params=params, timeout=wait and wait + 15)
+            except Unavailable:
+                if not follow:
+                    raise
+                if not unreachable:  # once per outage: a restarting manager is not worth a line a second
+                    print("cube events: manager unreachable, retrying (Ctrl-C stops)", file=sys.stderr, flush=True)
+                    unreachable = True
+                time.sleep(RETRY_EVERY)
+                continue
+            unreachable, tail = False, None
             for event in batch:
                 print(jsonlib.dumps(event) if json else output.event_line(event), flush=True)
                 cursor = max(cursor, event["id"])
