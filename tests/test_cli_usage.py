@@ -226,6 +226,22 @@ def test_the_managers_400_is_printed_as_it_is(cluster, capsys):
     assert one_line(err) == f"cube run: {refused.value.message}"
 
 
+def test_a_wrong_token_says_how_a_cli_user_gives_one(cluster, capsys):
+    prefix, pin, _ = cluster.join_token.split("-", 2)
+    code, _, err = cli(capsys, "status", "--token", f"{prefix}-{pin}-wrong")
+    assert code == 1
+    assert one_line(err) == (
+        "cube status: the manager refused the cluster token (missing or wrong): set CUBE_TOKEN or pass --token; "
+        "`cube token` on the manager prints it"
+    )
+
+
+def test_a_manager_the_token_does_not_pin_is_named_as_the_client_found_it(cluster, capsys):
+    code, _, err = cli(capsys, "status", "--token", "CUBE1-" + "0" * 64 + "-secret")
+    assert code == 1
+    assert "is not the manager this token belongs to" in one_line(err)
+
+
 # A manager on FakeRuntime in a process of its own, so that the test can kill it as a crash would.
 MANAGER = """import sys, time
 from cube.cluster.manager_service import start_dev

@@ -757,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cube: unknown command {argv[0]!r}: see `cube --help`", file=sys.stderr)
         return 2
     from cube.cli.args import UsageError, help_text, parse
+    from cube.core.errors import Unauthorized, Untrusted
     from cube.core.model import InvalidSpec
 
     rest = argv[1:]
@@ -769,6 +770,14 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"cube {command}: {error.message}", file=sys.stderr)
         return 2
+    except Unauthorized as error:
+        # The manager's 401 is worded for any HTTP client; a CLI user sets a variable or a flag instead. (Untrusted
+        # is the CLI's own finding about the manager, already with its next step.)
+        refused = "the manager refused the cluster token (missing or wrong): set CUBE_TOKEN or pass --token; " + (
+            "`cube token` on the manager prints it"
+        )
+        print(f"cube {command}: {error.message if isinstance(error, Untrusted) else refused}", file=sys.stderr)
+        return 1
     except (CubeError, InvalidSpec) as error:
         print(f"cube {command}: {getattr(error, 'message', None) or error}", file=sys.stderr)
         return 1
