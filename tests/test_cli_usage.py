@@ -149,6 +149,18 @@ def test_values_are_kept_as_typed_and_flags_typed_by_the_signature():
     }
 
 
+def test_output_into_a_closed_pipe_is_no_traceback():
+    proc = subprocess.Popen(
+        CUBE + ["run", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the interpreter has even started: `cube run --help | head -1` at its worst
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 0
+    assert err == ""
+
+
 # ---- against a manager and workers on FakeRuntime ----------------------------------------------------------------
 
 
