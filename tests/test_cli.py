@@ -140,6 +140,16 @@ def test_image_that_cannot_be_pulled_fails_with_reason(dev):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_container_that_exits_at_once_is_reported_with_its_code(dev, busybox_image):
+    cube, _, _ = dev
+    result = cube("run", "--image", busybox_image, "--cmd", "sh -c 'exit 3'", "--name", "quick-exit")
+    assert result.returncode == 1 and result.stdout == ""
+    no_traceback(result)
+    assert "(quick-exit) stopped running: container exited with code 3" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    cube("stop", "quick-exit", check=0)
+
+
 def test_no_node_fits_is_explained(dev, busybox_image):
     cube, _, _ = dev
     result = cube("run", "--image", busybox_image, "--memory", "100t", "--name", "huge")

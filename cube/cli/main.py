@@ -1,16 +1,17 @@
-"""The `cube` command line (fire is imported here only). It decides what users type and see: commands and flags,
-human output by default and `--json` for scripts, exit code 0 on success and a one-line error with a next step
-otherwise — never a traceback for a user's mistake. Flags are checked against each command's signature before fire
-runs, so a typo gets one clear line instead of fire's usage dump. Imports are lazy: `cube status` loads neither the
-docker SDK nor zeroconf unless it has to look for the manager on the LAN.
+"""The `cube` command line. It decides what users type and see: commands and flags, human output by default and
+`--json` for scripts, exit code 0 on success and a one-line error with a next step otherwise (2 for a command line
+that does not fit the command, 1 for the rest) — never a traceback for a user's mistake. Each method of `Commands`
+is a command: its docstring is its --help (usage line, what it does, one line per flag) and its signature is its
+grammar (`cube.cli.args`). Imports are lazy: `cube status` loads neither the docker SDK nor zeroconf unless it has
+to look for the manager on the LAN.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
+import time
 
 from cube import __version__
 from cube.core.errors import CubeError
@@ -43,6 +44,7 @@ manager on this machine, then on the LAN (mDNS).
 """
 
 ALIASES = {"ps": "status", "node": "nodes"}
+RETRY_EVERY = 1.0  # seconds between tries to reach a manager that `cube events --follow` lost
 
 
 class Commands:
@@ -77,16 +79,36 @@ class Commands:
         token: str | None = None,
         json: bool = False,
     ):
-        """cube run --image IMAGE [--name N] [--count N] [--cmd "sleep 3600"] [--env K=V]... [--port 8080|8080:80]...
-                  [--cpu 0.5] [--memory 256m] [--disk 1g] [--restart no|on-failure|always] [--max-restarts 3]
-                  [--restart-window 600] [--health /path] [--constraint arch=aarch64]... [--on-disconnect stop|keep]
-                  [--batch] [--detach] [-f spec.json] [--json]
+        """cube run --image IMAGE [FLAGS]      (or: cube run -f SPEC.json)
 
-        Runs a container on the cluster and waits until it runs (or, with --batch, until it completes).
-        --count N (or --batch) makes a job of N tasks; --detach returns at once. A node restarts a crashed container
-        at most --max-restarts times within --restart-window seconds; then a service moves to another node.
-        --on-disconnect: what a node cut off from the manager does with the task (default: stop with a fixed host
-        port, else keep)."""
+        Runs a container on the cluster and waits until it runs, then watches it for 2 s: a container that exits
+        at once is reported with its exit code (and `cube run` exits 1). With --batch it waits until the work
+        completes. A node restarts a crashed container at most --max-restarts times within --restart-window
+        seconds; then a service moves to another node.
+
+        Flags:
+          --image IMAGE          the container image, e.g. nginx or nginx:1.25
+          --name NAME            the task's name (the job's, with --count or --batch)
+          -n, --count N          run N identical tasks as a job (default 1)
+          --cmd "COMMAND"        the command to run, split as a shell would, e.g. --cmd "sleep 3600"
+          --env K=V              an environment variable (repeatable)
+          --port PORT            publish a container port: 80 (on any free host port) or 8080:80 (repeatable)
+          --cpu N                CPUs to reserve, e.g. 0.5
+          --memory SIZE          memory limit, e.g. 256m or 1g
+          --disk SIZE            disk space to reserve, e.g. 1g
+          --restart POLICY       no, on-failure (default) or always
+          --max-restarts N       restarts allowed on a node within --restart-window (default 3)
+          --restart-window S     seconds over which a node counts restarts (default 600)
+          --health /PATH         an HTTP path checked on the task's first port
+          --health-interval S    seconds between health checks (default 10)
+          --constraint K=V       place only on nodes where K is V (K!=V: is not); e.g. arch=aarch64 (repeatable)
+          --label K=V            a label on the task (repeatable)
+          --on-disconnect WHAT   stop or keep the task on a node cut off from the manager (default: stop with
+                                 a fixed host port, else keep)
+          --batch                run to completion (a batch job) instead of keeping it running
+          --detach               return once submitted, without waiting
+          -f, --file SPEC.json   a task spec, or a job (name, count, task), as JSON
+          --timeout S            seconds to wait for the tasks to run (default 120)"""
         from cube.cli.run import build_request, submit_and_wait
 
         client = _client(manager, token)
@@ -127,7 +149,10 @@ class Commands:
     ):
         """cube status [ID_OR_NAME_OR_JOB] [--all] [--json]
 
-        Lists tasks (stopped ones with --all), or shows one task or job in detail with its events and placement."""
+        Lists tasks, or shows one task or job in detail with its events and placement.
+
+        Flags:
+          --all                  list stopped tasks too"""
         from cube.cli import output
 
         client = _client(manager, token)
@@ -164,21 +189,25 @@ class Commands:
         token: str | None = None,
         json: bool = False,
     ):
-        """cube stop ID_OR_NAME_OR_JOB [--detach]
+        """cube stop ID_OR_NAME_OR_JOB [--detach] [--timeout 60]
 
         Stops a task (its container is stopped and removed), or every task of a job; waits until they are stopped
-        (containers get the worker's stop timeout, 10 s by default, to exit) unless --detach."""
+        (containers get the worker's stop timeout, 10 s by default, to exit) unless --detach.
+        Example: cube stop web
+
+        Flags:
+          --detach               return once the stop is asked for, without waiting
+          --timeout S            seconds to wait for the containers to stop (default 60)"""
         from cube.cli.run import stop_and_wait
 
         message = stop_and_wait(_client(manager, token), str(ref), bool(detach), float(timeout))
         _print({"result": message} if json else message, json)
 
     def scale(self, job: str, count: int, manager: str | None = None, token: str | None = None, json: bool = False):
-        """cube scale JOB N
+        """cube scale JOB N [--json]
 
-        Changes how many tasks a job runs."""
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise CubeError(f"count must be a whole number, not {count!r}")
+        Changes how many tasks a job runs.
+        Example: cube scale web 3"""
         answer = _client(manager, token).post(f"/jobs/{job}/scale", {"count": count})
         _print(answer if json else f"job {job}: count {answer['count']} ({answer['running']} running now)", json)
 
@@ -192,7 +221,12 @@ class Commands:
     ):
         """cube logs ID_OR_NAME [--follow] [--tail N]
 
-        Prints a task's output (stdout and stderr)."""
+        Prints a task's output (stdout and stderr).
+        Example: cube logs web-1
+
+        Flags:
+          --follow               keep printing as the task writes
+          --tail N               only the last N lines"""
         client = _client(manager, token)
         params = {"tail": tail, "follow": "1" if follow else None}
         out = sys.stdout.buffer
@@ -211,17 +245,38 @@ class Commands:
     ):
         """cube events [--follow] [--since N] [--task ID] [--json]
 
-        Prints what happened (task state changes, placements, restarts); --follow keeps printing as it happens."""
+        Prints what happened (task state changes, placements, restarts): the last 50 events, or those after --since.
+        With --follow it keeps printing as it happens, waits for the manager when it restarts or cannot be reached
+        (it says so once on stderr), and goes on from the last event it printed; Ctrl-C stops it.
+
+        Flags:
+          --follow               keep printing events as they happen
+          --since N              the events after event number N (the first column of --json: id)
+          --task ID              only this task's events"""
         import json as jsonlib
 
         from cube.cli import output
+        from cube.core.errors import Unavailable
 
         client = _client(manager, token)
-        cursor = int(since)
+        cursor = since
         tail = None if since else 50  # without --since: the last 50, then (with --follow) what comes
+        wait = 25 if follow else None
+        unreachable = False
         while True:
-            batch = client.get("/events", since=cursor, tail=tail, task=task, wait=25 if follow else None)
-            tail = None
+            params = {"since": cursor, "tail": tail, "task": task, "wait": wait}
+            try:
+                # The manager holds a long poll up to `wait`: the answer may take that long, and more.
+                batch = client.request("GET", "/events", params=params, timeout=wait and wait + 15)
+            except Unavailable:
+                if not follow:
+                    raise
+                if not unreachable:  # once per outage: a restarting manager is not worth a line a second
+                    print("cube events: manager unreachable, retrying (Ctrl-C stops)", file=sys.stderr, flush=True)
+                    unreachable = True
+                time.sleep(RETRY_EVERY)
+                continue
+            unreachable, tail = False, None
             for event in batch:
                 print(jsonlib.dumps(event) if json else output.event_line(event), flush=True)
                 cursor = max(cursor, event["id"])
@@ -236,12 +291,11 @@ class Commands:
         token: str | None = None,
         json: bool = False,
     ):
-        """cube nodes [--json]
-        cube node rm NAME
+        """cube nodes [rm NAME] [--json]
 
-        Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), tasks. `rm` removes a node
-        that is down: its tasks go elsewhere and its certificate is revoked, so it cannot come back without the
-        join token."""
+        Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), tasks. `cube node rm NAME`
+        removes a node that is down: its tasks go elsewhere and its certificate is revoked, so it cannot come back
+        without the join token."""
         from cube.cli import output
 
         if action not in (None, "ls", "list", "rm"):
@@ -275,7 +329,12 @@ class Commands:
 
         Prints the join token of the manager on this machine (or of `cube dev`): the cluster CA's fingerprint and
         the secret, which workers join with and the CLI uses (CUBE_TOKEN). --rotate makes a new one on the running
-        manager: joined nodes keep working, new joins and CLI users need the new token."""
+        manager: joined nodes keep working, new joins and CLI users need the new token.
+
+        Flags:
+          --data DIR             the manager's data directory (default: the manager's, then cube dev's)
+          --rotate               make a new join token on the running manager, and print it
+          --manager URL          the manager to rotate the token of (with --rotate)"""
         from cube.cluster.config import TOKEN_FILE, data_dir, read_token_file
         from cube.cluster.trust import join_token as make_join_token
         from cube.cluster.trust import member_files
@@ -304,7 +363,12 @@ class Commands:
 
         Joins this node to a cluster: checks the manager against the token's CA fingerprint, gets a certificate for
         a key made here, and keeps both in the worker's data directory. `cube worker` does this by itself at first
-        start; after it, the worker needs no token."""
+        start; after it, the worker needs no token.
+
+        Flags:
+          --manager URL          the manager to join (default: CUBE_MANAGER, the manager on this machine, then mDNS)
+          --token JOIN_TOKEN     the join token: `cube token` on the manager prints it (default: CUBE_TOKEN)
+          --data DIR             the worker's data directory (default /var/lib/cube/worker as root)"""
         from cube.cluster.config import data_dir, find_token
         from cube.cluster.trust import parse_token
         from cube.cluster.worker_service import join, worker_id
@@ -339,15 +403,34 @@ class Commands:
         disconnect_timeout: float = 30.0,
         verbose: bool = False,
     ):
-        """cube worker [--port 5556] [--data DIR] [--name NAME] [--token T | --token-file F] [--cpus N]
-                  [--memory 4g] [--disk 20g] [--label k=v]... [--manager URL] [--no-mdns] [--insecure]
-                  [--reconcile-interval 5] [--stop-timeout 10] [--threads 4] [--disconnect-timeout 30]
+        """cube worker [FLAGS]
 
         Runs a worker: runs the tasks the manager assigns to this node as Docker containers. Without --manager it
         announces itself on the LAN (mDNS) and registers with the manager it finds. At first start it joins the
         cluster with the join token (`cube token` on the manager) and keeps a certificate; after that the token is
-        not needed. --insecure: plain HTTP with a manager that runs --insecure. A worker that hears from no manager
-        for --disconnect-timeout seconds stops its tasks whose on_disconnect is stop (0: never)."""
+        not needed. A worker that hears from no manager for --disconnect-timeout seconds stops its tasks whose
+        on_disconnect is stop (0: never).
+
+        Flags:
+          --port N                 the worker API's port (default 5556)
+          --host ADDRESS           the address it listens on (default 0.0.0.0: all)
+          --data DIR               where it keeps its tasks and certificate (default /var/lib/cube/worker as root)
+          --name NAME              the node's name (default: the host name)
+          --token T                the join token, needed at first start (default: CUBE_TOKEN)
+          --token-file F           a file holding the join token
+          --cpus N                 CPUs offered to tasks (default: all)
+          --memory SIZE            memory offered to tasks, e.g. 4g (default: all)
+          --disk SIZE              disk offered to tasks, e.g. 20g (default: the free space)
+          --label K=V              a node label that --constraint can match (repeatable)
+          --manager URL            the manager to register with (default: found by mDNS)
+          --no-mdns                do not announce this worker on the LAN
+          --insecure               plain HTTP, with a manager that runs --insecure
+          --reconcile-interval S   seconds between full reconciliations with Docker (default 5)
+          --stop-timeout S         seconds a container gets to exit when stopped (default 10)
+          --threads N              threads that start and stop containers (default 4)
+          --disconnect-timeout S   seconds without a manager before tasks with on_disconnect stop are stopped
+                                   (default 30; 0: never)
+          --verbose                log more"""
         from cube.cluster.service import setup_logging
         from cube.cluster.worker_service import run_worker
         from cube.core.model import parse_size
@@ -386,11 +469,23 @@ class Commands:
         insecure: bool = False,
         verbose: bool = False,
     ):
-        """cube manager [--port 5555] [--data DIR] [--token T] [--scheduler epvm|roundrobin|binpack|spread]
-                  [--workers host:port,...] [--node-timeout 5] [--no-mdns] [--insecure]
+        """cube manager [FLAGS]
 
         Runs the manager: accepts work, schedules it onto workers, keeps it running. Creates the cluster CA and
-        token at first start (`cube token` prints the join token). All traffic is TLS; --insecure: plain HTTP."""
+        token at first start (`cube token` prints the join token). All traffic is TLS; --insecure: plain HTTP.
+
+        Flags:
+          --port N               the manager API's port (default 5555)
+          --host ADDRESS         the address it listens on (default 0.0.0.0: all)
+          --data DIR             where it keeps tasks, events, the CA and the token (default /var/lib/cube/manager
+                                 as root)
+          --token T              the cluster secret to use (kept for next time; default: the kept one, or a new one)
+          --scheduler NAME       epvm (default), roundrobin, binpack or spread
+          --workers HOST:PORT,...  workers to admit without mDNS (repeatable)
+          --node-timeout S       seconds of silence before a node is down and its tasks move (default 5)
+          --no-mdns              do not announce the manager on the LAN, nor look for workers there
+          --insecure             plain HTTP instead of TLS
+          --verbose              log more"""
         from cube.cluster.manager_service import run_manager
         from cube.cluster.service import setup_logging
 
@@ -419,11 +514,21 @@ class Commands:
         insecure: bool = False,
         verbose: bool = False,
     ):
-        """cube dev [--port 5555] [--data DIR] [--workers 1] [--scheduler epvm] [--cpus N] [--memory 4g]
-                  [--stop-timeout 10] [--insecure]
+        """cube dev [FLAGS]
 
         A whole cluster in one process: a manager and N local workers on this machine's Docker engine. Prints the
-        manager URL and token; `cube run` in another terminal finds it by itself."""
+        manager URL and token; `cube run` in another terminal finds it by itself.
+
+        Flags:
+          --port N               the manager API's port (default 5555)
+          --data DIR             where it keeps its state (default ~/.local/share/cube/dev)
+          --workers N            how many local workers (default 1)
+          --scheduler NAME       epvm (default), roundrobin, binpack or spread
+          --cpus N               CPUs each worker offers (default: all)
+          --memory SIZE          memory each worker offers, e.g. 4g (default: all)
+          --stop-timeout S       seconds a container gets to exit when stopped (default 10)
+          --insecure             plain HTTP instead of TLS
+          --verbose              log more"""
         from cube.cluster.manager_service import run_dev
         from cube.cluster.service import setup_logging
         from cube.core.model import parse_size
@@ -454,13 +559,25 @@ class Commands:
         pyz: str | None = None,
         root: str | None = None,
     ):
-        """cube install worker|manager [--token T] [--manager URL] [--label k=v]... [--port N] [--name NAME]
-                  [--workers host:port,...] [--scheduler S] [--no-mdns]
+        """cube install worker|manager [FLAGS]
 
         Installs this cube.pyz as a systemd service (run it with sudo): copies it to /usr/local/bin/cube, writes
         /etc/systemd/system/cube-ROLE.service and /etc/cube/cube.env (mode 0600: the token and the service's flags),
         then enables and starts the service. Flags given replace the service's previous ones; without flags they are
-        kept, so running a newer pyz's install again upgrades in place."""
+        kept, so running a newer pyz's install again upgrades in place.
+        Example: sudo ./cube.pyz install worker --manager http://pi0:5555 --token T
+
+        Flags:
+          --token T              the cluster token (a worker's; a manager's own, to choose it)
+          --manager URL          the manager a worker registers with (default: found by mDNS)
+          --label K=V            a worker's node label (repeatable)
+          --port N               the service's port
+          --name NAME            a worker's node name
+          --workers HOST:PORT,...  a manager's static workers (repeatable)
+          --scheduler NAME       a manager's scheduler: epvm, roundrobin, binpack or spread
+          --no-mdns              no mDNS announcing or browsing
+          --pyz FILE             the file to install (default: this one)
+          --root DIR             install under DIR instead of / (for tests)"""
         from cube.ops import install
 
         args = install.role_args(
@@ -483,7 +600,12 @@ class Commands:
         """cube uninstall worker|manager [--purge]
 
         Stops and removes the systemd service. Keeps /etc/cube/cube.env and the data in /var/lib/cube unless --purge;
-        the last service to go takes /usr/local/bin/cube with it."""
+        the last service to go takes /usr/local/bin/cube with it.
+        Example: sudo cube uninstall worker
+
+        Flags:
+          --purge                also remove the data and /etc/cube
+          --root DIR             uninstall under DIR instead of / (for tests)"""
         from cube.ops import install
 
         host = install.Host(str(root)) if root else install.Host()
@@ -494,7 +616,10 @@ class Commands:
         """cube doctor [--role worker|manager] [--json]
 
         Checks that this machine can run a Cube worker (or manager): Docker engine, memory cgroup, multicast, disk,
-        clock, Python, architecture. Prints one line per check and what to fix; exits 1 when a check fails."""
+        clock, Python, architecture. Prints one line per check and what to fix; exits 1 when a check fails.
+
+        Flags:
+          --role ROLE            worker (default) or manager"""
         from cube.ops import doctor
 
         checks = doctor.run(str(role))
@@ -601,10 +726,10 @@ def _print(value, as_json: bool) -> None:
 
 
 def _list(values) -> list[str]:
-    """`a,b` or a list (fire parses `a,b` as a tuple) -> list of non-empty strings."""
+    """`a,b`, or several of them (a repeated flag) -> list of non-empty strings."""
     if isinstance(values, str):
-        values = values.split(",")
-    return [str(v).strip() for v in values or () if str(v).strip()]
+        values = [values]
+    return [part.strip() for value in values or () for part in str(value).split(",") if part.strip()]
 
 
 def _pairs(values, flag: str) -> dict:
@@ -619,55 +744,17 @@ def _pairs(values, flag: str) -> dict:
     return out
 
 
-# Flags that may be given several times, per command (elsewhere `--port` is one number).
-REPEATABLE = {"run": ("--label", "--env", "--port", "--constraint"), "worker": ("--label",), "install": ("--label",)}
-SHORT = {"-f": "--file", "-n": "--count"}
-
-
-def _normalise(command: str, argv: list[str]) -> list[str]:
-    """Shapes fire does not take: `--no-mdns` (fire wants `--nomdns`), short flags, and repeated flags (fire keeps
-    only the last: `--env A=1 --env B=2` becomes `--env '["A=1","B=2"]'`)."""
-    seen: dict[str, list[str]] = {}
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = SHORT.get(argv[i], argv[i])
-        flag, eq, value = arg.partition("=")
-        if flag in REPEATABLE.get(command, ()):
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise CubeError(f"{flag} needs a value")
-                value = argv[i + 1]
-                i += 1
-            seen.setdefault(flag, []).append(value)
-        elif arg.startswith("--no-") and not eq:
-            rest.append(f"--{arg[5:]}=False")
-        else:
-            rest.append(arg)
-        i += 1
-    for flag, values in seen.items():
-        rest += [flag, json.dumps(values)]
-    return rest
-
-
-def _check_flags(command: str, argv: list[str]) -> None:
-    """Every --flag must be a parameter of the command (fire's own message for a typo is a page of usage)."""
-    params = inspect.signature(getattr(Commands, command)).parameters
-    names = {p.replace("_", "-") for p in params if p != "self"}
-    for arg in argv:
-        if arg.startswith("--"):
-            name = arg[2:].split("=", 1)[0]
-            if name not in names and name.replace("-", "_") not in params:
-                raise CubeError(f"unknown flag --{name} for `cube {command}`: see `cube {command} --help`")
-
-
-def _command_help(command: str) -> str:
-    doc = inspect.getdoc(getattr(Commands, command)) or ""
-    return "Usage: " + doc
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # `cube status | head`: the reader is gone. stdout goes to /dev/null so that Python's own flush at exit
+        # does not fail again (the recipe of the `signal` module's documentation).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -678,25 +765,31 @@ def main(argv: list[str] | None = None) -> int:
     if command.startswith("_") or not callable(getattr(Commands, command, None)):
         print(f"cube: unknown command {argv[0]!r}: see `cube --help`", file=sys.stderr)
         return 2
-    rest = argv[1:]
-    if any(a in ("-h", "--help") for a in rest):
-        print(_command_help(command))
-        return 0
+    from cube.cli.args import UsageError, help_text, parse
+    from cube.core.errors import Unauthorized, Untrusted
     from cube.core.model import InvalidSpec
 
+    rest = argv[1:]
+    if any(a in ("-h", "--help") for a in rest):
+        print(help_text(getattr(Commands, command)))
+        return 0
     try:
-        rest = _normalise(command, rest)
-        _check_flags(command, rest)
-        import fire
-
-        fire.Fire(Commands, command=[command] + rest, name="cube")
+        args, kwargs = parse(command, getattr(Commands, command), rest)
+        getattr(Commands(), command)(*args, **kwargs)
+    except UsageError as error:
+        print(f"cube {command}: {error.message}", file=sys.stderr)
+        return 2
+    except Unauthorized as error:
+        # The manager's 401 is worded for any HTTP client; a CLI user sets a variable or a flag instead. (Untrusted
+        # is the CLI's own finding about the manager, already with its next step.)
+        refused = "the manager refused the cluster token (missing or wrong): set CUBE_TOKEN or pass --token; " + (
+            "`cube token` on the manager prints it"
+        )
+        print(f"cube {command}: {error.message if isinstance(error, Untrusted) else refused}", file=sys.stderr)
+        return 1
     except (CubeError, InvalidSpec) as error:
         print(f"cube {command}: {getattr(error, 'message', None) or error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    except SystemExit as exit_:  # fire.core.FireExit: fire has printed its message already
-        return int(exit_.code or 0) if isinstance(exit_.code, int) else 2
-    except BrokenPipeError:
-        return 0
     return 0
