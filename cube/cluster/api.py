@@ -122,42 +122,64 @@ def read_json() -> object:
     return data
 
 
-def _json_int(digits: str) -> int:
+class _Refused:
+    """A number of the body that Cube does not take, kept in place while parsing so that `_check_tree` can name
+    the field that holds it."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+
+def _json_int(digits: str) -> int | _Refused:
     if len(digits.lstrip("-")) > MAX_DIGITS:
-        raise BadRequest(f"request body holds a number of {len(digits):,} digits: at most {MAX_DIGITS} are accepted")
+        return _Refused(f"a number of {len(digits):,} digits (at most {MAX_DIGITS} are accepted)")
     return int(digits)
 
 
-def _json_float(literal: str) -> float:
+def _json_float(literal: str) -> float | _Refused:
     value = float(literal)
-    if not math.isfinite(value):
-        raise BadRequest(f"request body holds a number too large for a float: {shown(literal)}")
-    return value
+    return value if math.isfinite(value) else _Refused(f"a number too large for a float ({shown(literal)})")
 
 
-def _json_constant(name: str):
-    raise BadRequest(f"request body holds {name}: JSON has no NaN or Infinity, send a number")
+def _json_constant(name: str) -> _Refused:
+    return _Refused(f"{name} (JSON has no NaN or Infinity: send a number)")
 
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _check_tree(data) -> None:
-    """Depth and strings of a parsed body, without recursion (a body of 1 MiB holds up to ~500,000 values)."""
-    stack = [(data, 1)]
+    """Depth, numbers and strings of a parsed body, without recursion (1 MiB holds up to ~500,000 values); an
+    error names the field."""
+    stack: list[tuple[object, tuple]] = [(data, ())]
     while stack:
-        value, depth = stack.pop()
+        value, path = stack.pop()
+        problem = None
         if isinstance(value, str):
             if _SURROGATE.search(value):
-                raise BadRequest(f"request body holds a lone surrogate in {shown(value)}: send UTF-8 text")
-        elif isinstance(value, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise BadRequest(f"request body is nested too deeply: at most {MAX_DEPTH} levels")
-            if isinstance(value, dict):
-                stack.extend((key, depth) for key in value)
-                stack.extend((item, depth + 1) for item in value.values())
-            else:
-                stack.extend((item, depth + 1) for item in value)
+                problem = f"a lone surrogate ({shown(value)}): send UTF-8 text"
+        elif isinstance(value, _Refused):
+            problem = value.what
+        elif isinstance(value, dict):
+            if len(path) >= MAX_DEPTH:
+                raise BadRequest(f"request body is nested too deeply at {_field(path)}: at most {MAX_DEPTH} levels")
+            for key, item in value.items():
+                stack.append((key, path))
+                stack.append((item, (*path, key)))
+        elif isinstance(value, list):
+            if len(path) >= MAX_DEPTH:
+                raise BadRequest(f"request body is nested too deeply at {_field(path)}: at most {MAX_DEPTH} levels")
+            stack.extend((item, (*path, index)) for index, item in enumerate(value))
+        if problem:
+            raise BadRequest(f"{'request body' if not path else _field(path)} holds {problem}")
+
+
+def _field(path: tuple) -> str:
+    """A field's path as the spec's errors write it: task.env.NAME, ports[0]."""
+    text = ""
+    for key in path:
+        text += f"[{key}]" if isinstance(key, int) else f".{key}" if text else str(key)
+    return shown(text or "(the body)").strip("'")
 
 
 _WHOLE_RE = re.compile(r"[+-]?[0-9]{1,18}")
