@@ -390,7 +390,8 @@ def test_after_the_barrage_the_cluster_still_works(cluster):
     # Every record stored loads again, in a new manager and a new worker.
     again = Manager(cluster.manager.store, dispatch=Recorder(), executor=Inline())
     try:
-        assert set(again.tasks) == set(cluster.manager.tasks) and set(again.jobs) == set(cluster.manager.jobs)
+        # (and completes any job short of its count: a task of it may have been stopped by a DELETE above)
+        assert set(again.tasks) >= set(cluster.manager.tasks) and set(again.jobs) == set(cluster.manager.jobs)
     finally:
         again.close()
     worker = Worker("w1", FakeRuntime(), cluster.worker.store, sync=True)
