@@ -8,23 +8,31 @@ The routes only translate HTTP to calls on a Worker or Manager object; the logic
 from __future__ import annotations
 
 import hmac
-import itertools
 import json
 import logging
+import math
+import re
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 import bottle
 from cheroot import wsgi
 
 from cube import __version__
 from cube.cluster.trust import proof
-from cube.core.errors import BadRequest, CubeError, NotFound, Unauthorized
+from cube.core.errors import BadRequest, CubeError, NotFound, TooLarge, Unauthorized
 from cube.core.model import Assignment
+from cube.core.spec import MAX_WHOLE, shown, text
 
 log = logging.getLogger("cube.api")
 bottle.BaseRequest.MEMFILE_MAX = 4 * 1024 * 1024
+# What a request body may be (README, Limits). The largest valid one, a job with every field at its limit, is
+# under 300 KiB; a task list answer stays proportionate to what was submitted.
+MAX_BODY = 1 << 20
+MAX_DEPTH = 32  # nesting of a JSON body; a task spec needs 4
+MAX_DIGITS = 18  # of a JSON integer: Python refuses to read 4,300+ (a ValueError), and stores keep 64 bits
 KEEPALIVE_LIMIT = 256  # idle keep-alive connections kept open, and the listen backlog (see Server)
 
 
@@ -141,31 +149,108 @@ def _new_app(access: Access, role: str) -> bottle.Bottle:
 
 
 def read_json() -> object:
-    """The request body as JSON, or a 400 that says what is wrong with it."""
-    raw = bottle.request.body.read()
+    """The request body as JSON, or a 400 that says what is wrong with it: at most MAX_BODY bytes, MAX_DEPTH
+    levels deep, numbers of at most MAX_DIGITS digits and finite, strings without lone surrogates. Each field's
+    own rules are the spec's (cube.core.spec)."""
+    if bottle.request.content_length > MAX_BODY:
+        raise TooLarge(f"request body is {bottle.request.content_length:,} bytes: at most 1 MiB is accepted")
+    raw = bottle.request.body.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise TooLarge("request body is over 1 MiB: at most 1 MiB is accepted")
     if not raw:
         raise BadRequest("request body is empty: send a JSON object")
     try:
-        return json.loads(raw)
+        data = json.loads(raw, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+    except RecursionError:
+        raise BadRequest(f"request body is nested too deeply: at most {MAX_DEPTH} levels") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequest(f"request body is not valid JSON: {error}") from None
+    _check_tree(data)
+    return data
 
 
-def query_number(name: str, default: float | None, kind=float) -> float | None:
+class _Refused:
+    """A number of the body that Cube does not take, kept in place while parsing so that `_check_tree` can name
+    the field that holds it."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+
+def _json_int(digits: str) -> int | _Refused:
+    if len(digits.lstrip("-")) > MAX_DIGITS:
+        return _Refused(f"a number of {len(digits):,} digits (at most {MAX_DIGITS} are accepted)")
+    return int(digits)
+
+
+def _json_float(literal: str) -> float | _Refused:
+    value = float(literal)
+    return value if math.isfinite(value) else _Refused(f"a number too large for a float ({shown(literal)})")
+
+
+def _json_constant(name: str) -> _Refused:
+    return _Refused(f"{name} (JSON has no NaN or Infinity: send a number)")
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _check_tree(data) -> None:
+    """Depth, numbers and strings of a parsed body, without recursion (1 MiB holds up to ~500,000 values); an
+    error names the field."""
+    stack: list[tuple[object, tuple]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        problem = None
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                problem = f"a lone surrogate ({shown(value)}): send UTF-8 text"
+        elif isinstance(value, _Refused):
+            problem = value.what
+        elif isinstance(value, dict):
+            if len(path) >= MAX_DEPTH:
+                raise BadRequest(f"request body is nested too deeply at {_field(path)}: at most {MAX_DEPTH} levels")
+            for key, item in value.items():
+                stack.append((key, path))
+                stack.append((item, (*path, key)))
+        elif isinstance(value, list):
+            if len(path) >= MAX_DEPTH:
+                raise BadRequest(f"request body is nested too deeply at {_field(path)}: at most {MAX_DEPTH} levels")
+            stack.extend((item, (*path, index)) for index, item in enumerate(value))
+        if problem:
+            raise BadRequest(f"{'request body' if not path else _field(path)} holds {problem}")
+
+
+def _field(path: tuple) -> str:
+    """A field's path as the spec's errors write it: task.env.NAME, ports[0]."""
+    text = ""
+    for key in path:
+        text += f"[{key}]" if isinstance(key, int) else f".{key}" if text else str(key)
+    return shown(text or "(the body)").strip("'")
+
+
+_WHOLE_RE = re.compile(r"[+-]?[0-9]{1,18}")
+_REAL_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+
+
+def query_number(name: str, default, kind=float, low: float = -MAX_WHOLE, high: float = MAX_WHOLE):
+    """A number in the query, from `low` to `high`; a whole one if `kind` is int. NaN and infinities are refused
+    (a long poll's wait of NaN raised inside the condition's wait)."""
     raw = bottle.request.query.get(name)
     if raw in (None, ""):
         return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {name} must be a number, not {raw!r}") from None
+    if len(raw) > 40 or not (_WHOLE_RE if kind is int else _REAL_RE).fullmatch(raw):
+        whole = "whole " if kind is int else ""
+        raise BadRequest(f"query parameter {name} must be a {whole}number, not {shown(raw)}")
+    value = kind(raw)
+    if not low <= value <= high:
+        raise BadRequest(f"query parameter {name} must be from {low:g} to {high:g}, not {shown(raw)}")
+    return value
 
 
 def query_count(name: str, default: int) -> int:
     """A query parameter that counts things: a whole number of at least 1."""
-    value = query_number(name, default, int)
-    if value is None or value < 1:
-        raise BadRequest(f"query parameter {name} must be a whole number of at least 1, not {value!r}")
+    value = query_number(name, default, int, 1)
     return int(value)
 
 
@@ -175,12 +260,53 @@ def query_flag(name: str) -> bool:
 
 def _stream_logs(chunks) -> bottle.HTTPResponse:
     """A streamed text answer. Its first chunk is read here, in the route: a peer that cannot be reached (or
-    answers an error) is then the route's typed error, not an exception in the middle of the response."""
+    answers an error) is then the route's typed error. Once the status is sent, a failure can only end the stream:
+    it ends with a line that says why, instead of an exception in the server (which answered 500 with an empty
+    body when the first chunk was empty, and broke the connection later on)."""
     chunks = iter(chunks)
-    first = next(chunks, b"")
+    first = b""
+    for first in chunks:
+        if first:
+            break
     return bottle.HTTPResponse(
-        itertools.chain([first], chunks), status=200, headers={"Content-Type": "text/plain; charset=utf-8"}
+        _rest_of_stream(first, chunks), status=200, headers={"Content-Type": "text/plain; charset=utf-8"}
     )
+
+
+def _rest_of_stream(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        if first:
+            yield first
+        yield from chunks
+    except Exception as error:  # noqa: BLE001 - the status is sent: nothing but the body can say it
+        message = error.message if isinstance(error, CubeError) else "internal error: see the server's log"
+        if not isinstance(error, CubeError):
+            log.exception("a log stream failed after its status was sent")
+        yield f"\n[cube: the log stream broke off: {message}]\n".encode()
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _node_address(body) -> str:
+    """The address of a worker to admit: http(s)://HOST[:PORT], or HOST[:PORT]. Checked here so that a bad one is
+    a 400 naming the field (a port of 99999 raised inside the HTTP client: a 500)."""
+    if not isinstance(body, dict) or not isinstance(body.get("address"), str):
+        raise BadRequest('send {"address": "https://HOST:PORT"}')
+    address = text(body["address"], "address", 255)
+    try:
+        parts = urlsplit(address if "://" in address else f"http://{address}")
+        port = parts.port
+    except ValueError as error:
+        raise BadRequest(f"address {shown(address)} is not a URL such as https://HOST:PORT ({error})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in address):
+        raise BadRequest(f"address must look like https://HOST:PORT, not {shown(address)}")
+    if port == 0:
+        raise BadRequest(f"address port must be from 1 to 65535, not {shown(address)}")
+    if parts.path.strip("/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise BadRequest(f"address must be https://HOST:PORT alone (no path, query or user), not {shown(address)}")
+    return address
 
 
 def worker_app(worker, token) -> bottle.Bottle:
@@ -210,7 +336,7 @@ def worker_app(worker, token) -> bottle.Bottle:
 
     @app.delete("/tasks/<task_id>")
     def delete_task(task_id):
-        generation = query_number("generation", None, int)
+        generation = query_number("generation", None, int, 0)
         worker.stop_task(task_id, None if generation is None else int(generation))
         return bottle.HTTPResponse(status=204)
 
@@ -218,11 +344,11 @@ def worker_app(worker, token) -> bottle.Bottle:
     def restart_task(task_id):
         body = read_json() if bottle.request.content_length else {}
         reason = body.get("reason", "restart requested") if isinstance(body, dict) else "restart requested"
-        return worker.restart_task(task_id, str(reason)).to_dict()
+        return worker.restart_task(task_id, text(reason, "reason", 1000)).to_dict()
 
     @app.get("/tasks/<task_id>/logs")
     def logs(task_id):
-        tail = query_number("tail", None, int)
+        tail = query_number("tail", None, int, 0)
         return _stream_logs(worker.logs(task_id, tail=tail, follow=query_flag("follow")))
 
     @app.get("/stats")
@@ -232,9 +358,8 @@ def worker_app(worker, token) -> bottle.Bottle:
     @app.get("/state")
     def state():
         version = query_number("version", None, int)
-        return worker.state(
-            version=version, wait=query_number("wait", 0.0) or 0.0, events_since=query_number("events_since", -1, int)
-        )
+        wait = query_number("wait", 0.0, float, -3600, 3600)
+        return worker.state(version=version, wait=max(wait, 0.0), events_since=query_number("events_since", -1, int))
 
     @app.get("/events")
     def events():
@@ -314,7 +439,7 @@ def manager_app(manager, membership, links, token, authority=None) -> bottle.Bot
         node = manager.node(task.node) if task.node else None
         if node is None:
             raise NotFound(f"task {task.id} has not been placed on a node yet ({task.reason or task.state.value})")
-        params = {"tail": query_number("tail", None, int), "follow": "1" if query_flag("follow") else None}
+        params = {"tail": query_number("tail", None, int, 0), "follow": "1" if query_flag("follow") else None}
         client = links.client(node.address)
         return _stream_logs(
             client.stream(f"/tasks/{task.id}/logs", params=params, timeout=None if query_flag("follow") else 30)
@@ -352,19 +477,16 @@ def manager_app(manager, membership, links, token, authority=None) -> bottle.Bot
 
     @app.post("/nodes")
     def add_node():
-        body = read_json()
-        if not isinstance(body, dict) or not isinstance(body.get("address"), str):
-            raise BadRequest('send {"address": "http://HOST:PORT"}')
-        return _json_response(membership.add(body["address"]).to_dict(), 201)
+        return _json_response(membership.add(_node_address(read_json())).to_dict(), 201)
 
     @app.get("/events")
     def events():
         since = query_number("since", 0, int)
-        tail = query_number("tail", None, int)
+        tail = query_number("tail", None, int, 0)
         if tail is not None:  # the newest `tail` events
             since = max(since, manager.last_event_id() - tail)
         limit = query_count("limit", 1000)
-        wait = query_number("wait", 0.0) or 0.0
+        wait = query_number("wait", 0.0, float, -3600, 3600)
         task_id = bottle.request.query.get("task") or None
         found = manager.events(since=since, limit=limit, task_id=task_id)
         if not found and wait > 0:
@@ -419,6 +541,9 @@ class Server:
             request_queue_size=KEEPALIVE_LIMIT,
         )
         self._server.keep_alive_conn_limit = KEEPALIVE_LIMIT
+        # A backstop for bodies without a Content-Length (chunked), which bottle would read whole, to memory and
+        # then to disk: cheroot refuses them past this. read_json answers bodies over MAX_BODY itself.
+        self._server.max_request_body_size = bottle.BaseRequest.MEMFILE_MAX
         if tls is not None:
             self._server.ssl_adapter = _adapter(tls)
         self._prepare()

@@ -22,6 +22,12 @@ class InvalidSpec(BadRequest):
     """A spec (task, job, restart policy, ...) that does not validate; the message names the field and why."""
 
 
+class TooLarge(BadRequest):
+    """A request body over the size the API takes."""
+
+    status = 413
+
+
 class Unauthorized(CubeError):
     status = 401
 
@@ -77,6 +83,7 @@ _BY_STATUS = {
     cls.status: cls
     for cls in (
         BadRequest,
+        TooLarge,
         Unauthorized,
         NotFound,
         Conflict,

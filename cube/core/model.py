@@ -33,6 +33,7 @@ from cube.core.errors import InvalidSpec, InvalidTransition
 from cube.core.spec import (  # noqa: F401
     DISCONNECT_POLICIES,
     JOB_TYPES,
+    MAX_WHOLE,
     RESTART_POLICIES,
     HealthCheck,
     Job,
@@ -40,9 +41,83 @@ from cube.core.spec import (  # noqa: F401
     RestartPolicy,
     TaskSpec,
     format_size,
+    kind_of,
     new_id,
     parse_size,
+    shown,
+    text,
+    timestamp,
 )
+
+
+class Fields:
+    """Reads the fields of a record read back (the store, a node's report, an assignment from the manager): each
+    of its type, or an InvalidSpec naming the record and the field. A corrupt record is that error, never a
+    TypeError, an OverflowError or a record that breaks `cube status` later."""
+
+    def __init__(self, what: str, data):
+        if not isinstance(data, dict):
+            raise InvalidSpec(f"{what} must be a JSON object, not {kind_of(data)}")
+        self.what = what
+        self.data = data
+
+    def _bad(self, key: str, wanted: str) -> InvalidSpec:
+        return InvalidSpec(f"{self.what}: {key} must be {wanted}, not {shown(self.data.get(key))}")
+
+    def required(self, key: str):
+        if key not in self.data:
+            raise InvalidSpec(f"{self.what} is missing {key!r}")
+        return self.data[key]
+
+    def text(self, key: str, default: str = "") -> str:
+        value = self.data.get(key)
+        return default if value is None or value == "" else text(value, f"{self.what}: {key}", lines=True)
+
+    def whole(self, key: str, default: int = 0, low: int = 0) -> int:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_WHOLE:
+            raise self._bad(key, f"a whole number from {low}")
+        return value
+
+    def optional_whole(self, key: str) -> int | None:
+        return None if self.data.get(key) is None else self.whole(key, low=-MAX_WHOLE)
+
+    def time(self, key: str, default: float = 0.0) -> float:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        try:
+            return timestamp(value, key)
+        except InvalidSpec:
+            raise self._bad(key, "a time in seconds") from None
+
+    def optional_time(self, key: str) -> float | None:
+        return None if self.data.get(key) is None else self.time(key)
+
+    def choice(self, key: str, kind, default):
+        value = self.data.get(key, default)
+        try:
+            return kind(value)
+        except (ValueError, TypeError):
+            raise self._bad(key, " or ".join(repr(k.value) for k in kind)) from None
+
+    def host_ports(self, key: str) -> dict:
+        """ "80/tcp" -> host port number."""
+        value = self.data.get(key) or {}
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and len(k) <= 16 and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535
+            for k, v in value.items()
+        ):
+            raise self._bad(key, 'an object such as {"80/tcp": 32768}')
+        return dict(value)
+
+    def times(self, key: str) -> list:
+        value = self.data.get(key) or []
+        if not isinstance(value, list) or len(value) > 10000:
+            raise self._bad(key, "a list of times")
+        return [Fields(self.what, {key: t}).time(key) for t in value]
 
 
 class State(str, Enum):
@@ -124,35 +199,29 @@ class Assignment:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Assignment":
-        if not isinstance(data, dict):
-            raise InvalidSpec("an assignment must be a JSON object")
-        try:
-            return cls(
-                id=str(data["id"]),
-                spec=TaskSpec.from_dict(data["spec"]),
-                job=data.get("job") or "",
-                desired=Desired(data.get("desired", "run")),
-                generation=int(data.get("generation") or 0),
-                state=State(data.get("state", "scheduled")),
-                node=data.get("node") or "",
-                container_id=data.get("container_id") or "",
-                host_ports=dict(data.get("host_ports") or {}),
-                restarts=int(data.get("restarts") or 0),
-                restart_times=list(data.get("restart_times") or ()),
-                streak=int(data.get("streak") or 0),
-                exit_code=data.get("exit_code"),
-                reason=data.get("reason") or "",
-                created_at=float(data.get("created_at") or 0),
-                started_at=data.get("started_at"),
-                finished_at=data.get("finished_at"),
-                updated_at=float(data.get("updated_at") or 0),
-            )
-        except KeyError as missing:
-            raise InvalidSpec(f"assignment is missing {missing}") from None
-        except (TypeError, ValueError) as bad:
-            if isinstance(bad, InvalidSpec):
-                raise
-            raise InvalidSpec(f"assignment has a bad field: {bad}") from None
+        """An assignment from the manager or read back from the worker's store. Its spec is held to the rules of
+        records (`stored`): the manager checked the request, and a task it accepted before an upgrade must run."""
+        get = Fields("assignment", data)
+        return cls(
+            id=_record_id(get),
+            spec=TaskSpec.from_dict(get.required("spec"), stored=True),
+            job=get.text("job"),
+            desired=get.choice("desired", Desired, "run"),
+            generation=get.whole("generation"),
+            state=get.choice("state", State, "scheduled"),
+            node=get.text("node"),
+            container_id=get.text("container_id"),
+            host_ports=get.host_ports("host_ports"),
+            restarts=get.whole("restarts"),
+            restart_times=get.times("restart_times"),
+            streak=get.whole("streak"),
+            exit_code=get.optional_whole("exit_code"),
+            reason=get.text("reason"),
+            created_at=get.time("created_at"),
+            started_at=get.optional_time("started_at"),
+            finished_at=get.optional_time("finished_at"),
+            updated_at=get.time("updated_at"),
+        )
 
     def copy(self) -> "Assignment":
         return dataclasses.replace(self, host_ports=dict(self.host_ports), restart_times=list(self.restart_times))
@@ -191,20 +260,20 @@ class Observed:
 
     @classmethod
     def from_report(cls, node: str, data: dict) -> "Observed":
-        get = data.get
+        get = Fields(f"report of node {node}", data)
         return cls(
             node,
-            int(get("generation") or 0),
-            State(get("state", "scheduled")),
-            Desired(get("desired", "run")),
-            get("container_id") or "",
-            dict(get("host_ports") or {}),
-            int(get("restarts") or 0),
-            get("exit_code"),
-            get("reason") or "",
-            get("started_at"),
-            get("finished_at"),
-            float(get("updated_at") or 0),
+            get.whole("generation"),
+            get.choice("state", State, "scheduled"),
+            get.choice("desired", Desired, "run"),
+            get.text("container_id"),
+            get.host_ports("host_ports"),
+            get.whole("restarts"),
+            get.optional_whole("exit_code"),
+            get.text("reason"),
+            get.optional_time("started_at"),
+            get.optional_time("finished_at"),
+            get.time("updated_at"),
         )
 
     def to_dict(self) -> dict:
@@ -225,7 +294,7 @@ class Observed:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Observed":
-        return cls.from_report(data.get("node") or "", data)
+        return cls.from_report(Fields("observation", data).text("node"), data)
 
     @property
     def ended(self) -> bool:
@@ -307,38 +376,37 @@ class Task:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Task":
-        if not isinstance(data, dict):
-            raise InvalidSpec("a task must be a JSON object")
-        get = data.get
-        try:
-            observed = get("observed")
-            if observed is None and "observed" not in data and get("node") and get("state"):
-                observed = dict(data)  # a record from Cube 0.1, which kept the observed fields flat
-            return cls(
-                id=str(data["id"]),
-                spec=TaskSpec.from_dict(data["spec"]),
-                job=get("job") or "",
-                created_at=float(get("created_at") or 0),
-                desired=Desired(get("desired", "run")),
-                node=get("node") or "",
-                generation=int(get("generation") or 0),
-                note=get("note") or "",
-                note_at=float(get("note_at") or 0),
-                reschedules=int(get("reschedules") or 0),
-                not_before=float(get("not_before") or 0),
-                avoid=get("avoid") or "",
-                updated_at=float(get("updated_at") or 0),
-                observed=Observed.from_dict(observed) if observed else None,
-            )
-        except KeyError as missing:
-            raise InvalidSpec(f"task is missing {missing}") from None
-        except (TypeError, ValueError) as bad:
-            if isinstance(bad, InvalidSpec):
-                raise
-            raise InvalidSpec(f"task has a bad field: {bad}") from None
+        get = Fields("task record", data)
+        observed = get.data.get("observed")
+        if observed is None and "observed" not in data and get.data.get("node") and get.data.get("state"):
+            observed = dict(data)  # a record from Cube 0.1, which kept the observed fields flat
+        return cls(
+            id=_record_id(get),
+            spec=TaskSpec.from_dict(get.required("spec"), stored=True),
+            job=get.text("job"),
+            created_at=get.time("created_at"),
+            desired=get.choice("desired", Desired, "run"),
+            node=get.text("node"),
+            generation=get.whole("generation"),
+            note=get.text("note"),
+            note_at=get.time("note_at"),
+            reschedules=get.whole("reschedules"),
+            not_before=get.time("not_before"),
+            avoid=get.text("avoid"),
+            updated_at=get.time("updated_at"),
+            observed=Observed.from_dict(observed) if observed else None,
+        )
 
     def copy(self) -> "Task":
         return dataclasses.replace(self)  # every field is immutable or replaced whole, never edited in place
+
+
+def _record_id(get: Fields) -> str:
+    """A task's id in a record: printable, and short (new ids follow `spec.task_id`; older records may not)."""
+    value = get.required("id")
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise get._bad("id", "a task id")
+    return text(value, f"{get.what}: id")
 
 
 def derive(task: Task, node_state: str = "ready") -> tuple[State, str]:
@@ -382,6 +450,8 @@ class Event:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Event":
+        if not isinstance(data, dict):
+            raise InvalidSpec(f"an event record must be a JSON object, not {kind_of(data)}")
         get = data.get
         return cls(
             get("id", ""), get("task_id", ""), get("state", ""), get("time", ""), get("message", ""), get("node", "")
@@ -415,8 +485,11 @@ class Resources:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Resources":
-        data = data or {}
-        return cls(float(data.get("cpu") or 0), int(data.get("memory") or 0), int(data.get("disk") or 0))
+        get = Fields("resources", data or {})
+        cpu = get.data.get("cpu") or 0
+        if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not 0 <= cpu <= 1 << 20:
+            raise get._bad("cpu", "a number of cores")
+        return cls(float(cpu), get.whole("memory"), get.whole("disk"))
 
 
 # ready: takes placements. unhealthy: answers, but cannot run containers (its engine does not answer): no new
@@ -467,18 +540,30 @@ class Node:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Node":
+        get = Fields("node record", data)
+        name = get.required("name")
+        if not isinstance(name, str) or not name:
+            raise get._bad("name", "a node name")
+        labels = get.data.get("labels") or {}
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise get._bad("labels", "an object of string: string")
+        ports = get.data.get("used_ports") or ()
+        if not isinstance(ports, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, (int, str)) for x in p) for p in ports
+        ):
+            raise get._bad("used_ports", "a list of [port, protocol]")
         return cls(
-            name=data["name"],
-            address=data.get("address", ""),
-            capacity=Resources.from_dict(data.get("capacity")),
-            allocated=Resources.from_dict(data.get("allocated")),
-            labels=dict(data.get("labels") or {}),
-            state=data.get("state", "ready"),
-            reason=data.get("reason") or "",
-            since=float(data.get("since") or 0),
-            last_seen=float(data.get("last_seen") or 0),
-            used_ports={tuple(p) for p in data.get("used_ports") or ()},
-            tasks=int(data.get("tasks") or 0),
-            disconnect_timeout=float(data.get("disconnect_timeout") or 0),
-            stop_timeout=float(data.get("stop_timeout") or 10.0),
+            name=text(name, "node record: name"),
+            address=get.text("address"),
+            capacity=Resources.from_dict(get.data.get("capacity")),
+            allocated=Resources.from_dict(get.data.get("allocated")),
+            labels=dict(labels),
+            state=get.text("state", "ready"),
+            reason=get.text("reason"),
+            since=get.time("since"),
+            last_seen=get.time("last_seen"),
+            used_ports={tuple(p) for p in ports},
+            tasks=get.whole("tasks"),
+            disconnect_timeout=get.time("disconnect_timeout"),
+            stop_timeout=get.time("stop_timeout", 10.0) or 10.0,
         )

@@ -1,11 +1,19 @@
 """What a user asks for, validated: task specs (image, command, env, ports, resources, restart policy, health
 check, disconnect policy, labels, constraints) and jobs. This module decides what is valid input and what every
 field means when left out; each error names the field and says what would be right. No I/O, no clock.
+
+Two sets of rules. Every value must have its type, be printable text (no control characters, no lone surrogates)
+and hold finite numbers in range: a record that breaks those is corrupt, wherever it comes from. A request (the
+API, the CLI) must also follow the user-facing rules: names are DNS labels, images follow Docker's reference
+grammar, and every field has a size limit (`LIMITS`, listed in the README). Records read back (`stored=True`: the
+store, an assignment from the manager) are not held to those, so that what an older Cube accepted still loads.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 import uuid
 from dataclasses import dataclass
 
@@ -14,24 +22,131 @@ from cube.core.errors import InvalidSpec
 RESTART_POLICIES = ("no", "on-failure", "always")
 MAX_CPU = 1024.0
 MAX_BYTES = 1 << 50  # 1 PiB: anything above is a typo, not a machine
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+MAX_WHOLE = (1 << 63) - 1  # counters and generations: what every store and JSON peer keeps exactly as an integer
+
+# Per-field limits of a request. A task's view is sent in every task list: with one 10 MB env value accepted,
+# GET /tasks grew to 13.9 MB. Docker's own: a repository name of at most 255 characters, a tag of at most 128.
+MAX_IMAGE_NAME = 255
+MAX_IMAGE = 600  # name, ':' tag (128) and '@' digest (sha512: 135)
+MAX_NAME = 63  # a DNS label (RFC 1123)
+MAX_JOB_NAME = MAX_NAME - len("-10000")  # its tasks are named NAME-1 ... NAME-10000
+MAX_ARGS = 256
+MAX_ENV = 256
+MAX_LABELS = 64
+MAX_PORTS = 100
+MAX_CONSTRAINTS = 32
+MAX_TEXT = 64 * 1024  # the command's arguments all told; the env's names and values all told; one string
+MAX_SHORT = 255  # an env name, a label key, a constraint
+MAX_LABEL_VALUE = 1024
+MAX_PATH = 1024  # health.path
+
+_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)  # a DNS label
+_LEGACY_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", re.ASCII)  # names before 0.3: still load
+_TASK_ID_RE = re.compile(r"[A-Za-z0-9]{1,32}", re.ASCII)
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", re.IGNORECASE | re.ASCII)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# Not printable: C0 and C1 controls, DEL, and lone surrogates (JSON's "\ud800" decodes to one; printing it raises).
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Text that may span lines (command arguments, env values: a script, a PEM certificate) may hold tab, LF and CR.
+_UNPRINTABLE_IN_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+# Docker's image reference grammar (github.com/distribution/reference, regexp.go), written out here:
+#   reference := name [ ":" tag ] [ "@" digest ];  name := [domain "/"] path-component ["/" path-component]*
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_REFERENCE_RE = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::(?P<tag>{_TAG}))?(?:@{_DIGEST})?",
+    re.ASCII,
+)
+_CONSTRAINT_RE = re.compile(r"[\w./-]+\s*(==|!=|=)\s*[\w./:-]+")
+_IMAGE_ID_RE = re.compile(r"[a-f0-9]{64}", re.ASCII)  # Docker refuses a name that reads as an image id
+
+
+class _Shown(reprlib.Repr):
+    """repr for error messages: short, and safe on any JSON value (repr of an int of 4,300+ digits raises)."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxstring = self.maxother = 60
+        self.maxlevel = 3
+
+    def repr_int(self, x, level):
+        if x.bit_length() > 64:
+            return f"<a number of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+shown = _Shown().repr
+
+
+def kind_of(value) -> str:
+    """A JSON value's kind, as a user reads it."""
+    if value is None:
+        return "null"
+    names = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def text(value, what: str, limit: int | None = None, lines: bool = False) -> str:
+    """A string of printable characters (with `lines`, also tab, LF and CR), of at most `limit` characters."""
+    if not isinstance(value, str):
+        raise InvalidSpec(f"{what} must be a string, not {kind_of(value)}")
+    if limit is not None and len(value) > limit:
+        raise InvalidSpec(f"{what} is {len(value):,} characters long: at most {limit:,} are accepted")
+    bad = (_UNPRINTABLE_IN_LINES if lines else _UNPRINTABLE).search(value)
+    if bad:
+        char = bad.group()
+        what_char = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+        raise InvalidSpec(f"{what} must be printable text: it holds {what_char} (U+{ord(char):04X}) at {bad.start()}")
+    return value
+
+
+def task_id(value) -> str:
+    """A task id a client chooses: 1-32 ASCII letters and digits (it names containers and URLs)."""
+    if not isinstance(value, str) or not _TASK_ID_RE.fullmatch(value):
+        raise InvalidSpec(f"id must be 1-32 letters and digits, not {shown(value)}")
+    return value
+
+
+def image_reference(value) -> str:
+    """An image as Docker's reference grammar has it: [HOST[:PORT]/]PATH[:TAG][@DIGEST]."""
+    example = "e.g. nginx, nginx:1.25 or registry.lan:5000/team/app:v2"
+    reference = text(value, "image", MAX_IMAGE)
+    match = _REFERENCE_RE.fullmatch(reference)
+    if match is None:
+        path = reference.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+        if any(c.isspace() for c in reference):
+            why = "it holds a space"
+        elif path != path.lower():
+            why = "repository names are lowercase"
+        elif reference.count(":") > 1 and "/" not in reference:
+            why = "one ':' separates the tag"
+        else:
+            why = "use letters, digits and . _ - in names, and a tag of at most 128 of them"
+        raise InvalidSpec(f"image {shown(reference)} is not a valid image reference: {why} ({example})")
+    if len(match.group("name")) > MAX_IMAGE_NAME:
+        raise InvalidSpec(f"image name is {len(match.group('name'))} characters long: at most {MAX_IMAGE_NAME}")
+    if _IMAGE_ID_RE.fullmatch(match.group("name")):
+        raise InvalidSpec("image name must not be 64 hex digits (that is an image id): add a tag, or a registry")
+    return reference
 
 
 def parse_size(value, what: str = "size") -> int:
     """`256m`, `1g`, `1.5G`, `512MiB` or plain bytes → bytes."""
-    if isinstance(value, bool):
-        raise InvalidSpec(f"{what} must be a size such as 256m, 1g or a number of bytes, not {value!r}")
-    if isinstance(value, (int, float)):
-        number = value
-    else:
-        match = _SIZE_RE.match(str(value))
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidSpec(f"{what} must be a size such as 256m, 1g or a number of bytes, not {shown(value)}")
+    if isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value) if len(value) <= 40 else None
         if not match:
-            raise InvalidSpec(f"{what} must be a size such as 256m, 1g or a number of bytes, not {value!r}")
-        number = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    if number < 0 or number > MAX_BYTES:
-        raise InvalidSpec(f"{what} must be between 0 and 1 PiB, not {value!r}")
+            raise InvalidSpec(f"{what} must be a size such as 256m, 1g or a number of bytes, not {shown(value)}")
+        number: float = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    else:
+        number = value
+    if not 0 <= number <= MAX_BYTES:  # NaN fails it too
+        raise InvalidSpec(f"{what} must be between 0 and 1 PiB, not {shown(value)}")
     return int(number)
 
 
@@ -68,9 +183,11 @@ class Port:
                 None if value.get("host") in (None, 0) else _port_number(value["host"], "host port"),
                 _protocol(value.get("protocol", "tcp")),
             )
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise InvalidSpec(f"port must be a number, 'host:container' or an object, not {value!r}")
-        text = str(value).strip()
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(_port_number(value, "container port"))
+        if not isinstance(value, str) or len(value) > 20:
+            raise InvalidSpec(f"port must be a number, 'host:container' or an object, not {shown(value)}")
+        text = value.strip()
         protocol = "tcp"
         if "/" in text:
             text, protocol = text.split("/", 1)
@@ -84,18 +201,19 @@ class Port:
 
 
 def _port_number(value, what: str) -> int:
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise InvalidSpec(f"{what} must be a number from 1 to 65535, not {value!r}") from None
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,6}\s*", value, re.ASCII):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSpec(f"{what} must be a number from 1 to 65535, not {shown(value)}")
+    number = value
     if not 1 <= number <= 65535:
-        raise InvalidSpec(f"{what} must be from 1 to 65535, not {number}")
+        raise InvalidSpec(f"{what} must be from 1 to 65535, not {shown(number)}")
     return number
 
 
 def _protocol(value) -> str:
     if value not in ("tcp", "udp"):
-        raise InvalidSpec(f"port protocol must be tcp or udp, not {value!r}")
+        raise InvalidSpec(f"port protocol must be tcp or udp, not {shown(value)}")
     return value
 
 
@@ -123,10 +241,10 @@ class RestartPolicy:
         _only(value, {"name", "max_restarts", "window"}, "restart")
         name = value.get("name", "on-failure")
         if name not in RESTART_POLICIES:
-            raise InvalidSpec(f"unknown restart policy {name!r}: use one of {', '.join(RESTART_POLICIES)}")
+            raise InvalidSpec(f"unknown restart policy {shown(name)}: use one of {', '.join(RESTART_POLICIES)}")
         max_restarts = value.get("max_restarts", 3)
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or not 0 <= max_restarts <= 1000:
-            raise InvalidSpec(f"restart.max_restarts must be a whole number from 0 to 1000, not {max_restarts!r}")
+            raise InvalidSpec(f"restart.max_restarts must be a whole number from 0 to 1000, not {shown(max_restarts)}")
         window = _number(value.get("window", 600.0), "restart.window", 1, 30 * 86400)
         return cls(name, max_restarts, window)
 
@@ -161,8 +279,9 @@ class HealthCheck:
             raise InvalidSpec("health must be a path such as /health or an object with path, port, interval, timeout")
         _only(value, {"path", "port", "interval", "timeout"}, "health")
         path = value.get("path", "/")
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise InvalidSpec(f"health.path must start with '/', not {path!r}")
+        if not isinstance(path, str) or not path.startswith("/") or any(c.isspace() for c in path):
+            raise InvalidSpec(f"health.path must start with '/' and hold no spaces, not {shown(path)}")
+        text(path, "health.path")
         port = value.get("port")
         interval = _number(value.get("interval", 10.0), "health.interval", 0.1, 86400)
         timeout = _number(value.get("timeout", 2.0), "health.timeout", 0.05, 3600)
@@ -174,10 +293,15 @@ class HealthCheck:
 
 def _number(value, what: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidSpec(f"{what} must be a number, not {value!r}")
-    if not low <= value <= high:
-        raise InvalidSpec(f"{what} must be between {low:g} and {high:g}, not {value:g}")
+        raise InvalidSpec(f"{what} must be a number, not {shown(value)}")
+    if not low <= value <= high:  # NaN and infinities fail it too; `:g` of a huge int would raise
+        raise InvalidSpec(f"{what} must be between {low:g} and {high:g}, not {shown(value)}")
     return float(value)
+
+
+def timestamp(value, what: str) -> float:
+    """A time in seconds (the epoch's, or a test's clock): a finite number."""
+    return _number(value, what, -1e13, 1e13)
 
 
 def _only(data: dict, allowed: set[str], what: str) -> None:
@@ -190,8 +314,8 @@ def _only(data: dict, allowed: set[str], what: str) -> None:
 
 
 def _constraint(value) -> str:
-    if not isinstance(value, str) or not re.match(r"^[\w./-]+\s*(==|!=|=)\s*[\w./:-]+$", value):
-        raise InvalidSpec(f"constraint must look like key=value or key!=value (e.g. arch=aarch64), not {value!r}")
+    if not isinstance(value, str) or len(value) > MAX_SHORT or not _CONSTRAINT_RE.fullmatch(value):
+        raise InvalidSpec(f"constraint must look like key=value or key!=value (e.g. arch=aarch64), not {shown(value)}")
     return re.sub(r"\s+", "", value)
 
 
@@ -233,28 +357,36 @@ class TaskSpec:
     )
 
     @classmethod
-    def from_dict(cls, data) -> "TaskSpec":
+    def from_dict(cls, data, stored: bool = False) -> "TaskSpec":
+        """A spec from a request, held to every rule; with `stored`, a record read back (see the module's docstring:
+        types, printable text and numbers are checked, names, image grammar and sizes are not)."""
         if not isinstance(data, dict):
-            raise InvalidSpec(f"a task spec must be a JSON object, not {type(data).__name__}")
+            raise InvalidSpec(f"a task spec must be a JSON object, not {kind_of(data)}")
         _only(data, set(cls.FIELDS), "task spec")
         image = data.get("image")
-        if not image or not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
+        if image is None or image == "":
             raise InvalidSpec("image is required: a name such as nginx or nginx:1.25")
+        if stored:
+            if any(c.isspace() for c in text(image, "image")):
+                raise InvalidSpec(f"image {shown(image)} is not a valid image reference: it holds a space")
+        else:
+            image_reference(image)
         name = data.get("name") or ""
-        if name and (not isinstance(name, str) or not _NAME_RE.match(name)):
-            raise InvalidSpec(
-                f"name must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit, not {name!r}"
-            )
+        if name:
+            _name(name, "name", stored, MAX_NAME)
         command = data.get("command") or ()
         if isinstance(command, str):
             command = command.split()
         if not isinstance(command, (list, tuple)) or not all(isinstance(c, str) for c in command):
             raise InvalidSpec('command must be a list of strings, e.g. ["sleep", "3600"]')
+        for index, argument in enumerate(command):
+            text(argument, f"command[{index}]", lines=True)
         env = data.get("env") or {}
         if isinstance(env, (list, tuple)):
             env = dict(_env_pair(item) for item in env)
-        if not isinstance(env, dict) or not all(isinstance(k, str) and k for k in env):
+        if not isinstance(env, dict):
             raise InvalidSpec("env must be an object of NAME: value, or a list of NAME=value")
+        env_pairs = tuple(sorted(_env_entry(k, v) for k, v in env.items()))
         ports = data.get("ports") or ()
         if not isinstance(ports, (list, tuple)):
             ports = [ports]
@@ -271,6 +403,9 @@ class TaskSpec:
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
         ):
             raise InvalidSpec("labels must be an object of string: string")
+        for key, value in labels.items():
+            text(key, "label name")
+            text(value, f"label {key}")
         constraints = data.get("constraints") or ()
         if isinstance(constraints, str):
             constraints = [constraints]
@@ -283,12 +418,12 @@ class TaskSpec:
             raise InvalidSpec(f"health.port {health.port} is not one of the task's container ports")
         on_disconnect = data.get("on_disconnect") or ""
         if on_disconnect not in ("", *DISCONNECT_POLICIES):
-            raise InvalidSpec(f"on_disconnect must be stop or keep, not {on_disconnect!r}")
-        return cls(
-            image=image.strip(),
+            raise InvalidSpec(f"on_disconnect must be stop or keep, not {shown(on_disconnect)}")
+        spec = cls(
+            image=image,
             name=name,
             command=tuple(command),
-            env=tuple(sorted((k, str(v)) for k, v in env.items())),
+            env=env_pairs,
             ports=parsed_ports,
             cpu=cpu,
             memory=parse_size(data.get("memory", 0) or 0, "memory"),
@@ -299,6 +434,9 @@ class TaskSpec:
             constraints=tuple(_constraint(c) for c in constraints),
             on_disconnect=on_disconnect,
         )
+        if not stored:
+            _check_limits(spec)
+        return spec
 
     def to_dict(self) -> dict:
         return {
@@ -335,9 +473,58 @@ class TaskSpec:
 
 def _env_pair(item) -> tuple[str, str]:
     if not isinstance(item, str) or "=" not in item or item.startswith("="):
-        raise InvalidSpec(f"env entries must look like NAME=value, not {item!r}")
+        raise InvalidSpec(f"env entries must look like NAME=value, not {shown(item)}")
     key, value = item.split("=", 1)
     return key, value
+
+
+def _env_entry(key, value) -> tuple[str, str]:
+    """One env variable: a name without '=' or spaces; a value of printable text, which may span lines (a
+    script, a certificate). A number or true/false is taken as its text, as before."""
+    if not isinstance(key, str) or not key or "=" in key or any(c.isspace() for c in key):
+        raise InvalidSpec(f"env names must be non-empty, without '=' or spaces, not {shown(key)}")
+    text(key, "env name")
+    if isinstance(value, int) and value.bit_length() > 64 or isinstance(value, float) and not math.isfinite(value):
+        raise InvalidSpec(f"env value of {key} must be a string, not {shown(value)}")
+    if not isinstance(value, (str, int, float)):  # bool is an int
+        raise InvalidSpec(f"env value of {key} must be a string, not {kind_of(value)}")
+    return key, text(str(value), f"env value of {key}", lines=True)
+
+
+def _name(value, what: str, stored: bool, longest: int) -> str:
+    """A task or job name: a DNS label (it names containers and appears in host names); a name read back may
+    follow the rule before Cube 0.3 (letters of either case, digits, '.', '_', '-')."""
+    if isinstance(value, str) and len(value) <= longest and (_LEGACY_NAME_RE if stored else _NAME_RE).fullmatch(value):
+        return value
+    raise InvalidSpec(
+        f"{what} must be 1-{longest} lowercase letters, digits or '-', starting and ending with a letter or digit "
+        f"(a DNS label), not {shown(value)}"
+    )
+
+
+def _check_limits(spec: TaskSpec) -> None:
+    """The sizes a request may ask for (README, Limits)."""
+    counted = (
+        ("command", spec.command, MAX_ARGS, "arguments"),
+        ("env", spec.env, MAX_ENV, "variables"),
+        ("ports", spec.ports, MAX_PORTS, "ports"),
+        ("labels", spec.labels, MAX_LABELS, "labels"),
+        ("constraints", spec.constraints, MAX_CONSTRAINTS, "constraints"),
+    )
+    for what, items, most, unit in counted:
+        if len(items) > most:
+            raise InvalidSpec(f"{what} has {len(items):,} {unit}: at most {most} are accepted")
+    sized = (
+        ("command", sum(len(a) for a in spec.command), MAX_TEXT),
+        ("env", sum(len(k) + len(v) for k, v in spec.env), MAX_TEXT),
+        ("an env name", max((len(k) for k, _ in spec.env), default=0), MAX_SHORT),
+        ("a label name", max((len(k) for k, _ in spec.labels), default=0), MAX_SHORT),
+        ("a label value", max((len(v) for _, v in spec.labels), default=0), MAX_LABEL_VALUE),
+        ("health.path", len(spec.health.path) if spec.health else 0, MAX_PATH),
+    )
+    for what, size, most in sized:
+        if size > most:
+            raise InvalidSpec(f"{what} is {size:,} characters long: at most {most:,} are accepted")
 
 
 def new_id() -> str:
@@ -357,26 +544,29 @@ class Job:
     stopped: bool = False
 
     @classmethod
-    def from_dict(cls, data) -> "Job":
+    def from_dict(cls, data, stored: bool = False) -> "Job":
+        """A job from a request, or with `stored` a record read back (see TaskSpec.from_dict)."""
         if not isinstance(data, dict):
             raise InvalidSpec("a job must be a JSON object with name, task (a task spec), count and type")
         _only(data, {"name", "task", "spec", "count", "type", "created_at", "stopped"}, "job")
         name = data.get("name")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise InvalidSpec(f"job name is required: 1-63 letters, digits, '.', '_' or '-', not {name!r}")
+        if name is None:
+            raise InvalidSpec("job name is required: a DNS label such as web")
+        _name(name, "job name", stored, MAX_JOB_NAME)
         spec_data = data.get("task", data.get("spec"))
         if spec_data is None:
             raise InvalidSpec("job needs a task spec under 'task'")
-        spec = TaskSpec.from_dict(spec_data)
+        spec = TaskSpec.from_dict(spec_data, stored)
         count = data.get("count", 1)
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 10000:
-            raise InvalidSpec(f"count must be a whole number from 0 to 10000, not {count!r}")
+            raise InvalidSpec(f"count must be a whole number from 0 to 10000, not {shown(count)}")
         kind = data.get("type", "service")
         if kind not in JOB_TYPES:
-            raise InvalidSpec(f"job type must be service or batch, not {kind!r}")
+            raise InvalidSpec(f"job type must be service or batch, not {shown(kind)}")
         if kind == "batch" and spec.restart.name == "always":
             raise InvalidSpec("a batch job runs to completion: restart 'always' would never let it finish")
-        return cls(name, spec, count, kind, float(data.get("created_at") or 0), bool(data.get("stopped")))
+        created_at = timestamp(data.get("created_at") or 0, "created_at")
+        return cls(name, spec, count, kind, created_at, bool(data.get("stopped")))
 
     @classmethod
     def from_request(cls, data) -> "Job":

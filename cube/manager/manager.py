@@ -25,6 +25,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -35,6 +36,8 @@ from contextlib import contextmanager
 from cube import scheduler
 from cube.core.errors import BadRequest, Conflict, CubeError, NotFound, StorageFailed
 from cube.core.model import ACTIVE, Desired, Event, Job, Node, Observed, Resources, State, Task, TaskSpec, new_id
+from cube.core.spec import shown
+from cube.core.spec import task_id as spec_task_id
 from cube.manager.outbox import RETRY_MAX, Outbox
 from cube.manager.reconcile import Reported, job_diff, node_diff, task_decision
 from cube.manager.views import ManagerViews
@@ -112,7 +115,7 @@ class Manager(ManagerViews):
             node.last_seen = now  # every node gets a full deadline to answer the new manager
             self.nodes[node.name] = node
         for data in self.store.values("jobs"):
-            job = Job.from_dict(data)
+            job = Job.from_dict(data, stored=True)
             self.jobs[job.name] = job
         for data in self.store.values("tasks"):
             task = Task.from_dict(data)
@@ -268,9 +271,7 @@ class Manager(ManagerViews):
         if not isinstance(data, dict):
             raise BadRequest("a task must be a JSON object (a task spec, optionally with an id)")
         data = dict(data)
-        task_id = data.pop("id", None) or new_id()
-        if not isinstance(task_id, str) or not task_id.isalnum() or len(task_id) > 32:
-            raise BadRequest("id must be 1-32 letters and digits")
+        task_id = spec_task_id(data.pop("id", None) or new_id())
         spec = TaskSpec.from_dict(data)
         with self._lock:
             if task_id in self.tasks:
@@ -334,7 +335,7 @@ class Manager(ManagerViews):
             )
         new = []
         for index in plan.create:
-            spec = TaskSpec.from_dict({**job.spec.to_dict(), "name": f"{job.name}-{index}"})
+            spec = dataclasses.replace(job.spec, name=f"{job.name}-{index}")
             task = Task(id=new_id(), spec=spec, job=job.name, created_at=self.clock())
             self._commit(task, message=f"created by job {job.name}")
             new.append(task)
@@ -342,7 +343,7 @@ class Manager(ManagerViews):
 
     def scale_job(self, name: str, count) -> Job:
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 10000:
-            raise BadRequest(f"count must be a whole number from 0 to 10000, not {count!r}")
+            raise BadRequest(f"count must be a whole number from 0 to 10000, not {shown(count)}")
         with self._lock:
             job = self._job(name)
             with self._saving():
