@@ -754,6 +754,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _dispatch(command: str, args: list, kwargs: dict) -> None:
+    """fire runs the command. It gets values already checked and converted (cli/args.py), each written as a Python
+    literal, so that it takes them as they are: `--name 0x10` stays the text "0x10", where fire alone makes 16."""
+    import fire
+
+    from cube.cli.args import positionals
+
+    names = [param.name for param in positionals(getattr(Commands, command))]
+    words = [f"--{name}={value!r}" for name, value in [*zip(names, args), *kwargs.items()]]
+    fire.Fire(Commands, command=[command, *words], name="cube")
+
+
 def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -775,7 +787,7 @@ def _run(argv: list[str]) -> int:
         return 0
     try:
         args, kwargs = parse(command, getattr(Commands, command), rest)
-        getattr(Commands(), command)(*args, **kwargs)
+        _dispatch(command, args, kwargs)
     except UsageError as error:
         print(f"cube {command}: {error.message}", file=sys.stderr)
         return 2
