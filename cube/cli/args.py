@@ -1,9 +1,10 @@
-"""How a command line becomes a call of a `Commands` method (fire then makes the call: see `main._dispatch`). The method's usage line (the first line of its
-docstring) names the command's arguments: they are its first parameters, in order (`cube scale JOB N` -> job, count);
-every other parameter is a flag, and each flag's type comes from its annotation (`bool`: `--x` / `--no-x`;
-`int`, `float`: a number, never negative; a tuple default: a flag that may be repeated; anything else: a string,
-kept as typed — `--name 0x10` is the name "0x10"). Every mistake is a `UsageError`: one line that names the flag or
-argument and the expected form (the CLI exits 2), never a traceback, and never a value taken for something else.
+"""How a command line becomes a call of a `Commands` method (fire then makes the call: see `main._dispatch`). The
+method's usage line (the first line of its docstring) names the command's arguments: they are its first parameters,
+in order (`cube scale JOB N` -> job, count); every other parameter is a flag, and each flag's type comes from its
+annotation (`bool`: `--x` / `--no-x`; `int`, `float`: a number, never negative; a tuple default: a flag that may be
+repeated; anything else: a string, kept as typed — `--name 0x10` is the name "0x10"). Every mistake is a
+`UsageError`: one line that names the flag or argument and the expected form (the CLI exits 2), never a traceback,
+and never a value taken for something else.
 """
 
 from __future__ import annotations

@@ -762,7 +762,7 @@ def _dispatch(command: str, args: list, kwargs: dict) -> None:
     from cube.cli.args import positionals
 
     names = [param.name for param in positionals(getattr(Commands, command))]
-    words = [f"--{name}={value!r}" for name, value in [*zip(names, args), *kwargs.items()]]
+    words = [f"--{name}={value!r}" for name, value in [*zip(names, args, strict=False), *kwargs.items()]]
     fire.Fire(Commands, command=[command, *words], name="cube")
 
 
