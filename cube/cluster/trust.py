@@ -136,7 +136,7 @@ class Trust:
             return
         role, node, serial = role_of(cert)
         if role != self.peer_role:
-            raise Untrusted(f"{url} is a cluster {role or 'certificate'} holder, not a {self.peer_role}")
+            raise Untrusted(f"{url} is a cluster {role or 'member of no role'}, not the {self.peer_role} expected")
         if callable(self.revoked) and self.revoked(serial):
             raise Untrusted(f"{url} presents the certificate of node {node}, which was removed from the cluster")
 
