@@ -152,6 +152,7 @@ class ManagerService:
         self._closers.append(closer)
 
     def close(self) -> None:
+        self.manager.stop_waiting()  # a client's long poll of /events would hold the server's stop for 30 s
         self.health.close()
         self.membership.close()
         for closer in reversed(self._closers):

@@ -116,4 +116,11 @@ class ManagerViews:
 
     def wait_changed(self, timeout: float) -> None:
         with self._changed:
-            self._changed.wait(timeout)
+            if not getattr(self, "_stopping", False):
+                self._changed.wait(timeout)
+
+    def stop_waiting(self) -> None:
+        """Shutting down: long polls (`GET /events?wait=`) answer now, and later ones do not wait."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
