@@ -1,6 +1,7 @@
-"""Issue 9, failure 5, for real: the manager (the pyz, with its diskcache store) killed with `kill -9` in the middle
-of one `POST /jobs` of 4,000 tasks, then started again; the client resends the same job, as it does after a lost
-answer. Since issue 10 a job is one store batch: the crash leaves all of it or none, never a part. The workers are real Worker processes on the fake runtime (bench/fakeworker.py), so 4,000 tasks are cheap.
+"""Issue 9, failure 5, for real: the manager (the pyz, with its diskcache store) killed with `kill -9` in the middle of
+one `POST /jobs` of 4,000 tasks, then started again; the client resends the same job, as it does after a lost
+answer. Since issue 10 a job is one store batch: the crash leaves all of it or none, never a part. The workers are
+real Worker processes on the fake runtime (bench/fakeworker.py), so 4,000 tasks are cheap.
 """
 
 import subprocess
