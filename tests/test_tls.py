@@ -14,7 +14,7 @@ from cube.cluster import pki
 from cube.cluster.api import Access, Server, worker_app
 from cube.cluster.client import Client
 from cube.cluster.manager_service import ManagerService
-from cube.cluster.trust import Trust, member_trust, parse_token, proof
+from cube.cluster.trust import Trust, member_trust, parse_token, proof, role_of, serial_key
 from cube.cluster.worker_service import join
 from cube.core.errors import CubeError, Unauthorized, Unavailable, Untrusted
 from cube.store import MemoryStore
@@ -210,3 +210,23 @@ def test_insecure_cluster_sends_the_token_only_after_the_challenge(tmp_path):
         server.stop()
         fake.shutdown()
         service.close()
+
+
+def test_a_revoked_serial_is_found_however_it_is_spelled():
+    # OpenSSL pads a serial to whole bytes and `ssl`/cheroot print it in upper case; pki.sign wrote "93e4…" (an
+    # odd number of digits): a removed node came back once because "093E4…" was not found among "93e4…".
+    revoked = {"93e4bea727508171141b3aea3973f51"}
+    access = Access(SECRET, "worker", {("POST", "/nodes")}, revoked=lambda s: serial_key(s) in revoked)
+    environ = {
+        "SSL_CLIENT_S_DN_OU": "worker",
+        "SSL_CLIENT_S_DN_CN": "n1",
+        "SSL_CLIENT_M_SERIAL": "093E4BEA727508171141B3AEA3973F51",
+    }
+    with pytest.raises(Unauthorized, match="node n1 was removed"):
+        access.check(environ, "POST", "/nodes")
+    environ["SSL_CLIENT_M_SERIAL"] = "0A"
+    access.check(environ, "POST", "/nodes")  # another member: let in, to this route only
+    with pytest.raises(Unauthorized, match="wrong cluster token"):
+        access.check(environ, "GET", "/tasks")
+    cert = {"subject": ((("organizationalUnitName", "worker"),), (("commonName", "n1"),)), "serialNumber": "00FF"}
+    assert role_of(cert) == ("worker", "n1", "ff")

@@ -82,8 +82,7 @@ class Access:
             return
         role = environ.get("SSL_CLIENT_S_DN_OU")
         if role and role == self.member_role:
-            serial = str(environ.get("SSL_CLIENT_M_SERIAL", "")).lower()
-            if self.revoked is not None and self.revoked(serial):
+            if self.revoked is not None and self.revoked(str(environ.get("SSL_CLIENT_M_SERIAL", ""))):
                 raise Unauthorized(
                     f"node {environ.get('SSL_CLIENT_S_DN_CN', '?')} was removed from the cluster: join it again"
                 )

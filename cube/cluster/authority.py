@@ -28,6 +28,7 @@ from cube.cluster.trust import (
     member_trust,
     new_secret,
     proof,
+    serial_key,
 )
 from cube.cluster.trust import proves as proves_secret
 from cube.core.errors import BadRequest, Untrusted
@@ -59,7 +60,7 @@ class Authority:
             cert, key, _ = pki.issue(self.ca, self._ca_key, "manager", manager_id)
             pki.write_private(self.keyfile, key)
             pki.write_private(self.certfile, cert)
-        self._revoked = {str(r.get("serial", "")) for r in store.values("revoked")}
+        self._revoked = {serial_key(r.get("serial", "")) for r in store.values("revoked")}
 
     @property
     def secret(self) -> str:
@@ -79,7 +80,7 @@ class Authority:
         )
 
     def revoked(self, serial: str) -> bool:
-        return serial.lower() in self._revoked
+        return serial_key(serial) in self._revoked
 
     def ca_answer(self, challenge: str | None) -> dict:
         """The CA certificate (public), with a proof of the secret over the caller's nonce when it sent one."""
@@ -136,7 +137,7 @@ class Authority:
         """Inside a batch. Memory learns of it at once, even if the batch then fails: a certificate wrongly taken
         for revoked costs a join again; one wrongly taken for valid would let a removed node back."""
         self.store.put("revoked", serial, {"serial": serial, "node_id": node_id, "why": why, "at": time.time()})
-        self._revoked.add(serial.lower())
+        self._revoked.add(serial_key(serial))
 
     def rotate(self) -> str:
         """A new secret: new joins and the CLI need the new join token; joined nodes keep their certificates."""

@@ -147,7 +147,8 @@ class Client:
                 # Refused while sending on a connection the peer had closed: nothing reached it, any request may go
                 # again. Closed after the request went out: only one that may run twice.
                 if attempt == 2 or not reused or (sent and not retry):
-                    raise Unavailable(f"{self.base_url} closed the connection ({error})") from None
+                    hint = " (if it speaks TLS, use https://)" if self._scheme == "http" else ""
+                    raise Unavailable(f"{self.base_url} closed the connection ({error}){hint}") from None
             except TimeoutError:
                 self._drop()
                 raise Unavailable(f"{self.base_url} did not answer within {timeout:g} s") from None

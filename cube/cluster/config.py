@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import stat
 
+from cube.cluster.trust import new_secret
 from cube.core.errors import CubeError
 
 MANAGER_PORT = 5555
@@ -72,7 +72,7 @@ def ensure_token(directory: str, token: str | None = None) -> str:
         kept = read_token_file(path)
         if not token or token == kept:  # nothing to write: a manager must start on a full disk
             return kept
-    token = token or secrets.token_urlsafe(24)
+    token = token or new_secret()
     fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")

@@ -58,7 +58,8 @@ def parse_token(value: str | None) -> Token | None:
 
 
 def new_secret() -> str:
-    return secrets.token_urlsafe(24)
+    """192 random bits as hex: no '-' (which separates a join token's parts, and starts a command-line flag)."""
+    return secrets.token_hex(24)
 
 
 def proof(secret: str, purpose: str, *parts: str) -> str:
@@ -75,15 +76,24 @@ def nonce() -> str:
     return base64.urlsafe_b64encode(os.urandom(18)).decode()
 
 
+def serial_key(serial: object) -> str:
+    """A certificate serial as one spelling: lower-case hex without leading zeros (OpenSSL pads to whole bytes,
+    `ssl` and cheroot print it in upper case)."""
+    try:
+        return format(int(str(serial), 16), "x")
+    except ValueError:
+        return str(serial).lower()
+
+
 def role_of(cert: dict | None) -> tuple[str, str, str]:
-    """(role, node id, serial in lower-case hex) of a certificate as `ssl` parses it; empty strings when absent."""
+    """(role, node id, serial as `serial_key` spells it) of a certificate as `ssl` parses it; empty strings when absent."""
     if not cert:
         return "", "", ""
     fields = {key: value for rdn in cert.get("subject", ()) for key, value in rdn}
     return (
         fields.get("organizationalUnitName", ""),
         fields.get("commonName", ""),
-        str(cert.get("serialNumber", "")).lower(),
+        serial_key(cert.get("serialNumber", "")),
     )
 
 
