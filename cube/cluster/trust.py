@@ -86,7 +86,7 @@ def serial_key(serial: object) -> str:
 
 
 def role_of(cert: dict | None) -> tuple[str, str, str]:
-    """(role, node id, serial as `serial_key` spells it) of a certificate as `ssl` parses it; empty strings when absent."""
+    """(role, node id, serial as `serial_key` spells it) of a certificate as `ssl` parses it; "" when absent."""
     if not cert:
         return "", "", ""
     fields = {key: value for rdn in cert.get("subject", ()) for key, value in rdn}
