@@ -11,6 +11,8 @@ one small test for each 5xx cause it found (issue 10's review found 15 of them).
 
 import json
 import math
+import shutil
+import tempfile
 from urllib.parse import quote
 
 import pytest
@@ -20,6 +22,7 @@ from test_api import IMAGE, TOKEN, Inline, Recorder, Response, assignment, call,
 
 from cube.cli import output
 from cube.cluster.api import manager_app, worker_app
+from cube.cluster.authority import Authority
 from cube.core.errors import InvalidSpec, Unavailable
 from cube.core.model import Assignment, Job, Node, Resources, Task, TaskSpec, parse_size
 from cube.manager.manager import Manager
@@ -71,7 +74,10 @@ class Cluster:
 
         self.membership = Membership(self.manager, request, self.manager.store)
         self.manager.node_up(Node("n1", "http://127.0.0.1:1", Resources(4, 8 << 30, 100 << 30), last_seen=1e12))
-        self.mapp = manager_app(self.manager, self.membership, Links(), TOKEN)
+        # The manager's trust routes too (/ca, /join, /token, node removal): a CA made in a directory of its own.
+        self.tls_dir = tempfile.mkdtemp(prefix="cube-hostile-")
+        self.authority = Authority(self.tls_dir, TOKEN, self.manager.store, "m1")
+        self.mapp = manager_app(self.manager, self.membership, Links(), TOKEN, self.authority)
         # Something to aim at: a running task on the worker, a placed task and a job on the manager.
         assert call(self.wapp, "POST", "/tasks", assignment("t1")).status == 201
         self.worker.tick()
@@ -79,6 +85,7 @@ class Cluster:
         assert call(self.mapp, "POST", "/jobs", {"name": "api", "task": {"image": IMAGE}, "count": 2}).status == 201
 
     def close(self):
+        shutil.rmtree(self.tls_dir, ignore_errors=True)
         self.membership.close()
         self.manager.close()
         self.worker.close()
@@ -302,6 +309,12 @@ MANAGER_ROUTES = [
     ("POST", "/nodes", st.one_of(st.fixed_dictionaries({"address": TEXT | st.just("http://w9:5556")}), BODIES)),
     ("GET", "/events", None),
     ("PUT", "/tasks/<>", BODIES),
+    ("DELETE", "/nodes/<>", None),
+    ("GET", "/hello", None),
+    ("GET", "/ca", None),
+    ("POST", "/join", st.one_of(st.fixed_dictionaries({"csr": TEXT, "node_id": TEXT, "proof": TEXT}), BODIES)),
+    ("GET", "/token", None),
+    ("POST", "/token/rotate", BODIES),
 ]
 WORKER_ROUTES = [
     ("GET", "/health", None),
@@ -315,6 +328,7 @@ WORKER_ROUTES = [
     ("GET", "/state", None),
     ("GET", "/events", None),
     ("PATCH", "/stats", BODIES),
+    ("GET", "/hello", None),
 ]
 
 

@@ -97,7 +97,11 @@ class Authority:
         csr, node_id, given = body.get("csr"), body.get("node_id"), body.get("proof")
         if not isinstance(csr, str) or not csr or len(csr) > MAX_CSR:
             raise BadRequest(f"csr: a PEM certificate signing request of at most {MAX_CSR} bytes")
-        if not isinstance(node_id, str) or not (1 <= len(node_id) <= 64) or not node_id.isalnum():
+        if (
+            not isinstance(node_id, str)
+            or not (1 <= len(node_id) <= 64)
+            or not (node_id.isascii() and node_id.isalnum())
+        ):
             raise BadRequest("node_id: 1 to 64 letters and digits")
         digest = pki.request_key_digest(csr.encode())
         if not proves_secret(self._secret, given, "join", node_id, digest):
