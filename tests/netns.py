@@ -12,6 +12,7 @@ without harming a run that is still going.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -181,3 +182,17 @@ class Lan:
                 proc.wait()
         for name in reversed(self._made):
             _delete_namespace(name)
+
+
+@contextlib.contextmanager
+def lan_for_test(n_hosts: int, prefix: str):
+    """A Lan for a test: skipped where namespaces cannot be made, except in CI, where that fails the test."""
+    import pytest
+
+    why = available()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs network namespaces: {why}")
+        pytest.skip(why)
+    with Lan(n_hosts, prefix=prefix) as lan:
+        yield lan

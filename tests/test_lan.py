@@ -18,12 +18,7 @@ TOKEN = "lan-test-token"
 
 @pytest.fixture
 def lan(tmp_path):
-    why = netns.available()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs network namespaces: {why}")
-        pytest.skip(why)
-    with netns.Lan(4, prefix="cube-lan") as lan:
+    with netns.lan_for_test(4, "cube-lan") as lan:
         yield lan
 
 
