@@ -65,6 +65,7 @@ def pi(
     probes.python = lambda: (python, "/usr/bin/python3")
     probes.arch = lambda: arch
     probes.psutil = lambda: "7.0.0 (bundled)"
+    probes.tls = lambda: "50.0.2 (cffi backend: bundled)"
     return probes
 
 
@@ -74,7 +75,17 @@ def by_name(checks) -> dict:
 
 def test_a_healthy_pi_passes():
     checks = doctor.run("worker", pi())
-    assert [c.name for c in checks] == ["python", "arch", "psutil", "docker", "cgroup", "multicast", "disk", "clock"]
+    assert [c.name for c in checks] == [
+        "python",
+        "arch",
+        "tls",
+        "psutil",
+        "docker",
+        "cgroup",
+        "multicast",
+        "disk",
+        "clock",
+    ]
     assert {c.status for c in checks} == {"ok"} and not doctor.failed(checks)
 
 
@@ -154,9 +165,24 @@ def test_missing_psutil_says_what_to_install():
     assert check.status == "fail" and check.fix == "sudo apt install python3-psutil"
 
 
+def test_missing_cffi_backend_says_what_to_install():
+    probes = pi()
+
+    def tls():
+        raise ImportError("No module named '_cffi_backend'")
+
+    probes.tls = tls
+    check = by_name(doctor.run("manager", probes))["tls"]
+    assert check.status == "fail" and check.fix == "sudo apt install python3-cffi-backend"
+
+
+def test_the_real_certificate_library_loads():
+    assert doctor.Probes().tls().split(" ")[0].count(".") >= 1  # a version: the CA and the join can work here
+
+
 def test_a_manager_needs_no_docker():
     checks = doctor.run("manager", pi(engine=Unavailable("no engine")))
-    assert [c.name for c in checks] == ["python", "arch", "multicast", "disk", "clock"]
+    assert [c.name for c in checks] == ["python", "arch", "tls", "multicast", "disk", "clock"]
     with pytest.raises(CubeError, match="worker. or a .manager"):
         doctor.run("laptop", pi())
 

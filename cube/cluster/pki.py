@@ -23,6 +23,17 @@ from cryptography.x509.oid import NameOID
 
 from cube.core.errors import BadRequest, CubeError
 
+
+def version() -> str:
+    """cryptography's version and where its `_cffi_backend` comes from (`cube doctor`)."""
+    import sys
+
+    import cryptography
+
+    backend = getattr(sys.modules.get("_cffi_backend"), "__file__", "") or ""
+    return f"{cryptography.__version__} (cffi backend: {'system' if 'dist-packages' in backend else 'bundled'})"
+
+
 CA_YEARS = 10
 MEMBER_YEARS = 10  # a Pi that is off for a year must still rejoin; `cube node rm` revokes sooner
 

@@ -104,6 +104,12 @@ class Probes:
         where = "system" if "dist-packages" in (psutil.__file__ or "") else "bundled"
         return f"{psutil.__version__} ({where})"
 
+    def tls(self) -> str:
+        """The certificate library's version; raises when it cannot be loaded."""
+        from cube.cluster import pki
+
+        return pki.version()
+
 
 # -- the checks ------------------------------------------------------------------------------------------------
 
@@ -149,6 +155,16 @@ def check_psutil(probes: Probes) -> Check:
         message = getattr(error, "message", None) or str(error)
         fix = "sudo apt install python3-psutil" if "python3-psutil" in message else "see the arch line"
         return Check("psutil", "fail", message, fix)
+
+
+def check_tls(probes: Probes) -> Check:
+    """The cluster CA (manager) and the join (worker) need cryptography, which needs `_cffi_backend`."""
+    try:
+        return Check("tls", "ok", f"cryptography {probes.tls()}")
+    except (ImportError, CubeError) as error:
+        message = getattr(error, "message", None) or str(error)
+        fix = "sudo apt install python3-cffi-backend" if "cffi" in message else "see the arch line"
+        return Check("tls", "fail", message, fix)
 
 
 def check_docker(probes: Probes) -> tuple[Check, dict | None]:
@@ -266,7 +282,7 @@ def run(role: str = "worker", probes: Probes | None = None) -> list[Check]:
     if role not in ("worker", "manager"):
         raise CubeError(f"doctor checks a `worker` or a `manager` node, not {role!r}")
     probes = probes or Probes()
-    checks = [check_python(probes), check_arch(probes)]
+    checks = [check_python(probes), check_arch(probes), check_tls(probes)]
     engine = None
     if role == "worker":  # psutil measures the node for the scheduler: a worker's business only
         docker, engine = check_docker(probes)
