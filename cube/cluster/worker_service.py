@@ -139,7 +139,9 @@ def run_worker(
     worker.start()
     server.start()
     log.info("worker %s serving on %s:%s (data %s)", worker.name, host, server.port, directory)
-    extras = _announce_worker(worker, server, mdns, manager, given.secret if insecure and given else None, trust)
+    extras = _announce_worker(
+        worker, server, mdns, manager, given.secret if insecure and given else None, trust, directory
+    )
     try:
         wait_for_signal(closed)
     finally:
@@ -206,7 +208,7 @@ def _find_manager(skip=()) -> str | None:
     return found.url if found else None
 
 
-def _announce_worker(worker, server, mdns: bool, manager: str | None, token: str | None, trust) -> list:
+def _announce_worker(worker, server, mdns: bool, manager: str | None, token: str | None, trust, directory="") -> list:
     """Advertise the worker on the LAN (mDNS) and keep it registered with its manager. Returns closers."""
     port = server.port
     closers = []
@@ -219,7 +221,7 @@ def _announce_worker(worker, server, mdns: bool, manager: str | None, token: str
         except CubeError as error:
             log.warning("not announcing on mDNS: %s", error.message)
     if manager or mdns:
-        registrar = Registrar(worker, port, manager, token, mdns, trust, server.scheme)
+        registrar = Registrar(worker, port, manager, token, mdns, trust, server.scheme, directory)
         registrar.start()
         closers.insert(0, registrar.close)
     return closers
@@ -232,9 +234,11 @@ class Registrar:
 
     QUIET = 10.0  # seconds without a manager's poll before registering (again)
 
-    def __init__(self, worker, port: int, manager: str | None, token, mdns: bool, trust=None, scheme="http"):
+    def __init__(
+        self, worker, port: int, manager: str | None, token, mdns: bool, trust=None, scheme="http", directory=""
+    ):
         self.worker, self.port, self.manager, self.token, self.mdns = worker, port, manager, token, mdns
-        self.trust, self.scheme = trust, scheme
+        self.trust, self.scheme, self.directory = trust, scheme, directory
         self._closed = threading.Event()
         self._refused: set[str] = set()
 
@@ -272,7 +276,13 @@ class Registrar:
             self._refused.discard(url)
         except Unauthorized as error:
             if url not in self._refused:  # a fake manager on the LAN is logged once, not every round
-                log.error("manager %s refused or is not trusted: %s", url, error.message)
+                log.error(
+                    "manager %s refused or is not trusted: %s (a manager made anew has a new CA: to join it, "
+                    "remove %s and start this worker with its join token)",
+                    url,
+                    error.message,
+                    os.path.join(self.directory, "tls") if self.directory else "the worker's tls directory",
+                )
                 self._refused.add(url)
         except CubeError as error:
             log.warning("cannot register with manager %s: %s", url, error.message)
