@@ -101,7 +101,9 @@ class Manager(ManagerViews):
         self._swept = float("-inf")
         self._touched: dict[str, set[str]] | None = None  # what the open store batch changed (see _saving)
         self._unsaved: set[str] = set()  # nodes whose record the store refused: saved again by tick
-        self._store_trouble = ""  # the store's last refusal, logged once
+        self._store_trouble = ""  # the store's refusal now, "" while it takes writes
+        # The last refusal warned of: its message, when, and whether "takes writes again" is still to be said.
+        self._store_warned: tuple[str, float, bool] = ("", float("-inf"), False)
         self._pool = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-dispatch")
         self._load()
 
@@ -207,12 +209,23 @@ class Manager(ManagerViews):
             self._restore(touched)
             if isinstance(error, StorageFailed) and error.message != self._store_trouble:
                 self._store_trouble = error.message
-                log.warning("%s: changes refused until then, memory kept as the store has it", error.message)
+                self._warn_store(error.message)
             raise
         self._touched = None
-        if self._store_trouble:
-            log.info("the store takes writes again (was: %s)", self._store_trouble)
+        if self._store_trouble and any(touched.values()):  # a round that wrote nothing proves nothing
+            if self._store_warned[2]:
+                log.info("the store takes writes again (was: %s)", self._store_trouble)
+                self._store_warned = (self._store_warned[0], self._store_warned[1], False)
             self._store_trouble = ""
+
+    def _warn_store(self, message: str) -> None:
+        """Once per cause and minute: a nearly full disk takes some writes and refuses others, and each refusal
+        after a success would otherwise be a new warning."""
+        now = self.monotonic()
+        last, at, _ = self._store_warned
+        if message != last or now - at >= 60.0:
+            log.warning("%s: changes refused until then, memory kept as the store has it", message)
+            self._store_warned = (message, now, True)
 
     @contextmanager
     def _trying(self) -> Iterator[None]:
