@@ -111,7 +111,7 @@ run() {  # run [nspawn options...] -- command...: the tree, emulated, with a pri
 run --bind=/run/docker.sock:/run/docker.sock -- /bin/sh /opt/inside.sh
 if [ "$DEBARCH" = armhf ]; then
   echo
-  echo "== without python3-psutil and python3-cffi-backend: cube worker must say what to install"
+  echo "== without python3-psutil and python3-cffi-backend: cube worker and cube manager say what to install"
   set +e
   out=$(run --tmpfs=/usr/lib/python3/dist-packages -- python3 /opt/cube.pyz worker --token x 2>&1)
   status=$?

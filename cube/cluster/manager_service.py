@@ -12,9 +12,8 @@ import threading
 
 from cube.cluster.config import data_dir, private_dir
 from cube.cluster.service import wait_for_signal
-from cube.cluster.worker_service import build_worker
 from cube.core.errors import BadRequest, CubeError, Untrusted
-from cube.worker.worker import node_id
+from cube.store import node_id
 
 log = logging.getLogger("cube")
 
@@ -201,6 +200,7 @@ def start_dev(
 ) -> ManagerService:
     """A whole cluster in one process: a manager and `workers` local workers on the real Docker engine."""
     from cube.cluster.api import Access, Server, worker_app
+    from cube.cluster.worker_service import build_worker  # imports psutil: a manager alone does not need it
 
     service = ManagerService(port, host, data, None, strategy, node_timeout, insecure=insecure, role="dev")
     if runtime is None:

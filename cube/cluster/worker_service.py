@@ -14,7 +14,7 @@ import time
 from cube.cluster.config import data_dir, find_token, private_dir
 from cube.cluster.service import stop_on_signal, wait_for_signal
 from cube.core.errors import CubeError, Unauthorized
-from cube.worker.worker import node_id
+from cube.store import node_id
 
 log = logging.getLogger("cube")
 

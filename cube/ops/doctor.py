@@ -235,7 +235,7 @@ def check_multicast(probes: Probes) -> Check:
         "multicast",
         "warn",
         "no LAN interface is up with multicast: mDNS discovery will not work",
-        "give addresses instead: cube worker --manager http://HOST:5555, cube manager --workers HOST:5556",
+        "give addresses instead: cube worker --manager https://HOST:5555, cube manager --workers HOST:5556",
     )
 
 

@@ -1,7 +1,7 @@
 """Where Cube keeps what must survive a `kill -9`: one interface (`base.Store`), two backends."""
 
-from cube.store.base import EVENT_RETENTION, Store
+from cube.store.base import EVENT_RETENTION, Store, node_id
 from cube.store.disk import DiskStore
 from cube.store.memory import MemoryStore
 
-__all__ = ["EVENT_RETENTION", "DiskStore", "MemoryStore", "Store"]
+__all__ = ["EVENT_RETENTION", "DiskStore", "MemoryStore", "Store", "node_id"]

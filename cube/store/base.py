@@ -83,3 +83,14 @@ class Store:
             ids = range(start, min(last, start + limit - 1) + 1)
         found = (self._event(i) for i in ids)
         return [Event.from_dict(e) for e in found if e is not None]
+
+
+def node_id(store: Store) -> str:
+    """A random id kept in the store: stable across restarts, distinct between two nodes with one hostname."""
+    value = store.get("meta", "node_id")
+    if not value:
+        import secrets
+
+        value = {"id": secrets.token_hex(4)}
+        store.put("meta", "node_id", value)
+    return value["id"]

@@ -41,7 +41,7 @@ from cube.core.errors import (
     Unavailable,
 )
 from cube.core.model import Assignment, Desired, Event, Resources, State, transition
-from cube.store import Store
+from cube.store import Store, node_id
 from cube.worker.holds import DISCONNECT, Holds
 from cube.worker.metrics import Metrics, machine_arch
 from cube.worker.reconcile import Plan, diff
@@ -735,17 +735,6 @@ def _limit(policy) -> str:
 
 def _used(count: int, policy) -> str:
     return f"{count} of {policy.max_restarts} restarts within {policy.window:g} s used"
-
-
-def node_id(store: Store) -> str:
-    """A random id kept in the store: stable across restarts, distinct between two nodes with one hostname."""
-    value = store.get("meta", "node_id")
-    if not value:
-        import secrets
-
-        value = {"id": secrets.token_hex(4)}
-        store.put("meta", "node_id", value)
-    return value["id"]
 
 
 def _allocated(tasks: list[Assignment]) -> Resources:
