@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from conftest import free_port
+from conftest import free_port, remove_volumes
 
 from cube.core.errors import Conflict, NotFound, RuntimeFailure, Unavailable
 from cube.core.model import Assignment, TaskSpec, new_id
@@ -354,15 +354,7 @@ def volumes(subject):
     yield subject
     if subject.engine == "docker":
         _sweep(subject.node)
-        names = subprocess.run(
-            ["docker", "volume", "ls", "-q", "--filter", f"label=cube.node={subject.node}"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.split()
-        if names:
-            subprocess.run(["docker", "volume", "rm", "-f", *names], check=False, capture_output=True, timeout=60)
+        remove_volumes(subject.node)
 
 
 def mounting(s: Subject, *volumes: str, tmpfs=()) -> Assignment:

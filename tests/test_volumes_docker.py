@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import docker_ids, docker_inspect, wait_for
+from conftest import docker_ids, docker_inspect, remove_volumes, wait_for
 from test_cluster_docker import TOKEN, Cluster
 
 pytestmark = pytest.mark.docker
@@ -22,12 +22,7 @@ def cluster(pyz, procs, tmp_path, busybox_image):
     c = Cluster(pyz, procs, tmp_path)
     yield c
     c.cleanup()  # the processes, then the containers: nothing can make a volume after the sweep below
-    for name in c.workers:
-        volumes = subprocess.run(
-            ["docker", "volume", "ls", "-q", "--filter", f"label=cube.node={name}"], capture_output=True, text=True
-        ).stdout.split()
-        if volumes:
-            subprocess.run(["docker", "volume", "rm", "-f", *volumes], capture_output=True)
+    remove_volumes(*c.workers)
 
 
 def cube(cluster, *args, check: int | None = 0):
@@ -149,12 +144,7 @@ def test_a_task_waits_for_its_volume_node_instead_of_starting_empty_elsewhere(py
         assert len(wait_for(lambda: len(lines(back["container_id"])) == 2 and lines(back["container_id"]), 10)) == 2
     finally:
         c.cleanup()
-        for name in c.workers:
-            subprocess.run(
-                f"docker volume ls -q --filter label=cube.node={name} | xargs -r docker volume rm -f",
-                shell=True,
-                capture_output=True,
-            )
+        remove_volumes(*c.workers)
 
 
 def test_bind_mounts_read_only_a_missing_source_and_tmpfs(cluster, busybox_image, tmp_path):

@@ -392,7 +392,7 @@ class Mount:
             source = _mount_path(source, f"{what} source", stored)
         else:
             text(source, f"{what} source", MAX_SHORT)
-            if not stored and not _VOLUME_NAME_RE.fullmatch(source):
+            if not stored and not is_volume_name(source):
                 raise InvalidSpec(
                     f"{what}: volume name {shown(source)} must be 2-{MAX_SHORT} letters, digits or . _ -, starting "
                     f"with a letter or digit (or an absolute host path, for a bind mount)"
@@ -414,6 +414,12 @@ class Mount:
         if self.type == "tmpfs":
             return f"tmpfs:{self.target}" + (f":size={format_size(self.size)}" if self.size else "")
         return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
+def is_volume_name(value) -> bool:
+    """Whether `value` is a volume name Docker takes (a route's path segment is checked with it before any engine
+    sees it)."""
+    return isinstance(value, str) and len(value) <= MAX_SHORT and _VOLUME_NAME_RE.fullmatch(value) is not None
 
 
 def _mount_path(value, what: str, stored: bool) -> str:

@@ -41,6 +41,7 @@ from cube.core.errors import (
     Unavailable,
 )
 from cube.core.model import Assignment, Desired, Event, Resources, State, transition
+from cube.core.spec import is_volume_name, shown
 from cube.store import Store
 from cube.worker.holds import DISCONNECT, Holds
 from cube.worker.metrics import Metrics, machine_arch
@@ -688,6 +689,8 @@ class Worker:
     def remove_volume(self, name: str) -> None:
         """Remove a named volume this node made (`cube volume rm`, through the manager). Refused while a task held
         here to run mounts it."""
+        if not is_volume_name(name):
+            raise NotFound(f"no volume {shown(name)} on node {self.name}: not a volume name")
         with self._lock:
             users = [t.id for t in self.tasks.values() if t.desired is Desired.RUN and name in t.spec.named_volumes]
         if users:
