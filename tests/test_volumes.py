@@ -296,3 +296,27 @@ def test_a_pin_the_store_refuses_is_not_kept_nor_the_task():
 def test_a_task_is_a_task_record_with_its_volumes():
     task = Task(id="t1", spec=TaskSpec.from_dict(spec(["pgdata:/data"])))
     assert Task.from_dict(task.to_dict()).spec.named_volumes == ("pgdata",)
+
+
+def test_a_volume_whose_node_was_removed_is_forgotten_by_volume_rm_and_its_tasks_wait_until_then(c):
+    task = c.submit(spec(["pgdata:/data"]))
+    c.settle()
+    home = c.task(task["id"])["node"]
+    c.manager.stop_task(task["id"])
+    c.settle()
+    c.cut.add(home)
+    c.run_for(8.0)
+    c.manager.remove_node(home)
+    again = c.submit(spec(["pgdata:/data"]))
+    c.settle()
+    waiting = c.task(again["id"])
+    assert waiting["state"] == "pending" and "which was removed from the cluster" in waiting["reason"]
+    assert c.manager.list_volumes()[0]["node_state"] == "gone"
+    with pytest.raises(Conflict):
+        c.manager.remove_volume("pgdata")  # the waiting task is to run
+    c.manager.stop_task(again["id"])
+    answer = c.manager.remove_volume("pgdata")
+    assert answer["node"] == home and "was removed: its data stays on that machine" in answer["note"]
+    third = c.submit(spec(["pgdata:/data"]))
+    c.settle()
+    assert c.task(third["id"])["state"] == "running" and c.task(third["id"])["node"] != home
