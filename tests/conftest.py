@@ -169,6 +169,19 @@ def docker_ids(*filters: str) -> list[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.split()
 
 
+def remove_volumes(*nodes: str) -> None:
+    """Remove the named volumes Cube made for these nodes (label cube.node); their containers must be gone first."""
+    for node in nodes:
+        names = subprocess.run(
+            ["docker", "volume", "ls", "-q", "--filter", f"label=cube.node={node}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
+        if names:
+            subprocess.run(["docker", "volume", "rm", "-f", *names], capture_output=True, timeout=60)
+
+
 def docker_inspect(container_id: str) -> dict:
     import json
 

@@ -126,6 +126,8 @@ class ClusterHarness:
         worker = self.workers[name]
         if method == "POST" and path == "/tasks":
             return worker.accept(Assignment.from_dict(body))[0].to_dict()
+        if method == "DELETE" and path.startswith("/volumes/"):
+            return worker.remove_volume(path.split("/")[2])
         task_id = path.split("/")[2]
         if method == "DELETE":
             try:

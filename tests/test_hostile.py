@@ -193,6 +193,9 @@ VALID_SPEC = {
     "labels": {"team": "a"},
     "constraints": ["arch=x86_64"],
     "on_disconnect": "keep",
+    "volumes": ["hdata:/data", "/tmp:/media:ro"],
+    "tmpfs": ["/run:size=1m"],
+    "allow_host_root": False,
 }
 
 VALID_JOB = {"name": "hjob", "task": VALID_SPEC, "count": 1}
@@ -315,6 +318,8 @@ MANAGER_ROUTES = [
     ("POST", "/join", st.one_of(st.fixed_dictionaries({"csr": TEXT, "node_id": TEXT, "proof": TEXT}), BODIES)),
     ("GET", "/token", None),
     ("POST", "/token/rotate", BODIES),
+    ("GET", "/volumes", None),
+    ("DELETE", "/volumes/<>", None),
 ]
 WORKER_ROUTES = [
     ("GET", "/health", None),
@@ -329,6 +334,7 @@ WORKER_ROUTES = [
     ("GET", "/events", None),
     ("PATCH", "/stats", BODIES),
     ("GET", "/hello", None),
+    ("DELETE", "/volumes/<>", None),
 ]
 
 

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from conftest import free_port
+from conftest import free_port, remove_volumes
 
-from cube.core.errors import NotFound, Unavailable
+from cube.core.errors import Conflict, NotFound, RuntimeFailure, Unavailable
 from cube.core.model import Assignment, TaskSpec, new_id
 from cube.worker.docker_runtime import DockerRuntime
 from cube.worker.runtime import ContainerInfo, FakeRuntime, RuntimeEvent
@@ -342,3 +342,51 @@ def test_not_alive_and_events_end_on_stop_when_the_engine_does_not_answer(engine
     assert events.wait("die", "any", timeout=0.3) is None
     assert events.close(), "the events iterator did not end within 3 s of `stop` being set"
     assert events.error is None and events.seen == []
+
+
+# ---- volumes: named volumes outlive containers, a bind source must exist --------------------------------------------
+
+
+@pytest.fixture
+def volumes(subject):
+    """The subject, and after the test: its node's containers, then the volumes Cube made for it, removed (also
+    when the test failed)."""
+    yield subject
+    if subject.engine == "docker":
+        _sweep(subject.node)
+        remove_volumes(subject.node)
+
+
+def mounting(s: Subject, *volumes: str, tmpfs=()) -> Assignment:
+    spec = {"image": s.image, "command": SLEEP, "volumes": list(volumes), "tmpfs": list(tmpfs)}
+    return Assignment(id=new_id(), spec=TaskSpec.from_dict(spec), generation=1)
+
+
+def test_a_named_volume_is_made_on_first_use_and_outlives_its_container(volumes):
+    s = volumes
+    name = f"{s.node}-data"
+    info = s.runtime.start(mounting(s, f"{name}:/data"), s.node)
+    assert [(v.name, v.node) for v in s.runtime.volumes(s.node)] == [(name, s.node)]
+    assert s.runtime.volumes(s.other) == [], "a volume is listed by the node that made it only"
+    with pytest.raises(Conflict):
+        s.runtime.remove_volume(name, s.node)  # a container uses it
+    s.runtime.stop(info.id, timeout=0)
+    s.runtime.remove(info.id)
+    listed = s.runtime.volumes(s.node)
+    assert [v.name for v in listed] == [name], "removing the container keeps its named volume"
+    assert listed[0].created_at is not None and abs(listed[0].created_at - time.time()) < 120
+    s.runtime.remove_volume(name, s.node)
+    assert s.runtime.volumes(s.node) == []
+    s.runtime.remove_volume(name, s.node)  # already gone: nothing to do
+
+
+def test_a_missing_bind_source_is_a_start_error_naming_it_and_nothing_is_created(volumes, tmp_path):
+    s = volumes
+    missing = tmp_path / "not-there"
+    with pytest.raises(RuntimeFailure, match=f"bind mount source {missing} does not exist on node {s.node}"):
+        s.runtime.start(mounting(s, f"{missing}:/media:ro"), s.node)
+    assert not missing.exists(), "no directory made for it"
+    assert s.runtime.list_owned(s.node) == [], "no container left behind"
+    (tmp_path / "media").mkdir()
+    info = s.runtime.start(mounting(s, f"{tmp_path / 'media'}:/media:ro", tmpfs=["/run:size=1m"]), s.node)
+    assert s.runtime.inspect(info.id).running

@@ -28,6 +28,7 @@ Work:
   logs      print a task's output
   events    what happened, as it happens
   nodes     list the cluster's nodes (alias: node); `cube node rm NAME` removes one
+  volume    list named volumes (`cube volume ls`) and where they live; `cube volume rm NAME` removes one
 
 Cluster:
   dev       a whole cluster in this process (manager + local workers)
@@ -43,7 +44,7 @@ Every command reads CUBE_MANAGER (manager URL) and CUBE_TOKEN from the environme
 manager on this machine, then on the LAN (mDNS).
 """
 
-ALIASES = {"ps": "status", "node": "nodes"}
+ALIASES = {"ps": "status", "node": "nodes", "volumes": "volume"}
 RETRY_EVERY = 1.0  # seconds between tries to reach a manager that `cube events --follow` lost
 
 
@@ -63,6 +64,9 @@ class Commands:
         cpu: float = 0.0,
         memory=0,
         disk=0,
+        volume=(),
+        tmpfs=(),
+        allow_host_root: bool = False,
         restart: str = "on-failure",
         max_restarts: int = 3,
         restart_window: float = 600.0,
@@ -96,6 +100,11 @@ class Commands:
           --cpu N                CPUs to reserve, e.g. 0.5
           --memory SIZE          memory limit, e.g. 256m or 1g
           --disk SIZE            disk space to reserve, e.g. 1g
+          --volume SPEC          a named volume NAME:/path (it lives on the node of the first placement, and
+                                 the task only runs there), or a bind mount /host/path:/path; :ro for read-only
+                                 (repeatable)
+          --tmpfs PATH           a tmpfs mount, PATH or PATH:size=64m (repeatable)
+          --allow-host-root      allow a bind mount of /, the Docker socket, /etc, /proc, /sys, /dev or /boot
           --restart POLICY       no, on-failure (default) or always
           --max-restarts N       restarts allowed on a node within --restart-window (default 3)
           --restart-window S     seconds over which a node counts restarts (default 600)
@@ -123,6 +132,9 @@ class Commands:
                 "cpu": cpu,
                 "memory": memory,
                 "disk": disk,
+                "volume": volume,
+                "tmpfs": tmpfs,
+                "allow_host_root": allow_host_root,
                 "restart": restart,
                 "max_restarts": max_restarts,
                 "restart_window": restart_window,
@@ -318,6 +330,44 @@ class Commands:
                 output.nodes_table(nodes)
                 if nodes
                 else "no nodes yet: start `cube worker` on a machine (or `cube dev` here)"
+            ),
+            json,
+        )
+
+    def volume(
+        self,
+        action: str | None = None,
+        name: str | None = None,
+        manager: str | None = None,
+        token: str | None = None,
+        json: bool = False,
+    ):
+        """cube volume [ls | rm NAME] [--json]
+
+        Lists the named volumes (alias: volumes): name, the node it lives on, size when known, age, and the tasks
+        to run that mount it. A volume lives on the node of the first task that mounted it, and stays when its
+        tasks stop, fail or move. `cube volume rm NAME` removes it on its node (refused while a task to run
+        mounts it, or while its node is down)."""
+        from cube.cli import output
+
+        if action not in (None, "ls", "list", "rm"):
+            raise CubeError(f"unknown action {action!r}: use `cube volume ls` or `cube volume rm NAME`")
+        client = _client(manager, token)
+        if action == "rm":
+            if not name:
+                raise CubeError("which volume? `cube volume rm NAME` (`cube volume ls` lists them)")
+            answer = client.delete(f"/volumes/{name}") or {}
+            note = f" ({answer['note']})" if answer.get("note") else ""
+            _print(answer if json else f"removed volume {name} from node {answer.get('node', '?')}{note}", json)
+            return None
+        volumes = client.get("/volumes")
+        _print(
+            volumes
+            if json
+            else (
+                output.volumes_table(volumes)
+                if volumes
+                else "no volumes yet: `cube run --volume NAME:/path` makes one on the node where the task runs"
             ),
             json,
         )

@@ -78,6 +78,18 @@ def nodes_table(nodes: list[dict]) -> str:
     return "\n".join([text, *notes])
 
 
+def volumes_table(volumes: list[dict]) -> str:
+    """NAME, NODE (with its state when not ready), SIZE ("-": the node does not measure it), AGE, TASKS (those to
+    run that mount it; "-": none, so `cube volume rm` may remove it)."""
+    rows = []
+    for v in volumes:
+        node = v["node"] if v.get("node_state") in (None, "ready") else f"{v['node']} ({v['node_state']})"
+        size = format_size(v["size"]) if isinstance(v.get("size"), int) else "-"
+        users = ",".join(t.get("name") or t["id"] for t in v.get("tasks") or ()) or "-"
+        rows.append([v["name"], node, size, age(v.get("created_at")), users])
+    return table(["NAME", "NODE", "SIZE", "AGE", "TASKS"], rows)
+
+
 def event_line(e: dict) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(e["time"])) + f".{int(e['time'] * 1000) % 1000:03d}"
     node = f" [{e['node']}]" if e.get("node") else ""

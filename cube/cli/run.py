@@ -42,6 +42,12 @@ def build_request(flags: dict) -> tuple[str, dict]:
         "constraints": [str(c) for c in _as_list(flags.get("constraint"))],
         "labels": dict(str(item).split("=", 1) for item in _as_list(flags.get("label")) if "=" in str(item)),
     }
+    if flags.get("volume"):
+        spec["volumes"] = [str(v) for v in _as_list(flags.get("volume"))]
+    if flags.get("tmpfs"):
+        spec["tmpfs"] = [str(v) for v in _as_list(flags.get("tmpfs"))]
+    if flags.get("allow_host_root"):
+        spec["allow_host_root"] = True
     if flags.get("on_disconnect"):
         spec["on_disconnect"] = str(flags["on_disconnect"])
     if flags.get("health"):

@@ -354,6 +354,11 @@ def worker_app(worker, token) -> bottle.Bottle:
     def stats():
         return worker.stats()
 
+    @app.delete("/volumes/<name>")
+    def remove_volume(name):
+        worker.remove_volume(name)
+        return bottle.HTTPResponse(status=204)
+
     @app.get("/state")
     def state():
         version = query_number("version", None, int)
@@ -473,6 +478,14 @@ def manager_app(manager, membership, links, token, authority=None) -> bottle.Bot
     @app.get("/nodes")
     def list_nodes():
         return manager.list_nodes()
+
+    @app.get("/volumes")
+    def list_volumes():
+        return manager.list_volumes()
+
+    @app.delete("/volumes/<name>")
+    def remove_volume(name):
+        return manager.remove_volume(name)
 
     @app.post("/nodes")
     def add_node():

@@ -12,6 +12,7 @@ store, an assignment from the manager) are not held to those, so that what an ol
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 import reprlib
 import uuid
@@ -39,6 +40,7 @@ MAX_TEXT = 64 * 1024  # the command's arguments all told; the env's names and va
 MAX_SHORT = 255  # an env name, a label key, a constraint
 MAX_LABEL_VALUE = 1024
 MAX_PATH = 1024  # health.path
+MAX_VOLUMES = 32  # mounts of one task: volumes, binds and tmpfs together
 
 _NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)  # a DNS label
 _LEGACY_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", re.ASCII)  # names before 0.3: still load
@@ -291,6 +293,184 @@ class HealthCheck:
         return {"path": self.path, "port": self.port, "interval": self.interval, "timeout": self.timeout}
 
 
+# ---- mounts: named volumes, bind mounts, tmpfs ------------------------------------------------------------------
+
+MOUNT_TYPES = ("volume", "bind", "tmpfs")
+_VOLUME_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", re.ASCII)  # Docker's rule for a volume name
+# Host paths that hand a task the machine itself when bound whole: the root, the Docker socket (the engine is
+# root), the host's configuration, kernel interfaces, devices, the boot files, and the directories that hold the
+# socket or the engine's data. Refused unless the spec says `allow_host_root: true` (`--allow-host-root`).
+HOST_ROOTS = frozenset(
+    {
+        "/",
+        "/var/run/docker.sock",
+        "/run/docker.sock",
+        "/etc",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/boot",
+        "/run",
+        "/var/run",
+        "/var/lib/docker",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One mount of a task's container. `volume`: a named volume (`source` is its name), which lives on one node
+    and is never deleted implicitly; `bind`: a host path (`source`), which must exist on the node; `tmpfs`: memory,
+    of at most `size` bytes (0: Docker's default, half the node's memory)."""
+
+    type: str
+    target: str
+    source: str = ""
+    read_only: bool = False
+    size: int = 0
+
+    @classmethod
+    def parse(cls, value, what: str, stored: bool = False) -> "Mount":
+        """`NAME:/path[:ro]` (a named volume), `/host/path:/path[:ro]` (a bind mount), or an object with type,
+        source, target, read_only and size."""
+        if isinstance(value, Mount):
+            return value
+        if isinstance(value, str):
+            text(value, what, MAX_PATH * 2 + 4)
+            parts = value.split(":")
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+                raise InvalidSpec(
+                    f"{what} must look like NAME:/path or /host/path:/path, with :ro to mount it read-only "
+                    f"(e.g. pgdata:/var/lib/postgresql/data), not {shown(value)}"
+                )
+            source, target = parts[0], parts[1]
+            kind = "bind" if source.startswith("/") else "volume"
+            read_only = len(parts) == 3 and parts[2] == "ro"
+            return cls._checked(kind, source, target, read_only, 0, what, stored)
+        if not isinstance(value, dict):
+            raise InvalidSpec(f"{what} must be a string such as pgdata:/data or an object, not {kind_of(value)}")
+        _only(value, {"type", "source", "target", "read_only", "size"}, what)
+        source = value.get("source") or ""
+        if not isinstance(source, str):
+            raise InvalidSpec(f"{what}.source must be a string, not {kind_of(source)}")
+        kind = value.get("type") or ("bind" if source.startswith("/") else "volume")
+        if kind not in MOUNT_TYPES:
+            raise InvalidSpec(f"{what}.type must be one of {', '.join(MOUNT_TYPES)}, not {shown(kind)}")
+        read_only = value.get("read_only", False)
+        if not isinstance(read_only, bool):
+            raise InvalidSpec(f"{what}.read_only must be true or false, not {shown(read_only)}")
+        size = parse_size(value.get("size") or 0, f"{what}.size")
+        return cls._checked(kind, source, value.get("target"), read_only, size, what, stored)
+
+    @classmethod
+    def parse_tmpfs(cls, value, what: str) -> "Mount":
+        """`/path` or `/path:size=64m` (as `docker run --tmpfs`)."""
+        if not isinstance(value, str):
+            return cls.parse(value, what)
+        target, _, options = text(value, what, MAX_PATH + 40).partition(":")
+        size = 0
+        if options:
+            key, _, number = options.partition("=")
+            if key != "size" or not number:
+                raise InvalidSpec(f"{what} must look like /path or /path:size=64m, not {shown(value)}")
+            size = parse_size(number, f"{what} size")
+        return cls._checked("tmpfs", "", target, False, size, what, False)
+
+    @classmethod
+    def _checked(cls, kind, source, target, read_only, size, what, stored) -> "Mount":
+        if target is None or target == "":
+            raise InvalidSpec(f"{what} needs a target: the absolute path inside the container")
+        target = _mount_path(target, f"{what} target", stored)
+        if not stored and target == "/":
+            raise InvalidSpec(f"{what} target cannot be / (the container's own root)")
+        if kind == "tmpfs":
+            if source:
+                raise InvalidSpec(f"{what}: a tmpfs has no source, only a target (and a size)")
+        elif not source:
+            raise InvalidSpec(f"{what} needs a source: a volume name, or an absolute host path")
+        elif kind == "bind":
+            source = _mount_path(source, f"{what} source", stored)
+        else:
+            text(source, f"{what} source", MAX_SHORT)
+            if not stored and not is_volume_name(source):
+                raise InvalidSpec(
+                    f"{what}: volume name {shown(source)} must be 2-{MAX_SHORT} letters, digits or . _ -, starting "
+                    f"with a letter or digit (or an absolute host path, for a bind mount)"
+                )
+        if size and kind != "tmpfs":
+            raise InvalidSpec(f"{what}: size is a tmpfs's (a volume or a bind mount has the size of its disk)")
+        return cls(kind, target, source, read_only, size)
+
+    def to_dict(self) -> dict:
+        return {
+            "type": self.type,
+            "source": self.source,
+            "target": self.target,
+            "read_only": self.read_only,
+            "size": self.size,
+        }
+
+    def __str__(self) -> str:
+        if self.type == "tmpfs":
+            return f"tmpfs:{self.target}" + (f":size={format_size(self.size)}" if self.size else "")
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
+def is_volume_name(value) -> bool:
+    """Whether `value` is a volume name Docker takes (a route's path segment is checked with it before any engine
+    sees it)."""
+    return isinstance(value, str) and len(value) <= MAX_SHORT and _VOLUME_NAME_RE.fullmatch(value) is not None
+
+
+def _mount_path(value, what: str, stored: bool) -> str:
+    """An absolute path without '..' (a request's; a stored one is only checked for its type and text)."""
+    path = text(value, what, MAX_PATH)
+    if stored:
+        return path
+    if not path.startswith("/"):
+        raise InvalidSpec(f"{what} must be an absolute path (starting with /), not {shown(path)}")
+    if ".." in path.split("/"):
+        raise InvalidSpec(f"{what} must not contain '..': give the path itself, not {shown(path)}")
+    if any(c.isspace() and c != " " for c in path) or ":" in path:
+        raise InvalidSpec(f"{what} must not hold ':' or line breaks, not {shown(path)}")
+    path = posixpath.normpath(path)
+    return "/" + path.lstrip("/")  # normpath keeps a leading '//'
+
+
+def _mounts(data: dict, stored: bool) -> tuple[Mount, ...]:
+    """A spec's `volumes` (and, in a request, `tmpfs`, which joins them), checked together: no target twice, no
+    host root without `allow_host_root`."""
+    volumes = data.get("volumes") or ()
+    if isinstance(volumes, (str, dict)):
+        volumes = [volumes]
+    if not isinstance(volumes, (list, tuple)):
+        raise InvalidSpec('volumes must be a list such as ["pgdata:/var/lib/postgresql/data", "/srv/media:/media:ro"]')
+    tmpfs = data.get("tmpfs") or ()
+    if isinstance(tmpfs, str):
+        tmpfs = [tmpfs]
+    if not isinstance(tmpfs, (list, tuple)):
+        raise InvalidSpec('tmpfs must be a list such as ["/run:size=64m"]')
+    if not stored and len(volumes) + len(tmpfs) > MAX_VOLUMES:
+        raise InvalidSpec(f"volumes and tmpfs hold {len(volumes) + len(tmpfs):,} mounts: at most {MAX_VOLUMES}")
+    mounts = [Mount.parse(v, f"volumes[{i}]", stored) for i, v in enumerate(volumes)]
+    mounts += [Mount.parse_tmpfs(v, f"tmpfs[{i}]") for i, v in enumerate(tmpfs)]
+    targets = [m.target for m in mounts]
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        raise InvalidSpec(f"volumes mount {twice[0]} twice: one mount per container path")
+    allow = data.get("allow_host_root", False)
+    if not isinstance(allow, bool):
+        raise InvalidSpec(f"allow_host_root must be true or false, not {shown(allow)}")
+    if not stored and not allow:
+        for index, mount in enumerate(mounts):
+            if mount.type == "bind" and mount.source in HOST_ROOTS:
+                raise InvalidSpec(
+                    f"volumes[{index}]: a bind mount of {mount.source} hands the task the host itself; it is "
+                    f"refused unless the spec says allow_host_root: true (cube run --allow-host-root)"
+                )
+    return tuple(mounts)
+
+
 def _number(value, what: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidSpec(f"{what} must be a number, not {shown(value)}")
@@ -339,6 +519,10 @@ class TaskSpec:
     # copies can overlap once the manager moves it) or "keep" it running. "" = the default: stop for a task with a
     # fixed host port (its replacement elsewhere would serve the same address), keep for the others.
     on_disconnect: str = ""
+    # Named volumes, bind mounts and tmpfs (see `Mount`); a bind of the host's root, socket or system directories
+    # only with `allow_host_root`.
+    volumes: tuple[Mount, ...] = ()
+    allow_host_root: bool = False
 
     FIELDS = (
         "name",
@@ -354,6 +538,9 @@ class TaskSpec:
         "labels",
         "constraints",
         "on_disconnect",
+        "volumes",
+        "tmpfs",  # a request's tmpfs mounts: kept among the volumes
+        "allow_host_root",
     )
 
     @classmethod
@@ -433,13 +620,15 @@ class TaskSpec:
             labels=tuple(sorted(labels.items())),
             constraints=tuple(_constraint(c) for c in constraints),
             on_disconnect=on_disconnect,
+            volumes=_mounts(data, stored),
+            allow_host_root=bool(data.get("allow_host_root", False)),
         )
         if not stored:
             _check_limits(spec)
         return spec
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "name": self.name,
             "image": self.image,
             "command": list(self.command),
@@ -454,6 +643,18 @@ class TaskSpec:
             "constraints": list(self.constraints),
             "on_disconnect": self.on_disconnect,
         }
+        # Only when set: a worker of an older Cube refuses a spec with fields it does not know, and every task
+        # without mounts must still run there.
+        if self.volumes:
+            data["volumes"] = [m.to_dict() for m in self.volumes]
+        if self.allow_host_root:
+            data["allow_host_root"] = True
+        return data
+
+    @property
+    def named_volumes(self) -> tuple[str, ...]:
+        """The names of the named volumes the task mounts, in order, each once."""
+        return tuple(dict.fromkeys(m.source for m in self.volumes if m.type == "volume"))
 
     @property
     def disconnect(self) -> str:

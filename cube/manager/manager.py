@@ -41,6 +41,7 @@ from cube.core.spec import task_id as spec_task_id
 from cube.manager.outbox import RETRY_MAX, Outbox
 from cube.manager.reconcile import Reported, job_diff, node_diff, task_decision
 from cube.manager.views import ManagerViews
+from cube.manager.volumes import ManagerVolumes
 from cube.store import Store
 
 log = logging.getLogger("cube.manager")
@@ -57,7 +58,7 @@ def holds(task: Task) -> bool:
     return bool(task.node) and task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING)
 
 
-class Manager(ManagerViews):
+class Manager(ManagerViews, ManagerVolumes):
     def __init__(
         self,
         store: Store,
@@ -125,6 +126,7 @@ class Manager(ManagerViews):
             self._index(task, None)
         for data in self.store.values("placements"):
             self.placements[data["task_id"]] = data
+        self._load_volumes()
         with self._lock, self._trying():
             # A job cut short by a crash (its record kept, some of its tasks not yet) is completed here.
             for job in list(self.jobs.values()):
@@ -199,7 +201,13 @@ class Manager(ManagerViews):
         if self._touched is not None:
             yield
             return
-        touched: dict[str, set[str]] = {"tasks": set(), "jobs": set(), "placements": set(), "nodes": set()}
+        touched: dict[str, set[str]] = {
+            "tasks": set(),
+            "jobs": set(),
+            "placements": set(),
+            "nodes": set(),
+            "volumes": set(),
+        }
         self._touched = touched
         try:
             with self.store.batch():
@@ -265,6 +273,7 @@ class Manager(ManagerViews):
                 self.placements.pop(task_id, None)
             else:
                 self.placements[task_id] = data
+        self._restore_volumes(touched["volumes"])
         self._unsaved |= touched["nodes"]
 
     def _forget(self, task: Task) -> None:
@@ -390,6 +399,7 @@ class Manager(ManagerViews):
             task.avoid, task.not_before = "", 0.0
             self._note(task, f"placed on {task.node} ({self.strategy})")
             self._commit(task, before, task.note)
+            self._pin_volumes(task)
 
     def _pick(self, task: Task, nodes: list[Node]):
         return scheduler.place(
@@ -399,6 +409,7 @@ class Manager(ManagerViews):
             seed=f"{task.id}:{task.generation}",
             state=self.sched_state,
             limit=self._limit(len(nodes)),
+            homes=self._homes(task.spec),
         )
 
     def _record_placement(self, task: Task, placement, nodes: list[Node]) -> None:
@@ -613,6 +624,7 @@ class Manager(ManagerViews):
             if node is None:
                 return
             node.last_seen = max(node.last_seen, self._seen.get(node_name, 0.0))
+            self._heard_volumes(node_name, stats)
             runtime = stats.get("runtime") or {}
             state, reason = (
                 ("ready", "")

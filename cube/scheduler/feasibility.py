@@ -7,7 +7,7 @@ here ranks feasible nodes or picks one (`ranking`, `selection`), and nothing cha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -22,7 +22,16 @@ INSUFFICIENT_CPU = "insufficient cpu"
 INSUFFICIENT_MEMORY = "insufficient memory"
 INSUFFICIENT_DISK = "insufficient disk"
 PORT_IN_USE = "host port in use"
-KINDS = (NODE_NOT_READY, CONSTRAINT_NOT_MET, INSUFFICIENT_CPU, INSUFFICIENT_MEMORY, INSUFFICIENT_DISK, PORT_IN_USE)
+VOLUME_ELSEWHERE = "volume on another node"
+KINDS = (
+    NODE_NOT_READY,
+    VOLUME_ELSEWHERE,
+    CONSTRAINT_NOT_MET,
+    INSUFFICIENT_CPU,
+    INSUFFICIENT_MEMORY,
+    INSUFFICIENT_DISK,
+    PORT_IN_USE,
+)
 
 READY = "ready"
 EPSILON = 1e-9  # allocations are float sums: 0.1 + 0.2 must still fit in 0.3 free
@@ -118,6 +127,23 @@ def _always(spec: TaskSpec) -> bool:
     return True
 
 
+def volume_check(homes: Mapping[str, tuple[str, str]]) -> Check:
+    """The check of a task whose named volumes already live somewhere (`homes`: volume name -> (its node, that
+    node's state: ready, unhealthy, down, or gone when the node was removed)). A named volume is a directory on one
+    node's disk: the task runs there or waits for that node, never starts empty elsewhere. Its data is the
+    manager's (which node made which volume), not the spec's or the node's, hence a check made per placement
+    (Nomad's CSI volume checker is given the volumes the same way) and joined to the pipeline by `checks_for`."""
+
+    def check_volumes(spec: TaskSpec, node: Node) -> Rejection | None:
+        for name in spec.named_volumes:
+            home = homes.get(name)
+            if home is not None and home[0] != node.name:
+                return _volume_elsewhere(name, *home)
+        return None
+
+    return check_volumes
+
+
 # ------------------------------------------------------------------------------------------------------ pipeline
 
 # The pipeline, written once: each check in the order it runs, with the test that tells whether it can reject
@@ -127,6 +153,8 @@ PIPELINE: tuple[tuple[Check, Callable[[TaskSpec], bool]], ...] = (
     # What the node *is* comes before what it has: when a node is both down (or the wrong architecture) and full,
     # the user reads the reason that more capacity would not fix. One string compare per node.
     (check_state, _always),
+    # Where the task's named volumes live (`volume_check`, added per placement when one does) comes right after:
+    # it is also what the node *is* for this task, and a bigger node elsewhere would not fix it.
     # Also what the node is; free for the common spec, whose constraints are an empty tuple.
     (check_constraints, lambda spec: bool(spec.constraints)),
     # The resources, by how often they run out on a LAN of small nodes: cpu, then memory, then disk. A subtraction
@@ -140,10 +168,14 @@ PIPELINE: tuple[tuple[Check, Callable[[TaskSpec], bool]], ...] = (
 CHECKS: tuple[Check, ...] = tuple(check for check, _ in PIPELINE)
 
 
-def checks_for(spec: TaskSpec) -> tuple[Check, ...]:
+def checks_for(spec: TaskSpec, homes: Mapping[str, tuple[str, str]] | None = None) -> tuple[Check, ...]:
     """The checks of `PIPELINE` that can reject `spec` (no cpu asked: no cpu check, ...), in pipeline order: the
-    same answers as running all of `CHECKS`, with fewer calls per node in the placement loop."""
-    return tuple(check for check, applies in PIPELINE if applies(spec))
+    same answers as running all of `CHECKS`, with fewer calls per node in the placement loop. With `homes` (where
+    the spec's named volumes live, see `volume_check`), their check follows the state check."""
+    checks = tuple(check for check, applies in PIPELINE if applies(spec))
+    if homes and any(name in homes for name in spec.named_volumes):
+        return (checks[0], volume_check(homes), *checks[1:])
+    return checks
 
 
 def first_rejection(checks: tuple[Check, ...], spec: TaskSpec, node: Node) -> Rejection | None:
@@ -178,6 +210,18 @@ def feasible(spec: TaskSpec, node: Node) -> str | None:
 @lru_cache(maxsize=1024)
 def _not_ready(state: str, reason: str) -> Rejection:
     return Rejection(NODE_NOT_READY, f"node is {state}: {reason}" if reason else f"node is {state}")
+
+
+@lru_cache(maxsize=1024)
+def _volume_elsewhere(name: str, home: str, state: str) -> Rejection:
+    """ "volume pgdata lives on n2", with ", which is down" (unhealthy, removed) when its node cannot take it now."""
+    if state == "gone":
+        return Rejection(
+            VOLUME_ELSEWHERE,
+            f"volume {name} lives on {home}, which was removed from the cluster (`cube volume rm {name}` forgets it)",
+        )
+    which = f", which is {state}" if state != READY else ""
+    return Rejection(VOLUME_ELSEWHERE, f"volume {name} lives on {home}{which}")
 
 
 @lru_cache(maxsize=1024)

@@ -12,7 +12,7 @@ import heapq
 import math
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -87,9 +87,11 @@ def place(
     seed: str | int = 0,
     state: SchedulerState | None = None,
     limit: int | None = None,
+    homes: Mapping[str, tuple[str, str]] | None = None,
 ) -> Placement:
     """Pick a node for one copy of `spec`. The nodes are not changed: call `reserve(placement.node, spec)` once the
-    placement is committed. `state.last` becomes the picked node (round-robin continues after it).
+    placement is committed. `state.last` becomes the picked node (round-robin continues after it). `homes`: where
+    named volumes already live (volume name -> (node, its state)): a task that mounts one goes only there.
 
     `limit`: look for at most this many feasible nodes, visiting the list in a seeded pseudo-random order
     (Nomad's bounded candidate set; 2 is "power of two choices"). The walk goes on past infeasible nodes, so a
@@ -97,7 +99,13 @@ def place(
     list order, so pass the nodes in a stable order to replay it. None looks at every node (exact, O(nodes))."""
     _check_limit(limit)
     return _place(
-        spec, nodes, scorer(strategy), _seed_hash(seed), state if state is not None else SchedulerState(), limit
+        spec,
+        nodes,
+        scorer(strategy),
+        _seed_hash(seed),
+        state if state is not None else SchedulerState(),
+        limit,
+        checks_for(spec, homes),
     )
 
 
@@ -107,9 +115,15 @@ def _check_limit(limit: object) -> None:
 
 
 def _place(
-    spec: TaskSpec, nodes: list[Node], rank: Scorer, seed_hash: int, state: SchedulerState, limit: int | None
+    spec: TaskSpec,
+    nodes: list[Node],
+    rank: Scorer,
+    seed_hash: int,
+    state: SchedulerState,
+    limit: int | None,
+    checks: tuple[Check, ...] | None = None,
 ) -> Placement:
-    checks = checks_for(spec)
+    checks = checks_for(spec) if checks is None else checks
     rejections: dict[str, Rejection] = {}
     candidates: list[Node] = []
     for node in _visit(nodes, seed_hash, limit):

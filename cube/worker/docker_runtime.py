@@ -28,12 +28,22 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 import urllib3.exceptions
 
-from cube.core.errors import CubeError, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
+from cube.core.errors import Conflict, CubeError, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
 from cube.core.model import Assignment
-from cube.worker.runtime import LABEL_GENERATION, LABEL_NODE, LABEL_TASK, ContainerInfo, RuntimeEvent
+from cube.worker.runtime import (
+    LABEL_GENERATION,
+    LABEL_NODE,
+    LABEL_TASK,
+    LABEL_VOLUME,
+    ContainerInfo,
+    RuntimeEvent,
+    VolumeInfo,
+    missing_bind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +135,14 @@ class DockerRuntime:
         spec = task.spec
         name = container_name(task)
         with self._translate(f"starting task {task.id} ({spec.image})"):
-            limits = {}
+            limits: dict[str, Any] = {}
             if spec.cpu > 0:
                 limits["nano_cpus"] = int(spec.cpu * 1e9)
             if spec.memory > 0:
                 limits["mem_limit"] = spec.memory
+            mounts = _mounts(task, node)
+            if mounts:
+                limits["mounts"] = mounts
             host_config = api.create_host_config(port_bindings={p.key: p.host for p in spec.ports} or None, **limits)
             labels = {
                 **dict(spec.labels),
@@ -150,7 +163,7 @@ class DockerRuntime:
                     stop_timeout=None if self.stop_timeout is None else max(0, math.ceil(self.stop_timeout)),
                 )["Id"]
 
-            container_id = self._create(create, task, name, node)
+            container_id = self._create(create, task, name, node, _bind_sources(task))
             try:
                 api.start(container_id)
             except docker.errors.APIError as e:
@@ -160,9 +173,12 @@ class DockerRuntime:
                 raise RuntimeFailure(f"task {task.id} ({spec.image}) could not start: {_explain(e)}") from None
             return _from_inspect(api.inspect_container(container_id))
 
-    def _create(self, create: Callable[[], str], task: Assignment, name: str, node: str) -> str:
+    def _create(
+        self, create: Callable[[], str], task: Assignment, name: str, node: str, binds: tuple[str, ...] = ()
+    ) -> str:
         """Creates, pulling the image on "No such image" and clearing a leftover container of the same task
-        (a crashed earlier attempt) on a name conflict; each repair is tried once."""
+        (a crashed earlier attempt) on a name conflict; each repair is tried once. A bind source the node lacks is
+        the engine's 400 ("bind source path does not exist: /srv/media"), told with the path and what to do."""
         pulled = cleared = False
         while True:
             try:
@@ -173,6 +189,9 @@ class DockerRuntime:
                 self._pull(task.spec.image)
                 pulled = True
             except docker.errors.APIError as e:
+                missing = next((b for b in binds if "does not exist" in _explain(e) and b in _explain(e)), None)
+                if missing is not None:
+                    raise missing_bind(missing, node) from None
                 if e.status_code != 409 or cleared:
                     raise
                 self._clear_name(name, task.id, node)
@@ -244,6 +263,8 @@ class DockerRuntime:
         api = self._api()
         with self._translate(f"removing container {container_id}"):
             try:
+                # v=True removes the container's anonymous volumes (an image's VOLUME it was not given a mount
+                # for), never a named one: a task's named volumes outlive its containers (tests/test_volumes_docker).
                 api.remove_container(container_id, force=True, v=True)
             except docker.errors.NotFound:
                 pass  # already gone: removal is idempotent
@@ -316,6 +337,39 @@ class DockerRuntime:
             if stop.wait(backoff):
                 return
 
+    def volumes(self, node: str) -> list[VolumeInfo]:
+        """The named volumes this node made (labels cube.volume and cube.node): one call to /volumes. No size:
+        Docker counts it only in `system df -v`, which walks every volume and took seconds; the manager shows none."""
+        api = self._api()
+        with self._translate(f"listing the volumes of node {node}"):
+            answer = api.volumes(filters={"label": [LABEL_VOLUME, f"{LABEL_NODE}={node}"]}) or {}
+        return [
+            VolumeInfo(v["Name"], node, parse_time(v.get("CreatedAt")))
+            for v in answer.get("Volumes") or ()
+            if (v.get("Labels") or {}).get(LABEL_VOLUME)
+        ]
+
+    def remove_volume(self, name: str, node: str) -> None:
+        api = self._api()
+        with self._translate(f"removing volume {name}"):
+            try:
+                labels = api.inspect_volume(name).get("Labels") or {}
+            except docker.errors.NotFound:
+                return  # already gone
+            if labels.get(LABEL_VOLUME) != name or labels.get(LABEL_NODE) != node:
+                raise Conflict(
+                    f"volume {name} on node {node} was not made by Cube for this node: remove it there yourself "
+                    f"(docker volume rm {name}) if you mean it"
+                )
+            try:
+                api.remove_volume(name)
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as e:
+                if e.status_code == 409:
+                    raise Conflict(f"volume {name} is in use on node {node}: {_explain(e)}") from None
+                raise
+
     def alive(self) -> bool:
         """Whether the engine accepts a new connection. When dockerd is stopped it closes its listener first and
         then stops the containers, while the connections it already has go on being served (Docker 20.10): the
@@ -384,6 +438,26 @@ def container_name(task: Assignment) -> str:
     name = _NAME_UNSAFE.sub("-", task.spec.name)[:40].strip("-.")
     base = f"cube-{name}-{task_id}" if name and name != task.id else f"cube-{task_id}"
     return f"{base}.{task.generation}" if task.generation else base
+
+
+def _mounts(task: Assignment, node: str) -> list:
+    """The spec's mounts as Docker's: a named volume made on first use carries the labels that list it (an existing
+    one is used as it is); a bind is a Mount, not a `binds` entry, so a missing source is an error, never a
+    directory the engine makes, owned by root."""
+    mounts = []
+    for m in task.spec.volumes:
+        if m.type == "volume":
+            labels = {LABEL_VOLUME: m.source, LABEL_NODE: node}
+            mounts.append(docker.types.Mount(m.target, m.source, "volume", m.read_only, labels=labels))
+        elif m.type == "bind":
+            mounts.append(docker.types.Mount(m.target, m.source, "bind", m.read_only))
+        else:
+            mounts.append(docker.types.Mount(m.target, None, "tmpfs", tmpfs_size=m.size or None))
+    return mounts
+
+
+def _bind_sources(task: Assignment) -> tuple[str, ...]:
+    return tuple(m.source for m in task.spec.volumes if m.type == "bind")
 
 
 def _explain(error: docker.errors.APIError) -> str:

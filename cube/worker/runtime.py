@@ -9,6 +9,7 @@ worker finds (adopts) its containers and how it recognises containers that no ta
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 import time
@@ -16,12 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cube.core.errors import ImageUnavailable, NotFound, RuntimeFailure, Unavailable
+from cube.core.errors import Conflict, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
 from cube.core.model import Assignment
 
 LABEL_TASK = "cube.task_id"
 LABEL_NODE = "cube.node"
 LABEL_GENERATION = "cube.generation"
+LABEL_VOLUME = "cube.volume"  # on the named volumes Cube creates (with cube.node): how a node lists its own
 
 
 @dataclass
@@ -46,6 +48,27 @@ class ContainerInfo:
     @property
     def ended(self) -> bool:
         return self.status in ("exited", "dead")
+
+
+@dataclass
+class VolumeInfo:
+    """A named volume this node made for its tasks. `size`: bytes, None when the runtime cannot tell cheaply."""
+
+    name: str
+    node: str
+    created_at: float | None = None
+    size: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "node": self.node, "created_at": self.created_at, "size": self.size}
+
+
+def missing_bind(source: str, node: str) -> RuntimeFailure:
+    """The start error of a bind mount whose host path does not exist: never a directory made for it."""
+    return RuntimeFailure(
+        f"bind mount source {source} does not exist on node {node}: create it there (with the owner the "
+        f"container runs as), or fix the path; Cube never creates it"
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,12 @@ class Runtime(Protocol):
     def events(self, node: str, stop: threading.Event) -> Iterator[RuntimeEvent]:
         """Blocks, yielding events of this node's containers until `stop` is set."""
 
+    def volumes(self, node: str) -> list[VolumeInfo]:
+        """The named volumes this node's tasks made (label cube.volume), kept whatever happens to the tasks."""
+
+    def remove_volume(self, name: str, node: str) -> None:
+        """Remove a named volume Cube made; Conflict while a container uses it; a missing one is already gone."""
+
     def close(self) -> None: ...
 
 
@@ -96,6 +125,8 @@ class FakeRuntime:
         self._subscribers: list[queue.Queue] = []
         self.down: str | None = None  # set: the engine does not answer, every call raises Unavailable (why)
         self.stopping = False  # set: shutting down as dockerd 20.10 does (lists still answer, alive not)
+        self.mounts: dict[str, tuple] = {}  # container id -> the spec's mounts (cube.core.spec.Mount)
+        self.fake_volumes: dict[str, VolumeInfo] = {}  # name -> volume: created by a start, removed only on demand
 
     def alive(self) -> bool:
         return self.down is None and not self.stopping
@@ -133,8 +164,16 @@ class FakeRuntime:
             if self.fail_next:
                 self.fail_next -= 1
                 raise RuntimeFailure("fake runtime told to fail")
+            for mount in task.spec.volumes:
+                # As Docker with a Mount: a bind source must exist on the machine (this fake's machine is the one
+                # it runs on), a named volume is made on first use.
+                if mount.type == "bind" and not os.path.exists(mount.source):
+                    raise missing_bind(mount.source, node)
+            for name in task.spec.named_volumes:
+                self.fake_volumes.setdefault(name, VolumeInfo(name, node, time.time()))
             self.starts += 1
             cid = f"fake{next(self._ids):08d}"
+            self.mounts[cid] = task.spec.volumes
             ports = {p.key: p.host or next(self._ports) for p in task.spec.ports}
             info = ContainerInfo(
                 cid,
@@ -178,6 +217,7 @@ class FakeRuntime:
         with self._lock:
             self._check()
             info = self.containers.pop(container_id, None)
+            self.mounts.pop(container_id, None)  # its named volumes stay
         if info:
             self._emit("destroy", info)
 
@@ -211,6 +251,24 @@ class FakeRuntime:
                     yield event
         finally:
             self._subscribers.remove(q)
+
+    def volumes(self, node: str) -> list[VolumeInfo]:
+        with self._lock:
+            self._check()
+            return [VolumeInfo(**vars(v)) for v in self.fake_volumes.values() if v.node == node]
+
+    def remove_volume(self, name: str, node: str) -> None:
+        with self._lock:
+            self._check()
+            volume = self.fake_volumes.get(name)
+            if volume is None:
+                return
+            if volume.node != node:
+                raise Conflict(f"volume {name} was made by node {volume.node}, not {node}")
+            users = [cid for cid, mounts in self.mounts.items() if any(m.source == name for m in mounts)]
+            if users:
+                raise Conflict(f"volume {name} is in use by container {users[0]}: remove the container first")
+            del self.fake_volumes[name]
 
     def close(self) -> None:
         pass

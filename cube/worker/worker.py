@@ -41,6 +41,7 @@ from cube.core.errors import (
     Unavailable,
 )
 from cube.core.model import Assignment, Desired, Event, Resources, State, transition
+from cube.core.spec import is_volume_name, shown
 from cube.store import Store, node_id
 from cube.worker.holds import DISCONNECT, Holds
 from cube.worker.metrics import Metrics, machine_arch
@@ -50,6 +51,7 @@ from cube.worker.runtime import ContainerInfo, Runtime
 
 log = logging.getLogger("cube.worker")
 ENGINE_RETRY_MAX = 5.0  # seconds between reconcile rounds while the engine does not answer (it was 142 logs/s)
+VOLUMES_EVERY = 30.0  # seconds between listings of the node's volumes (sooner after a start that mounts one)
 
 
 class Worker:
@@ -115,6 +117,9 @@ class Worker:
         # away when it is stopped, so the deaths are seen first; when the engine turns out to be going down, the
         # restarts counted for them are given back (see _engine_down).
         self._counted: dict[str, list[float]] = {}
+        # The node's named volumes, as the last listing found them (reported in stats, for `cube volume ls`).
+        self._volumes: list[dict] = []
+        self._volumes_due = float("-inf")  # monotonic time of the next listing
         for task in self.tasks.values():
             if task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING):
                 self.holds.hold(task.id, "worker restarted", self.holds.started)
@@ -232,6 +237,8 @@ class Worker:
             disconnect_timeout=self.disconnect_timeout,
             stop_timeout=self.stop_timeout,
         )
+        with self._lock:
+            data["volumes"] = [dict(v) for v in self._volumes]
         return data
 
     def node_labels(self) -> dict:
@@ -290,6 +297,7 @@ class Worker:
             self._engine_down(error.message)
             raise
         self._engine_up()
+        self._list_volumes()
         now = self.clock() if now is None else now
         with self._lock:
             self.holds.release(self.monotonic())
@@ -501,6 +509,8 @@ class Worker:
         except CubeError as error:
             self._failed_start(task_id, f"container failed to start: {error.message}")
             return
+        if task.spec.named_volumes:
+            self._volumes_due = float("-inf")  # a volume may be new: listed by the next round
         self._running(task_id, info, f"container {info.id[:12]} started")
 
     def _restart(self, task_id: str, container_id: str) -> None:
@@ -657,6 +667,36 @@ class Worker:
     def _bump(self) -> None:
         self.version += 1
         self._changed.notify_all()
+
+    # ---- volumes -------------------------------------------------------------------------------------------
+
+    def _list_volumes(self, force: bool = False) -> None:
+        """List the node's named volumes when due (every VOLUMES_EVERY s, or sooner after a start that mounts one);
+        a new list wakes the manager's long poll."""
+        if not force and self.monotonic() < self._volumes_due:
+            return
+        self._volumes_due = self.monotonic() + VOLUMES_EVERY
+        try:
+            found = sorted((v.to_dict() for v in self.runtime.volumes(self.key)), key=lambda v: v["name"])
+        except CubeError as error:
+            log.info("listing volumes: %s", error.message)
+            return
+        with self._lock:
+            if found != self._volumes:
+                self._volumes = found
+                self._bump()
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a named volume this node made (`cube volume rm`, through the manager). Refused while a task held
+        here to run mounts it."""
+        if not is_volume_name(name):
+            raise NotFound(f"no volume {shown(name)} on node {self.name}: not a volume name")
+        with self._lock:
+            users = [t.id for t in self.tasks.values() if t.desired is Desired.RUN and name in t.spec.named_volumes]
+        if users:
+            raise Conflict(f"volume {name} is mounted by task {users[0]} on node {self.name}: stop it first")
+        self.runtime.remove_volume(name, self.key)
+        self._list_volumes(force=True)
 
     # ---- running for real ------------------------------------------------------------------------------------
 
