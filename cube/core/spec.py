@@ -16,8 +16,12 @@ import re
 import reprlib
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cube.core.errors import InvalidSpec
+
+if TYPE_CHECKING:
+    from cube.core.options import Device
 
 RESTART_POLICIES = ("no", "on-failure", "always")
 MAX_CPU = 1024.0
@@ -339,6 +343,22 @@ class TaskSpec:
     # copies can overlap once the manager moves it) or "keep" it running. "" = the default: stop for a task with a
     # fixed host port (its replacement elsewhere would serve the same address), keep for the others.
     on_disconnect: str = ""
+    # Hardware, privileges, process and network (cube.core.options: what each accepts; left out, Docker's default).
+    devices: tuple[Device, ...] = ()
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    network: str = ""  # "" the bridge, or "host"
+    hostname: str = ""
+    user: str = ""
+    workdir: str = ""
+    entrypoint: tuple[str, ...] = ()
+    stop_signal: str = ""
+    stop_timeout: float | None = None  # seconds; None: the node's (`cube worker --stop-timeout`)
+    init: bool = False
+    shm_size: int = 0  # bytes; 0: Docker's 64 MiB
+    read_only: bool = False
 
     FIELDS = (
         "name",
@@ -354,12 +374,29 @@ class TaskSpec:
         "labels",
         "constraints",
         "on_disconnect",
+        "devices",
+        "privileged",
+        "cap_add",
+        "cap_drop",
+        "sysctls",
+        "network",
+        "hostname",
+        "user",
+        "workdir",
+        "entrypoint",
+        "stop_signal",
+        "stop_timeout",
+        "init",
+        "shm_size",
+        "read_only",
     )
 
     @classmethod
     def from_dict(cls, data, stored: bool = False) -> "TaskSpec":
         """A spec from a request, held to every rule; with `stored`, a record read back (see the module's docstring:
         types, printable text and numbers are checked, names, image grammar and sizes are not)."""
+        from cube.core import options  # it builds on this module's rules (text, sizes, ports)
+
         if not isinstance(data, dict):
             raise InvalidSpec(f"a task spec must be a JSON object, not {kind_of(data)}")
         _only(data, set(cls.FIELDS), "task spec")
@@ -433,12 +470,15 @@ class TaskSpec:
             labels=tuple(sorted(labels.items())),
             constraints=tuple(_constraint(c) for c in constraints),
             on_disconnect=on_disconnect,
+            **options.parse(data, parsed_ports, stored),
         )
         if not stored:
             _check_limits(spec)
         return spec
 
     def to_dict(self) -> dict:
+        from cube.core import options
+
         return {
             "name": self.name,
             "image": self.image,
@@ -453,6 +493,7 @@ class TaskSpec:
             "labels": dict(self.labels),
             "constraints": list(self.constraints),
             "on_disconnect": self.on_disconnect,
+            **options.to_dict(self),
         }
 
     @property
@@ -460,7 +501,15 @@ class TaskSpec:
         """The disconnect policy in force: the one asked for, else stop for fixed host ports, else keep."""
         if self.on_disconnect:
             return self.on_disconnect
-        return "stop" if any(p.host for p in self.ports) else "keep"
+        return "stop" if self.fixed_host_ports else "keep"
+
+    @property
+    def fixed_host_ports(self) -> list[tuple[int, str]]:
+        """The (port, protocol) this task takes on its node whichever copy runs there: the fixed host ports, and
+        with host networking every port (the container's port is the node's)."""
+        if self.network == "host":
+            return [(p.host or p.container, p.protocol) for p in self.ports]
+        return [(p.host, p.protocol) for p in self.ports if p.host]
 
     @property
     def health_port(self) -> Port | None:
