@@ -9,8 +9,8 @@ import os
 import socket
 import time
 
-import docker
 import pytest
+from test_docker_runtime import sdk  # noqa: F401  (a fixture: the SDK's client)
 
 from cube.core.errors import RuntimeFailure
 from cube.core.model import Assignment, State, TaskSpec, new_id
@@ -19,13 +19,6 @@ from cube.worker.docker_runtime import DockerRuntime
 from cube.worker.worker import Worker
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture(scope="module")
-def sdk():
-    client = docker.from_env()
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -65,15 +58,15 @@ def test_a_device_passed_in_is_read_inside_the_container(runtime, busybox_image,
     assert listing.startswith("c") and "1,   5" in listing  # a character device, major 1 minor 5: /dev/zero's
 
 
-def pids(sdk, container_id: str) -> tuple[int, int]:
+def pids(client, container_id: str) -> tuple[int, int]:
     """(the container's first process, its parent: the runtime shim, which lives where the engine does)."""
-    pid = sdk.api.inspect_container(container_id)["State"]["Pid"]
+    pid = client.api.inspect_container(container_id)["State"]["Pid"]
     with open(f"/proc/{pid}/stat") as stat:
         parent = int(stat.read().rsplit(")", 1)[1].split()[1])
     return pid, parent
 
 
-def test_host_networking_shares_the_network_of_the_engines_host(runtime, sdk, busybox_image, node_name):
+def test_host_networking_shares_the_network_of_the_engines_host(runtime, sdk, busybox_image, node_name):  # noqa: F811
     host = runtime.start(task_of(busybox_image, network="host", ports=["18123"]), node_name)
     bridged = runtime.start(task_of(busybox_image), node_name)
 
@@ -98,7 +91,7 @@ def test_host_networking_shares_the_network_of_the_engines_host(runtime, sdk, bu
     assert sdk.api.exec_start(run["Id"]).decode().strip() == socket.gethostname()
 
 
-def test_user_workdir_read_only_init_hostname_and_entrypoint_are_in_effect(runtime, sdk, busybox_image, node_name):
+def test_user_workdir_read_only_init_hostname_and_entrypoint_are_in_effect(runtime, sdk, busybox_image, node_name):  # noqa: F811
     script = (
         "busybox id -u; busybox id -g; busybox pwd; cat /proc/sys/kernel/hostname; "
         "cat /proc/1/cmdline | busybox tr '\\0' ' '; echo; "
@@ -162,7 +155,7 @@ def test_privileged_gives_every_capability(runtime, busybox_image, node_name):
     assert code == 0 and int(out.split()[1], 16) == every, out
 
 
-def test_the_stop_signal_and_the_tasks_grace_are_used(runtime, sdk, busybox_image, node_name):
+def test_the_stop_signal_and_the_tasks_grace_are_used(runtime, sdk, busybox_image, node_name):  # noqa: F811
     script = "trap 'echo got USR1; exit 3' USR1; echo ready; while true; do sleep 0.1; done"
     info = runtime.start(
         task_of(busybox_image, command=["sh", "-c", script], stop_signal="SIGUSR1", stop_timeout=3), node_name

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from cube.core.errors import InvalidSpec
-from cube.core.spec import MAX_ARGS, MAX_PATH, MAX_SHORT, MAX_TEXT, Port, kind_of, parse_size, shown, text
+from cube.core.spec import MAX_ARGS, MAX_PATH, MAX_SHORT, MAX_TEXT, Port, arguments, kind_of, parse_size, shown, text
 
 NETWORKS = ("host",)  # and "" (or "bridge"): Docker's default bridge, with published ports
 MAX_DEVICES = 64
@@ -242,18 +242,6 @@ def _workdir(value) -> str:
     return path
 
 
-def _entrypoint(value) -> tuple[str, ...]:
-    if value in (None, "", (), []):
-        return ()
-    if isinstance(value, str):
-        value = value.split()
-    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
-        raise InvalidSpec('entrypoint must be a list of strings, e.g. ["/bin/sh", "-c"]')
-    for index, argument in enumerate(value):
-        text(argument, f"entrypoint[{index}]", lines=True)
-    return tuple(value)
-
-
 def stop_signal(value) -> str:
     """`SIGTERM`, `term`, `SIGRTMIN+3` or a number 1-64 → `SIGTERM`, `SIGRTMIN+3`, `10`; "" = the image's."""
     if value in (None, ""):
@@ -317,7 +305,7 @@ def parse(data: dict, ports: tuple[Port, ...], stored: bool) -> dict:
         "hostname": _hostname(data.get("hostname")),
         "user": _user(data.get("user")),
         "workdir": _workdir(data.get("workdir")),
-        "entrypoint": _entrypoint(data.get("entrypoint")),
+        "entrypoint": arguments(data.get("entrypoint"), "entrypoint", '["/bin/sh", "-c"]'),
         "stop_signal": stop_signal(data.get("stop_signal")),
         "stop_timeout": _stop_timeout(data.get("stop_timeout")),
         "init": _bool(data, "init"),

@@ -138,6 +138,18 @@ def image_reference(value) -> str:
     return reference
 
 
+def arguments(value, what: str, example: str) -> tuple[str, ...]:
+    """A command line as a list of strings (a string is split on spaces), each printable text that may span lines."""
+    value = value or ()
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise InvalidSpec(f"{what} must be a list of strings, e.g. {example}")
+    for index, argument in enumerate(value):
+        text(argument, f"{what}[{index}]", lines=True)
+    return tuple(value)
+
+
 def parse_size(value, what: str = "size") -> int:
     """`256m`, `1g`, `1.5G`, `512MiB` or plain bytes → bytes."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -411,13 +423,7 @@ class TaskSpec:
         name = data.get("name") or ""
         if name:
             _name(name, "name", stored, MAX_NAME)
-        command = data.get("command") or ()
-        if isinstance(command, str):
-            command = command.split()
-        if not isinstance(command, (list, tuple)) or not all(isinstance(c, str) for c in command):
-            raise InvalidSpec('command must be a list of strings, e.g. ["sleep", "3600"]')
-        for index, argument in enumerate(command):
-            text(argument, f"command[{index}]", lines=True)
+        command = arguments(data.get("command"), "command", '["sleep", "3600"]')
         env = data.get("env") or {}
         if isinstance(env, (list, tuple)):
             env = dict(_env_pair(item) for item in env)
@@ -459,7 +465,7 @@ class TaskSpec:
         spec = cls(
             image=image,
             name=name,
-            command=tuple(command),
+            command=command,
             env=env_pairs,
             ports=parsed_ports,
             cpu=cpu,
