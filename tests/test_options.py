@@ -288,3 +288,19 @@ def test_cube_run_flags_become_the_spec_fields():
     assert spec.privileged and spec.init and spec.read_only and spec.cap_drop == ("ALL",)
     _, plain = build_request({"image": IMAGE, "privileged": False, "device": (), "stop_timeout": None})
     assert not {"devices", "privileged", "stop_timeout"} & set(plain)
+
+
+def test_cube_status_shows_the_options_as_the_flags_that_ask_for_them():
+    import shlex
+
+    from cube.cli import args
+    from cube.cli.main import Commands
+    from cube.cli.output import options
+
+    spec = make_spec(**EVERY_OPTION)
+    line = options(spec.to_dict())
+    assert line.startswith("--device /dev/ttyUSB0:/dev/zigbee:rw --device /dev/zero --privileged")
+    _, flags = args.parse("run", Commands.run, ["--image", IMAGE, *shlex.split(line)])
+    _, body = build_request({"image": IMAGE, **flags})
+    assert TaskSpec.from_dict({k: v for k, v in body.items() if k != "id"}) == spec  # the same task again
+    assert options(make_spec().to_dict()) == ""
