@@ -304,3 +304,21 @@ def test_cube_status_shows_the_options_as_the_flags_that_ask_for_them():
     _, body = build_request({"image": IMAGE, **flags})
     assert TaskSpec.from_dict({k: v for k, v in body.items() if k != "id"}) == spec  # the same task again
     assert options(make_spec().to_dict()) == ""
+
+
+def test_a_task_cut_off_with_its_node_moves_only_after_its_own_stop_grace():
+    """A task that stops itself on a cut-off node (on_disconnect: stop) is moved once its node has surely stopped it:
+    the node's disconnect timeout plus the task's stop grace (its own when it has one, else the node's)."""
+    from cube.core.model import Task
+    from cube.manager.reconcile import task_decision
+
+    node = make_node("n1", state="down")
+    node.disconnect_timeout, node.stop_timeout, node.last_seen = 15.0, 10.0, 1000.0
+
+    def moved(after: float, **spec) -> bool:
+        task = Task(id="t1", spec=make_spec(ports=["8080:80"], **spec), node="n1")
+        return task_decision(task, node, 1000.0 + after, 5.0, "service").unplace
+
+    assert not moved(25.0) and moved(26.0)  # 15 + 10 + 1
+    assert not moved(55.0, stop_timeout=40) and moved(56.0, stop_timeout=40)
+    assert moved(16.0, stop_timeout=0)

@@ -176,7 +176,12 @@ class DockerRuntime:
                 device = _MISSING_DEVICE.search(_explain(e))
                 if device:
                     raise missing_device(device.group(1), node) from None
-                raise RuntimeFailure(f"task {task.id} ({spec.image}) could not start: {_explain(e)}") from None
+                hint = ""
+                if spec.privileged and "unable to apply caps" in _explain(e):
+                    # runc gives a privileged container every capability the kernel knows; seen where dockerd
+                    # itself runs with fewer (inside a container, a sandbox).
+                    hint = " (a privileged container needs every capability, and this node's engine has fewer)"
+                raise RuntimeFailure(f"task {task.id} ({spec.image}) could not start: {_explain(e)}{hint}") from None
             return _from_inspect(api.inspect_container(container_id))
 
     def _create(self, create: Callable[[], str], task: Assignment, name: str, node: str) -> str:
