@@ -20,6 +20,7 @@ def make_node(
     used_ports=(),
     tasks: int = 0,
     address: str = "",
+    devices=(),
 ) -> Node:
     """A node with `arch` and `hostname` labels (as a worker reports them) plus `labels`. `allocated` takes
     cpu/memory/disk with the same size syntax as the capacity: `allocated={"cpu": 3.5, "memory": "7g"}`."""
@@ -35,6 +36,7 @@ def make_node(
         state=state,
         used_ports={tuple(port) for port in used_ports},
         tasks=tasks,
+        devices=frozenset(devices),
     )
 
 

@@ -14,6 +14,7 @@ from cube.core.errors import NotFound, Unavailable
 from cube.core.model import Assignment, Node, Resources
 from cube.manager.manager import Manager
 from cube.store import MemoryStore
+from cube.worker.devices import DeviceScan
 from cube.worker.metrics import Metrics
 from cube.worker.runtime import FakeRuntime
 from cube.worker.worker import Worker
@@ -57,6 +58,7 @@ class ClusterHarness:
         self.workers: dict[str, Worker] = {}
         self.runtimes: dict[str, FakeRuntime] = {}
         self.stores: dict[str, MemoryStore] = {}
+        self.devices: dict[str, DeviceScan] = {}  # what each node's worker finds plugged in (see add_node)
         self.manager = self._new_manager()
         for name in names:
             self.add_node(name)
@@ -90,10 +92,14 @@ class ClusterHarness:
             stop_timeout=self.stop_timeout,
             disconnect_timeout=self.disconnect_timeout,
             sync=True,
+            devices=self.devices[name],
         )
 
-    def add_node(self, name: str) -> None:
+    def add_node(self, name: str, devices=()) -> None:
+        """A node whose worker (and fake engine) has exactly the device paths `devices`."""
+        self.devices[name] = DeviceScan(extra=devices, patterns=(), ttl=0, exists=lambda path: True)
         self.runtimes[name] = FakeRuntime()
+        self.runtimes[name].devices = set(devices)
         self.stores[name] = MemoryStore()
         self.workers[name] = self._new_worker(name)
         cpus, memory = self.capacity

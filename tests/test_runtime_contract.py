@@ -182,6 +182,82 @@ def test_list_owned_gives_only_this_nodes_containers(subject):
     assert subject.runtime.list_owned(f"{subject.node}-nobody") == []
 
 
+# ---- hardware, privileges, process and network (issue 11) -------------------------------------------------------
+
+
+def start_with(s: Subject, **options) -> ContainerInfo:
+    task = Assignment(id=new_id(), spec=TaskSpec.from_dict({"image": s.image, "command": SLEEP, **options}))
+    return s.runtime.start(task, s.node)
+
+
+def options_of(s: Subject, container_id: str) -> dict:
+    """The options a container was made with, as Docker's inspect shows them (HostConfig and Config); the fake
+    records them in those words (`FakeRuntime.options`)."""
+    if s.engine == "fake":
+        return s.runtime.options[container_id]
+    import docker
+
+    client = docker.from_env()
+    try:
+        data = client.api.inspect_container(container_id)
+    finally:
+        client.close()
+    return {**data["HostConfig"], **data["Config"]}
+
+
+def test_start_creates_the_container_with_the_tasks_options(subject):
+    info = start_with(
+        subject,
+        devices=["/dev/zero:/dev/cube-zero:r"],
+        cap_add=["NET_ADMIN"],
+        cap_drop=["MKNOD"],
+        sysctls={"net.ipv4.ip_forward": "1"},
+        user="1000:1000",
+        workdir="/tmp",
+        entrypoint=["/bin/sh", "-c"],
+        stop_signal="SIGUSR1",
+        stop_timeout=7,
+        init=True,
+        shm_size="8m",
+        read_only=True,
+    )
+    assert info.running
+    seen = options_of(subject, info.id)
+    expected = {
+        "Devices": [{"PathOnHost": "/dev/zero", "PathInContainer": "/dev/cube-zero", "CgroupPermissions": "r"}],
+        "CapAdd": ["NET_ADMIN"],
+        "CapDrop": ["MKNOD"],
+        "Sysctls": {"net.ipv4.ip_forward": "1"},
+        "Privileged": False,
+        "User": "1000:1000",
+        "WorkingDir": "/tmp",
+        "Entrypoint": ["/bin/sh", "-c"],
+        "StopSignal": "SIGUSR1",
+        "StopTimeout": 7,
+        "Init": True,
+        "ShmSize": 8 << 20,
+        "ReadonlyRootfs": True,
+    }
+    assert {key: seen.get(key) for key in expected} == expected
+
+
+def test_a_missing_device_is_a_start_error_that_names_it(subject):
+    with pytest.raises(RuntimeFailure, match=r"device /dev/cube-no-such-device does not exist on node"):
+        start_with(subject, devices=["/dev/cube-no-such-device"])
+    assert subject.runtime.list_owned(subject.node) == []  # nothing left behind
+
+
+def test_host_networking_reports_each_port_as_the_nodes(subject):
+    port = free_port()
+    info = start_with(subject, network="host", ports=[str(port), f"{port}/udp"])
+    ports = {f"{port}/tcp": port, f"{port}/udp": port}
+    assert info.host_ports == ports
+    assert subject.runtime.inspect(info.id).host_ports == ports
+    (listed,) = subject.runtime.list_owned(subject.node)
+    assert listed.host_ports == ports  # the summary list agrees with inspect: the worker sees no change
+    assert options_of(subject, info.id)["NetworkMode"] == "host"
+
+
 # ---- stop, restart, remove ---------------------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from cube.scheduler import (
     INSUFFICIENT_MEMORY,
     KINDS,
     LIEB,
+    MISSING_DEVICE,
     NODE_NOT_READY,
     PORT_IN_USE,
     SCORERS,
@@ -39,6 +40,7 @@ from cube.scheduler import (
 from cube.scheduler.feasibility import (
     check_constraints,
     check_cpu,
+    check_devices,
     check_disk,
     check_memory,
     check_ports,
@@ -56,7 +58,7 @@ def names(placements):
 
 
 def test_checks_are_a_pipeline_and_a_fresh_node_fits():
-    assert len(CHECKS) == 6 and all(callable(check) for check in CHECKS)
+    assert len(CHECKS) == 7 and all(callable(check) for check in CHECKS)
     assert (
         feasible(make_spec(cpu=1, memory="1g", disk="1g", ports=["8080:80"], constraints=["arch=amd64"]), make_node())
         is None
@@ -448,6 +450,7 @@ def test_a_thousand_nodes_fill_evenly():
 REJECTED_BY = {
     check_state: (make_node(state="down"), make_spec(), NODE_NOT_READY),
     check_constraints: (make_node(), make_spec(constraints=["arch=aarch64"]), CONSTRAINT_NOT_MET),
+    check_devices: (make_node(devices=["/dev/ttyACM0"]), make_spec(devices=["/dev/ttyUSB0"]), MISSING_DEVICE),
     check_cpu: (make_node(cpu=1), make_spec(cpu=2), INSUFFICIENT_CPU),
     check_memory: (make_node(memory="1g"), make_spec(memory="2g"), INSUFFICIENT_MEMORY),
     check_disk: (make_node(disk="1g"), make_spec(disk="2g"), INSUFFICIENT_DISK),

@@ -75,6 +75,21 @@ class Commands:
         constraint=(),
         label=(),
         on_disconnect: str | None = None,
+        device=(),
+        privileged: bool = False,
+        cap_add=(),
+        cap_drop=(),
+        sysctl=(),
+        network: str | None = None,
+        hostname: str | None = None,
+        user: str | None = None,
+        workdir: str | None = None,
+        entrypoint: str | None = None,
+        stop_signal: str | None = None,
+        stop_timeout: float | None = None,
+        init: bool = False,
+        shm_size=None,
+        read_only: bool = False,
         batch: bool = False,
         detach: bool = False,
         file: str | None = None,
@@ -114,6 +129,22 @@ class Commands:
           --label K=V            a label on the task (repeatable)
           --on-disconnect WHAT   stop or keep the task on a node cut off from the manager (default: stop with
                                  a fixed host port, else keep)
+          --device PATH          pass a device in: /dev/ttyUSB0 or /dev/ttyUSB0:/dev/zigbee[:rwm]; the task is
+                                 placed only on nodes that have it (repeatable)
+          --privileged           give the container every capability and every device of its node
+          --cap-add CAP          add a Linux capability, e.g. NET_ADMIN (repeatable)
+          --cap-drop CAP         drop a Linux capability, e.g. CHOWN, or ALL (repeatable)
+          --sysctl K=V           a namespaced kernel setting, e.g. net.ipv4.ip_forward=1 (repeatable)
+          --network host         use the node's own network (its ports count as used on that node)
+          --hostname NAME        the container's host name
+          --user USER            run as UID[:GID] or NAME[:GROUP], e.g. 1000:1000
+          --workdir DIR          the working directory inside the container, e.g. /app
+          --entrypoint "CMD"     replace the image's entrypoint, split as a shell would
+          --stop-signal SIG      the signal that asks the container to stop, e.g. SIGINT (default: the image's)
+          --stop-timeout S       seconds it gets to exit before it is killed (default: the node's)
+          --init                 run an init process as PID 1 (reaps zombies, forwards signals)
+          --shm-size SIZE        size of /dev/shm, e.g. 256m (default 64m)
+          --read-only            mount the container's root filesystem read-only
           --batch                run to completion (a batch job) instead of keeping it running
           --detach               return once submitted, without waiting
           -f, --file SPEC.json   a task spec, or a job (name, count, task), as JSON
@@ -143,6 +174,21 @@ class Commands:
                 "constraint": constraint,
                 "label": label,
                 "on_disconnect": on_disconnect,
+                "device": device,
+                "privileged": privileged,
+                "cap_add": cap_add,
+                "cap_drop": cap_drop,
+                "sysctl": sysctl,
+                "network": network,
+                "hostname": hostname,
+                "user": user,
+                "workdir": workdir,
+                "entrypoint": entrypoint,
+                "stop_signal": stop_signal,
+                "stop_timeout": stop_timeout,
+                "init": init,
+                "shm_size": shm_size,
+                "read_only": read_only,
                 "batch": batch,
                 "file": file,
             }
@@ -451,6 +497,7 @@ class Commands:
         stop_timeout: float = 10.0,
         threads: int = 4,
         disconnect_timeout: float = 30.0,
+        device=(),
         verbose: bool = False,
     ):
         """cube worker [FLAGS]
@@ -480,6 +527,9 @@ class Commands:
           --threads N              threads that start and stop containers (default 4)
           --disconnect-timeout S   seconds without a manager before tasks with on_disconnect stop are stopped
                                    (default 30; 0: never)
+          --device PATH            a device this node offers to tasks, besides the usual places it finds by
+                                   itself (/dev/ttyUSB*, /dev/ttyACM*, /dev/serial/by-id/*, /dev/video*, ...;
+                                   repeatable)
           --verbose                log more"""
         from cube.cluster.service import setup_logging
         from cube.cluster.worker_service import run_worker
@@ -504,6 +554,7 @@ class Commands:
             stop_timeout=float(stop_timeout),
             threads=int(threads),
             disconnect_timeout=float(disconnect_timeout),
+            devices=_list(device),
         )
 
     def manager(

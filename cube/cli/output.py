@@ -3,6 +3,7 @@ the API's JSON; the `--json` output of the CLI bypasses this module entirely."""
 
 from __future__ import annotations
 
+import shlex
 import time
 
 from cube.core.model import format_size
@@ -96,6 +97,28 @@ def event_line(e: dict) -> str:
     return f"{stamp} {e['task_id']} {e['state']:<9}{node} {e.get('message', '')}".rstrip()
 
 
+def options(spec: dict) -> str:
+    """A spec's hardware, privilege, process and network options that are set, as the `cube run` flags."""
+    words = []
+    for device in spec.get("devices") or ():
+        path = device["host"] if device["container"] == device["host"] else f"{device['host']}:{device['container']}"
+        words.append(f"--device {path}" + (f":{device['permissions']}" if device["permissions"] != "rwm" else ""))
+    words += [f"--{flag.replace('_', '-')}" for flag in ("privileged", "init", "read_only") if spec.get(flag)]
+    for field in ("cap_add", "cap_drop"):
+        words += [f"--{field.replace('_', '-')} {name}" for name in spec.get(field) or ()]
+    words += [f"--sysctl {key}={value}" for key, value in sorted((spec.get("sysctls") or {}).items())]
+    for field in ("network", "hostname", "user", "workdir", "stop_signal"):
+        if spec.get(field):
+            words.append(f"--{field.replace('_', '-')} {spec[field]}")
+    if spec.get("stop_timeout") is not None:
+        words.append(f"--stop-timeout {spec['stop_timeout']:g}")
+    if spec.get("entrypoint"):
+        words.append(f"--entrypoint {shlex.quote(' '.join(spec['entrypoint']))}")
+    if spec.get("shm_size"):
+        words.append(f"--shm-size {format_size(spec['shm_size']).replace(' ', '')}")
+    return " ".join(words)
+
+
 def task_detail(t: dict) -> str:
     spec = t.get("spec") or {}
     lines = [
@@ -112,6 +135,8 @@ def task_detail(t: dict) -> str:
         f"max {spec.get('restart', {}).get('max_restarts')})",
         f"Container: {(t.get('container_id') or '-')[:12]}   age {age(t.get('created_at'))}",
     ]
+    if options(spec):
+        lines.insert(-1, f"Options:   {options(spec)}")
     placement = t.get("placement") or {}
     if placement.get("reasons"):
         lines.append("Placement: " + (f"on {placement['node']}; " if placement.get("node") else "") + "rejected nodes:")

@@ -52,6 +52,7 @@ def build_request(flags: dict) -> tuple[str, dict]:
         spec["on_disconnect"] = str(flags["on_disconnect"])
     if flags.get("health"):
         spec["health"] = {"path": str(flags["health"]), "interval": flags.get("health_interval", 10.0)}
+    spec.update(_options(flags))
     count = flags.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise CubeError(f"--count must be a whole number of at least 1, not {count!r}")
@@ -63,6 +64,27 @@ def build_request(flags: dict) -> tuple[str, dict]:
     if name:
         spec["name"] = name
     return "task", {"id": uuid.uuid4().hex[:12], **spec}
+
+
+def _options(flags: dict) -> dict:
+    """The hardware, privilege, process and network flags that were given, as spec fields (the manager checks them)."""
+    spec: dict = {}
+    for flag, field in (("device", "devices"), ("cap_add", "cap_add"), ("cap_drop", "cap_drop")):
+        if _as_list(flags.get(flag)):
+            spec[field] = [str(item) for item in _as_list(flags.get(flag))]
+    if _as_list(flags.get("sysctl")):
+        spec["sysctls"] = [str(item) for item in _as_list(flags.get("sysctl"))]
+    for flag in ("privileged", "init", "read_only"):
+        if flags.get(flag):
+            spec[flag] = True
+    for flag in ("network", "hostname", "user", "workdir", "stop_signal", "shm_size"):
+        if flags.get(flag) not in (None, ""):
+            spec[flag] = str(flags[flag])
+    if flags.get("entrypoint") not in (None, ""):
+        spec["entrypoint"] = _command(flags["entrypoint"])
+    if flags.get("stop_timeout") is not None:
+        spec["stop_timeout"] = flags["stop_timeout"]
+    return spec
 
 
 def _from_file(path: str) -> tuple[str, dict]:

@@ -32,11 +32,13 @@ def build_worker(
     stop_timeout: float = 10.0,
     unique_key: bool = False,
     disconnect_timeout: float = 30.0,
+    devices=(),
 ):
     """A Worker on the real Docker engine (or the given runtime) with its diskcache store. `unique_key`: label
     its containers with the name plus the node id even though a name is given (`cube dev`'s generated names repeat
     from one dev cluster to the next on the same engine)."""
     from cube.store import DiskStore
+    from cube.worker.devices import DeviceScan
     from cube.worker.metrics import Metrics
     from cube.worker.worker import Worker
 
@@ -59,6 +61,7 @@ def build_worker(
         threads=threads,
         stop_timeout=stop_timeout,
         disconnect_timeout=disconnect_timeout,
+        devices=DeviceScan(extra=devices),
     )
 
 
@@ -91,6 +94,7 @@ def run_worker(
     threads: int = 4,
     disconnect_timeout: float = 30.0,
     insecure: bool = False,
+    devices=(),
 ) -> None:
     """`cube worker`: serve the worker API until stopped. `threads`: how many container actions run at once.
     `disconnect_timeout`: seconds without a manager before tasks with on_disconnect=stop are stopped (0: never).
@@ -121,7 +125,11 @@ def run_worker(
         stop_timeout=stop_timeout,
         threads=threads,
         disconnect_timeout=disconnect_timeout,
+        devices=devices,
     )
+    for path in devices:
+        if not os.path.exists(path):
+            log.warning("--device %s: no such path on this machine; advertised once it exists", path)
     closed = stop_on_signal(threading.Event())
     if insecure:
         assert given is not None

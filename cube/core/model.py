@@ -33,6 +33,7 @@ from cube.core.errors import InvalidSpec, InvalidTransition
 from cube.core.spec import (  # noqa: F401
     DISCONNECT_POLICIES,
     JOB_TYPES,
+    MAX_PATH,
     MAX_WHOLE,
     RESTART_POLICIES,
     HealthCheck,
@@ -516,6 +517,7 @@ class Node:
     tasks: int = 0
     disconnect_timeout: float = 0.0  # the worker stops its on-disconnect=stop tasks after this long alone
     stop_timeout: float = 10.0
+    devices: frozenset = frozenset()  # the device paths the worker found on its machine (cube.worker.devices)
 
     def to_dict(self) -> dict:
         return {
@@ -536,6 +538,7 @@ class Node:
             "used_ports": sorted([list(p) for p in self.used_ports]),
             "disconnect_timeout": self.disconnect_timeout,
             "stop_timeout": self.stop_timeout,
+            "devices": sorted(self.devices),
         }
 
     @classmethod
@@ -566,4 +569,21 @@ class Node:
             tasks=get.whole("tasks"),
             disconnect_timeout=get.time("disconnect_timeout"),
             stop_timeout=get.time("stop_timeout", 10.0) or 10.0,
+            devices=device_paths(get.data.get("devices"), "node record: devices"),
         )
+
+
+MAX_NODE_DEVICES = 1024
+
+
+def device_paths(value, what: str) -> frozenset:
+    """The device paths a node has, as its worker reports them (or its record keeps them): text paths under /dev."""
+    if value is None:
+        return frozenset()
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_NODE_DEVICES:
+        raise InvalidSpec(f"{what} must be a list of at most {MAX_NODE_DEVICES} device paths")
+    for path in value:
+        if not isinstance(path, str) or not path.startswith("/dev/"):
+            raise InvalidSpec(f"{what} must hold paths under /dev, not {shown(path)}")
+        text(path, what, MAX_PATH)
+    return frozenset(value)

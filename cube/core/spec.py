@@ -17,8 +17,12 @@ import re
 import reprlib
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cube.core.errors import InvalidSpec
+
+if TYPE_CHECKING:
+    from cube.core.options import Device
 
 RESTART_POLICIES = ("no", "on-failure", "always")
 MAX_CPU = 1024.0
@@ -134,6 +138,18 @@ def image_reference(value) -> str:
     if _IMAGE_ID_RE.fullmatch(match.group("name")):
         raise InvalidSpec("image name must not be 64 hex digits (that is an image id): add a tag, or a registry")
     return reference
+
+
+def arguments(value, what: str, example: str) -> tuple[str, ...]:
+    """A command line as a list of strings (a string is split on spaces), each printable text that may span lines."""
+    value = value or ()
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise InvalidSpec(f"{what} must be a list of strings, e.g. {example}")
+    for index, argument in enumerate(value):
+        text(argument, f"{what}[{index}]", lines=True)
+    return tuple(value)
 
 
 def parse_size(value, what: str = "size") -> int:
@@ -523,6 +539,22 @@ class TaskSpec:
     # only with `allow_host_root`.
     volumes: tuple[Mount, ...] = ()
     allow_host_root: bool = False
+    # Hardware, privileges, process and network (cube.core.options: what each accepts; left out, Docker's default).
+    devices: tuple[Device, ...] = ()
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    network: str = ""  # "" the bridge, or "host"
+    hostname: str = ""
+    user: str = ""
+    workdir: str = ""
+    entrypoint: tuple[str, ...] = ()
+    stop_signal: str = ""
+    stop_timeout: float | None = None  # seconds; None: the node's (`cube worker --stop-timeout`)
+    init: bool = False
+    shm_size: int = 0  # bytes; 0: Docker's 64 MiB
+    read_only: bool = False
 
     FIELDS = (
         "name",
@@ -541,12 +573,29 @@ class TaskSpec:
         "volumes",
         "tmpfs",  # a request's tmpfs mounts: kept among the volumes
         "allow_host_root",
+        "devices",
+        "privileged",
+        "cap_add",
+        "cap_drop",
+        "sysctls",
+        "network",
+        "hostname",
+        "user",
+        "workdir",
+        "entrypoint",
+        "stop_signal",
+        "stop_timeout",
+        "init",
+        "shm_size",
+        "read_only",
     )
 
     @classmethod
     def from_dict(cls, data, stored: bool = False) -> "TaskSpec":
         """A spec from a request, held to every rule; with `stored`, a record read back (see the module's docstring:
         types, printable text and numbers are checked, names, image grammar and sizes are not)."""
+        from cube.core import options  # it builds on this module's rules (text, sizes, ports)
+
         if not isinstance(data, dict):
             raise InvalidSpec(f"a task spec must be a JSON object, not {kind_of(data)}")
         _only(data, set(cls.FIELDS), "task spec")
@@ -561,13 +610,7 @@ class TaskSpec:
         name = data.get("name") or ""
         if name:
             _name(name, "name", stored, MAX_NAME)
-        command = data.get("command") or ()
-        if isinstance(command, str):
-            command = command.split()
-        if not isinstance(command, (list, tuple)) or not all(isinstance(c, str) for c in command):
-            raise InvalidSpec('command must be a list of strings, e.g. ["sleep", "3600"]')
-        for index, argument in enumerate(command):
-            text(argument, f"command[{index}]", lines=True)
+        command = arguments(data.get("command"), "command", '["sleep", "3600"]')
         env = data.get("env") or {}
         if isinstance(env, (list, tuple)):
             env = dict(_env_pair(item) for item in env)
@@ -609,7 +652,7 @@ class TaskSpec:
         spec = cls(
             image=image,
             name=name,
-            command=tuple(command),
+            command=command,
             env=env_pairs,
             ports=parsed_ports,
             cpu=cpu,
@@ -622,12 +665,15 @@ class TaskSpec:
             on_disconnect=on_disconnect,
             volumes=_mounts(data, stored),
             allow_host_root=bool(data.get("allow_host_root", False)),
+            **options.parse(data, parsed_ports, stored),
         )
         if not stored:
             _check_limits(spec)
         return spec
 
     def to_dict(self) -> dict:
+        from cube.core import options
+
         data = {
             "name": self.name,
             "image": self.image,
@@ -642,6 +688,7 @@ class TaskSpec:
             "labels": dict(self.labels),
             "constraints": list(self.constraints),
             "on_disconnect": self.on_disconnect,
+            **options.to_dict(self),
         }
         # Only when set: a worker of an older Cube refuses a spec with fields it does not know, and every task
         # without mounts must still run there.
@@ -661,7 +708,15 @@ class TaskSpec:
         """The disconnect policy in force: the one asked for, else stop for fixed host ports, else keep."""
         if self.on_disconnect:
             return self.on_disconnect
-        return "stop" if any(p.host for p in self.ports) else "keep"
+        return "stop" if self.fixed_host_ports else "keep"
+
+    @property
+    def fixed_host_ports(self) -> list[tuple[int, str]]:
+        """The (port, protocol) this task takes on its node whichever copy runs there: the fixed host ports, and
+        with host networking every port (the container's port is the node's)."""
+        if self.network == "host":
+            return [(p.host or p.container, p.protocol) for p in self.ports]
+        return [(p.host, p.protocol) for p in self.ports if p.host]
 
     @property
     def health_port(self) -> Port | None:

@@ -34,8 +34,21 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from cube import scheduler
-from cube.core.errors import BadRequest, Conflict, CubeError, NotFound, StorageFailed
-from cube.core.model import ACTIVE, Desired, Event, Job, Node, Observed, Resources, State, Task, TaskSpec, new_id
+from cube.core.errors import BadRequest, Conflict, CubeError, InvalidSpec, NotFound, StorageFailed
+from cube.core.model import (
+    ACTIVE,
+    Desired,
+    Event,
+    Job,
+    Node,
+    Observed,
+    Resources,
+    State,
+    Task,
+    TaskSpec,
+    device_paths,
+    new_id,
+)
 from cube.core.spec import shown
 from cube.core.spec import task_id as spec_task_id
 from cube.manager.outbox import RETRY_MAX, Outbox
@@ -573,6 +586,7 @@ class Manager(ManagerViews, ManagerVolumes):
             known = self.nodes.get(node.name)
             if known is not None:
                 known.address, known.capacity, known.labels = node.address, node.capacity, node.labels
+                known.devices = node.devices
                 known.last_seen = node.last_seen
                 node = known
             else:
@@ -870,13 +884,25 @@ def _assignment(task: Task) -> dict:
 
 
 def _refresh(node: Node, stats: dict) -> bool:
-    """Copy what a node says of itself (capacity, labels, timeouts) into its record. Returns whether it changed."""
+    """Copy what a node says of itself (capacity, timeouts, devices) into its record. Returns whether it changed."""
     capacity = Resources.from_dict(stats.get("capacity")) if stats.get("capacity") else node.capacity
     disconnect = float(stats.get("disconnect_timeout") or 0)
     stop = float(stats.get("stop_timeout") or node.stop_timeout)
-    if (capacity.to_dict(), disconnect, stop) == (node.capacity.to_dict(), node.disconnect_timeout, node.stop_timeout):
+    # The devices it has now: a stick plugged in lets a task waiting for it be placed; one pulled out stops new
+    # placements there (a worker too old to report devices keeps what its node record has).
+    try:
+        devices = device_paths(stats["devices"], "the worker's devices") if "devices" in stats else node.devices
+    except InvalidSpec:
+        devices = node.devices
+    if (capacity.to_dict(), disconnect, stop, devices) == (
+        node.capacity.to_dict(),
+        node.disconnect_timeout,
+        node.stop_timeout,
+        node.devices,
+    ):
         return False
     node.capacity, node.disconnect_timeout, node.stop_timeout = capacity, disconnect, stop
+    node.devices = devices
     return True
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cube.core.errors import CubeError, StorageFailed, Unauthorized, Untrusted
-from cube.core.model import Node, Resources
+from cube.core.model import Node, Resources, device_paths
 
 log = logging.getLogger("cube.membership")
 TICK = 0.25  # seconds between the manager's housekeeping rounds
@@ -153,4 +153,5 @@ def node_from_stats(stats: dict, address: str, now: float) -> Node:
         last_seen=now,
         disconnect_timeout=float(stats.get("disconnect_timeout") or 0),
         stop_timeout=float(stats.get("stop_timeout") or 10.0),
+        devices=device_paths(stats.get("devices"), "the worker's devices"),
     )

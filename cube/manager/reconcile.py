@@ -132,7 +132,8 @@ def _node_lost(task: Task, node: Node, now: float, node_timeout: float) -> str:
     if node.state == "down":
         wait = node_timeout
         if task.spec.disconnect == "stop" and node.disconnect_timeout:
-            wait = max(node_timeout, node.disconnect_timeout + node.stop_timeout + 1.0)
+            grace = node.stop_timeout if task.spec.stop_timeout is None else task.spec.stop_timeout
+            wait = max(node_timeout, node.disconnect_timeout + grace + 1.0)
         if now - node.last_seen >= wait:
             return f"node {node.name} is down (no answer for {now - node.last_seen:.0f} s): rescheduling"
         return ""

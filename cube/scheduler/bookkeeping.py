@@ -1,6 +1,6 @@
 """Bookkeeping: what a placed copy of a task takes from its node. `reserve` counts a copy's cpu, memory, disk,
-fixed host ports and one more task on the `Node` object it is given, `release` gives them back; the manager persists
-the node afterwards. This is the only part of the scheduler that changes a node.
+fixed host ports (every port, with host networking) and one more task on the `Node` object it is given, `release`
+gives them back; the manager persists the node afterwards. This is the only part of the scheduler that changes a node.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ def reserve(node: Node, spec: TaskSpec) -> None:
     allocated.cpu = round(allocated.cpu + spec.cpu, 9)  # rounding keeps float sums from drifting
     allocated.memory += spec.memory
     allocated.disk += spec.disk
-    for port in spec.ports:
-        if port.host:
-            node.used_ports.add((port.host, port.protocol))
+    node.used_ports.update(spec.fixed_host_ports)  # with host networking, every port of the task
     node.tasks += 1
 
 
@@ -26,7 +24,5 @@ def release(node: Node, spec: TaskSpec) -> None:
     allocated.cpu = max(round(allocated.cpu - spec.cpu, 9), 0.0)
     allocated.memory = max(allocated.memory - spec.memory, 0)
     allocated.disk = max(allocated.disk - spec.disk, 0)
-    for port in spec.ports:
-        if port.host:
-            node.used_ports.discard((port.host, port.protocol))
+    node.used_ports.difference_update(spec.fixed_host_ports)
     node.tasks = max(node.tasks - 1, 0)

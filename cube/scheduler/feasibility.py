@@ -23,10 +23,12 @@ INSUFFICIENT_MEMORY = "insufficient memory"
 INSUFFICIENT_DISK = "insufficient disk"
 PORT_IN_USE = "host port in use"
 VOLUME_ELSEWHERE = "volume on another node"
+MISSING_DEVICE = "missing device"
 KINDS = (
     NODE_NOT_READY,
     VOLUME_ELSEWHERE,
     CONSTRAINT_NOT_MET,
+    MISSING_DEVICE,
     INSUFFICIENT_CPU,
     INSUFFICIENT_MEMORY,
     INSUFFICIENT_DISK,
@@ -113,13 +115,21 @@ def check_disk(spec: TaskSpec, node: Node) -> Rejection | None:
     return None
 
 
+def check_devices(spec: TaskSpec, node: Node) -> Rejection | None:
+    """A device the task passes in must be one the node's worker found (its `devices`, from each report)."""
+    for device in spec.devices:
+        if device.host not in node.devices:
+            return _no_device(device.host)
+    return None
+
+
 def check_ports(spec: TaskSpec, node: Node) -> Rejection | None:
     used = node.used_ports
     if not used:
         return None
-    for port in spec.ports:
-        if port.host and (port.host, port.protocol) in used:
-            return _port_used(port.host, port.protocol)
+    for port, protocol in spec.fixed_host_ports:  # with host networking, every port of the task
+        if (port, protocol) in used:
+            return _port_used(port, protocol)
     return None
 
 
@@ -157,13 +167,15 @@ PIPELINE: tuple[tuple[Check, Callable[[TaskSpec], bool]], ...] = (
     # it is also what the node *is* for this task, and a bigger node elsewhere would not fix it.
     # Also what the node is; free for the common spec, whose constraints are an empty tuple.
     (check_constraints, lambda spec: bool(spec.constraints)),
+    # What the node has plugged in: a set lookup per device the task asks for (most ask for none).
+    (check_devices, lambda spec: bool(spec.devices)),
     # The resources, by how often they run out on a LAN of small nodes: cpu, then memory, then disk. A subtraction
     # and a compare each; a rejection is only built (or found in its memo, below) for a node that is rejected.
     (check_cpu, lambda spec: spec.cpu > 0),
     (check_memory, lambda spec: spec.memory > 0),
     (check_disk, lambda spec: spec.disk > 0),
-    # Last: only specs with fixed host ports can miss it, and it walks the spec's ports.
-    (check_ports, lambda spec: any(port.host for port in spec.ports)),
+    # Last: only specs with fixed host ports (or host networking) can miss it, and it walks the spec's ports.
+    (check_ports, lambda spec: bool(spec.fixed_host_ports)),
 )
 CHECKS: tuple[Check, ...] = tuple(check for check, _ in PIPELINE)
 
@@ -240,6 +252,11 @@ def _short_of_cpu(needs: float, free: float) -> Rejection:
 def _short_of(kind: str, needs: int, free: int) -> Rejection:
     """Memory or disk: "insufficient memory (needs 512 MiB, free 200 MiB)"; an over-allocated node shows 0 free."""
     return Rejection(kind, f"{kind} (needs {format_size(needs)}, free {format_size(max(free, 0))})")
+
+
+@lru_cache(maxsize=1024)
+def _no_device(path: str) -> Rejection:
+    return Rejection(MISSING_DEVICE, f"no device {path}")
 
 
 @lru_cache(maxsize=1024)

@@ -36,6 +36,7 @@ from cube.core.errors import Conflict, CubeError, ImageUnavailable, NotFound, Ru
 from cube.core.model import Assignment
 from cube.worker.runtime import (
     LABEL_GENERATION,
+    LABEL_HOST_PORTS,
     LABEL_NODE,
     LABEL_TASK,
     LABEL_VOLUME,
@@ -43,6 +44,7 @@ from cube.worker.runtime import (
     RuntimeEvent,
     VolumeInfo,
     missing_bind,
+    missing_device,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ EVENT_ACTIONS = frozenset({"create", "start", "restart", "die", "kill", "oom", "
 _EXITED = re.compile(r"^Exited \((-?\d+)\)")
 _TIMESTAMP = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
+# What dockerd 20.10 answers a start whose --device path is missing on the node.
+_MISSING_DEVICE = re.compile(r'adding custom device "([^"]+)": no such file or directory')
 _STREAM_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 
@@ -143,13 +147,18 @@ class DockerRuntime:
             mounts = _mounts(task, node)
             if mounts:
                 limits["mounts"] = mounts
-            host_config = api.create_host_config(port_bindings={p.key: p.host for p in spec.ports} or None, **limits)
+            # With host networking nothing is published: the container's ports are the node's.
+            bindings = None if spec.network == "host" else {p.key: p.host for p in spec.ports} or None
+            host_config = api.create_host_config(port_bindings=bindings, **limits, **host_options(spec))
             labels = {
                 **dict(spec.labels),
                 LABEL_TASK: task.id,
                 LABEL_NODE: node,
                 LABEL_GENERATION: str(task.generation),
+                **({LABEL_HOST_PORTS: ",".join(p.key for p in spec.ports)} if spec.network == "host" else {}),
             }  # cube's labels last: a spec cannot forge them
+            # The task's own stop grace wins over the node's (`cube worker --stop-timeout`).
+            grace = self.stop_timeout if spec.stop_timeout is None else spec.stop_timeout
 
             def create() -> str:
                 return api.create_container(
@@ -160,7 +169,8 @@ class DockerRuntime:
                     labels=labels,
                     ports=[(p.container, p.protocol) for p in spec.ports] or None,
                     host_config=host_config,
-                    stop_timeout=None if self.stop_timeout is None else max(0, math.ceil(self.stop_timeout)),
+                    stop_timeout=None if grace is None else max(0, math.ceil(grace)),
+                    **container_options(spec),
                 )["Id"]
 
             container_id = self._create(create, task, name, node, _bind_sources(task))
@@ -170,7 +180,15 @@ class DockerRuntime:
                 # A container that never ran (port taken, command not found) is removed, so a retry starts clean
                 # and nothing is left behind for the reconciler to puzzle over.
                 self.remove(container_id)
-                raise RuntimeFailure(f"task {task.id} ({spec.image}) could not start: {_explain(e)}") from None
+                device = _MISSING_DEVICE.search(_explain(e))
+                if device:
+                    raise missing_device(device.group(1), node) from None
+                hint = ""
+                if spec.privileged and "unable to apply caps" in _explain(e):
+                    # runc gives a privileged container every capability the kernel knows; seen where dockerd
+                    # itself runs with fewer (inside a container, a sandbox).
+                    hint = " (a privileged container needs every capability, and this node's engine has fewer)"
+                raise RuntimeFailure(f"task {task.id} ({spec.image}) could not start: {_explain(e)}{hint}") from None
             return _from_inspect(api.inspect_container(container_id))
 
     def _create(
@@ -460,6 +478,47 @@ def _bind_sources(task: Assignment) -> tuple[str, ...]:
     return tuple(m.source for m in task.spec.volumes if m.type == "bind")
 
 
+def host_options(spec) -> dict:
+    """The spec's hardware, privilege and process options that go in the container's HostConfig, as the SDK's
+    `create_host_config` takes them (only those set: the rest stay Docker's defaults)."""
+    options: dict[str, Any] = {}
+    if spec.devices:
+        options["devices"] = [str(device) for device in spec.devices]  # HOST:CONTAINER:PERMISSIONS
+    if spec.privileged:
+        options["privileged"] = True
+    if spec.cap_add:
+        options["cap_add"] = list(spec.cap_add)
+    if spec.cap_drop:
+        options["cap_drop"] = list(spec.cap_drop)
+    if spec.sysctls:
+        options["sysctls"] = dict(spec.sysctls)
+    if spec.network:
+        options["network_mode"] = spec.network
+    if spec.init:
+        options["init"] = True
+    if spec.shm_size:
+        options["shm_size"] = spec.shm_size
+    if spec.read_only:
+        options["read_only"] = True
+    return options
+
+
+def container_options(spec) -> dict:
+    """The spec's process options that go in the container's Config, as the SDK's `create_container` takes them."""
+    options: dict[str, Any] = {}
+    if spec.hostname:
+        options["hostname"] = spec.hostname
+    if spec.user:
+        options["user"] = spec.user
+    if spec.workdir:
+        options["working_dir"] = spec.workdir
+    if spec.entrypoint:
+        options["entrypoint"] = list(spec.entrypoint)
+    if spec.stop_signal:
+        options["stop_signal"] = spec.stop_signal
+    return options
+
+
 def _explain(error: docker.errors.APIError) -> str:
     return str(error.explanation or error).strip()
 
@@ -495,6 +554,16 @@ def _generation(labels: dict) -> int:
         return 0
 
 
+def _host_network_ports(labels: dict) -> dict:
+    """ "80/tcp,53/udp" (the label a host-network container carries) → {"80/tcp": 80, "53/udp": 53}."""
+    ports = {}
+    for key in labels.get(LABEL_HOST_PORTS, "").split(","):
+        number = key.split("/", 1)[0]
+        if number.isdigit():
+            ports[key] = int(number)
+    return ports
+
+
 def _from_inspect(data: dict) -> ContainerInfo:
     state = data.get("State") or {}
     config = data.get("Config") or {}
@@ -505,6 +574,8 @@ def _from_inspect(data: dict) -> ContainerInfo:
         host = next((b["HostPort"] for b in bindings or () if b.get("HostPort")), None)
         if host:
             ports[key] = int(host)
+    if labels.get(LABEL_HOST_PORTS):  # host networking: each container port is the node's
+        ports = _host_network_ports(labels)
     if not ports:  # a stopped container has no live bindings; fixed host ports are still known
         for key, bindings in ((data.get("HostConfig") or {}).get("PortBindings") or {}).items():
             host = next((b["HostPort"] for b in bindings or () if b.get("HostPort")), None)
@@ -536,6 +607,8 @@ def _from_summary(data: dict) -> ContainerInfo:
         for p in data.get("Ports") or ()
         if p.get("PublicPort")
     }
+    if labels.get(LABEL_HOST_PORTS):
+        ports = _host_network_ports(labels)
     return ContainerInfo(
         id=data["Id"],
         task_id=labels.get(LABEL_TASK, ""),

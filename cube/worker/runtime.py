@@ -24,6 +24,15 @@ LABEL_TASK = "cube.task_id"
 LABEL_NODE = "cube.node"
 LABEL_GENERATION = "cube.generation"
 LABEL_VOLUME = "cube.volume"  # on the named volumes Cube creates (with cube.node): how a node lists its own
+LABEL_HOST_PORTS = "cube.host_ports"  # with host networking: the task's ports ("80/tcp,53/udp"), each the node's
+
+
+def missing_device(path: str, node: str) -> RuntimeFailure:
+    """The start error of a task whose device is not on its node (both runtimes say it in these words)."""
+    return RuntimeFailure(
+        f"device {path} does not exist on node {node}: plug it in (or fix the path; `ls -l {path}` on the node), "
+        f"or pass a device this node has"
+    )
 
 
 @dataclass
@@ -111,7 +120,9 @@ class Runtime(Protocol):
 class FakeRuntime:
     """Containers as dicts. `fail_images` makes starts of those images fail as a missing image would;
     `fail_next` makes the next N starts fail with RuntimeFailure. `kill(id, code)` ends a container as a crash would,
-    and emits a `die` event."""
+    and emits a `die` event. `devices`: the device paths the fake node has (a start that passes another in fails as
+    Docker's does); `options[container id]`: the hardware, privilege, process and network options it was created
+    with, in the words of Docker's inspect (HostConfig and Config), so the contract tests compare the two."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -127,6 +138,8 @@ class FakeRuntime:
         self.stopping = False  # set: shutting down as dockerd 20.10 does (lists still answer, alive not)
         self.mounts: dict[str, tuple] = {}  # container id -> the spec's mounts (cube.core.spec.Mount)
         self.fake_volumes: dict[str, VolumeInfo] = {}  # name -> volume: created by a start, removed only on demand
+        self.devices: set[str] = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
+        self.options: dict[str, dict] = {}
 
     def alive(self) -> bool:
         return self.down is None and not self.stopping
@@ -169,12 +182,19 @@ class FakeRuntime:
                 # it runs on), a named volume is made on first use.
                 if mount.type == "bind" and not os.path.exists(mount.source):
                     raise missing_bind(mount.source, node)
+            missing = next((d.host for d in task.spec.devices if d.host not in self.devices), None)
+            if missing:
+                raise missing_device(missing, node)
             for name in task.spec.named_volumes:
                 self.fake_volumes.setdefault(name, VolumeInfo(name, node, time.time()))
             self.starts += 1
             cid = f"fake{next(self._ids):08d}"
             self.mounts[cid] = task.spec.volumes
-            ports = {p.key: p.host or next(self._ports) for p in task.spec.ports}
+            if task.spec.network == "host":  # the container's ports are the node's
+                ports = {p.key: p.container for p in task.spec.ports}
+            else:
+                ports = {p.key: p.host or next(self._ports) for p in task.spec.ports}
+            self.options[cid] = inspected_options(task.spec)
             info = ContainerInfo(
                 cid,
                 task.id,
@@ -278,6 +298,30 @@ class FakeRuntime:
         if info is None:
             raise NotFound(f"no container {container_id}")
         return info
+
+
+def inspected_options(spec) -> dict:
+    """A spec's hardware, privilege, process and network options as Docker's inspect shows a container made with them
+    (the fields of HostConfig and Config, with Docker's values for what was left out)."""
+    return {
+        "Devices": [
+            {"PathOnHost": d.host, "PathInContainer": d.container, "CgroupPermissions": d.permissions}
+            for d in spec.devices
+        ],
+        "Privileged": spec.privileged,
+        "CapAdd": list(spec.cap_add),
+        "CapDrop": list(spec.cap_drop),
+        "Sysctls": dict(spec.sysctls),
+        "NetworkMode": spec.network or "default",
+        "Init": spec.init,
+        "ShmSize": spec.shm_size or 64 << 20,
+        "ReadonlyRootfs": spec.read_only,
+        "User": spec.user,
+        "WorkingDir": spec.workdir,
+        "Entrypoint": list(spec.entrypoint),
+        "StopSignal": spec.stop_signal,
+        "StopTimeout": spec.stop_timeout,
+    }
 
 
 def _copy(info: ContainerInfo) -> ContainerInfo:

@@ -43,6 +43,7 @@ from cube.core.errors import (
 from cube.core.model import Assignment, Desired, Event, Resources, State, transition
 from cube.core.spec import is_volume_name, shown
 from cube.store import Store, node_id
+from cube.worker.devices import DeviceScan
 from cube.worker.holds import DISCONNECT, Holds
 from cube.worker.metrics import Metrics, machine_arch
 from cube.worker.reconcile import Plan, diff
@@ -71,8 +72,10 @@ class Worker:
         disconnect_timeout: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
         sync: bool = False,
+        devices: DeviceScan | None = None,
     ):
-        """`sync` (tests): actions run inside `tick()` instead of on the thread pools."""
+        """`sync` (tests): actions run inside `tick()` instead of on the thread pools. `devices`: what finds the
+        device paths this node advertises (the usual places, see cube.worker.devices, by default)."""
         self.name = name
         # What this worker's containers are labelled with (cube.node): its name by default. Two workers with one
         # hostname sharing one Docker engine need distinct keys, or each would remove the other's containers.
@@ -82,6 +85,7 @@ class Worker:
         self.store = store
         self.metrics = metrics or Metrics()
         self.labels = dict(labels or {})
+        self.devices = devices or DeviceScan()
         self.reconcile_interval = reconcile_interval
         self.stop_timeout = stop_timeout
         self.disconnect_timeout = disconnect_timeout
@@ -236,6 +240,7 @@ class Worker:
             runtime=runtime,
             disconnect_timeout=self.disconnect_timeout,
             stop_timeout=self.stop_timeout,
+            devices=self.devices.paths(),
         )
         with self._lock:
             data["volumes"] = [dict(v) for v in self._volumes]
@@ -591,9 +596,17 @@ class Worker:
                 event = transition(task, State.FAILED, now, f"{what}; {why}")
             self._save(task, event)
 
+    def _grace(self, task_id: str) -> float:
+        """Seconds a task's container gets to exit when stopped: the task's stop_timeout, else the node's."""
+        with self._lock:
+            task = self.tasks.get(task_id)
+        if task is None or task.spec.stop_timeout is None:
+            return self.stop_timeout
+        return task.spec.stop_timeout
+
     def _stop_container(self, task_id: str, container_id: str, remove: bool) -> None:
         try:
-            self.runtime.stop(container_id, timeout=self.stop_timeout)
+            self.runtime.stop(container_id, timeout=self._grace(task_id))
             if remove:
                 self.runtime.remove(container_id)
         except NotFound:
