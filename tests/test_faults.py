@@ -61,7 +61,13 @@ class FaultCluster:
             self.start_worker(host)
         url = f"https://127.0.0.1:{lan.forward(self.manager_host, 5555)}"
         self.client = Client(url, TOKEN, timeout=10, trust=Trust(ca=ca.read_text()))
-        wait_for(lambda: self._ready() == len(self.worker_hosts), timeout=60, interval=0.2)
+        try:
+            wait_for(lambda: self._ready() == len(self.worker_hosts), timeout=60, interval=0.2)
+        except AssertionError:  # say why: the processes' own words (CI keeps no temporary files)
+            logs = {key: (self.tmp / f"{key}.log").read_text(errors="replace")[-3000:] for key in self.procs}
+            raise AssertionError(
+                "the workers did not all become ready:\n" + "\n".join(f"--- {k}\n{v}" for k, v in logs.items())
+            ) from None
 
     def _start(self, key: str, host, args: list[str], env: dict | None = None) -> None:
         log = open(self.tmp / f"{key}.log", "ab")
