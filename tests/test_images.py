@@ -7,7 +7,6 @@ fake runtimes). The same with a real registry and real engines: tests/test_regis
 import json
 import os
 import stat
-import time
 
 import pytest
 from factories import make_node, make_spec

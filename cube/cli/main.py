@@ -393,10 +393,10 @@ class Commands:
     ):
         """cube registry [ACTION] [HOST] [--username U] [--password-stdin] [--json]
 
-        ACTION is ls (the default), login or logout. Credentials for private registries, kept by the manager (encrypted) and handed to a node's engine only
-        when it pulls an image of that registry (HOST or HOST:PORT, as in the image's name; docker.io for Docker
-        Hub). `cube registry ls` shows hosts and user names, never a password. Without --password-stdin the
-        password is asked for on the terminal.
+        ACTION is ls (the default), login or logout. Credentials for private registries, kept by the manager
+        (encrypted) and handed to a node's engine only when it pulls an image of that registry (HOST or HOST:PORT,
+        as in the image's name; docker.io for Docker Hub). `cube registry ls` shows hosts and user names, never a
+        password. Without --password-stdin the password is asked for on the terminal.
 
         Example: echo "$PASSWORD" | cube registry login registry.lan:5000 --username ci --password-stdin
 
