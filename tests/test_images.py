@@ -7,6 +7,7 @@ fake runtimes). The same with a real registry and real engines: tests/test_regis
 import json
 import os
 import stat
+import time
 
 import pytest
 from factories import make_node, make_spec
@@ -255,3 +256,42 @@ def test_a_platform_mismatch_fails_at_once_and_the_next_placement_avoids_that_pl
         assert c.runtimes["pi2"].starts == 0
     finally:
         c.close()
+
+
+class PullingRuntime(FakeRuntime):
+    """A fake engine whose starts pull first: 2.5 s, at 40% after the first second and 80% after the second."""
+
+    def __init__(self):
+        super().__init__()
+        self.pull: PullProgress | None = None
+
+    def pull_progress(self, image):
+        return self.pull
+
+    def start(self, task, node):
+        self.pull = PullProgress(task.spec.image, node)
+        for percent in (40, 80):
+            detail = {"current": percent * 100_000, "total": 10_000_000}
+            self.pull.update({"status": "Downloading", "id": "l1", "progressDetail": detail})
+            time.sleep(1.0)
+        self.pull.done.set()
+        self.pull = None
+        return super().start(task, node)
+
+
+def test_the_worker_tells_the_pulls_progress_in_the_tasks_events_once_a_second():
+    from cube.core.model import Assignment
+
+    store = MemoryStore()
+    worker = Worker("n1", PullingRuntime(), store, sync=True)
+    try:
+        worker.accept(Assignment.from_dict({"id": "t1", "spec": {"image": "big:1"}, "generation": 1}))
+        worker.tick()
+        messages = [e.message for e in store.events(since=0, limit=100) if e.task_id == "t1"]
+        pulling = [m for m in messages if m.startswith("pulling")]
+        assert pulling == ["pulling big:1 on n1: 40% (4.0 of 10.0 MB)", "pulling big:1 on n1: 80% (8.0 of 10.0 MB)"], (
+            messages
+        )
+        assert worker.get("t1").state.value == "running"
+    finally:
+        worker.close()

@@ -199,9 +199,7 @@ def test_private_registry_credentials_progress_platform_and_stall(cluster):
         took = time.monotonic() - started
     finally:
         registry.resume()
-    print(
-        f"$ cube run --image {registry.address}/private/slow:1  (registry SIGSTOPped; {took:.1f} s)\n{slow.stderr}"
-    )
+    print(f"$ cube run --image {registry.address}/private/slow:1  (registry SIGSTOPped; {took:.1f} s)\n{slow.stderr}")
     assert slow.returncode != 0
     assert f"pull of {registry.address}/private/slow:1 timed out after" in slow.stderr
     assert f"(no progress for {STALL} s) on node n1" in slow.stderr

@@ -302,7 +302,8 @@ class DockerRuntime:
 
     def _no_variant(self, image: str, error: str, node: str) -> str | None:
         """A pull refused because the image's manifest list has nothing for this platform, in Cube's words."""
-        if "no matching manifest" not in error:
+        # A manifest list without this platform; a single-platform image when the engine checks it (newer ones).
+        if "no matching manifest" not in error and "does not match the specified platform" not in error:
             return None
         with contextlib.suppress(CubeError):
             return no_variant(image, self._engine_arch(), "its manifest list has other platforms only", node)
