@@ -95,7 +95,9 @@ def test_a_pull_that_stalls_fails_before_its_timeout_and_says_both():
         "pull of tools timed out after 71 s (no progress for 61 s) on node n1 (45% downloaded)"
     )
     pull.update({"status": "Downloading", "id": "bbb", "progressDetail": {"current": 5_000_000, "total": 10**7}}, 290)
-    assert pull.overdue(300, 60, "n1", now=301.0) == "pull of tools timed out after 301 s on node n1 (50% downloaded)"
+    assert pull.overdue(300, 60, "n1", now=301.0).startswith(
+        "pull of tools timed out after 301 s on node n1 (50% downloaded): a slow link or a big image"
+    )
 
 
 def test_a_refused_pull_says_what_to_do():

@@ -273,9 +273,8 @@ class DockerRuntime:
         try:
             log.info("pulling image %s%s", pull.image, " with credentials" if auth else "")
             # Errors may come as the HTTP status (registry unreachable) or inside the progress stream.
-            api = self._stream_api()
-            stream = api.pull(pull.image, stream=True, decode=True, auth_config=auth)
-            pull.cancel = _canceller(api, stream)
+            stream = self._stream_api().pull(pull.image, stream=True, decode=True, auth_config=auth)
+            pull.cancel = _canceller(stream)
             for message in stream:
                 if isinstance(message, dict):
                     pull.update(message)
@@ -283,7 +282,8 @@ class DockerRuntime:
             pull.error = _explain(e)
         except CubeError as e:
             pull.error = e.message
-        except (*_STREAM_ERRORS, docker.errors.DockerException) as e:
+        except (*_STREAM_ERRORS, docker.errors.DockerException, ValueError, AttributeError) as e:
+            # ValueError, AttributeError: what a read of a response whose socket `cancel` shut down may raise.
             pull.error = pull.error or f"the pull was interrupted ({e})"
         finally:
             if pull.error:
@@ -472,20 +472,19 @@ class DockerRuntime:
             self._client = self._stream_client = None
 
 
-def _canceller(api, stream) -> Callable[[], None]:
-    """What ends a pull from the thread that gives it up: its socket shut down (a read blocked on a registry that
-    went quiet returns at once; closing the generator cannot, it is executing in the pull's thread). The SDK's
-    pull stream is a generator over the HTTP response, which is found in its frame."""
+def _canceller(stream) -> Callable[[], None]:
+    """What ends a pull from the thread that gives it up: its socket shut down, so that the read blocked on a quiet
+    registry returns at once and the engine sees its client go (it then cancels the pull). Not a close: closing the
+    response waits for the lock the blocked read holds (seen: until the registry answered again, a minute later),
+    and closing the generator fails while it executes. The SDK's pull stream is a generator over the HTTP response,
+    which is found in its frame; its socket is the one `APIClient._get_raw_response_socket` reads."""
 
     def cancel() -> None:
         frame = getattr(stream, "gi_frame", None)
         response = frame.f_locals.get("response") if frame is not None else None
-        if response is None:
-            return
-        with contextlib.suppress(Exception):
-            api._get_raw_response_socket(response).shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(Exception):
-            response.close()
+        with contextlib.suppress(Exception):  # the pull ended meanwhile: nothing to cancel
+            raw = response.raw._fp.fp.raw  # type: ignore[union-attr]
+            getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)
 
     return cancel
 

@@ -82,11 +82,15 @@ class PullProgress:
         now = time.monotonic() if now is None else now
         took, quiet = now - self.started, now - self.last_word
         if took >= timeout:
-            return f"pull of {self.image} timed out after {took:.0f} s on node {node} ({self._where()})"
+            return (
+                f"pull of {self.image} timed out after {took:.0f} s on node {node} ({self._where()}): a slow link or a "
+                f"big image (the worker's --pull-timeout allows more)"
+            )
         if quiet >= stall:
             return (
                 f"pull of {self.image} timed out after {took:.0f} s (no progress for {quiet:.0f} s) on node {node} "
-                f"({self._where()}); the registry stopped answering: check it, or raise the worker's --pull-timeout"
+                f"({self._where()}); the registry or the way to it stopped answering: check it (or raise the worker's "
+                f"--pull-stall)"
             )
         return None
 
