@@ -30,9 +30,14 @@ PORT = 5000
 
 
 def available() -> str | None:
-    for program in ("docker-registry", "htpasswd"):
+    for program, package in (
+        ("docker-registry", "docker-registry"),
+        ("htpasswd", "apache2-utils"),
+        ("tc", "iproute2"),
+        ("script", "bsdutils"),
+    ):
         if shutil.which(program) is None:
-            return f"`{program}` is missing (apt-get install docker-registry apache2-utils)"
+            return f"`{program}` is missing (apt-get install {package})"
     return None
 
 
