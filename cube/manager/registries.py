@@ -28,6 +28,8 @@ class Registries:
         self.store = store
         self._seal, self._unseal = seal, unseal
         self._lock = threading.Lock()
+        # The store's records in memory: every assignment sent asks for its registry's (a dict lookup, no disk read).
+        self._records = {r["host"]: r for r in store.values(KIND) if isinstance(r, dict) and "host" in r}
 
     def login(self, body: object) -> dict:
         """{"host", "username", "password"} → kept (sealed); answers host and user name only."""
@@ -49,25 +51,28 @@ class Registries:
         record = {"host": host, "username": username, "sealed": self._seal(password, host), "at": time.time()}
         with self._lock:
             self.store.put(KIND, host, record)
+            self._records[host] = record
         return _shown(record)
 
     def logout(self, host: str) -> dict:
         host = host.strip().lower()
         with self._lock:
-            record = self.store.get(KIND, host)
+            record = self._records.get(host)
             if record is None:
                 raise NotFound(f"no credentials for registry {host} (`cube registry ls` lists them)")
             self.store.delete(KIND, host)
+            del self._records[host]
         return _shown(record)
 
     def list(self) -> list[dict]:
-        return sorted((_shown(r) for r in self.store.values(KIND) if isinstance(r, dict)), key=lambda r: r["host"])
+        with self._lock:
+            return sorted((_shown(r) for r in self._records.values()), key=lambda r: r["host"])
 
     def auth_for(self, image: str) -> dict | None:
         """What a worker is handed to pull `image`: {"host", "username", "password"}, or None (no login for it)."""
         host = registry_host(image)
-        record = self.store.get(KIND, host)
-        if not isinstance(record, dict):
+        record = self._records.get(host)
+        if record is None:
             return None
         return {"host": host, "username": record["username"], "password": self._unseal(record["sealed"], host)}
 
