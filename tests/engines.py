@@ -417,10 +417,20 @@ class EngineLan:
     """n hosts, each a namespace of a `netns.Lan` running its own containerd and dockerd; a context manager that
     always tears everything down, also when the constructor fails half way."""
 
-    def __init__(self, n_hosts: int, prefix: str = "cube-e", images=(), log_dir=None, live_restore: bool = False):
+    def __init__(
+        self,
+        n_hosts: int,
+        prefix: str = "cube-e",
+        images=(),
+        log_dir=None,
+        live_restore: bool = False,
+        insecure_registries=(),
+    ):
         """Start `n_hosts` engines and load `images` (names on the machine's engine) into each. `log_dir`: where
         the engines' logs go (default: inside the run's directory, removed at close). `live_restore`: dockerd's
-        option, so containers outlive a stopped or killed engine."""
+        option, so containers outlive a stopped or killed engine. `insecure_registries`: registries (HOST:PORT or
+        a CIDR) the engines pull from over plain HTTP (a test's docker-registry in a host of the LAN)."""
+        self.insecure_registries = list(insecure_registries)
         reason = available()
         if reason:
             raise RuntimeError(reason)
@@ -464,7 +474,7 @@ class EngineLan:
     def _write_configs(self, host: EngineHost) -> None:
         # An empty daemon.json of its own: the machine's /etc/docker/daemon.json must not shape our engines.
         with open(f"{host.root}/daemon.json", "w") as f:
-            json.dump({}, f)
+            json.dump({"insecure-registries": self.insecure_registries} if self.insecure_registries else {}, f)
         # Everything containerd keeps is below the host's root; only shim sockets go to /run/containerd/s (see
         # _remove_shim_sockets). No CRI: Docker does not use it, and it would start a CNI machinery of its own.
         with open(f"{host.root}/containerd.toml", "w") as f:

@@ -95,11 +95,14 @@ class ClusterHarness:
             devices=self.devices[name],
         )
 
-    def add_node(self, name: str, devices=()) -> None:
-        """A node whose worker (and fake engine) has exactly the device paths `devices`."""
+    def add_node(self, name: str, devices=(), arch: str | None = None) -> None:
+        """A node whose worker (and fake engine) has exactly the device paths `devices`; `arch`: its machine's (as
+        `uname -m`), labelled as a worker labels it."""
         self.devices[name] = DeviceScan(extra=devices, patterns=(), ttl=0, exists=lambda path: True)
         self.runtimes[name] = FakeRuntime()
         self.runtimes[name].devices = set(devices)
+        if arch is not None:
+            self.runtimes[name].arch = arch
         self.stores[name] = MemoryStore()
         self.workers[name] = self._new_worker(name)
         cpus, memory = self.capacity
@@ -108,7 +111,7 @@ class ClusterHarness:
                 name,
                 f"fake://{name}",
                 Resources(cpus, memory, 100 << 30),
-                labels={"node_id": self.workers[name].id, "hostname": name},
+                labels={"node_id": self.workers[name].id, "hostname": name, **({"arch": arch} if arch else {})},
                 last_seen=self.clock(),
             )
         )

@@ -18,6 +18,7 @@ from cube.core.errors import BadRequest
 from cube.scheduler import (
     CHECKS,
     CONSTRAINT_NOT_MET,
+    IMAGE_PLATFORM,
     INSUFFICIENT_CPU,
     INSUFFICIENT_DISK,
     INSUFFICIENT_MEMORY,
@@ -468,7 +469,7 @@ def test_every_check_returns_rejections_of_a_known_kind():
         assert found.detail and str(found) == found.detail == feasible(spec, node)
         assert check(make_spec(), make_node()) is None  # a spec that asks for nothing passes every check
     # Every kind is some check's, once; the volume check is made per placement (tests/test_volumes.py).
-    assert {kind for _, _, kind in REJECTED_BY.values()} == set(KINDS) - {VOLUME_ELSEWHERE}
+    assert {kind for _, _, kind in REJECTED_BY.values()} == set(KINDS) - {VOLUME_ELSEWHERE, IMAGE_PLATFORM}
     assert len(set(KINDS)) == len(KINDS)
 
 

@@ -29,6 +29,7 @@ Work:
   events    what happened, as it happens
   nodes     list the cluster's nodes (alias: node); `cube node rm NAME` removes one
   volume    list named volumes (`cube volume ls`) and where they live; `cube volume rm NAME` removes one
+  registry  credentials for private registries: `cube registry login HOST`, `ls`, `logout HOST`
 
 Cluster:
   dev       a whole cluster in this process (manager + local workers)
@@ -44,7 +45,7 @@ Every command reads CUBE_MANAGER (manager URL) and CUBE_TOKEN from the environme
 manager on this machine, then on the LAN (mDNS).
 """
 
-ALIASES = {"ps": "status", "node": "nodes", "volumes": "volume"}
+ALIASES = {"ps": "status", "node": "nodes", "volumes": "volume", "registries": "registry"}
 RETRY_EVERY = 1.0  # seconds between tries to reach a manager that `cube events --follow` lost
 
 
@@ -380,6 +381,35 @@ class Commands:
             json,
         )
 
+    def registry(
+        self,
+        action: str | None = None,
+        host: str | None = None,
+        username: str | None = None,
+        password_stdin: bool = False,
+        manager: str | None = None,
+        token: str | None = None,
+        json: bool = False,
+    ):
+        """cube registry [ACTION] [HOST] [--username U] [--password-stdin] [--json]
+
+        ACTION is ls (the default), login or logout. Credentials for private registries, kept by the manager
+        (encrypted) and handed to a node's engine only when it pulls an image of that registry (HOST or HOST:PORT,
+        as in the image's name; docker.io for Docker Hub). `cube registry ls` shows hosts and user names, never a
+        password. Without --password-stdin the password is asked for on the terminal.
+
+        Example: echo "$PASSWORD" | cube registry login registry.lan:5000 --username ci --password-stdin
+
+        Flags:
+          --username U           the registry user (asked for when not given)
+          --password-stdin       read the password from standard input, not the terminal"""
+        from cube.cli.registry import registry_command
+
+        text = registry_command(
+            _client(manager, token), action, host, username, bool(password_stdin), as_json=bool(json)
+        )
+        _print(text, json)
+
     def volume(
         self,
         action: str | None = None,
@@ -498,6 +528,8 @@ class Commands:
         threads: int = 4,
         disconnect_timeout: float = 30.0,
         device=(),
+        pull_timeout: float = 300.0,
+        pull_stall: float = 60.0,
         verbose: bool = False,
     ):
         """cube worker [FLAGS]
@@ -530,6 +562,8 @@ class Commands:
           --device PATH            a device this node offers to tasks, besides the usual places it finds by
                                    itself (/dev/ttyUSB*, /dev/ttyACM*, /dev/serial/by-id/*, /dev/video*, ...;
                                    repeatable)
+          --pull-timeout S         seconds an image pull may take before its task fails (default 300)
+          --pull-stall S           seconds a pull may go without progress before it fails sooner (default 60)
           --verbose                log more"""
         from cube.cluster.service import setup_logging
         from cube.cluster.worker_service import run_worker
@@ -555,6 +589,8 @@ class Commands:
             threads=int(threads),
             disconnect_timeout=float(disconnect_timeout),
             devices=_list(device),
+            pull_timeout=_positive(pull_timeout, "--pull-timeout"),
+            pull_stall=_positive(pull_stall, "--pull-stall"),
         )
 
     def manager(
@@ -906,3 +942,10 @@ def _run(argv: list[str]) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _positive(value, flag: str) -> float:
+    """A number of seconds that must be more than 0 (`--pull-timeout 0` would fail every pull)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise CubeError(f"{flag} must be a number of seconds above 0, not {value!r}")
+    return float(value)

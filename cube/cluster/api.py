@@ -322,6 +322,9 @@ def worker_app(worker, token) -> bottle.Bottle:
         body = read_json()
         if not isinstance(body, dict):
             raise BadRequest("an assignment must be a JSON object with id, spec and generation")
+        # The credentials for the task's registry (the manager's, see cube.manager.registries) go to memory only,
+        # never into the assignment the worker keeps in its store.
+        worker.credentials.remember(body.pop("registry_auth", None))
         task, created = worker.accept(Assignment.from_dict(body))
         return _json_response(task.to_dict(), 201 if created else 200)
 
@@ -374,7 +377,7 @@ def worker_app(worker, token) -> bottle.Bottle:
     return app
 
 
-def manager_app(manager, membership, links, token, authority=None) -> bottle.Bottle:
+def manager_app(manager, membership, links, token, authority=None, registries=None) -> bottle.Bottle:
     """The manager's API: the book's routes plus jobs, events, logs (proxied from the worker), nodes, health, and
     with an `authority` (TLS) the CA, joins, token rotation and node removal. `token`: an `Access`, or the bearer
     token (None: open)."""
@@ -487,6 +490,9 @@ def manager_app(manager, membership, links, token, authority=None) -> bottle.Bot
     def remove_volume(name):
         return manager.remove_volume(name)
 
+    if registries is not None:
+        _registry_routes(app, registries)
+
     @app.post("/nodes")
     def add_node():
         return _json_response(membership.add(_node_address(read_json())).to_dict(), 201)
@@ -593,3 +599,19 @@ class Server:
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+
+def _registry_routes(app: bottle.Bottle, registries) -> None:
+    """Registry credentials (cube.manager.registries): a password goes in, and no answer ever carries one."""
+
+    @app.post("/registries")
+    def registry_login():
+        return _json_response(registries.login(read_json()), 201)
+
+    @app.get("/registries")
+    def registry_list():
+        return registries.list()
+
+    @app.delete("/registries/<host>")
+    def registry_logout(host):
+        return registries.logout(host)

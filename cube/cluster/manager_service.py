@@ -60,13 +60,19 @@ class ManagerService:
             access = Access(lambda: authority.secret, "worker", {("POST", "/nodes")}, revoked=authority.revoked)
         # With TLS, workers know the manager by its certificate: the token is never sent to them.
         self.links = Links(self.token if insecure else None, trust=self.trust)
-        self.manager = Manager(self.store, strategy=strategy, dispatch=self.links.dispatch, node_timeout=node_timeout)
+        self.registries = _registries(self.directory, self.store)
+        self.manager = Manager(
+            self.store,
+            strategy=strategy,
+            dispatch=self.registries.dispatching(self.links.dispatch),
+            node_timeout=node_timeout,
+        )
         self.membership = Membership(
             self.manager, self.links.request, self.store, poll_wait=poll_wait, url=self._worker_url
         )
         self.health = HealthChecker(self.manager)
         self.server = Server(
-            manager_app(self.manager, self.membership, self.links, access, self.authority),
+            manager_app(self.manager, self.membership, self.links, access, self.authority, self.registries),
             host,
             port,
             tls=None if insecure else self.trust.server_context(),
@@ -249,3 +255,12 @@ def run_dev(
         wait_for_signal()
     finally:
         service.close()
+
+
+def _registries(directory: str, store):
+    """Registry credentials, sealed with a key file beside the store (see cube.cluster.pki.Sealer)."""
+    from cube.cluster.pki import Sealer
+    from cube.manager.registries import Registries
+
+    sealer = Sealer(directory)
+    return Registries(store, sealer.seal, sealer.unseal)

@@ -173,3 +173,49 @@ def issue(ca_cert_pem: bytes, ca_key_pem: bytes, role: str, common: str) -> tupl
     csr_pem, key_pem = make_request(common)
     cert_pem, serial = sign(ca_cert_pem, ca_key_pem, csr_pem, role, common)
     return cert_pem, key_pem, serial
+
+
+# ------------------------------------------------------------------------------------- secrets kept at rest
+
+SEAL_KEY = "registries.key"  # 32 random bytes, 0600, beside the manager's store (never in it, never sent)
+
+
+class Sealer:
+    """Encrypts small secrets for the manager's store (registry passwords) with AES-GCM under a key derived by HKDF
+    from a key file of the manager's own. Not from the cluster secret: that one is handed to every CLI user and
+    rotates (`POST /token/rotate`), so anyone holding a copy of the store and an old token could read what it
+    sealed, and each rotation would have to re-encrypt; a key file readable by root only, kept beside the store,
+    needs neither. A copy of the store alone (a backup) reveals nothing."""
+
+    def __init__(self, directory: str):
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        path = os.path.join(directory, SEAL_KEY)
+        if not os.path.exists(path):
+            write_private(path, secrets.token_bytes(32))
+        with open(path, "rb") as handle:
+            root = handle.read()
+        self._key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"cube registry credentials v1").derive(
+            root
+        )
+
+    def seal(self, plaintext: str, context: str) -> str:
+        """`plaintext` encrypted and bound to `context` (the registry host: a sealed value moved to another record
+        does not open); nonce and ciphertext as hex."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = secrets.token_bytes(12)
+        return (nonce + AESGCM(self._key).encrypt(nonce, plaintext.encode(), context.encode())).hex()
+
+    def unseal(self, sealed: str, context: str) -> str:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        try:
+            data = bytes.fromhex(sealed)
+            return AESGCM(self._key).decrypt(data[:12], data[12:], context.encode()).decode()
+        except (ValueError, InvalidTag):
+            raise CubeError(
+                f"the stored secret for {context} does not open with this manager's {SEAL_KEY} (was the key file "
+                f"replaced?): log in again"
+            ) from None

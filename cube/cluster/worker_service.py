@@ -33,6 +33,8 @@ def build_worker(
     unique_key: bool = False,
     disconnect_timeout: float = 30.0,
     devices=(),
+    pull_timeout: float = 300.0,
+    pull_stall: float = 60.0,
 ):
     """A Worker on the real Docker engine (or the given runtime) with its diskcache store. `unique_key`: label
     its containers with the name plus the node id even though a name is given (`cube dev`'s generated names repeat
@@ -40,13 +42,17 @@ def build_worker(
     from cube.store import DiskStore
     from cube.worker.devices import DeviceScan
     from cube.worker.metrics import Metrics
+    from cube.worker.pulls import Credentials
     from cube.worker.worker import Worker
 
     directory = private_dir(data_dir("worker", data))
+    credentials = Credentials()  # the runtime pulls with what the worker is handed
     if runtime is None:
         from cube.worker.docker_runtime import DockerRuntime
 
-        runtime = DockerRuntime(stop_timeout=stop_timeout)
+        runtime = DockerRuntime(
+            stop_timeout=stop_timeout, pull_timeout=pull_timeout, stall_timeout=pull_stall, credentials=credentials
+        )
     store = DiskStore(os.path.join(directory, "store"))
     # An explicit name is the user's promise that it is unique; the default (the hostname) may not be.
     key = f"{name or socket.gethostname()}.{node_id(store)}" if unique_key or not name else name
@@ -62,6 +68,7 @@ def build_worker(
         stop_timeout=stop_timeout,
         disconnect_timeout=disconnect_timeout,
         devices=DeviceScan(extra=devices),
+        credentials=credentials,
     )
 
 
@@ -95,6 +102,8 @@ def run_worker(
     disconnect_timeout: float = 30.0,
     insecure: bool = False,
     devices=(),
+    pull_timeout: float = 300.0,
+    pull_stall: float = 60.0,
 ) -> None:
     """`cube worker`: serve the worker API until stopped. `threads`: how many container actions run at once.
     `disconnect_timeout`: seconds without a manager before tasks with on_disconnect=stop are stopped (0: never).
@@ -126,6 +135,8 @@ def run_worker(
         threads=threads,
         disconnect_timeout=disconnect_timeout,
         devices=devices,
+        pull_timeout=pull_timeout,
+        pull_stall=pull_stall,
     )
     for path in devices:
         if not os.path.exists(path):

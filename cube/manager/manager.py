@@ -51,6 +51,8 @@ from cube.core.model import (
 )
 from cube.core.spec import shown
 from cube.core.spec import task_id as spec_task_id
+from cube.manager.images import KIND as IMAGES_KIND
+from cube.manager.images import ManagerImages
 from cube.manager.outbox import RETRY_MAX, Outbox
 from cube.manager.reconcile import Reported, job_diff, node_diff, task_decision
 from cube.manager.views import ManagerViews
@@ -71,7 +73,7 @@ def holds(task: Task) -> bool:
     return bool(task.node) and task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING)
 
 
-class Manager(ManagerViews, ManagerVolumes):
+class Manager(ManagerViews, ManagerVolumes, ManagerImages):
     def __init__(
         self,
         store: Store,
@@ -140,6 +142,7 @@ class Manager(ManagerViews, ManagerVolumes):
         for data in self.store.values("placements"):
             self.placements[data["task_id"]] = data
         self._load_volumes()
+        self._load_images()
         with self._lock, self._trying():
             # A job cut short by a crash (its record kept, some of its tasks not yet) is completed here.
             for job in list(self.jobs.values()):
@@ -220,6 +223,7 @@ class Manager(ManagerViews, ManagerVolumes):
             "placements": set(),
             "nodes": set(),
             "volumes": set(),
+            IMAGES_KIND: set(),
         }
         self._touched = touched
         try:
@@ -287,6 +291,7 @@ class Manager(ManagerViews, ManagerVolumes):
             else:
                 self.placements[task_id] = data
         self._restore_volumes(touched["volumes"])
+        self._restore_images(touched[IMAGES_KIND])
         self._unsaved |= touched["nodes"]
 
     def _forget(self, task: Task) -> None:
@@ -423,6 +428,7 @@ class Manager(ManagerViews, ManagerVolumes):
             state=self.sched_state,
             limit=self._limit(len(nodes)),
             homes=self._homes(task.spec),
+            lacking=self._lacking(task.spec),
         )
 
     def _record_placement(self, task: Task, placement, nodes: list[Node]) -> None:
@@ -541,6 +547,7 @@ class Manager(ManagerViews, ManagerVolumes):
                 continue
             self._folded[task_id] = fields
             task.observed = Observed.from_report(node_name, data)
+            self._note_platform(task)
             self._commit(task)
             changed.append(task)
         for task_id in raw.keys() - present:  # the node no longer has it

@@ -17,6 +17,7 @@ from cube.scheduler.bookkeeping import release, reserve
 from cube.scheduler.feasibility import (
     CHECKS,
     CONSTRAINT_NOT_MET,
+    IMAGE_PLATFORM,
     INSUFFICIENT_CPU,
     INSUFFICIENT_DISK,
     INSUFFICIENT_MEMORY,
@@ -37,6 +38,7 @@ __all__ = [
     "CHECKS",
     "CONSTRAINT_NOT_MET",
     "DEFAULT_STRATEGY",
+    "IMAGE_PLATFORM",
     "INSUFFICIENT_CPU",
     "INSUFFICIENT_DISK",
     "INSUFFICIENT_MEMORY",

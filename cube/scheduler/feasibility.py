@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from cube.core.errors import BadRequest
+from cube.core.images import platform
 from cube.core.model import Node, TaskSpec, format_size
 
 # The kinds of rejection, as Nomad names its filter reasons (`FilterConstraintDrivers = "missing drivers"`): short,
@@ -24,9 +25,11 @@ INSUFFICIENT_DISK = "insufficient disk"
 PORT_IN_USE = "host port in use"
 VOLUME_ELSEWHERE = "volume on another node"
 MISSING_DEVICE = "missing device"
+IMAGE_PLATFORM = "image lacks platform"
 KINDS = (
     NODE_NOT_READY,
     VOLUME_ELSEWHERE,
+    IMAGE_PLATFORM,
     CONSTRAINT_NOT_MET,
     MISSING_DEVICE,
     INSUFFICIENT_CPU,
@@ -154,6 +157,23 @@ def volume_check(homes: Mapping[str, tuple[str, str]]) -> Check:
     return check_volumes
 
 
+def platform_check(lacking: Mapping[str, str]) -> Check:
+    """The check of a task whose image is known to have no variant for some platforms (`lacking`: platform such as
+    linux/arm64 -> the node whose pull found it out). A node of such a platform would fail the task at once, so it
+    is not tried: the manager remembers it per image reference (cube.manager.images), from the reason a worker gave
+    (cube.core.images.no_variant), and joins this check to the pipeline by `checks_for`."""
+
+    def check_platform(spec: TaskSpec, node: Node) -> Rejection | None:
+        arch = node.labels.get("arch")
+        if arch is None:
+            return None
+        where = platform(str(arch))
+        seen = lacking.get(where)
+        return None if seen is None else _no_variant(spec.image, where, seen)
+
+    return check_platform
+
+
 # ------------------------------------------------------------------------------------------------------ pipeline
 
 # The pipeline, written once: each check in the order it runs, with the test that tells whether it can reject
@@ -180,13 +200,19 @@ PIPELINE: tuple[tuple[Check, Callable[[TaskSpec], bool]], ...] = (
 CHECKS: tuple[Check, ...] = tuple(check for check, _ in PIPELINE)
 
 
-def checks_for(spec: TaskSpec, homes: Mapping[str, tuple[str, str]] | None = None) -> tuple[Check, ...]:
+def checks_for(
+    spec: TaskSpec, homes: Mapping[str, tuple[str, str]] | None = None, lacking: Mapping[str, str] | None = None
+) -> tuple[Check, ...]:
     """The checks of `PIPELINE` that can reject `spec` (no cpu asked: no cpu check, ...), in pipeline order: the
     same answers as running all of `CHECKS`, with fewer calls per node in the placement loop. With `homes` (where
-    the spec's named volumes live, see `volume_check`), their check follows the state check."""
+    the spec's named volumes live, see `volume_check`), their check follows the state check; with `lacking` (the
+    platforms the spec's image has no variant for, see `platform_check`), its check follows those: both are what a
+    node *is* for this task."""
     checks = tuple(check for check, applies in PIPELINE if applies(spec))
     if homes and any(name in homes for name in spec.named_volumes):
-        return (checks[0], volume_check(homes), *checks[1:])
+        checks = (checks[0], volume_check(homes), *checks[1:])
+    if lacking:
+        checks = (*checks[:1], platform_check(lacking), *checks[1:])
     return checks
 
 
@@ -234,6 +260,11 @@ def _volume_elsewhere(name: str, home: str, state: str) -> Rejection:
         )
     which = f", which is {state}" if state != READY else ""
     return Rejection(VOLUME_ELSEWHERE, f"volume {name} lives on {home}{which}")
+
+
+@lru_cache(maxsize=1024)
+def _no_variant(image: str, where: str, seen: str) -> Rejection:
+    return Rejection(IMAGE_PLATFORM, f"image {image} has no {where} variant (found on {seen})")
 
 
 @lru_cache(maxsize=1024)

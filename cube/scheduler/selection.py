@@ -88,10 +88,12 @@ def place(
     state: SchedulerState | None = None,
     limit: int | None = None,
     homes: Mapping[str, tuple[str, str]] | None = None,
+    lacking: Mapping[str, str] | None = None,
 ) -> Placement:
     """Pick a node for one copy of `spec`. The nodes are not changed: call `reserve(placement.node, spec)` once the
     placement is committed. `state.last` becomes the picked node (round-robin continues after it). `homes`: where
     named volumes already live (volume name -> (node, its state)): a task that mounts one goes only there.
+    `lacking`: the platforms the spec's image is known to have no variant for (platform -> the node that found out).
 
     `limit`: look for at most this many feasible nodes, visiting the list in a seeded pseudo-random order
     (Nomad's bounded candidate set; 2 is "power of two choices"). The walk goes on past infeasible nodes, so a
@@ -105,7 +107,7 @@ def place(
         _seed_hash(seed),
         state if state is not None else SchedulerState(),
         limit,
-        checks_for(spec, homes),
+        checks_for(spec, homes, lacking),
     )
 
 

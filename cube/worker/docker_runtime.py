@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,7 +34,9 @@ import requests.exceptions
 import urllib3.exceptions
 
 from cube.core.errors import Conflict, CubeError, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
+from cube.core.images import image_platform, no_variant, same_platform
 from cube.core.model import Assignment
+from cube.worker.pulls import Credentials, PullProgress, refused
 from cube.worker.runtime import (
     LABEL_GENERATION,
     LABEL_HOST_PORTS,
@@ -63,20 +66,27 @@ class DockerRuntime:
     def __init__(
         self,
         base_url: str | None = None,
-        pull_timeout: float = 60.0,
+        pull_timeout: float = 300.0,
         api_timeout: float = 30.0,
         stop_timeout: float | None = None,
+        stall_timeout: float = 60.0,
+        credentials: Credentials | None = None,
     ):
         """`stop_timeout`: the grace every container gets when the engine itself stops it (its StopTimeout): the
-        worker's own, so `systemctl stop docker` treats a task as `cube stop` does (Docker's default is 10 s)."""
+        worker's own, so `systemctl stop docker` treats a task as `cube stop` does (Docker's default is 10 s).
+        `pull_timeout`: the longest a pull may take; `stall_timeout`: the longest it may go without progress.
+        `credentials`: the registry credentials the manager handed over (see cube.worker.pulls)."""
         self.base_url = base_url
         self.stop_timeout = stop_timeout
         self.pull_timeout = pull_timeout
+        self.stall_timeout = min(stall_timeout, pull_timeout)
+        self.credentials = credentials or Credentials()
+        self._arch = ""  # the engine's architecture (uname -m), asked once, when a pulled image is checked
         self.api_timeout = api_timeout
         self._lock = threading.Lock()
         self._client: Any = None  # connected lazily: a worker may start before its engine answers
         self._stream_client: Any = None
-        self._pulls: dict[str, _Pull] = {}
+        self._pulls: dict[str, PullProgress] = {}
 
     # -- connection ----------------------------------------------------------------------------------------
 
@@ -204,7 +214,7 @@ class DockerRuntime:
             except docker.errors.ImageNotFound:
                 if pulled:
                     raise
-                self._pull(task.spec.image)
+                self._pull(task.spec.image, node)
                 pulled = True
             except docker.errors.APIError as e:
                 missing = next((b for b in binds if "does not exist" in _explain(e) and b in _explain(e)), None)
@@ -230,39 +240,88 @@ class DockerRuntime:
         log.info("removing leftover container %s of task %s before starting it again", name, task_id)
         self.remove(existing["Id"])
 
-    def _pull(self, image: str) -> None:
-        """Pulls `image`, waiting at most `pull_timeout`. Concurrent starts of one image share one pull; a pull
-        that times out goes on in the background, so a later start may find the image."""
+    def _pull(self, image: str, node: str) -> None:
+        """Pulls `image`, waiting at most `pull_timeout`, and at most `stall_timeout` without progress; then checks
+        that the image is for this engine's platform. Concurrent starts of one image share one pull; a pull given
+        up is cancelled (its stream closed: the engine stops it)."""
         with self._lock:
             pull = self._pulls.get(image)
             if pull is None:
-                pull = self._pulls[image] = _Pull(image)
+                pull = self._pulls[image] = PullProgress(image, node)
                 threading.Thread(target=self._run_pull, args=(pull,), name=f"pull {image}", daemon=True).start()
-        if not pull.done.wait(self.pull_timeout):
-            raise ImageUnavailable(
-                f"image {image!r} is not present locally and could not be pulled within "
-                f"{self.pull_timeout:g} s (the pull goes on in the background)"
-            )
+        while not pull.done.wait(0.5):
+            overdue = pull.overdue(self.pull_timeout, self.stall_timeout, node)
+            if overdue:
+                pull.error = pull.error or overdue
+                with self._lock:
+                    if self._pulls.get(image) is pull:
+                        del self._pulls[image]  # the next start pulls afresh
+                if pull.cancel is not None:
+                    pull.cancel()
+                raise ImageUnavailable(overdue)
         if pull.error:
             raise ImageUnavailable(f"image {image!r} is not present locally and could not be pulled: {pull.error}")
+        self._check_platform(image, node)
 
-    def _run_pull(self, pull: "_Pull") -> None:
+    def pull_progress(self, image: str) -> PullProgress | None:
+        """The pull of `image` under way, or None (the worker reports its progress)."""
+        with self._lock:
+            return self._pulls.get(image)
+
+    def _run_pull(self, pull: PullProgress) -> None:
+        auth = self.credentials.for_image(pull.image)
         try:
-            log.info("pulling image %s", pull.image)
+            log.info("pulling image %s%s", pull.image, " with credentials" if auth else "")
             # Errors may come as the HTTP status (registry unreachable) or inside the progress stream.
-            for message in self._stream_api().pull(pull.image, stream=True, decode=True):
-                if isinstance(message, dict) and message.get("error"):
-                    pull.error = str(message["error"])
+            stream = self._stream_api().pull(pull.image, stream=True, decode=True, auth_config=auth)
+            pull.cancel = _canceller(stream)
+            for message in stream:
+                if isinstance(message, dict):
+                    pull.update(message)
         except docker.errors.APIError as e:
             pull.error = _explain(e)
         except CubeError as e:
             pull.error = e.message
-        except (*_STREAM_ERRORS, docker.errors.DockerException) as e:
-            pull.error = f"the pull was interrupted ({e})"
+        except (*_STREAM_ERRORS, docker.errors.DockerException, ValueError, AttributeError) as e:
+            # ValueError, AttributeError: what a read of a response whose socket `cancel` shut down may raise.
+            pull.error = pull.error or f"the pull was interrupted ({e})"
         finally:
+            if pull.error:
+                mismatch = self._no_variant(pull.image, pull.error, pull.node)
+                pull.error = mismatch or refused(pull.image, pull.error, auth)
             with self._lock:
-                self._pulls.pop(pull.image, None)
+                if self._pulls.get(pull.image) is pull:
+                    self._pulls.pop(pull.image, None)
             pull.done.set()
+
+    def _engine_arch(self) -> str:
+        if not self._arch:
+            with self._translate("asking the Docker engine its architecture"):
+                self._arch = str(self._api().info().get("Architecture") or "")
+        return self._arch
+
+    def _no_variant(self, image: str, error: str, node: str) -> str | None:
+        """A pull refused because the image's manifest list has nothing for this platform, in Cube's words."""
+        # A manifest list without this platform; a single-platform image when the engine checks it (newer ones).
+        if "no matching manifest" not in error and "does not match the specified platform" not in error:
+            return None
+        with contextlib.suppress(CubeError):
+            return no_variant(image, self._engine_arch(), "its manifest list has other platforms only", node)
+        return None
+
+    def _check_platform(self, image: str, node: str) -> None:
+        """An image pulled whole but made for another platform (a single-platform manifest: the engine pulls it and
+        only its start would fail, with "exec format error", after every restart) is refused at once, and removed
+        so that it is not run by a later start either."""
+        api = self._api()
+        with self._translate(f"inspecting image {image}"):
+            data = api.inspect_image(image)
+        found = image_platform(data.get("Os", ""), data.get("Architecture", ""), data.get("Variant", ""))
+        arch = self._engine_arch()
+        if arch and not same_platform(arch, found):
+            with contextlib.suppress(docker.errors.DockerException):
+                api.remove_image(image)
+            raise ImageUnavailable(no_variant(image, arch, f"it is {found}", node))
 
     def restart(self, container_id: str) -> ContainerInfo:
         api = self._api()
@@ -413,11 +472,21 @@ class DockerRuntime:
             self._client = self._stream_client = None
 
 
-class _Pull:
-    def __init__(self, image: str):
-        self.image = image
-        self.error = ""
-        self.done = threading.Event()
+def _canceller(stream) -> Callable[[], None]:
+    """What ends a pull from the thread that gives it up: its socket shut down, so that the read blocked on a quiet
+    registry returns at once and the engine sees its client go (it then cancels the pull). Not a close: closing the
+    response waits for the lock the blocked read holds (seen: until the registry answered again, a minute later),
+    and closing the generator fails while it executes. The SDK's pull stream is a generator over the HTTP response,
+    which is found in its frame; its socket is the one `APIClient._get_raw_response_socket` reads."""
+
+    def cancel() -> None:
+        frame = getattr(stream, "gi_frame", None)
+        response = frame.f_locals.get("response") if frame is not None else None
+        with contextlib.suppress(Exception):  # the pull ended meanwhile: nothing to cancel
+            raw = response.raw._fp.fp.raw  # type: ignore[union-attr]
+            getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)
+
+    return cancel
 
 
 class _StreamCloser:

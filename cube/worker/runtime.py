@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cube.core.errors import Conflict, ImageUnavailable, NotFound, RuntimeFailure, Unavailable
+from cube.core.images import no_variant, same_platform
 from cube.core.model import Assignment
 
 LABEL_TASK = "cube.task_id"
@@ -140,6 +141,10 @@ class FakeRuntime:
         self.fake_volumes: dict[str, VolumeInfo] = {}  # name -> volume: created by a start, removed only on demand
         self.devices: set[str] = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
         self.options: dict[str, dict] = {}
+        # Images made for one platform (image -> "linux/amd64"): a start of one on a node of another (`arch`, as
+        # `uname -m` says it) fails as DockerRuntime's does after the pull, at once and with the same words.
+        self.image_platforms: dict[str, str] = {}
+        self.arch = "x86_64"
 
     def alive(self) -> bool:
         return self.down is None and not self.stopping
@@ -174,6 +179,9 @@ class FakeRuntime:
             self._check()
             if task.spec.image in self.fail_images:
                 raise ImageUnavailable(f"image {task.spec.image!r} is not present and could not be pulled")
+            found = self.image_platforms.get(task.spec.image)
+            if found is not None and not same_platform(self.arch, found):
+                raise ImageUnavailable(no_variant(task.spec.image, self.arch, f"it is {found}", node))
             if self.fail_next:
                 self.fail_next -= 1
                 raise RuntimeFailure("fake runtime told to fail")

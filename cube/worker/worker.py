@@ -46,6 +46,7 @@ from cube.store import Store, node_id
 from cube.worker.devices import DeviceScan
 from cube.worker.holds import DISCONNECT, Holds
 from cube.worker.metrics import Metrics, machine_arch
+from cube.worker.pulls import Credentials, follow
 from cube.worker.reconcile import Plan, diff
 from cube.worker.restarts import backoff, ran_stable, recent
 from cube.worker.runtime import ContainerInfo, Runtime
@@ -73,6 +74,7 @@ class Worker:
         monotonic: Callable[[], float] = time.monotonic,
         sync: bool = False,
         devices: DeviceScan | None = None,
+        credentials: Credentials | None = None,
     ):
         """`sync` (tests): actions run inside `tick()` instead of on the thread pools. `devices`: what finds the
         device paths this node advertises (the usual places, see cube.worker.devices, by default)."""
@@ -86,6 +88,9 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.labels = dict(labels or {})
         self.devices = devices or DeviceScan()
+        # Registry credentials the manager hands over with assignments: memory only (see cube.worker.pulls); the
+        # runtime that pulls is given the same object.
+        self.credentials = credentials or Credentials()
         self.reconcile_interval = reconcile_interval
         self.stop_timeout = stop_timeout
         self.disconnect_timeout = disconnect_timeout
@@ -504,6 +509,8 @@ class Worker:
     def _start(self, task_id: str) -> None:
         with self._lock:
             task = self._mine(task_id).copy()
+        pulled = threading.Event()
+        self._follow_pull(task_id, task.spec.image, pulled)
         try:
             info = self.runtime.start(task, self.key)
         except ImageUnavailable as error:
@@ -514,9 +521,33 @@ class Worker:
         except CubeError as error:
             self._failed_start(task_id, f"container failed to start: {error.message}")
             return
+        finally:
+            pulled.set()
         if task.spec.named_volumes:
             self._volumes_due = float("-inf")  # a volume may be new: listed by the next round
         self._running(task_id, info, f"container {info.id[:12]} started")
+
+    def _follow_pull(self, task_id: str, image: str, done: threading.Event) -> None:
+        """While a start waits for its image, tell the task's events how the pull goes ("pulling nginx on n1:
+        45%"), at most once a second (`pulls.follow`); the manager passes them on, and `cube run` shows them."""
+        find = getattr(self.runtime, "pull_progress", None)
+        if find is None:
+            return
+        acting = getattr(self._local, "acting", None)
+
+        def say(text: str) -> None:
+            self._local.acting = acting
+            with self._lock, suppress(NotFound, _Stale, StorageFailed):
+                task = self._mine(task_id)
+                if task.state is State.SCHEDULED and not task.container_id:
+                    self._say(task, text, self.clock())
+
+        threading.Thread(
+            target=follow,
+            args=(lambda: find(image), self.name, say, done),
+            name=f"pull-progress {task_id}",
+            daemon=True,
+        ).start()
 
     def _restart(self, task_id: str, container_id: str) -> None:
         """Start the task's ended container again; if the engine cannot (the container is gone, or it is left in
