@@ -4,7 +4,7 @@ by the test. What a user does and sees: `cube run` of a private image fails with
 and with wrong ones, runs after `cube registry login` while `cube run` shows the pull's progress; the password is
 in no log, no store in clear, no answer of `cube status` or `cube registry ls`; an image of another platform fails
 at once with the platform in the reason; a registry that stops answering mid-pull (SIGSTOP) fails the pull after the
-worker's --pull-stall, with that reason. The same rules without engines: tests/test_images.py."""
+worker's --pull-stall, with that reason. The same rules without engines: tests/test_pulls.py."""
 
 from __future__ import annotations
 

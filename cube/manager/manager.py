@@ -51,9 +51,9 @@ from cube.core.model import (
 )
 from cube.core.spec import shown
 from cube.core.spec import task_id as spec_task_id
-from cube.manager.images import KIND as IMAGES_KIND
-from cube.manager.images import ManagerImages
 from cube.manager.outbox import RETRY_MAX, Outbox
+from cube.manager.platforms import KIND as PLATFORMS_KIND
+from cube.manager.platforms import ManagerPlatforms
 from cube.manager.reconcile import Reported, job_diff, node_diff, task_decision
 from cube.manager.views import ManagerViews
 from cube.manager.volumes import ManagerVolumes
@@ -73,7 +73,7 @@ def holds(task: Task) -> bool:
     return bool(task.node) and task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING)
 
 
-class Manager(ManagerViews, ManagerVolumes, ManagerImages):
+class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
     def __init__(
         self,
         store: Store,
@@ -142,7 +142,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerImages):
         for data in self.store.values("placements"):
             self.placements[data["task_id"]] = data
         self._load_volumes()
-        self._load_images()
+        self._load_platforms()
         with self._lock, self._trying():
             # A job cut short by a crash (its record kept, some of its tasks not yet) is completed here.
             for job in list(self.jobs.values()):
@@ -223,7 +223,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerImages):
             "placements": set(),
             "nodes": set(),
             "volumes": set(),
-            IMAGES_KIND: set(),
+            PLATFORMS_KIND: set(),
         }
         self._touched = touched
         try:
@@ -291,7 +291,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerImages):
             else:
                 self.placements[task_id] = data
         self._restore_volumes(touched["volumes"])
-        self._restore_images(touched[IMAGES_KIND])
+        self._restore_platforms(touched[PLATFORMS_KIND])
         self._unsaved |= touched["nodes"]
 
     def _forget(self, task: Task) -> None:

@@ -160,7 +160,7 @@ def volume_check(homes: Mapping[str, tuple[str, str]]) -> Check:
 def platform_check(lacking: Mapping[str, str]) -> Check:
     """The check of a task whose image is known to have no variant for some platforms (`lacking`: platform such as
     linux/arm64 -> the node whose pull found it out). A node of such a platform would fail the task at once, so it
-    is not tried: the manager remembers it per image reference (cube.manager.images), from the reason a worker gave
+    is not tried: the manager remembers it per image reference (cube.manager.platforms), from the reason a worker gave
     (cube.core.images.no_variant), and joins this check to the pipeline by `checks_for`."""
 
     def check_platform(spec: TaskSpec, node: Node) -> Rejection | None:

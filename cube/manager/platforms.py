@@ -20,7 +20,7 @@ KIND = "image_platforms"
 FACT_TTL = 24 * 3600.0
 
 
-class ManagerImages:
+class ManagerPlatforms:
     # Owned and written by Manager (see manager.py).
     _lock: threading.RLock
     store: Store
@@ -29,7 +29,7 @@ class ManagerImages:
 
     image_platforms: dict[str, dict[str, dict]]  # image -> platform -> {"node", "at"}: the store's, in memory
 
-    def _load_images(self) -> None:
+    def _load_platforms(self) -> None:
         self.image_platforms = {}
         for data in self.store.values(KIND):
             if isinstance(data, dict) and isinstance(data.get("image"), str) and isinstance(data.get("lacks"), dict):
@@ -60,7 +60,7 @@ class ManagerImages:
         self._touch(KIND, task.spec.image)
         self.store.put(KIND, task.spec.image, {"image": task.spec.image, "lacks": lacks})
 
-    def _restore_images(self, images: set[str]) -> None:
+    def _restore_platforms(self, images: set[str]) -> None:
         """Memory back to what the store has for the images a refused batch touched (lock held)."""
         for image in images:
             data = self.store.get(KIND, image)
