@@ -29,6 +29,7 @@ Work:
   events    what happened, as it happens
   nodes     list the cluster's nodes (alias: node); `cube node rm NAME` removes one
   volume    list named volumes (`cube volume ls`) and where they live; `cube volume rm NAME` removes one
+  image     `cube image push IMAGE` sends an image from this engine to the nodes (no registry); `cube image ls`
 
 Cluster:
   dev       a whole cluster in this process (manager + local workers)
@@ -44,7 +45,7 @@ Every command reads CUBE_MANAGER (manager URL) and CUBE_TOKEN from the environme
 manager on this machine, then on the LAN (mDNS).
 """
 
-ALIASES = {"ps": "status", "node": "nodes", "volumes": "volume"}
+ALIASES = {"ps": "status", "node": "nodes", "volumes": "volume", "images": "image"}
 RETRY_EVERY = 1.0  # seconds between tries to reach a manager that `cube events --follow` lost
 
 
@@ -379,6 +380,43 @@ class Commands:
             ),
             json,
         )
+
+    def image(
+        self,
+        action: str | None = None,
+        image: str | None = None,
+        node=(),
+        manager: str | None = None,
+        token: str | None = None,
+        json: bool = False,
+    ):
+        """cube image [ls | push IMAGE [--node N]...] [--json]
+
+        `cube image push IMAGE` sends IMAGE from the Docker engine on this machine to the nodes that lack it (every
+        ready node, or those given with --node), through the manager: no registry needed. A node whose engine has
+        the image's id already gets only its tags, so a second push sends nothing. A task whose image cannot be
+        pulled is fetched from a node that has it anyway. `cube image ls` (alias: images) lists which node has what.
+
+        Flags:
+          --node N               push to node N only (repeat for several)
+
+        Example: cube image push myapp:1.0 --node pi1 --node pi2"""
+        from cube.cli import images
+
+        if action not in (None, "ls", "list", "push"):
+            raise CubeError(f"unknown action {action!r}: use `cube image ls` or `cube image push IMAGE`")
+        client = _client(manager, token)
+        if action == "push":
+            if not image:
+                raise CubeError("which image? `cube image push IMAGE [--node N]` (`docker images` lists them)")
+            result = images.push(client, image, _list(node), sys.stderr)
+            _print(result if json else images.push_text(result), json)
+            if any("error" in outcome for outcome in result["nodes"].values()):
+                raise CubeError(f"{image} did not reach every node: see above")
+            return None
+        listed = client.get("/images")
+        _print(listed if json else images.listing_text(listed), json)
+        return None
 
     def volume(
         self,

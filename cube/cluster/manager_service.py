@@ -57,7 +57,12 @@ class ManagerService:
             self.authority = Authority(self.directory, self.token, self.store, node_id(self.store))
             self.trust = self.authority.trust()
             authority = self.authority
-            access = Access(lambda: authority.secret, "worker", {("POST", "/nodes")}, revoked=authority.revoked)
+            access = Access(
+                lambda: authority.secret,
+                "worker",
+                {("POST", "/nodes"), ("GET", "/images/fetch")},
+                revoked=authority.revoked,
+            )
         # With TLS, workers know the manager by its certificate: the token is never sent to them.
         self.links = Links(self.token if insecure else None, trust=self.trust)
         self.manager = Manager(self.store, strategy=strategy, dispatch=self.links.dispatch, node_timeout=node_timeout)

@@ -33,6 +33,7 @@ def build_worker(
     unique_key: bool = False,
     disconnect_timeout: float = 30.0,
     devices=(),
+    image_source=None,
 ):
     """A Worker on the real Docker engine (or the given runtime) with its diskcache store. `unique_key`: label
     its containers with the name plus the node id even though a name is given (`cube dev`'s generated names repeat
@@ -62,6 +63,7 @@ def build_worker(
         stop_timeout=stop_timeout,
         disconnect_timeout=disconnect_timeout,
         devices=DeviceScan(extra=devices),
+        image_source=image_source,
     )
 
 
@@ -100,6 +102,7 @@ def run_worker(
     `disconnect_timeout`: seconds without a manager before tasks with on_disconnect=stop are stopped (0: never).
     Joins the cluster first when this node has no certificate yet (the token is then needed; after, it is not)."""
     from cube.cluster.api import Access, Server, worker_app
+    from cube.cluster.images import ManagerSource
     from cube.cluster.trust import Trust, member_trust, parse_token
 
     given = parse_token(find_token(token, token_file))
@@ -114,6 +117,12 @@ def run_worker(
         )
     if trust is None and not insecure and not manager and not mdns:
         raise CubeError("to join, the worker needs the manager: pass --manager URL (or leave mDNS on)")
+    # A task's image that no registry gives is fetched from a peer node, through the manager (cube.cluster.images).
+    source = ManagerSource(
+        manager,
+        given.secret if insecure and given else None,
+        lambda: Trust(insecure=True) if insecure else member_trust(directory, "manager"),
+    )
     worker = build_worker(
         name,
         data,
@@ -126,6 +135,7 @@ def run_worker(
         threads=threads,
         disconnect_timeout=disconnect_timeout,
         devices=devices,
+        image_source=source,
     )
     for path in devices:
         if not os.path.exists(path):
@@ -148,7 +158,7 @@ def run_worker(
     server.start()
     log.info("worker %s serving on %s:%s (data %s)", worker.name, host, server.port, directory)
     extras = _announce_worker(
-        worker, server, mdns, manager, given.secret if insecure and given else None, trust, directory
+        worker, server, mdns, manager, given.secret if insecure and given else None, trust, directory, source.found
     )
     try:
         wait_for_signal(closed)
@@ -216,7 +226,9 @@ def _find_manager(skip=()) -> str | None:
     return found.url if found else None
 
 
-def _announce_worker(worker, server, mdns: bool, manager: str | None, token: str | None, trust, directory="") -> list:
+def _announce_worker(
+    worker, server, mdns: bool, manager: str | None, token: str | None, trust, directory="", registered=None
+) -> list:
     """Advertise the worker on the LAN (mDNS) and keep it registered with its manager. Returns closers."""
     port = server.port
     closers = []
@@ -229,7 +241,7 @@ def _announce_worker(worker, server, mdns: bool, manager: str | None, token: str
         except CubeError as error:
             log.warning("not announcing on mDNS: %s", error.message)
     if manager or mdns:
-        registrar = Registrar(worker, port, manager, token, mdns, trust, server.scheme, directory)
+        registrar = Registrar(worker, port, manager, token, mdns, trust, server.scheme, directory, registered)
         registrar.start()
         closers.insert(0, registrar.close)
     return closers
@@ -243,9 +255,20 @@ class Registrar:
     QUIET = 10.0  # seconds without a manager's poll before registering (again)
 
     def __init__(
-        self, worker, port: int, manager: str | None, token, mdns: bool, trust=None, scheme="http", directory=""
+        self,
+        worker,
+        port: int,
+        manager: str | None,
+        token,
+        mdns: bool,
+        trust=None,
+        scheme="http",
+        directory="",
+        registered=None,
     ):
+        """`registered(url)`: told each manager this worker registered with (where it fetches images from)."""
         self.worker, self.port, self.manager, self.token, self.mdns = worker, port, manager, token, mdns
+        self.registered = registered
         self.trust, self.scheme, self.directory = trust, scheme, directory
         self._closed = threading.Event()
         self._refused: set[str] = set()
@@ -281,6 +304,8 @@ class Registrar:
         try:
             client.post("/nodes", {"address": address})
             log.info("registered with manager %s as %s", url, address)
+            if self.registered is not None:
+                self.registered(url)
             self._refused.discard(url)
         except Unauthorized as error:
             if url not in self._refused:  # a fake manager on the LAN is logged once, not every round
