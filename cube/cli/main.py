@@ -390,25 +390,27 @@ class Commands:
         token: str | None = None,
         json: bool = False,
     ):
-        """cube image [ls | push IMAGE [--node N]...] [--json]
+        """cube image ACTION [IMAGE] [--node N]... [--json]
 
-        `cube image push IMAGE` sends IMAGE from the Docker engine on this machine to the nodes that lack it (every
-        ready node, or those given with --node), through the manager: no registry needed. A node whose engine has
-        the image's id already gets only its tags, so a second push sends nothing. A task whose image cannot be
-        pulled is fetched from a node that has it anyway. `cube image ls` (alias: images) lists which node has what.
+        ACTION is `ls` (the default) or `push`. `cube image push IMAGE` sends IMAGE from the Docker engine on this
+        machine to the nodes that lack it (every ready node, or those given with --node), through the manager: no
+        registry needed. A node whose engine has the image's id already gets only its tags, so a second push sends
+        nothing. A task whose image cannot be pulled is fetched from a node that has it anyway. `cube image ls`
+        (alias: images) lists which node has what.
+
+        Example: cube image push myapp:1.0 --node pi1 --node pi2
 
         Flags:
-          --node N               push to node N only (repeat for several)
-
-        Example: cube image push myapp:1.0 --node pi1 --node pi2"""
+          --node N               push to node N only (repeat for several)"""
         from cube.cli import images
 
         if action not in (None, "ls", "list", "push"):
             raise CubeError(f"unknown action {action!r}: use `cube image ls` or `cube image push IMAGE`")
+        if action == "push" and not image:
+            raise CubeError("which image? `cube image push IMAGE [--node N]` (`docker images` lists them)")
         client = _client(manager, token)
         if action == "push":
-            if not image:
-                raise CubeError("which image? `cube image push IMAGE [--node N]` (`docker images` lists them)")
+            assert image is not None
             result = images.push(client, image, _list(node), sys.stderr)
             _print(result if json else images.push_text(result), json)
             if any("error" in outcome for outcome in result["nodes"].values()):
