@@ -92,11 +92,11 @@ def tee(manager, links, names: list[str], read: Callable[[int], bytes]) -> dict:
         if not chunk:
             break
         total += len(chunk)
-        live = [lane for lane in lanes.values() if lane.error is None]
-        if not live:
-            break  # every node failed: stop reading (the client sees the answer when it is done sending)
-        for lane in live:
-            lane.put(chunk)
+        # When every node failed, the rest is read and dropped: a client that is still sending reads the answer
+        # (each node's reason) only once its upload is done, and a connection closed under it tells it nothing.
+        for lane in lanes.values():
+            if lane.error is None:
+                lane.put(chunk)
     for lane in lanes.values():
         lane.finish()
     outcome = {name: lane.outcome() for name, lane in lanes.items()}
