@@ -143,6 +143,7 @@ def run(options) -> list[Row]:
             out = subprocess.run(push, env=cli_env, capture_output=True, timeout=300)
             cube.append(time.perf_counter() - began)
             assert out.returncode == 0 and out.stdout.count(b"loaded") == 2, out.stdout + out.stderr
+            last = out.stdout.decode().strip().replace("\n", "; ")
         for _ in range(n):
             began = time.perf_counter()
             out = subprocess.run(push, env=cli_env, capture_output=True, timeout=300)
@@ -158,11 +159,12 @@ def run(options) -> list[Row]:
             f"`cube image push` of {size / 1e6:.0f} MB to 2 nodes (CLI start included)",
             "s",
             cube,
-            "`docker save | tee | docker load` ×2 over unix sockets",
+            "`docker save` tee'd into 2 × `docker load` (unix sockets)",
             base,
             "≤ 1.2× baseline",
             median <= 1.2,
             COMMAND,
+            note=f"the last push said: {last}",
         ),
         Row(
             NAME,
