@@ -187,3 +187,28 @@ def test_the_map_picks_a_ready_holder_other_than_the_asker_least_busy_first():
     assert images.source(IMAGE, "c", lambda n: n != "b", busy.__getitem__) == "a"
     assert images.source("other:1", "c", lambda n: True, busy.__getitem__) is None
     assert matches("app", ID, ["app:latest"]) and matches(ID[7:19], ID, []) and not matches("ab", ID, [])
+
+
+@pytest.mark.docker
+def test_the_docker_runtime_tags_saves_and_lists_an_image(busybox_image):
+    from cube.worker.docker_runtime import DockerRuntime
+
+    runtime = DockerRuntime()
+    try:
+        found = runtime.image(busybox_image)
+        assert found is not None and busybox_image in found["tags"] and found["size"] > 0
+        runtime.tag(found["id"], ["cube-images-test/tagged:1", "cube-images-test-bare"])
+        try:
+            assert {"cube-images-test/tagged:1", "cube-images-test-bare:latest"} <= set(
+                runtime.image(found["id"])["tags"]
+            )
+            assert any(i["id"] == found["id"] for i in runtime.images())
+            head = next(iter(runtime.save("cube-images-test/tagged:1")))
+            assert b"manifest.json" in head or len(head) > 0
+        finally:
+            import subprocess
+
+            subprocess.run(["docker", "rmi", "cube-images-test/tagged:1", "cube-images-test-bare"], capture_output=True)
+        assert runtime.image("cube-images-test-none:1") is None
+    finally:
+        runtime.close()

@@ -131,7 +131,7 @@ class _Lane:
             finally:
                 response.close()
         except CubeError as error:
-            self.error = error.message
+            self.error = f"{error.message} (is its worker running? `cube nodes` shows it)"
         except Exception as error:  # noqa: BLE001 - one node's failure must not end the others' push
             log.exception("pushing an image to %s", self.name)
             self.error = f"internal error: {error}"
