@@ -212,3 +212,14 @@ def test_the_docker_runtime_tags_saves_and_lists_an_image(busybox_image):
         assert runtime.image("cube-images-test-none:1") is None
     finally:
         runtime.close()
+
+
+def test_a_peer_of_another_architecture_is_not_asked(cluster):
+    cluster.runtimes["n1"].fake_images[ID] = {IMAGE}
+    cluster.report()
+    for name, arch in (("n1", "armv7l"), ("n3", "x86_64")):  # the same tag may name another platform's image on n1
+        node = cluster.manager.node(name)
+        cluster.manager.node_up(Node(name, node.address, node.capacity, labels={"arch": arch}, last_seen=time.time()))
+    task = run_task(cluster, "n3")
+    assert task.state is State.FAILED
+    assert "it is on n1, not ready or of another architecture" in task.reason

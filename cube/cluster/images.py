@@ -162,10 +162,14 @@ class _Lane:
 
 def fetch(manager, links, image: str, asker: str) -> tuple[str, Iterator[bytes]]:
     """The stream of `image` from a ready node that has it, for node `asker` (the manager's relay)."""
-    source = manager.images.source(image, asker, _ready(manager), _load(manager))
+    asking = manager.node(asker)
+    arch = asking.labels.get("arch") if asking is not None else None
+    source = manager.images.source(image, asker, _ready(manager, arch), _load(manager))
     if source is None:
-        holders = manager.images.holders(image)
-        why = f"it is on {', '.join(holders)}, not ready" if holders else "no node reported it"
+        holders = [n for n in manager.images.holders(image) if n != asker]
+        why = (
+            f"it is on {', '.join(holders)}, not ready or of another architecture" if holders else "no node reported it"
+        )
         raise NotFound(f"no peer node can give image {image}: {why} (`cube image push {image}` sends it)")
     node = manager.node(source)
     assert node is not None
@@ -174,10 +178,13 @@ def fetch(manager, links, image: str, asker: str) -> tuple[str, Iterator[bytes]]
     return source, read_chunks(response, CHUNK)
 
 
-def _ready(manager) -> Callable[[str], bool]:
+def _ready(manager, arch: str | None) -> Callable[[str], bool]:
+    """Whether a node may serve an image: ready, and of the asker's architecture (one tag may name an amd64 image
+    on one node and an arm64 one on another)."""
+
     def ready(name: str) -> bool:
         node = manager.node(name)
-        return node is not None and node.state == "ready"
+        return node is not None and node.state == "ready" and (not arch or node.labels.get("arch") in (None, arch))
 
     return ready
 
