@@ -15,6 +15,7 @@ from cube.cluster.api import Server, manager_app, worker_app
 from cube.cluster.client import Client
 from cube.cluster.images import ManagerSource
 from cube.cluster.links import Links
+from cube.cluster.trust import Trust
 from cube.core.errors import NotFound, Unavailable
 from cube.core.model import Assignment, Node, Resources, State
 from cube.core.spec import TaskSpec
@@ -41,7 +42,8 @@ class Cluster:
         for name in names:
             runtime = self.runtimes[name] = FakeRuntime()
             runtime.fail_images.add(IMAGE)  # no registry: a pull of it fails
-            source = ManagerSource(self.mserver.url, TOKEN, lambda: None)
+            # As on an --insecure cluster: the manager answers the challenge before the token goes to it.
+            source = ManagerSource(self.mserver.url, TOKEN, lambda: Trust(insecure=True))
             worker = self.workers[name] = Worker(
                 name,
                 runtime,
@@ -223,3 +225,16 @@ def test_a_peer_of_another_architecture_is_not_asked(cluster):
     task = run_task(cluster, "n3")
     assert task.state is State.FAILED
     assert "it is on n1, not ready or of another architecture" in task.reason
+
+
+def test_a_workers_certificate_opens_the_image_relay_on_the_manager_and_nothing_more_of_images():
+    from cube.cluster.api import Access
+    from cube.cluster.manager_service import WORKER_ROUTES
+    from cube.core.errors import Unauthorized
+
+    access = Access("secret", "worker", WORKER_ROUTES)
+    worker = {"SSL_CLIENT_S_DN_OU": "worker", "SSL_CLIENT_S_DN_CN": "n2"}
+    access.check(worker, "GET", "/images/fetch")
+    for method, path in (("POST", "/images"), ("POST", "/images/push"), ("GET", "/images")):
+        with pytest.raises(Unauthorized):
+            access.check(worker, method, path)
