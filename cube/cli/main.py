@@ -30,6 +30,7 @@ Work:
   nodes     list the cluster's nodes (alias: node); `cube node rm NAME` removes one
   volume    list named volumes (`cube volume ls`) and where they live; `cube volume rm NAME` removes one
   registry  credentials for private registries: `cube registry login HOST`, `ls`, `logout HOST`
+  image     `cube image push IMAGE` sends an image from this engine to the nodes (no registry); `cube image ls`
 
 Cluster:
   dev       a whole cluster in this process (manager + local workers)
@@ -45,7 +46,7 @@ Every command reads CUBE_MANAGER (manager URL) and CUBE_TOKEN from the environme
 manager on this machine, then on the LAN (mDNS).
 """
 
-ALIASES = {"ps": "status", "node": "nodes", "volumes": "volume", "registries": "registry"}
+ALIASES = {"ps": "status", "node": "nodes", "volumes": "volume", "registries": "registry", "images": "image"}
 RETRY_EVERY = 1.0  # seconds between tries to reach a manager that `cube events --follow` lost
 
 
@@ -409,6 +410,45 @@ class Commands:
             _client(manager, token), action, host, username, bool(password_stdin), as_json=bool(json)
         )
         _print(text, json)
+
+    def image(
+        self,
+        action: str | None = None,
+        image: str | None = None,
+        node=(),
+        manager: str | None = None,
+        token: str | None = None,
+        json: bool = False,
+    ):
+        """cube image ACTION [IMAGE] [--node N]... [--json]
+
+        ACTION is `ls` (the default) or `push`. `cube image push IMAGE` sends IMAGE from the Docker engine on this
+        machine to the nodes that lack it (every ready node, or those given with --node), through the manager: no
+        registry needed. A node whose engine has the image's id already gets only its tags, so a second push sends
+        nothing. A task whose image cannot be pulled is fetched from a node that has it anyway. `cube image ls`
+        (alias: images) lists which node has what.
+
+        Example: cube image push myapp:1.0 --node pi1 --node pi2
+
+        Flags:
+          --node N               push to node N only (repeat for several)"""
+        from cube.cli import images
+
+        if action not in (None, "ls", "list", "push"):
+            raise CubeError(f"unknown action {action!r}: use `cube image ls` or `cube image push IMAGE`")
+        if action == "push" and not image:
+            raise CubeError("which image? `cube image push IMAGE [--node N]` (`docker images` lists them)")
+        client = _client(manager, token)
+        if action == "push":
+            assert image is not None
+            result = images.push(client, image, _list(node), sys.stderr)
+            _print(result if json else images.push_text(result), json)
+            if any("error" in outcome for outcome in result["nodes"].values()):
+                raise CubeError(f"{image} did not reach every node: see above")
+            return None
+        listed = client.get("/images")
+        _print(listed if json else images.listing_text(listed), json)
+        return None
 
     def volume(
         self,

@@ -8,6 +8,7 @@ The routes only translate HTTP to calls on a Worker or Manager object; the logic
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import logging
 import math
@@ -288,6 +289,74 @@ def _rest_of_stream(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
             close()
 
 
+def _upload() -> Callable[[int], bytes]:
+    """The raw request body of an image upload, to read as it comes (never bottle's whole-body buffer). Uploads are
+    chunked; cheroot's backstop on chunked bodies (max_request_body_size, 4 MiB) is lifted for this request alone,
+    which only a caller the auth plugin let in reaches."""
+    if not bottle.request.chunked:
+        raise BadRequest("send the image as a chunked body (Transfer-Encoding: chunked), as `cube image push` does")
+    stream = bottle.request.environ["wsgi.input"]
+    if hasattr(stream, "maxlen"):
+        stream.maxlen = 0
+    return stream.read
+
+
+def _stream_bytes(chunks, headers: dict | None = None) -> bottle.HTTPResponse:
+    """A streamed binary answer (an image). The first chunk is read in the route, so that a missing image is the
+    route's typed error; a failure after that breaks the connection off, which the reader sees as a cut stream
+    (a tar cut short, which `docker load` refuses whole)."""
+    chunks = iter(chunks)
+    first = next(chunks, b"")
+    return bottle.HTTPResponse(
+        itertools.chain([first], chunks), status=200, headers={"Content-Type": "application/x-tar", **(headers or {})}
+    )
+
+
+def _image_routes_worker(app: bottle.Bottle, worker) -> None:
+    """The worker's image routes (cube.worker.images): check and tag, load a pushed image, export one."""
+
+    @app.post("/images/check")
+    def check_image():
+        body = read_json()
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise BadRequest('send {"id": "sha256:...", "tags": [...]}')
+        return worker.images.check(body["id"], [text(t, "tags", 255) for t in body.get("tags") or ()])
+
+    @app.post("/images")
+    def load_image():
+        read = _upload()
+        return worker.images.load(iter(lambda: read(1 << 20), b""))
+
+    @app.get("/images/export")
+    def export_image():
+        image = text(bottle.request.query.get("image", ""), "image", 255)
+        return _stream_bytes(worker.images.export(image))
+
+
+def _image_routes_manager(app: bottle.Bottle, manager, links) -> None:
+    """The manager's image routes (cube.cluster.images): plan and tee a push, list, relay a peer fetch."""
+    from cube.cluster import images
+
+    @app.post("/images/push")
+    def plan_push():
+        return images.plan(manager, links, read_json())
+
+    @app.post("/images")
+    def push_image():
+        names = [text(n, "node", 255) for n in bottle.request.query.getall("node")]
+        return images.tee(manager, links, names, _upload())
+
+    @app.get("/images")
+    def list_images():
+        return manager.images.listing()
+
+    @app.get("/images/fetch")
+    def fetch_image():
+        image = text(bottle.request.query.get("image", ""), "image", 255)
+        source, chunks = images.fetch(manager, links, image, bottle.request.query.get("node", ""))
+        return _stream_bytes(chunks, {images.SOURCE_HEADER: source})
+
+
 def _node_address(body) -> str:
     """The address of a worker to admit: http(s)://HOST[:PORT], or HOST[:PORT]. Checked here so that a bad one is
     a 400 naming the field (a port of 99999 raised inside the HTTP client: a 500)."""
@@ -361,6 +430,8 @@ def worker_app(worker, token) -> bottle.Bottle:
     def remove_volume(name):
         worker.remove_volume(name)
         return bottle.HTTPResponse(status=204)
+
+    _image_routes_worker(app, worker)
 
     @app.get("/state")
     def state():
@@ -492,6 +563,7 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
 
     if registries is not None:
         _registry_routes(app, registries)
+    _image_routes_manager(app, manager, links)
 
     @app.post("/nodes")
     def add_node():

@@ -209,6 +209,47 @@ class Client:
         finally:
             response.close()
 
+    def open(
+        self, method: str, path: str, params=None, chunks: Iterator[bytes] | None = None, timeout: float | None = None
+    ) -> http.client.HTTPResponse:
+        """A request on a connection of its own, for streams both ways (images): `chunks` is sent as a chunked body
+        as it comes, and the answer is returned unread, for the caller to read and close. Raises the typed error of
+        an error answer. `params` may repeat a key: give a list of pairs."""
+        if params:
+            pairs = params.items() if isinstance(params, dict) else params
+            path = f"{path}?{urlencode([(k, v) for k, v in pairs if v is not None])}"
+        headers = {"Accept": "*/*"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if chunks is not None:
+            headers["Content-Type"] = "application/x-tar"
+            headers["Transfer-Encoding"] = "chunked"
+        saved = getattr(self._local, "conn", None)
+        self._local.conn = None  # a fresh connection, which belongs to this exchange
+        try:
+            conn = self._connection(self.timeout if timeout is None else timeout)
+            try:
+                if self._challenge:
+                    self._hello(conn, conn.timeout or self.timeout)
+                conn.request(method, path, body=chunks, headers=headers, encode_chunked=chunks is not None)
+                response = conn.getresponse()
+            except CubeError:
+                conn.close()
+                raise
+            except TimeoutError:
+                conn.close()
+                raise Unavailable(f"{self.base_url} did not answer within {conn.timeout:g} s") from None
+            except (OSError, http.client.HTTPException) as error:
+                conn.close()
+                raise Unavailable(f"{self.base_url} broke off the exchange: {error}") from None
+        finally:
+            self._local.conn = saved
+        if response.status >= 400:
+            raw = response.read()
+            conn.close()
+            raise _error(response.status, raw)
+        return response
+
     def get(self, path, **params):
         return self.request("GET", path, params=params or None)
 
@@ -220,6 +261,20 @@ class Client:
 
     def health(self, timeout: float = 2.0) -> dict:
         return self.request("GET", "/health", timeout=timeout)
+
+
+def read_chunks(response: http.client.HTTPResponse, size: int = 1 << 20) -> Iterator[bytes]:
+    """The body of an answer from `Client.open`, chunk by chunk; a peer that breaks off is `Unavailable`."""
+    try:
+        while True:
+            chunk = response.read1(size)
+            if not chunk:
+                return
+            yield chunk
+    except (OSError, http.client.HTTPException) as error:
+        raise Unavailable(f"the stream broke off: {error}") from None
+    finally:
+        response.close()
 
 
 def _error(status: int, raw: bytes) -> CubeError:

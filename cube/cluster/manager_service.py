@@ -16,6 +16,9 @@ from cube.core.errors import BadRequest, CubeError, Untrusted
 from cube.store import node_id
 
 log = logging.getLogger("cube")
+# What a worker's certificate opens on the manager: its registration, and an image relayed from a peer node (workers
+# never call each other: cube.cluster.images).
+WORKER_ROUTES = frozenset({("POST", "/nodes"), ("GET", "/images/fetch")})
 
 
 class ManagerService:
@@ -57,7 +60,7 @@ class ManagerService:
             self.authority = Authority(self.directory, self.token, self.store, node_id(self.store))
             self.trust = self.authority.trust()
             authority = self.authority
-            access = Access(lambda: authority.secret, "worker", {("POST", "/nodes")}, revoked=authority.revoked)
+            access = Access(lambda: authority.secret, "worker", WORKER_ROUTES, revoked=authority.revoked)
         # With TLS, workers know the manager by its certificate: the token is never sent to them.
         self.links = Links(self.token if insecure else None, trust=self.trust)
         self.registries = _registries(self.directory, self.store)

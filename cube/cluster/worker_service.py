@@ -35,6 +35,7 @@ def build_worker(
     devices=(),
     pull_timeout: float = 300.0,
     pull_stall: float = 60.0,
+    image_source=None,
 ):
     """A Worker on the real Docker engine (or the given runtime) with its diskcache store. `unique_key`: label
     its containers with the name plus the node id even though a name is given (`cube dev`'s generated names repeat
@@ -69,6 +70,7 @@ def build_worker(
         disconnect_timeout=disconnect_timeout,
         devices=DeviceScan(extra=devices),
         credentials=credentials,
+        image_source=image_source,
     )
 
 
@@ -109,6 +111,7 @@ def run_worker(
     `disconnect_timeout`: seconds without a manager before tasks with on_disconnect=stop are stopped (0: never).
     Joins the cluster first when this node has no certificate yet (the token is then needed; after, it is not)."""
     from cube.cluster.api import Access, Server, worker_app
+    from cube.cluster.images import ManagerSource
     from cube.cluster.trust import Trust, member_trust, parse_token
 
     given = parse_token(find_token(token, token_file))
@@ -123,6 +126,12 @@ def run_worker(
         )
     if trust is None and not insecure and not manager and not mdns:
         raise CubeError("to join, the worker needs the manager: pass --manager URL (or leave mDNS on)")
+    # A task's image that no registry gives is fetched from a peer node, through the manager (cube.cluster.images).
+    source = ManagerSource(
+        manager,
+        given.secret if insecure and given else None,
+        lambda: Trust(insecure=True) if insecure else member_trust(directory, "manager"),
+    )
     worker = build_worker(
         name,
         data,
@@ -137,6 +146,7 @@ def run_worker(
         devices=devices,
         pull_timeout=pull_timeout,
         pull_stall=pull_stall,
+        image_source=source,
     )
     for path in devices:
         if not os.path.exists(path):
@@ -159,7 +169,7 @@ def run_worker(
     server.start()
     log.info("worker %s serving on %s:%s (data %s)", worker.name, host, server.port, directory)
     extras = _announce_worker(
-        worker, server, mdns, manager, given.secret if insecure and given else None, trust, directory
+        worker, server, mdns, manager, given.secret if insecure and given else None, trust, directory, source.found
     )
     try:
         wait_for_signal(closed)
@@ -227,7 +237,9 @@ def _find_manager(skip=()) -> str | None:
     return found.url if found else None
 
 
-def _announce_worker(worker, server, mdns: bool, manager: str | None, token: str | None, trust, directory="") -> list:
+def _announce_worker(
+    worker, server, mdns: bool, manager: str | None, token: str | None, trust, directory="", registered=None
+) -> list:
     """Advertise the worker on the LAN (mDNS) and keep it registered with its manager. Returns closers."""
     port = server.port
     closers = []
@@ -240,7 +252,7 @@ def _announce_worker(worker, server, mdns: bool, manager: str | None, token: str
         except CubeError as error:
             log.warning("not announcing on mDNS: %s", error.message)
     if manager or mdns:
-        registrar = Registrar(worker, port, manager, token, mdns, trust, server.scheme, directory)
+        registrar = Registrar(worker, port, manager, token, mdns, trust, server.scheme, directory, registered)
         registrar.start()
         closers.insert(0, registrar.close)
     return closers
@@ -254,9 +266,20 @@ class Registrar:
     QUIET = 10.0  # seconds without a manager's poll before registering (again)
 
     def __init__(
-        self, worker, port: int, manager: str | None, token, mdns: bool, trust=None, scheme="http", directory=""
+        self,
+        worker,
+        port: int,
+        manager: str | None,
+        token,
+        mdns: bool,
+        trust=None,
+        scheme="http",
+        directory="",
+        registered=None,
     ):
+        """`registered(url)`: told each manager this worker registered with (where it fetches images from)."""
         self.worker, self.port, self.manager, self.token, self.mdns = worker, port, manager, token, mdns
+        self.registered = registered
         self.trust, self.scheme, self.directory = trust, scheme, directory
         self._closed = threading.Event()
         self._refused: set[str] = set()
@@ -292,6 +315,8 @@ class Registrar:
         try:
             client.post("/nodes", {"address": address})
             log.info("registered with manager %s as %s", url, address)
+            if self.registered is not None:
+                self.registered(url)
             self._refused.discard(url)
         except Unauthorized as error:
             if url not in self._refused:  # a fake manager on the LAN is logged once, not every round

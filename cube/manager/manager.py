@@ -51,6 +51,7 @@ from cube.core.model import (
 )
 from cube.core.spec import shown
 from cube.core.spec import task_id as spec_task_id
+from cube.manager.images import ImageMap
 from cube.manager.outbox import RETRY_MAX, Outbox
 from cube.manager.platforms import KIND as PLATFORMS_KIND
 from cube.manager.platforms import ManagerPlatforms
@@ -143,6 +144,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
             self.placements[data["task_id"]] = data
         self._load_volumes()
         self._load_platforms()
+        self.images = ImageMap()  # which node has which image (cube image ls, peer fetch), from the poll answers
         with self._lock, self._trying():
             # A job cut short by a crash (its record kept, some of its tasks not yet) is completed here.
             for job in list(self.jobs.values()):
@@ -621,6 +623,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
                 )
             self.store.delete("nodes", name)  # first: a refusal (507, 503) leaves the node as it was
             del self.nodes[name]
+            self.images.forget(name)
             for per_node in (self._seen, self._reports, self._report_start, self._dirty, self._raw):
                 per_node.pop(name, None)
             self._unsaved.discard(name)
@@ -646,6 +649,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
                 return
             node.last_seen = max(node.last_seen, self._seen.get(node_name, 0.0))
             self._heard_volumes(node_name, stats)
+            self.images.heard(node_name, stats.get("images"))
             runtime = stats.get("runtime") or {}
             state, reason = (
                 ("ready", "")

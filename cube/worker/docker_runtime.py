@@ -447,6 +447,61 @@ class DockerRuntime:
                     raise Conflict(f"volume {name} is in use on node {node}: {_explain(e)}") from None
                 raise
 
+    # -- images (cube image push, peer fetch: cube.worker.images) ---------------------------------------------
+
+    def images(self) -> list[dict]:
+        """The engine's tagged images: [{"id", "tags"}], one call to /images/json."""
+        api = self._api()
+        with self._translate("listing images"):
+            summaries = api.images()
+        found = []
+        for image in summaries:
+            tags = sorted(t for t in image.get("RepoTags") or () if t and t != "<none>:<none>")
+            if tags:
+                found.append({"id": image["Id"], "tags": tags})
+        return found
+
+    def image(self, ref: str) -> dict | None:
+        """{"id", "tags", "size"} of an image by name or id, None when the engine has none such."""
+        api = self._api()
+        with self._translate(f"inspecting image {ref}"):
+            try:
+                data = api.inspect_image(ref)
+            except docker.errors.NotFound:
+                return None
+        tags = sorted(t for t in data.get("RepoTags") or () if t != "<none>:<none>")
+        return {"id": data["Id"], "tags": tags, "size": int(data.get("Size") or 0)}
+
+    def tag(self, image_id: str, tags) -> None:
+        api = self._api()
+        for tag in tags:
+            repository, _, version = tag.rpartition(":") if ":" in tag.split("/")[-1] else (tag, "", "latest")
+            with self._translate(f"tagging image {image_id[:19]} as {tag}"):
+                api.tag(image_id, repository, version or "latest")
+
+    def save(self, ref: str) -> Iterator[bytes]:
+        """`docker save` as a stream of chunks (through the client without a read timeout: a big image may take a
+        while before its first byte)."""
+        api = self._stream_api()
+        with self._translate(f"saving image {ref}"):
+            stream = api.get_image(ref, chunk_size=1 << 20)
+        return self._guarded(stream, f"saving image {ref}")
+
+    def load(self, chunks: Iterator[bytes]) -> list[str]:
+        """`docker load` of a tar stream; the names (or ids) it loaded. The engine tags an image only once all its
+        layers and its config are in: a stream cut short is an error and leaves no tag behind."""
+        api = self._stream_api()
+        loaded: list[str] = []
+        with self._translate("loading an image"):
+            for message in api.load_image(chunks):
+                if isinstance(message, dict) and message.get("error"):
+                    raise RuntimeFailure(f"loading an image: {message['error']}")
+                line = str(message.get("stream") or "") if isinstance(message, dict) else ""
+                for prefix in ("Loaded image: ", "Loaded image ID: "):
+                    if line.startswith(prefix):
+                        loaded.append(line[len(prefix) :].strip())
+        return loaded
+
     def alive(self) -> bool:
         """Whether the engine accepts a new connection. When dockerd is stopped it closes its listener first and
         then stops the containers, while the connections it already has go on being served (Docker 20.10): the

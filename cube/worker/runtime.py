@@ -9,6 +9,7 @@ worker finds (adopts) its containers and how it recognises containers that no ta
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import queue
 import threading
@@ -115,6 +116,19 @@ class Runtime(Protocol):
     def remove_volume(self, name: str, node: str) -> None:
         """Remove a named volume Cube made; Conflict while a container uses it; a missing one is already gone."""
 
+    def images(self) -> list[dict]:
+        """The engine's tagged images: [{"id", "tags"}] (reported to the manager: who can give which image)."""
+
+    def image(self, ref: str) -> dict | None:
+        """{"id", "tags", "size"} of an image by name or id; None when absent."""
+
+    def tag(self, image_id: str, tags) -> None: ...
+    def save(self, ref: str) -> Iterator[bytes]:
+        """The image as `docker save` writes it, chunk by chunk."""
+
+    def load(self, chunks: Iterator[bytes]) -> list[str]:
+        """`docker load` of such a stream; a stream cut short raises and tags nothing."""
+
     def close(self) -> None: ...
 
 
@@ -145,6 +159,8 @@ class FakeRuntime:
         # `uname -m` says it) fails as DockerRuntime's does after the pull, at once and with the same words.
         self.image_platforms: dict[str, str] = {}
         self.arch = "x86_64"
+        self.fake_images: dict[str, set[str]] = {}  # image id -> tags: what save, load and images see
+        self.loads = 0  # how many loads this engine was asked for
 
     def alive(self) -> bool:
         return self.down is None and not self.stopping
@@ -177,7 +193,7 @@ class FakeRuntime:
     def start(self, task: Assignment, node: str) -> ContainerInfo:
         with self._lock:
             self._check()
-            if task.spec.image in self.fail_images:
+            if task.spec.image in self.fail_images and self._image_id(task.spec.image) is None:
                 raise ImageUnavailable(f"image {task.spec.image!r} is not present and could not be pulled")
             found = self.image_platforms.get(task.spec.image)
             if found is not None and not same_platform(self.arch, found):
@@ -297,6 +313,55 @@ class FakeRuntime:
             if users:
                 raise Conflict(f"volume {name} is in use by container {users[0]}: remove the container first")
             del self.fake_volumes[name]
+
+    # A saved fake image is its id and tags as JSON, padded with `size` bytes: enough for a load to check it whole.
+
+    def _image_id(self, ref: str) -> str | None:
+        if ref in self.fake_images:
+            return ref
+        return next((i for i, tags in self.fake_images.items() if ref in tags), None)
+
+    def images(self) -> list[dict]:
+        with self._lock:
+            self._check()
+            return [{"id": i, "tags": sorted(t)} for i, t in sorted(self.fake_images.items()) if t]
+
+    def image(self, ref: str) -> dict | None:
+        with self._lock:
+            self._check()
+            found = self._image_id(ref)
+            return None if found is None else {"id": found, "tags": sorted(self.fake_images[found]), "size": 0}
+
+    def tag(self, image_id: str, tags) -> None:
+        with self._lock:
+            self._check()
+            if image_id not in self.fake_images:
+                raise NotFound(f"no image {image_id}")
+            self.fake_images[image_id].update(tags)
+
+    def save(self, ref: str, size: int = 1000) -> Iterator[bytes]:
+        with self._lock:
+            self._check()
+            found = self._image_id(ref)
+            if found is None:
+                raise ImageUnavailable(f"saving image {ref}: no such image")
+            head = json.dumps({"id": found, "tags": sorted(self.fake_images[found]), "size": size}).encode()
+        return iter([head + b"\n", b"x" * size])
+
+    def load(self, chunks: Iterator[bytes]) -> list[str]:
+        data = b"".join(chunks)  # a broken stream raises here, before anything is tagged (as Docker)
+        head, _, rest = data.partition(b"\n")
+        try:
+            meta = json.loads(head)
+        except ValueError:
+            raise RuntimeFailure("loading an image: not an image archive") from None
+        if len(rest) != meta["size"]:
+            raise RuntimeFailure("loading an image: unexpected EOF")
+        with self._lock:
+            self._check()
+            self.loads += 1
+            self.fake_images.setdefault(meta["id"], set()).update(meta["tags"])
+        return list(meta["tags"]) or [meta["id"]]
 
     def close(self) -> None:
         pass

@@ -45,6 +45,7 @@ from cube.core.spec import is_volume_name, shown
 from cube.store import Store, node_id
 from cube.worker.devices import DeviceScan
 from cube.worker.holds import DISCONNECT, Holds
+from cube.worker.images import NodeImages, Source
 from cube.worker.metrics import Metrics, machine_arch
 from cube.worker.pulls import Credentials, follow
 from cube.worker.reconcile import Plan, diff
@@ -75,9 +76,12 @@ class Worker:
         sync: bool = False,
         devices: DeviceScan | None = None,
         credentials: Credentials | None = None,
+        image_source: Source | None = None,
     ):
         """`sync` (tests): actions run inside `tick()` instead of on the thread pools. `devices`: what finds the
-        device paths this node advertises (the usual places, see cube.worker.devices, by default)."""
+        device paths this node advertises (the usual places, see cube.worker.devices, by default). `image_source`:
+        where a task's image that cannot be pulled is fetched from (a peer node, through the manager; see
+        cube.worker.images)."""
         self.name = name
         # What this worker's containers are labelled with (cube.node): its name by default. Two workers with one
         # hostname sharing one Docker engine need distinct keys, or each would remove the other's containers.
@@ -129,6 +133,7 @@ class Worker:
         # The node's named volumes, as the last listing found them (reported in stats, for `cube volume ls`).
         self._volumes: list[dict] = []
         self._volumes_due = float("-inf")  # monotonic time of the next listing
+        self.images = NodeImages(runtime, name, image_source, monotonic, changed=self._images_changed)
         for task in self.tasks.values():
             if task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING):
                 self.holds.hold(task.id, "worker restarted", self.holds.started)
@@ -249,6 +254,7 @@ class Worker:
         )
         with self._lock:
             data["volumes"] = [dict(v) for v in self._volumes]
+        data["images"] = self.images.listed()
         return data
 
     def node_labels(self) -> dict:
@@ -308,6 +314,7 @@ class Worker:
             raise
         self._engine_up()
         self._list_volumes()
+        self.images.refresh()
         now = self.clock() if now is None else now
         with self._lock:
             self.holds.release(self.monotonic())
@@ -512,10 +519,9 @@ class Worker:
         pulled = threading.Event()
         self._follow_pull(task_id, task.spec.image, pulled)
         try:
-            info = self.runtime.start(task, self.key)
+            info: ContainerInfo | None = self.runtime.start(task, self.key)
         except ImageUnavailable as error:
-            self._update(task_id, State.FAILED, f"cannot start: {error.message}")
-            return
+            info = self._start_fetched(task, error)
         except Unavailable:
             raise  # the engine, not the task: nothing is counted
         except CubeError as error:
@@ -523,6 +529,8 @@ class Worker:
             return
         finally:
             pulled.set()
+        if info is None:
+            return
         if task.spec.named_volumes:
             self._volumes_due = float("-inf")  # a volume may be new: listed by the next round
         self._running(task_id, info, f"container {info.id[:12]} started")
@@ -548,6 +556,37 @@ class Worker:
             name=f"pull-progress {task_id}",
             daemon=True,
         ).start()
+
+    def _start_fetched(self, task: Assignment, missing: ImageUnavailable) -> ContainerInfo | None:
+        """The task's image cannot be pulled: fetch it from a peer node that has it and start again; None (the
+        task failed, with both reasons) when no peer gives it."""
+        if self.images.source is None:
+            self._update(task.id, State.FAILED, f"cannot start: {missing.message}")
+            return None
+        try:
+            said = self.images.fetch(task.spec.image)
+        except CubeError as error:
+            self._update(
+                task.id,
+                State.FAILED,
+                f"cannot start: {missing.message}; and no peer node gave it: {error.message}",
+            )
+            return None
+        with self._lock:
+            self._say(self._mine(task.id), said, self.clock())
+        try:
+            return self.runtime.start(task, self.key)
+        except ImageUnavailable as error:
+            self._update(task.id, State.FAILED, f"cannot start: {error.message}")
+        except Unavailable:
+            raise
+        except CubeError as error:
+            self._failed_start(task.id, f"container failed to start: {error.message}")
+        return None
+
+    def _images_changed(self) -> None:
+        with self._lock:
+            self._bump()
 
     def _restart(self, task_id: str, container_id: str) -> None:
         """Start the task's ended container again; if the engine cannot (the container is gone, or it is left in

@@ -1,0 +1,156 @@
+"""Images without a registry on real parts: a manager and two workers as pyz processes, each worker on a host
+(network namespace) with its own Docker engine, and `cube image push` run from the manager's host against that
+host's engine, as a user on a laptop would. No engine can reach a registry, so every pull fails. Test images are
+made with `docker import` of busybox plus a random file of a chosen size."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+import time
+
+import engines
+import pytest
+from conftest import wait_for
+from test_faults import TOKEN, FaultCluster
+
+pytestmark = [pytest.mark.docker, pytest.mark.netns]
+
+
+def image_tar(size: int) -> bytes:
+    """A root filesystem: busybox with sh and sleep, and /data of `size` random bytes."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        tar.add("/usr/bin/busybox" if os.path.exists("/usr/bin/busybox") else "/bin/busybox", "bin/busybox")
+        for applet in ("sh", "sleep", "ls"):
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+        data = tarfile.TarInfo("data")
+        data.size = size
+        tar.addfile(data, io.BytesIO(os.urandom(size)))
+    return out.getvalue()
+
+
+def make_image(host, name: str, size: int) -> str:
+    """`docker import` of such a tree into `host`'s engine; its id."""
+    done = subprocess.run(
+        ["docker", "-H", host.docker_host, "import", "-c", "ENV PATH=/bin", "-", name],
+        input=image_tar(size),
+        capture_output=True,
+        timeout=120,
+        env=engines._docker_env(),
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode().strip()
+
+
+def has_image(lan, host, name: str) -> bool:
+    return lan.docker(host, "image", "inspect", name).returncode == 0
+
+
+class ImageCluster(FaultCluster):
+    def cli(self, *args: str, wait: bool = True, **kwargs):
+        """`cube ARGS` from the test process (the root namespace), with the manager host's engine as its own."""
+        url = f"https://127.0.0.1:{self.lan.forward(self.manager_host, 5555)}"
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": str(self.tmp),
+            "XDG_CACHE_HOME": str(self.tmp / "cache"),
+            "CUBE_MANAGER": url,
+            "CUBE_TOKEN": TOKEN,
+            "CUBE_NO_MDNS": "1",
+            "DOCKER_HOST": self.manager_host.docker_host,
+        }
+        argv = [self.pyz, *args]
+        if not wait:
+            return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+
+    def events(self, task_id: str) -> list[str]:
+        return [e["message"] for e in self.client.get("/events", task=task_id, limit=100)]
+
+
+@pytest.fixture
+def lan(engine_lan):
+    return engine_lan(3, images=[])
+
+
+def test_push_to_two_nodes_runs_a_task_there_and_a_second_push_moves_nothing(lan, pyz, tmp_path):
+    make_image(lan.hosts[0], "cube-pushed:1", 2 << 20)
+    cluster = ImageCluster(lan, pyz, tmp_path)
+    n1, n2 = (cluster.names[h.name] for h in cluster.worker_hosts)
+    began = time.monotonic()
+    first = cluster.cli("image", "push", "cube-pushed:1", "--node", n1, "--node", n2)
+    print(f"\nfirst push ({time.monotonic() - began:.2f} s):\n{first.stdout}{first.stderr}")
+    assert first.returncode == 0, first.stderr
+    assert f"{n1}: loaded cube-pushed:1" in first.stdout and f"{n2}: loaded cube-pushed:1" in first.stdout
+    assert all(has_image(lan, h, "cube-pushed:1") for h in cluster.worker_hosts)
+
+    task = cluster.client.post(
+        "/tasks", {"image": "cube-pushed:1", "command": ["sleep", "600"], "constraints": [f"node={n2}"]}
+    )
+    wait_for(lambda: cluster.running_on(task["id"], n2), timeout=60)
+
+    began = time.monotonic()
+    second = cluster.cli("image", "push", "cube-pushed:1", "--node", n1, "--node", n2)
+    seconds = time.monotonic() - began
+    print(f"second push ({seconds:.2f} s, the CLI's start included):\n{second.stdout}")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("already (nothing sent)") == 2
+    assert seconds < 3.0
+
+    listed = cluster.cli("image", "ls")
+    print(listed.stdout)
+    wait_for(lambda: n2 in cluster.cli("image", "ls").stdout, timeout=40)
+
+
+def test_an_image_on_one_engine_only_runs_on_another_through_peer_fetch(lan, pyz, tmp_path):
+    make_image(lan.hosts[1], "cube-peer:1", 1 << 20)  # on n1's engine only, before its worker lists its images
+    cluster = ImageCluster(lan, pyz, tmp_path)
+    n1, n2 = (cluster.names[h.name] for h in cluster.worker_hosts)
+    assert not has_image(lan, cluster.host(n2), "cube-peer:1")
+    task = cluster.client.post(
+        "/tasks", {"image": "cube-peer:1", "command": ["sleep", "600"], "constraints": [f"node={n2}"]}
+    )
+    wait_for(lambda: cluster.running_on(task["id"], n2), timeout=60)
+    said = cluster.events(task["id"])
+    print("\n" + "\n".join(said))
+    assert any(m.startswith(f"image cube-peer:1 fetched from {n1} (") for m in said), said
+    assert has_image(lan, cluster.host(n2), "cube-peer:1")
+
+
+def test_a_worker_killed_mid_push_keeps_no_half_image_and_its_task_gets_it_from_a_peer(lan, pyz, tmp_path):
+    make_image(lan.hosts[0], "cube-big:1", 120 << 20)
+    cluster = ImageCluster(lan, pyz, tmp_path)
+    n1, n2 = (cluster.names[h.name] for h in cluster.worker_hosts)
+    assert cluster.cli("image", "push", "cube-big:1", "--node", n1).returncode == 0
+
+    push = cluster.cli("image", "push", "cube-big:1", "--node", n2, wait=False)
+    wait_for(lambda: _loading(lan, cluster.host(n2)), timeout=30, interval=0.05)
+    cluster.kill_worker(cluster.host(n2))
+    out, err = push.communicate(timeout=120)
+    print(f"\npush cut by a killed worker (exit {push.returncode}):\n{out}{err}")
+    assert push.returncode == 1 and f"{n2}: failed:" in out
+    assert not has_image(lan, cluster.host(n2), "cube-big:1"), "nothing half-loaded is tagged"
+
+    cluster.start_worker(cluster.host(n2))
+    wait_for(lambda: cluster._ready() == 2, timeout=60)
+    task = cluster.client.post(
+        "/tasks", {"image": "cube-big:1", "command": ["sleep", "600"], "constraints": [f"node={n2}"]}
+    )
+    wait_for(lambda: cluster.running_on(task["id"], n2), timeout=120)
+    said = cluster.events(task["id"])
+    print("\n".join(said))
+    assert any(m.startswith(f"image cube-big:1 fetched from {n1} (") for m in said), said
+
+
+def _loading(lan, host) -> bool:
+    """Whether `host`'s engine is writing a load: its tmp directory holds the archive being received."""
+    root = f"{host.root}/data/tmp"
+    try:
+        return any(os.scandir(root))
+    except OSError:
+        return False
