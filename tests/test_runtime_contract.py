@@ -206,8 +206,11 @@ def options_of(s: Subject, container_id: str) -> dict:
 
 
 def test_start_creates_the_container_with_the_tasks_options(subject):
+    # With `sh -c` as the entrypoint the command is one script: "sleep 300" (as SLEEP's two words, sh would run
+    # `sleep` alone, which exits at once, and the container was running or not by luck).
     info = start_with(
         subject,
+        command=["sleep 300"],
         devices=["/dev/zero:/dev/cube-zero:r"],
         cap_add=["NET_ADMIN"],
         cap_drop=["MKNOD"],
