@@ -148,9 +148,12 @@ def test_privileged_gives_every_capability(runtime, busybox_image, node_name):
     if bounding != every:
         # runc gives a privileged container every capability the kernel has: where this machine itself runs with
         # fewer (a container or a sandbox), the start fails with "unable to apply caps".
+        # What a user gets here is that refusal, said plainly: that is what this machine can check (never a skip:
+        # CI runs on such a machine).
         with pytest.raises(RuntimeFailure, match="a privileged container needs every capability"):
             runtime.start(task_of(busybox_image, privileged=True), node_name)
-        pytest.skip(f"this machine lacks capabilities itself (CapBnd {bounding:x}, all {every:x})")
+        print(f"\nthis machine lacks capabilities itself (CapBnd {bounding:x}, all {every:x}): the refusal checked")
+        return
     code, out = run_to_end(runtime, node_name, busybox_image, "busybox grep CapEff /proc/self/status", privileged=True)
     assert code == 0 and int(out.split()[1], 16) == every, out
 
