@@ -6,16 +6,19 @@ no engine)."""
 import os
 import queue
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
 
 import docker
 import pytest
+from conftest import remove_volumes, wait_for
 
 from cube.core.errors import ImageUnavailable, NotFound, RuntimeFailure, Unavailable
 from cube.core.model import Task, TaskSpec, new_id
 from cube.worker.docker_runtime import DockerRuntime, container_name, parse_time
+from cube.worker.runtime import disk_usage
 
 pytestmark = pytest.mark.docker
 
@@ -359,3 +362,40 @@ def test_parse_time():
     assert parse_time("") is None and parse_time(None) is None
     assert parse_time("2024-03-01T12:00:00.123456789Z") == pytest.approx(1709294400.123456789)
     assert parse_time("2024-03-01T14:00:00+02:00") == 1709294400
+
+
+def test_a_volumes_size_is_measured_in_the_background(runtime, busybox_image, node_name):
+    """`cube volume ls` SIZE: the volume's own directory walked on a thread of its own, not `system df -v`."""
+    name = f"cube-size-{node_name}"
+    try:
+        task = make_task(
+            busybox_image,
+            command=["sh", "-c", "head -c 3145728 /dev/urandom > /data/blob; sleep 300"],
+            volumes=[f"{name}:/data"],
+        )
+        runtime.start(task, node_name)
+        blob = os.path.join(_mountpoint(name), "blob")
+        wait_for(lambda: os.path.exists(blob) and os.path.getsize(blob) == 3 << 20, timeout=10)
+        runtime._sizes.clear()  # measured before the file was whole: ask again
+        sizes = wait_for(lambda: [v.size for v in runtime.volumes(node_name) if v.name == name and v.size], timeout=10)
+        assert 3 << 20 <= sizes[0] < 4 << 20, sizes
+    finally:
+        for info in runtime.list_owned(node_name):
+            runtime.remove(info.id)
+        remove_volumes(node_name)
+
+
+def _mountpoint(name: str) -> str:
+    return docker.from_env().api.inspect_volume(name)["Mountpoint"]
+
+
+def test_disk_usage_counts_as_du_does(tmp_path):
+    (tmp_path / "a").write_bytes(os.urandom(100_000))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(os.urandom(5000))
+    os.link(tmp_path / "a", tmp_path / "sub" / "a-again")  # one file, two names: counted once
+    os.symlink("/usr", tmp_path / "elsewhere")  # not followed
+    du = subprocess.run(["du", "-s", "--block-size=1", str(tmp_path)], capture_output=True, text=True, check=True)
+    assert disk_usage(str(tmp_path)) == int(du.stdout.split()[0])
+    assert disk_usage(str(tmp_path), limit=3) is None, "a tree bigger than the limit: unknown, not a long walk"
+    assert disk_usage(str(tmp_path / "nothing-here")) is None

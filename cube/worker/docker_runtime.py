@@ -24,6 +24,7 @@ import math
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,11 +47,13 @@ from cube.worker.runtime import (
     ContainerInfo,
     RuntimeEvent,
     VolumeInfo,
+    disk_usage,
     missing_bind,
     missing_device,
 )
 
 log = logging.getLogger(__name__)
+VOLUME_SIZE_EVERY = 300.0  # seconds between two walks of one volume's directory (see volumes)
 
 POOL_SIZE = 16  # > the worker's 4-8 threads plus open event/log streams, so no call waits for a connection
 EVENT_ACTIONS = frozenset({"create", "start", "restart", "die", "kill", "oom", "stop", "destroy", "pause", "unpause"})
@@ -84,6 +87,8 @@ class DockerRuntime:
         self._arch = ""  # the engine's architecture (uname -m), asked once, when a pulled image is checked
         self.api_timeout = api_timeout
         self._lock = threading.Lock()
+        self._sizes: dict[str, tuple[float, int | None]] = {}  # volume -> (monotonic time measured, bytes)
+        self._measuring = False
         self._client: Any = None  # connected lazily: a worker may start before its engine answers
         self._stream_client: Any = None
         self._pulls: dict[str, PullProgress] = {}
@@ -415,16 +420,44 @@ class DockerRuntime:
                 return
 
     def volumes(self, node: str) -> list[VolumeInfo]:
-        """The named volumes this node made (labels cube.volume and cube.node): one call to /volumes. No size:
-        Docker counts it only in `system df -v`, which walks every volume and took seconds; the manager shows none."""
+        """The named volumes this node made (labels cube.volume and cube.node): one call to /volumes, each with the
+        size last measured. Docker counts sizes only in `system df -v`, which walks every volume of the engine and
+        took seconds; so each volume's own directory is walked here instead, on a thread of its own, at most every
+        VOLUME_SIZE_EVERY seconds (an SD card must not be read through twice a minute); None until measured."""
         api = self._api()
         with self._translate(f"listing the volumes of node {node}"):
             answer = api.volumes(filters={"label": [LABEL_VOLUME, f"{LABEL_NODE}={node}"]}) or {}
+        found = [v for v in answer.get("Volumes") or () if (v.get("Labels") or {}).get(LABEL_VOLUME)]
+        self._measure([(v["Name"], v.get("Mountpoint") or "") for v in found])
         return [
-            VolumeInfo(v["Name"], node, parse_time(v.get("CreatedAt")))
-            for v in answer.get("Volumes") or ()
-            if (v.get("Labels") or {}).get(LABEL_VOLUME)
+            VolumeInfo(v["Name"], node, parse_time(v.get("CreatedAt")), self._sizes.get(v["Name"], (0.0, None))[1])
+            for v in found
         ]
+
+    def _measure(self, volumes: list[tuple[str, str]]) -> None:
+        """Walk, in the background, the directories of the volumes whose size is older than VOLUME_SIZE_EVERY."""
+        now = time.monotonic()
+        with self._lock:
+            due = [
+                (name, path)
+                for name, path in volumes
+                if path and now - self._sizes.get(name, (float("-inf"), None))[0] >= VOLUME_SIZE_EVERY
+            ]
+            if not due or self._measuring:
+                return
+            self._measuring = True
+
+        def measure() -> None:
+            try:
+                for name, path in due:
+                    size = disk_usage(path)
+                    with self._lock:
+                        self._sizes[name] = (time.monotonic(), size)
+            finally:
+                with self._lock:
+                    self._measuring = False
+
+        threading.Thread(target=measure, name="cube-volume-sizes", daemon=True).start()
 
     def remove_volume(self, name: str, node: str) -> None:
         api = self._api()
