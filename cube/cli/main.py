@@ -8,12 +8,13 @@ to look for the manager on the LAN.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 from cube import __version__
+from cube.cli.cluster import ClusterCommands
+from cube.cli.common import as_list, job_or_none, manager_client, show
 from cube.core.errors import CubeError
 
 USAGE = f"""cube {__version__} — a small container orchestrator for your LAN
@@ -50,7 +51,7 @@ ALIASES = {"ps": "status", "node": "nodes", "volumes": "volume", "registries": "
 RETRY_EVERY = 1.0  # seconds between tries to reach a manager that `cube events --follow` lost
 
 
-class Commands:
+class Commands(ClusterCommands):
     """Each method is a command; its docstring is its --help."""
 
     # ---- work ----------------------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ class Commands:
           --timeout S            seconds to wait for the tasks to run (default 120)"""
         from cube.cli.run import build_request, submit_and_wait
 
-        client = _client(manager, token)
+        client = manager_client(manager, token)
         kind, body = build_request(
             {
                 "image": image,
@@ -196,7 +197,7 @@ class Commands:
             }
         )
         result = submit_and_wait(client, kind, body, detach=detach, timeout=float(timeout), as_json=json)
-        _print(result, json)
+        show(result, json)
         return None
 
     def status(
@@ -215,20 +216,20 @@ class Commands:
           --all                  list stopped tasks too"""
         from cube.cli import output
 
-        client = _client(manager, token)
+        client = manager_client(manager, token)
         if ref is None:
             tasks = client.get("/tasks")
             if not all:
                 tasks = [t for t in tasks if t["desired"] == "run" or t["state"] in ("pending", "scheduled", "running")]
-            _print(
+            show(
                 tasks if json else (output.tasks_table(tasks) if tasks else "no tasks: try `cube run --image IMAGE`"),
                 json,
             )
             return None
         ref = str(ref)
-        job = _job_or_none(client, ref)
+        job = job_or_none(client, ref)
         if job is not None:
-            _print(
+            show(
                 job
                 if json
                 else f"job {job['name']} ({job['type']}): {job['running']}/{job['count']} running\n"
@@ -237,7 +238,7 @@ class Commands:
             )
             return None
         task = client.get(f"/tasks/{ref}")
-        _print(task if json else output.task_detail(task), json)
+        show(task if json else output.task_detail(task), json)
         return None
 
     def stop(
@@ -260,16 +261,16 @@ class Commands:
           --timeout S            seconds to wait for the containers to stop (default 60)"""
         from cube.cli.run import stop_and_wait
 
-        message = stop_and_wait(_client(manager, token), str(ref), bool(detach), float(timeout))
-        _print({"result": message} if json else message, json)
+        message = stop_and_wait(manager_client(manager, token), str(ref), bool(detach), float(timeout))
+        show({"result": message} if json else message, json)
 
     def scale(self, job: str, count: int, manager: str | None = None, token: str | None = None, json: bool = False):
         """cube scale JOB N [--json]
 
         Changes how many tasks a job runs.
         Example: cube scale web 3"""
-        answer = _client(manager, token).post(f"/jobs/{job}/scale", {"count": count})
-        _print(answer if json else f"job {job}: count {answer['count']} ({answer['running']} running now)", json)
+        answer = manager_client(manager, token).post(f"/jobs/{job}/scale", {"count": count})
+        show(answer if json else f"job {job}: count {answer['count']} ({answer['running']} running now)", json)
 
     def logs(
         self,
@@ -287,7 +288,7 @@ class Commands:
         Flags:
           --follow               keep printing as the task writes
           --tail N               only the last N lines"""
-        client = _client(manager, token)
+        client = manager_client(manager, token)
         params = {"tail": tail, "follow": "1" if follow else None}
         out = sys.stdout.buffer
         for chunk in client.stream(f"/tasks/{ref}/logs", params=params, timeout=None if follow else 30):
@@ -318,7 +319,7 @@ class Commands:
         from cube.cli import output
         from cube.core.errors import Unavailable
 
-        client = _client(manager, token)
+        client = manager_client(manager, token)
         cursor = since
         tail = None if since else 50  # without --since: the last 50, then (with --follow) what comes
         wait = 25 if follow else None
@@ -363,15 +364,15 @@ class Commands:
         if action == "rm":
             if not name:
                 raise CubeError("which node? `cube node rm NAME` (`cube nodes` lists them)")
-            answer = _client(manager, token).delete(f"/nodes/{name}")
+            answer = manager_client(manager, token).delete(f"/nodes/{name}")
             revoked = "its certificate is revoked" if answer and answer.get("revoked") else "it had no certificate"
             print(
                 f"removed node {name}; {revoked}. Containers left on that machine are not Cube's any more: "
                 f"remove them there (docker ps --filter label=cube.task)"
             )
             return None
-        nodes = _client(manager, token).get("/nodes")
-        _print(
+        nodes = manager_client(manager, token).get("/nodes")
+        show(
             nodes
             if json
             else (
@@ -407,9 +408,9 @@ class Commands:
         from cube.cli.registry import registry_command
 
         text = registry_command(
-            _client(manager, token), action, host, username, bool(password_stdin), as_json=bool(json)
+            manager_client(manager, token), action, host, username, bool(password_stdin), as_json=bool(json)
         )
-        _print(text, json)
+        show(text, json)
 
     def image(
         self,
@@ -438,16 +439,16 @@ class Commands:
             raise CubeError(f"unknown action {action!r}: use `cube image ls` or `cube image push IMAGE`")
         if action == "push" and not image:
             raise CubeError("which image? `cube image push IMAGE [--node N]` (`docker images` lists them)")
-        client = _client(manager, token)
+        client = manager_client(manager, token)
         if action == "push":
             assert image is not None
-            result = images.push(client, image, _list(node), sys.stderr)
-            _print(result if json else images.push_text(result), json)
+            result = images.push(client, image, as_list(node), sys.stderr)
+            show(result if json else images.push_text(result), json)
             if any("error" in outcome for outcome in result["nodes"].values()):
                 raise CubeError(f"{image} did not reach every node: see above")
             return None
         listed = client.get("/images")
-        _print(listed if json else images.listing_text(listed), json)
+        show(listed if json else images.listing_text(listed), json)
         return None
 
     def volume(
@@ -468,16 +469,16 @@ class Commands:
 
         if action not in (None, "ls", "list", "rm"):
             raise CubeError(f"unknown action {action!r}: use `cube volume ls` or `cube volume rm NAME`")
-        client = _client(manager, token)
+        client = manager_client(manager, token)
         if action == "rm":
             if not name:
                 raise CubeError("which volume? `cube volume rm NAME` (`cube volume ls` lists them)")
             answer = client.delete(f"/volumes/{name}") or {}
             note = f" ({answer['note']})" if answer.get("note") else ""
-            _print(answer if json else f"removed volume {name} from node {answer.get('node', '?')}{note}", json)
+            show(answer if json else f"removed volume {name} from node {answer.get('node', '?')}{note}", json)
             return None
         volumes = client.get("/volumes")
-        _print(
+        show(
             volumes
             if json
             else (
@@ -487,438 +488,6 @@ class Commands:
             ),
             json,
         )
-
-    # ---- cluster processes ---------------------------------------------------------------------------------
-
-    def token(self, data: str | None = None, rotate: bool = False, manager: str | None = None):
-        """cube token [--data DIR] [--rotate]
-
-        Prints the join token of the manager on this machine (or of `cube dev`): the cluster CA's fingerprint and
-        the secret, which workers join with and the CLI uses (CUBE_TOKEN). --rotate makes a new one on the running
-        manager: joined nodes keep working, new joins and CLI users need the new token.
-
-        Flags:
-          --data DIR             the manager's data directory (default: the manager's, then cube dev's)
-          --rotate               make a new join token on the running manager, and print it
-          --manager URL          the manager to rotate the token of (with --rotate)"""
-        from cube.cluster.config import TOKEN_FILE, data_dir, read_token_file
-        from cube.cluster.trust import join_token as make_join_token
-        from cube.cluster.trust import member_files
-
-        if rotate:
-            print(_client(manager, None).post("/token/rotate")["token"])
-            return None
-        places = (
-            [os.path.join(data_dir("manager", data), TOKEN_FILE)]
-            if data
-            else [os.path.join(data_dir(role), TOKEN_FILE) for role in ("manager", "dev")]
-        )
-        for path in places:
-            if os.path.exists(path):
-                ca_path = member_files(os.path.dirname(path))[0]
-                ca = open(ca_path, encoding="ascii").read() if os.path.exists(ca_path) else None
-                print(make_join_token(read_token_file(path), ca))
-                return None
-        raise CubeError(
-            f"no cluster token at {' or '.join(places)}: run this on the manager's machine (as the user "
-            f"that runs it), or pass --data DIR"
-        )
-
-    def join(self, manager: str | None = None, token: str | None = None, data: str | None = None):
-        """cube join --manager URL --token JOIN_TOKEN [--data DIR]
-
-        Joins this node to a cluster: checks the manager against the token's CA fingerprint, gets a certificate for
-        a key made here, and keeps both in the worker's data directory. `cube worker` does this by itself at first
-        start; after it, the worker needs no token.
-
-        Flags:
-          --manager URL          the manager to join (default: CUBE_MANAGER, the manager on this machine, then mDNS)
-          --token JOIN_TOKEN     the join token: `cube token` on the manager prints it (default: CUBE_TOKEN)
-          --data DIR             the worker's data directory (default /var/lib/cube/worker as root)"""
-        from cube.cluster.config import data_dir, find_token
-        from cube.cluster.trust import parse_token
-        from cube.cluster.worker_service import join, worker_id
-
-        given = parse_token(find_token(token))
-        if given is None:
-            raise CubeError("join needs the join token: pass --token or set CUBE_TOKEN (`cube token` on the manager)")
-        url = _manager_url(manager)
-        directory = data_dir("worker", data)
-        node = worker_id(directory)
-        join(url, given, directory, node)
-        print(f"joined the cluster of {url} as node {node}; start the worker: systemctl start cube-worker")
-
-    def worker(
-        self,
-        port: int = 5556,
-        data: str | None = None,
-        name: str | None = None,
-        token: str | None = None,
-        token_file: str | None = None,
-        cpus: float | None = None,
-        memory=None,
-        disk=None,
-        label=(),
-        host: str = "0.0.0.0",
-        manager: str | None = None,
-        mdns: bool = True,
-        insecure: bool = False,
-        reconcile_interval: float = 5.0,
-        stop_timeout: float = 10.0,
-        threads: int = 4,
-        disconnect_timeout: float = 30.0,
-        device=(),
-        pull_timeout: float = 300.0,
-        pull_stall: float = 60.0,
-        verbose: bool = False,
-    ):
-        """cube worker [FLAGS]
-
-        Runs a worker: runs the tasks the manager assigns to this node as Docker containers. Without --manager it
-        announces itself on the LAN (mDNS) and registers with the manager it finds. At first start it joins the
-        cluster with the join token (`cube token` on the manager) and keeps a certificate; after that the token is
-        not needed. A worker that hears from no manager for --disconnect-timeout seconds stops its tasks whose
-        on_disconnect is stop (0: never).
-
-        Flags:
-          --port N                 the worker API's port (default 5556)
-          --host ADDRESS           the address it listens on (default 0.0.0.0: all)
-          --data DIR               where it keeps its tasks and certificate (default /var/lib/cube/worker as root)
-          --name NAME              the node's name (default: the host name)
-          --token T                the join token, needed at first start (default: CUBE_TOKEN)
-          --token-file F           a file holding the join token
-          --cpus N                 CPUs offered to tasks (default: all)
-          --memory SIZE            memory offered to tasks, e.g. 4g (default: all)
-          --disk SIZE              disk offered to tasks, e.g. 20g (default: the free space)
-          --label K=V              a node label that --constraint can match (repeatable)
-          --manager URL            the manager to register with (default: found by mDNS)
-          --no-mdns                do not announce this worker on the LAN
-          --insecure               plain HTTP, with a manager that runs --insecure
-          --reconcile-interval S   seconds between full reconciliations with Docker (default 5)
-          --stop-timeout S         seconds a container gets to exit when stopped (default 10)
-          --threads N              threads that start and stop containers (default 4)
-          --disconnect-timeout S   seconds without a manager before tasks with on_disconnect stop are stopped
-                                   (default 30; 0: never)
-          --device PATH            a device this node offers to tasks, besides the usual places it finds by
-                                   itself (/dev/ttyUSB*, /dev/ttyACM*, /dev/serial/by-id/*, /dev/video*, ...;
-                                   repeatable)
-          --pull-timeout S         seconds an image pull may take before its task fails (default 300)
-          --pull-stall S           seconds a pull may go without progress before it fails sooner (default 60)
-          --verbose                log more"""
-        from cube.cluster.service import setup_logging
-        from cube.cluster.worker_service import run_worker
-        from cube.core.model import parse_size
-
-        setup_logging(verbose)
-        run_worker(
-            name=str(name) if name else None,
-            port=int(port),
-            host=host,
-            data=data,
-            token=token,
-            token_file=token_file,
-            cpus=float(cpus) if cpus else None,
-            memory=parse_size(memory, "--memory") if memory else None,
-            disk=parse_size(disk, "--disk") if disk else None,
-            labels=_pairs(label, "--label"),
-            insecure=bool(insecure),
-            manager=manager,
-            mdns=mdns,
-            reconcile_interval=float(reconcile_interval),
-            stop_timeout=float(stop_timeout),
-            threads=int(threads),
-            disconnect_timeout=float(disconnect_timeout),
-            devices=_list(device),
-            pull_timeout=_positive(pull_timeout, "--pull-timeout"),
-            pull_stall=_positive(pull_stall, "--pull-stall"),
-        )
-
-    def manager(
-        self,
-        port: int = 5555,
-        data: str | None = None,
-        token: str | None = None,
-        scheduler: str = "epvm",
-        workers=(),
-        host: str = "0.0.0.0",
-        node_timeout: float = 5.0,
-        mdns: bool = True,
-        insecure: bool = False,
-        verbose: bool = False,
-    ):
-        """cube manager [FLAGS]
-
-        Runs the manager: accepts work, schedules it onto workers, keeps it running. Creates the cluster CA and
-        token at first start (`cube token` prints the join token). All traffic is TLS; --insecure: plain HTTP.
-
-        Flags:
-          --port N               the manager API's port (default 5555)
-          --host ADDRESS         the address it listens on (default 0.0.0.0: all)
-          --data DIR             where it keeps tasks, events, the CA and the token (default /var/lib/cube/manager
-                                 as root)
-          --token T              the cluster secret to use (kept for next time; default: the kept one, or a new one)
-          --scheduler NAME       epvm (default), roundrobin, binpack or spread
-          --workers HOST:PORT,...  workers to admit without mDNS (repeatable)
-          --node-timeout S       seconds of silence before a node is down and its tasks move (default 5)
-          --no-mdns              do not announce the manager on the LAN, nor look for workers there
-          --insecure             plain HTTP instead of TLS
-          --verbose              log more"""
-        from cube.cluster.manager_service import run_manager
-        from cube.cluster.service import setup_logging
-
-        setup_logging(verbose)
-        run_manager(
-            port=int(port),
-            host=host,
-            data=data,
-            token=token,
-            strategy=scheduler,
-            workers=_list(workers),
-            node_timeout=float(node_timeout),
-            mdns=mdns,
-            insecure=bool(insecure),
-        )
-
-    def dev(
-        self,
-        port: int = 5555,
-        data: str | None = None,
-        workers: int = 1,
-        scheduler: str = "epvm",
-        cpus: float | None = None,
-        memory=None,
-        stop_timeout: float = 10.0,
-        insecure: bool = False,
-        verbose: bool = False,
-    ):
-        """cube dev [FLAGS]
-
-        A whole cluster in one process: a manager and N local workers on this machine's Docker engine. Prints the
-        manager URL and token; `cube run` in another terminal finds it by itself.
-
-        Flags:
-          --port N               the manager API's port (default 5555)
-          --data DIR             where it keeps its state (default ~/.local/share/cube/dev)
-          --workers N            how many local workers (default 1)
-          --scheduler NAME       epvm (default), roundrobin, binpack or spread
-          --cpus N               CPUs each worker offers (default: all)
-          --memory SIZE          memory each worker offers, e.g. 4g (default: all)
-          --stop-timeout S       seconds a container gets to exit when stopped (default 10)
-          --insecure             plain HTTP instead of TLS
-          --verbose              log more"""
-        from cube.cluster.manager_service import run_dev
-        from cube.cluster.service import setup_logging
-        from cube.core.model import parse_size
-
-        setup_logging(verbose)
-        run_dev(
-            port=int(port),
-            data=data,
-            workers=int(workers),
-            strategy=scheduler,
-            cpus=float(cpus) if cpus else None,
-            memory=parse_size(memory, "--memory") if memory else None,
-            stop_timeout=float(stop_timeout),
-            insecure=bool(insecure),
-        )
-
-    def install(
-        self,
-        role: str,
-        token: str | None = None,
-        manager: str | None = None,
-        label=(),
-        port: int | None = None,
-        name: str | None = None,
-        workers=(),
-        scheduler: str | None = None,
-        mdns: bool = True,
-        pyz: str | None = None,
-        root: str | None = None,
-    ):
-        """cube install worker|manager [FLAGS]
-
-        Installs this cube.pyz as a systemd service (run it with sudo): copies it to /usr/local/bin/cube, writes
-        /etc/systemd/system/cube-ROLE.service and /etc/cube/cube.env (mode 0600: the token and the service's flags),
-        then enables and starts the service. Flags given replace the service's previous ones; without flags they are
-        kept, so running a newer pyz's install again upgrades in place.
-        Example: sudo ./cube.pyz install worker --manager http://pi0:5555 --token T
-
-        Flags:
-          --token T              the cluster token (a worker's; a manager's own, to choose it)
-          --manager URL          the manager a worker registers with (default: found by mDNS)
-          --label K=V            a worker's node label (repeatable)
-          --port N               the service's port
-          --name NAME            a worker's node name
-          --workers HOST:PORT,...  a manager's static workers (repeatable)
-          --scheduler NAME       a manager's scheduler: epvm, roundrobin, binpack or spread
-          --no-mdns              no mDNS announcing or browsing
-          --pyz FILE             the file to install (default: this one)
-          --root DIR             install under DIR instead of / (for tests)"""
-        from cube.ops import install
-
-        args = install.role_args(
-            str(role),
-            port=port,
-            manager=manager,
-            labels=[label] if isinstance(label, str) else list(label),
-            name=name,
-            workers=_list(workers),
-            scheduler=scheduler,
-            mdns=mdns,
-        )
-        host = install.Host(str(root)) if root else install.Host()
-        for line in install.install(
-            str(role), pyz=pyz, token=None if token is None else str(token), args=args, host=host
-        ):
-            print(line)
-
-    def uninstall(self, role: str, purge: bool = False, root: str | None = None):
-        """cube uninstall worker|manager [--purge]
-
-        Stops and removes the systemd service. Keeps /etc/cube/cube.env and the data in /var/lib/cube unless --purge;
-        the last service to go takes /usr/local/bin/cube with it.
-        Example: sudo cube uninstall worker
-
-        Flags:
-          --purge                also remove the data and /etc/cube
-          --root DIR             uninstall under DIR instead of / (for tests)"""
-        from cube.ops import install
-
-        host = install.Host(str(root)) if root else install.Host()
-        for line in install.uninstall(str(role), purge=bool(purge), host=host):
-            print(line)
-
-    def doctor(self, role: str = "worker", json: bool = False):
-        """cube doctor [--role worker|manager] [--json]
-
-        Checks that this machine can run a Cube worker (or manager): Docker engine, memory cgroup, multicast, disk,
-        clock, Python, architecture. Prints one line per check and what to fix; exits 1 when a check fails.
-
-        Flags:
-          --role ROLE            worker (default) or manager"""
-        from cube.ops import doctor
-
-        checks = doctor.run(str(role))
-        print(doctor.render(checks, as_json=bool(json)))
-        if doctor.failed(checks):
-            raise SystemExit(1)
-
-    def version(self):
-        """cube version
-
-        Prints the version."""
-        print(f"cube {__version__}")
-
-
-# ---- helpers ---------------------------------------------------------------------------------------------------
-
-
-def _client(manager: str | None, token: str | None):
-    from cube.cluster.client import Client, manager_trust
-    from cube.cluster.config import find_token
-    from cube.cluster.trust import parse_token
-
-    url = _manager_url(manager)
-    given = parse_token(find_token(token))
-    trust = manager_trust(url, given, _local_ca(url))
-    return Client(url, given.secret if given else None, timeout=15.0, trust=trust)
-
-
-def _local_ca(url: str) -> str | None:
-    """The CA of the manager on this machine, when `url` is that manager's (its `url` file says so)."""
-    from cube.cluster.config import data_dir
-    from cube.cluster.trust import member_files
-
-    for role in ("manager", "dev"):
-        directory = data_dir(role)
-        try:
-            with open(os.path.join(directory, "url")) as handle:
-                if handle.read().strip() != url.rstrip("/"):
-                    continue
-            with open(member_files(directory)[0], encoding="ascii") as handle:
-                return handle.read()
-        except OSError:
-            continue
-    return None
-
-
-def _manager_url(given: str | None) -> str:
-    """--manager, CUBE_MANAGER, the manager on this machine, then mDNS; else an error saying what was tried."""
-    if given:
-        return str(given)
-    if os.environ.get("CUBE_MANAGER"):
-        return os.environ["CUBE_MANAGER"]
-    from cube.cluster.config import data_dir
-
-    tried = []
-    for role in ("manager", "dev"):
-        path = os.path.join(data_dir(role), "url")
-        if os.path.exists(path):
-            with open(path) as handle:
-                url = handle.read().strip()
-            if _answers(url):
-                return url
-            tried.append(url)
-    if os.environ.get("CUBE_NO_MDNS") != "1":
-        from cube.cluster.discovery import find_manager
-
-        found = find_manager(timeout=2.0)
-        if found is not None:
-            return found.url
-        tried.append("mDNS on the LAN")
-    raise CubeError(
-        f"no manager found (tried {', '.join(tried) or 'nothing'}): start one with `cube dev`, or pass "
-        f"--manager URL / set CUBE_MANAGER"
-    )
-
-
-def _answers(url: str) -> bool:
-    from cube.cluster.client import Client
-    from cube.cluster.trust import Trust
-
-    try:  # /health sends nothing secret: the CA is not needed to see whether something answers
-        Client(url, timeout=1.0, trust=Trust(insecure=url.startswith("http://"))).health(timeout=1.0)
-        return True
-    except CubeError:
-        return False
-
-
-def _job_or_none(client, ref: str):
-    from cube.core.errors import NotFound
-
-    try:
-        return client.get(f"/jobs/{ref}")
-    except NotFound:
-        return None
-
-
-def _print(value, as_json: bool) -> None:
-    if value is None:
-        return
-    if as_json:
-        print(json.dumps(value, indent=2, sort_keys=True))
-    else:
-        print(value)
-
-
-def _list(values) -> list[str]:
-    """`a,b`, or several of them (a repeated flag) -> list of non-empty strings."""
-    if isinstance(values, str):
-        values = [values]
-    return [part.strip() for value in values or () for part in str(value).split(",") if part.strip()]
-
-
-def _pairs(values, flag: str) -> dict:
-    if isinstance(values, str):
-        values = [values]
-    out = {}
-    for item in values or ():
-        if not isinstance(item, str) or "=" not in item:
-            raise CubeError(f"{flag} takes key=value, not {item!r}")
-        key, value = item.split("=", 1)
-        out[key] = value
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -982,10 +551,3 @@ def _run(argv: list[str]) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-def _positive(value, flag: str) -> float:
-    """A number of seconds that must be more than 0 (`--pull-timeout 0` would fail every pull)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise CubeError(f"{flag} must be a number of seconds above 0, not {value!r}")
-    return float(value)
