@@ -22,7 +22,7 @@ from cube.core.errors import BadRequest
 from cube.worker.runtime import FakeRuntime
 
 CUBE = [sys.executable, "-c", "import sys; from cube.cli.main import main; sys.exit(main())"]
-COMMANDS = sorted(name for name, fn in vars(Commands).items() if callable(fn) and not name.startswith("_"))
+COMMANDS = sorted(name for name in dir(Commands) if not name.startswith("_") and callable(getattr(Commands, name)))
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:
