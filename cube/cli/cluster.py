@@ -23,9 +23,7 @@ class ClusterCommands:
           --data DIR             the manager's data directory (default: the manager's, then cube dev's)
           --rotate               make a new join token on the running manager, and print it
           --manager URL          the manager to rotate the token of (with --rotate)"""
-        from cube.cluster.config import TOKEN_FILE, data_dir, read_token_file
-        from cube.cluster.trust import join_token as make_join_token
-        from cube.cluster.trust import member_files
+        from cube.cluster.config import TOKEN_FILE, data_dir, local_join_token
 
         if rotate:
             print(manager_client(manager, None).post("/token/rotate")["token"])
@@ -36,10 +34,9 @@ class ClusterCommands:
             else [os.path.join(data_dir(role), TOKEN_FILE) for role in ("manager", "dev")]
         )
         for path in places:
-            if os.path.exists(path):
-                ca_path = member_files(os.path.dirname(path))[0]
-                ca = open(ca_path, encoding="ascii").read() if os.path.exists(ca_path) else None
-                print(make_join_token(read_token_file(path), ca))
+            token = local_join_token(os.path.dirname(path))
+            if token:
+                print(token)
                 return None
         raise CubeError(
             f"no cluster token at {' or '.join(places)}: run this on the manager's machine (as the user "

@@ -17,6 +17,7 @@ import threading
 import time
 
 from cube.cluster import pki
+from cube.cluster.config import write_private
 from cube.cluster.trust import (
     CA_FILE,
     CA_KEY,
@@ -49,8 +50,8 @@ class Authority:
         self.certfile, self.keyfile = os.path.join(base, MANAGER_CERT), os.path.join(base, MANAGER_KEY)
         if not os.path.exists(self.ca_path) or not os.path.exists(self._ca_key_path):
             cert, key = pki.make_ca(f"cube cluster CA {socket.gethostname()}")
-            pki.write_private(self._ca_key_path, key)
-            pki.write_private(self.ca_path, cert)
+            write_private(self._ca_key_path, key)
+            write_private(self.ca_path, cert)
             log.info("created the cluster CA (%s)", fingerprint(cert.decode()))
         with open(self.ca_path, "rb") as handle:
             self.ca = handle.read()
@@ -58,8 +59,8 @@ class Authority:
             self._ca_key = handle.read()
         if not os.path.exists(self.certfile) or not os.path.exists(self.keyfile):
             cert, key, _ = pki.issue(self.ca, self._ca_key, "manager", manager_id)
-            pki.write_private(self.keyfile, key)
-            pki.write_private(self.certfile, cert)
+            write_private(self.keyfile, key)
+            write_private(self.certfile, cert)
         self._revoked = {serial_key(r.get("serial", "")) for r in store.values("revoked")}
 
     @property
@@ -157,6 +158,6 @@ class Authority:
 def save_member(directory: str, ca: bytes, cert: bytes, key: bytes) -> None:
     """Keep a member's CA, certificate and key in its data directory (0600 files, 0700 directory)."""
     ca_path, cert_path, key_path = member_files(directory)
-    pki.write_private(key_path, key)
-    pki.write_private(cert_path, cert)
-    pki.write_private(ca_path, ca)
+    write_private(key_path, key)
+    write_private(cert_path, cert)
+    write_private(ca_path, ca)

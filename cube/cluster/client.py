@@ -285,6 +285,12 @@ def _error(status: int, raw: bytes) -> CubeError:
     return from_status(status, message)
 
 
+def _other_cluster(url: str, found: str, pin: str) -> Untrusted:
+    return Untrusted(
+        f"{url} is not the manager this token belongs to: its CA is {found[:16]}..., the token pins {pin[:16]}..."
+    )
+
+
 def fetch_ca(url: str, token: Token) -> str:
     """The cluster CA of the manager at `url`, believed only when it matches the join token's pin or, for a bare
     secret, when the manager proves it holds the secret with an HMAC over our nonce and the CA's fingerprint."""
@@ -299,10 +305,7 @@ def fetch_ca(url: str, token: Token) -> str:
         raise Untrusted(f"{url} answered without a CA certificate: it is not a Cube manager")
     if token.pin:
         if found != token.pin:
-            raise Untrusted(
-                f"{url} is not the manager this token belongs to: its CA is {found[:16]}..., the token pins "
-                f"{token.pin[:16]}..."
-            )
+            raise _other_cluster(url, found, token.pin)
     elif not proves(token.secret, answer.get("proof"), "ca", challenge, found):
         raise Untrusted(f"{url} could not prove it holds the cluster token: nothing was sent to it")
     return str(ca)
@@ -315,10 +318,7 @@ def manager_trust(url: str, token: Token | None, local_ca: str | None = None) ->
         return Trust(insecure=True)
     if local_ca:
         if token is not None and token.pin and fingerprint(local_ca) != token.pin:
-            raise Untrusted(
-                f"{url} is not the manager this token belongs to: its CA is {fingerprint(local_ca)[:16]}..., the "
-                f"token pins {token.pin[:16]}..."
-            )
+            raise _other_cluster(url, fingerprint(local_ca), token.pin)
         return Trust(ca=local_ca)
     if token is None:
         raise Untrusted(

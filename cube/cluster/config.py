@@ -6,11 +6,12 @@ own token file. The manager creates its token at first start, random, mode 0600;
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
 
-from cube.cluster.trust import new_secret
+from cube.cluster.trust import join_token, member_files, new_secret
 from cube.core.errors import CubeError
 
 MANAGER_PORT = 5555
@@ -64,6 +65,20 @@ def find_token(token: str | None = None, token_file: str | None = None, manager_
     return None
 
 
+def local_join_token(directory: str) -> str | None:
+    """The join token of the manager whose data directory is `directory`, from its secret and CA files (the bare
+    secret while it has no CA: --insecure, or not made yet); None without a secret there."""
+    path = os.path.join(directory, TOKEN_FILE)
+    if not os.path.exists(path):
+        return None
+    ca_path = member_files(directory)[0]
+    ca = None
+    if os.path.exists(ca_path):
+        with open(ca_path, encoding="ascii") as handle:
+            ca = handle.read()
+    return join_token(read_token_file(path), ca)
+
+
 def ensure_token(directory: str, token: str | None = None) -> str:
     """The manager's token: the given one (kept for next time), the one kept in `directory`, or a new random one."""
     os.makedirs(directory, exist_ok=True)
@@ -73,11 +88,25 @@ def ensure_token(directory: str, token: str | None = None) -> str:
         if not token or token == kept:  # nothing to write: a manager must start on a full disk
             return kept
     token = token or new_secret()
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    os.replace(path + ".tmp", path)
+    write_private(path, (token + "\n").encode())
     return token
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Write a file readable by its owner only (0600), atomically; its directory made 0700 if new."""
+    tmp = f"{path}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise CubeError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def private_dir(path: str) -> str:

@@ -11,7 +11,6 @@ exist (a manager starting on a full disk must not need to write).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import secrets
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from cube.cluster.config import write_private
 from cube.core.errors import BadRequest, CubeError
 
 
@@ -60,23 +60,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def write_private(path: str, data: bytes) -> None:
-    """Write a file readable by its owner only (0600), atomically; its directory made 0700 if new."""
-    tmp = f"{path}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise CubeError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def make_ca(common: str) -> tuple[bytes, bytes]:

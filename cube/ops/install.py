@@ -495,20 +495,17 @@ def _check_running(units: list[str], host: Host, restarted: bool) -> None:
 
 def _join_hint(args: str | None, host: Host, wait: float) -> list[str]:
     """How workers join: the manager's address and its join token (made at the manager's first start)."""
-    from cube.cluster.trust import join_token, member_files
+    from cube.cluster.config import local_join_token
+    from cube.cluster.trust import member_files
 
-    path = host.path(f"{STATE_DIR}/manager/{TOKEN_FILE}")
-    ca_path = member_files(host.path(f"{STATE_DIR}/manager"))[0]
+    directory = host.path(f"{STATE_DIR}/manager")
+    path, ca_path = os.path.join(directory, TOKEN_FILE), member_files(directory)[0]
     deadline = time.monotonic() + wait
     while not (os.path.exists(path) and os.path.exists(ca_path)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if not os.path.exists(path):
+    token = local_join_token(directory)
+    if not token:
         return ["the manager makes its join token when it starts: `sudo cube token` prints it"]
-    with open(path, encoding="utf-8") as handle:
-        token = handle.read().strip()
-    if os.path.exists(ca_path):
-        with open(ca_path, encoding="ascii") as handle:
-            token = join_token(token, handle.read())
     current = read_env(_read(host.path(ENV_FILE)))
     match = re.search(r"--port\s+(\d+)", args or current.get(ARGS["manager"], ""))
     port = match.group(1) if match else MANAGER_PORT
