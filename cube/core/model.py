@@ -30,14 +30,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from cube.core.errors import InvalidSpec, InvalidTransition
+from cube.core.jobs import JOB_TYPES, Job  # noqa: F401
 from cube.core.spec import (  # noqa: F401
     DISCONNECT_POLICIES,
-    JOB_TYPES,
     MAX_PATH,
     MAX_WHOLE,
     RESTART_POLICIES,
     HealthCheck,
-    Job,
     Port,
     RestartPolicy,
     TaskSpec,
