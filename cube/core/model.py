@@ -128,6 +128,15 @@ class State(str, Enum):
     FAILED = "failed"
 
 
+class Health(str, Enum):
+    """A health command's verdict, as the engine tells it (Docker's words); NONE: no command, or not known yet."""
+
+    NONE = ""
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
 class Desired(str, Enum):
     RUN = "run"
     STOP = "stop"
@@ -164,6 +173,7 @@ class Assignment:
     streak: int = 0  # quick restarts in a row (the backoff)
     exit_code: int | None = None
     reason: str = ""  # why it is in its state: last failure, why it waits, ...
+    health: str = ""  # its health command's verdict: "" (none), starting, healthy, unhealthy
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
@@ -190,6 +200,7 @@ class Assignment:
             "streak": self.streak,
             "exit_code": self.exit_code,
             "reason": self.reason,
+            "health": self.health,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -217,6 +228,7 @@ class Assignment:
             streak=get.whole("streak"),
             exit_code=get.optional_whole("exit_code"),
             reason=get.text("reason"),
+            health=get.choice("health", Health, "").value,
             created_at=get.time("created_at"),
             started_at=get.optional_time("started_at"),
             finished_at=get.optional_time("finished_at"),
@@ -243,6 +255,7 @@ class Observed:
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float = 0.0
+    health: str = ""
 
     FIELDS = (
         "state",
@@ -256,6 +269,7 @@ class Observed:
         "started_at",
         "finished_at",
         "updated_at",
+        "health",
     )
 
     @classmethod
@@ -274,6 +288,7 @@ class Observed:
             get.optional_time("started_at"),
             get.optional_time("finished_at"),
             get.time("updated_at"),
+            get.choice("health", Health, "").value,
         )
 
     def to_dict(self) -> dict:
@@ -290,6 +305,7 @@ class Observed:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "updated_at": self.updated_at,
+            "health": self.health,
         }
 
     @classmethod
@@ -319,6 +335,7 @@ class Task:
     not_before: float = 0.0  # no placement before this time (reschedule delay)
     avoid: str = ""  # a node the next placement avoids if it can (restarts used up there)
     updated_at: float = 0.0
+    version: int = 1  # the version of its job whose spec it runs (1 for a task of no job)
     observed: Observed | None = None
 
     @property
@@ -364,6 +381,8 @@ class Task:
             "avoid": self.avoid,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "version": self.version,
+            "health": shown.health,
             "container_id": shown.container_id,
             "host_ports": dict(shown.host_ports),
             "restarts": shown.restarts,
@@ -394,6 +413,7 @@ class Task:
             not_before=get.time("not_before"),
             avoid=get.text("avoid"),
             updated_at=get.time("updated_at"),
+            version=max(1, get.whole("version")),
             observed=Observed.from_dict(observed) if observed else None,
         )
 
@@ -426,6 +446,20 @@ def derive(task: Task, node_state: str = "ready") -> tuple[State, str]:
     if node_state == "down" and not obs.ended:
         return State.SCHEDULED, f"node {task.node} does not answer: the task moves if it stays silent"
     return obs.state, obs.reason
+
+
+def serving(task: Task, node_state: str = "ready") -> bool:
+    """Whether a task can take work: it runs, and its health command (if any) has not found it starting or
+    unhealthy. (An HTTP health check is the manager's: a failed probe restarts the task, which then is not
+    running.) What the rollouts wait for and what service names and the routing mesh send traffic to."""
+    obs = task.current
+    return (
+        node_state != "down"
+        and task.desired is Desired.RUN
+        and obs is not None
+        and obs.state is State.RUNNING
+        and obs.health not in (Health.STARTING.value, Health.UNHEALTHY.value)
+    )
 
 
 @dataclass(frozen=True)

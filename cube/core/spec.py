@@ -280,12 +280,24 @@ class RestartPolicy:
 DISCONNECT_POLICIES = ("stop", "keep")
 
 
+HEALTH_FORMS = ("CMD", "CMD-SHELL")
+
+
 @dataclass(frozen=True)
 class HealthCheck:
+    """How a task shows it is healthy. Two kinds: an HTTP GET of `path` on a container port (`port`; None: the
+    task's first), probed by the manager (the book's); or a `command` run inside the container by its engine
+    (Docker's HEALTHCHECK, compose's `healthcheck.test`: `("CMD", arg, ...)` or `("CMD-SHELL", "line")`), which
+    the worker reads back as the container's health. Either way `retries` failures in a row make it unhealthy,
+    and failures during the first `start_period` seconds do not count (Docker's rules)."""
+
     path: str = "/"
     port: int | None = None  # container port; None: the task's first port
     interval: float = 10.0
     timeout: float = 2.0
+    command: tuple[str, ...] = ()
+    retries: int = 3
+    start_period: float = 0.0
 
     @classmethod
     def parse(cls, value) -> "HealthCheck | None":
@@ -294,19 +306,56 @@ class HealthCheck:
         if isinstance(value, str):
             value = {"path": value}
         if not isinstance(value, dict):
-            raise InvalidSpec("health must be a path such as /health or an object with path, port, interval, timeout")
-        _only(value, {"path", "port", "interval", "timeout"}, "health")
+            raise InvalidSpec(
+                "health must be a path such as /health or an object with path (or command), port, interval, timeout"
+            )
+        _only(value, {"path", "port", "interval", "timeout", "command", "retries", "start_period"}, "health")
+        command = _health_command(value.get("command"))
+        if command and ("path" in value or "port" in value):
+            raise InvalidSpec("health has a command and a path: pick one (a command runs inside the container)")
         path = value.get("path", "/")
         if not isinstance(path, str) or not path.startswith("/") or any(c.isspace() for c in path):
             raise InvalidSpec(f"health.path must start with '/' and hold no spaces, not {shown(path)}")
         text(path, "health.path")
         port = value.get("port")
-        interval = _number(value.get("interval", 10.0), "health.interval", 0.1, 86400)
-        timeout = _number(value.get("timeout", 2.0), "health.timeout", 0.05, 3600)
-        return cls(path, None if port is None else _port_number(port, "health.port"), interval, timeout)
+        retries = value.get("retries", 3)
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 1 <= retries <= 100:
+            raise InvalidSpec(f"health.retries must be a whole number from 1 to 100, not {shown(retries)}")
+        return cls(
+            path,
+            None if port is None else _port_number(port, "health.port"),
+            _number(value.get("interval", 10.0), "health.interval", 0.1, 86400),
+            _number(value.get("timeout", 2.0), "health.timeout", 0.05, 3600),
+            command,
+            retries,
+            _number(value.get("start_period", 0.0), "health.start_period", 0, 86400),
+        )
+
+    @property
+    def in_container(self) -> bool:
+        return bool(self.command)
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "port": self.port, "interval": self.interval, "timeout": self.timeout}
+        data: dict = {"path": self.path, "port": self.port, "interval": self.interval, "timeout": self.timeout}
+        if self.command:
+            data = {"command": list(self.command), "interval": self.interval, "timeout": self.timeout}
+        return {**data, "retries": self.retries, "start_period": self.start_period}
+
+
+def _health_command(value) -> tuple[str, ...]:
+    """`["CMD", "pg_isready"]`, `["CMD-SHELL", "curl -f localhost"]`, or a line (run by the container's shell)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = ["CMD-SHELL", value]
+    command = arguments(value, "health.command", '["CMD-SHELL", "wget -q -O- http://127.0.0.1/"]')
+    if len(command) < 2 or command[0] not in HEALTH_FORMS:
+        raise InvalidSpec(
+            f"health.command must start with CMD or CMD-SHELL and name what to run, not {shown(list(command))}"
+        )
+    if command[0] == "CMD-SHELL" and len(command) != 2:
+        raise InvalidSpec('health.command: CMD-SHELL takes one line, e.g. ["CMD-SHELL", "pg_isready || exit 1"]')
+    return command
 
 
 # ---- mounts: named volumes, bind mounts, tmpfs ------------------------------------------------------------------
@@ -642,7 +691,7 @@ class TaskSpec:
         if not isinstance(constraints, (list, tuple)):
             raise InvalidSpec('constraints must be a list such as ["arch=aarch64"]')
         health = HealthCheck.parse(data.get("health"))
-        if health and health.port is None and not parsed_ports:
+        if health and not health.in_container and health.port is None and not parsed_ports:
             raise InvalidSpec("a health check needs a port: add ports, or set health.port")
         if health and health.port is not None and health.port not in {p.container for p in parsed_ports}:
             raise InvalidSpec(f"health.port {health.port} is not one of the task's container ports")
@@ -720,7 +769,8 @@ class TaskSpec:
 
     @property
     def health_port(self) -> Port | None:
-        if not self.health:
+        """The port the manager probes; None when there is no HTTP health check."""
+        if not self.health or self.health.in_container:
             return None
         if self.health.port is None:
             return self.ports[0]

@@ -185,6 +185,7 @@ class DockerRuntime:
                     ports=[(p.container, p.protocol) for p in spec.ports] or None,
                     host_config=host_config,
                     stop_timeout=None if grace is None else max(0, math.ceil(grace)),
+                    healthcheck=_healthcheck(spec),
                     **container_options(spec),
                 )["Id"]
 
@@ -751,6 +752,7 @@ def _from_inspect(data: dict) -> ContainerInfo:
         error=state.get("Error") or "",
         oom_killed=bool(state.get("OOMKilled")),
         generation=_generation(labels),
+        health=(state.get("Health") or {}).get("Status", "") if status == "running" else "",
     )
 
 
@@ -775,7 +777,32 @@ def _from_summary(data: dict) -> ContainerInfo:
         host_ports=ports,
         image=data.get("Image", ""),
         generation=_generation(labels),
+        health=_summary_health(data.get("Status") or "") if status == "running" else "",
     )
+
+
+_SUMMARY_HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)\s*$")
+
+
+def _summary_health(status: str) -> str:
+    """The health in a container list's status text: "Up 5 seconds (health: starting)" → starting."""
+    match = _SUMMARY_HEALTH.search(status)
+    return "" if match is None else match.group(1).replace("health: ", "")
+
+
+def _healthcheck(spec) -> dict | None:
+    """The engine's HEALTHCHECK for a health command (times in nanoseconds); None for none or an HTTP check,
+    which the manager probes."""
+    health = spec.health
+    if health is None or not health.in_container:
+        return None
+    return {
+        "test": list(health.command),
+        "interval": int(health.interval * 1e9),
+        "timeout": int(health.timeout * 1e9),
+        "retries": health.retries,
+        "start_period": int(health.start_period * 1e9),
+    }
 
 
 def engine_info(base_url: str | None = None, timeout: float = 5.0) -> dict:

@@ -98,7 +98,12 @@ def _plan_run(plan: Plan, task: Assignment, current: ContainerInfo | None, now: 
             plan.orphans.append(current.id)
         return
     if current is not None and current.running:
-        if task.state is not State.RUNNING or task.container_id != current.id or task.host_ports != current.host_ports:
+        if (
+            task.state is not State.RUNNING
+            or task.container_id != current.id
+            or task.host_ports != current.host_ports
+            or task.health != current.health
+        ):
             plan.observe.append((task.id, current))
         return
     if current is not None:  # ended

@@ -51,6 +51,7 @@ class ContainerInfo:
     error: str = ""  # the engine's own explanation of a failure, when it gives one
     oom_killed: bool = False
     generation: int = 0
+    health: str = ""  # a health command's verdict (Docker's words): "", starting, healthy, unhealthy
 
     @property
     def running(self) -> bool:
@@ -173,6 +174,7 @@ class FakeRuntime:
         self.containers: dict[str, ContainerInfo] = {}
         self.logs_by_id: dict[str, list[bytes]] = {}
         self.fail_images: set[str] = set()
+        self.unhealthy_images: set[str] = set()  # their health command fails
         self.fail_next = 0
         self.starts = 0
         self._ids = itertools.count(1)
@@ -257,11 +259,18 @@ class FakeRuntime:
                 host_ports=ports,
                 image=task.spec.image,
                 generation=task.generation,
+                health=self._health(task),
             )
             self.containers[cid] = info
             self.logs_by_id[cid] = [f"started {task.spec.image} {' '.join(task.spec.command)}\n".encode()]
         self._emit("start", info)
         return _copy(info)
+
+    def _health(self, task: Assignment) -> str:
+        """A health command passes at once, unless the task's image is one of `unhealthy_images`."""
+        if task.spec.health is None or not task.spec.health.in_container:
+            return ""
+        return "unhealthy" if task.spec.image in self.unhealthy_images else "healthy"
 
     def restart(self, container_id: str) -> ContainerInfo:
         with self._lock:

@@ -40,7 +40,7 @@ from cube.core.errors import (
     StorageFailed,
     Unavailable,
 )
-from cube.core.model import Assignment, Desired, Event, Resources, State, transition
+from cube.core.model import Assignment, Desired, Event, Health, Resources, State, transition
 from cube.core.spec import is_volume_name, shown
 from cube.store import Store, node_id
 from cube.worker.devices import DeviceScan
@@ -188,22 +188,27 @@ class Worker:
             task = self._get(task_id)
             if task.state is not State.RUNNING or task.desired is not Desired.RUN or task_id in self._busy:
                 raise Conflict(f"task {task_id} is {task.state.value}, not running: nothing to restart")
-            now = self.clock()
-            container_id = task.container_id
-            policy = task.spec.restart
-            counted = recent(task.restart_times, now, policy.window)
-            if len(counted) >= policy.max_restarts:
-                event = transition(task, State.FAILED, now, f"{reason}; {_used(len(counted), policy)}")
-            else:
-                task.restarts += 1
-                task.restart_times = counted + [now]
-                event = transition(
-                    task, State.SCHEDULED, now, f"{reason}; restarting ({len(counted) + 1} of {_limit(policy)})"
-                )
-            self._save(task, event)
+            container_id = self._charge_restart(task, reason)
             self._busy.add(task_id)
         self._submit(task_id, self._stop_container, task_id, container_id, False, pool=self._stop_pool)
         return task.copy()
+
+    def _charge_restart(self, task: Assignment, reason: str) -> str:
+        """Count a restart for `reason` against the policy (past its limit the task fails) and return the
+        container to stop (lock held)."""
+        now = self.clock()
+        policy = task.spec.restart
+        counted = recent(task.restart_times, now, policy.window)
+        if len(counted) >= policy.max_restarts:
+            event = transition(task, State.FAILED, now, f"{reason}; {_used(len(counted), policy)}")
+        else:
+            task.restarts += 1
+            task.restart_times = counted + [now]
+            event = transition(
+                task, State.SCHEDULED, now, f"{reason}; restarting ({len(counted) + 1} of {_limit(policy)})"
+            )
+        self._save(task, event)
+        return task.container_id
 
     def get(self, task_id: str) -> Assignment:
         with self._lock:
@@ -618,6 +623,7 @@ class Worker:
         with self._lock:
             task = self._mine(task_id)
             task.container_id, task.host_ports, task.exit_code = info.id, dict(info.host_ports), None
+            task.health = info.health
             task.finished_at = None
             if task.state is State.RUNNING:
                 self._say(task, message, self.clock())
@@ -631,8 +637,18 @@ class Worker:
         self._running(
             task_id,
             info,
-            f"adopted running container {info.id[:12]}" if adopted else f"container {info.id[:12]} running",
+            f"adopted running container {info.id[:12]}"
+            if adopted
+            else f"container {info.id[:12]} {info.health or 'running'}",
         )
+        if info.health == Health.UNHEALTHY.value:
+            # Docker only marks it (a container of `docker run` stays unhealthy for good); an orchestrator
+            # replaces it, as Swarm does: a restart, counted against the task's restart policy.
+            with self._lock:
+                task = self._mine(task_id)
+                retries = task.spec.health.retries if task.spec.health else 0
+                container_id = self._charge_restart(task, f"health check failed {retries} times in a row")
+            self._stop_container(task_id, container_id, False)
 
     def _died(self, task_id: str, info: ContainerInfo | None) -> None:
         with self._lock:
