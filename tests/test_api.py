@@ -382,12 +382,30 @@ def test_jobs_create_list_scale_and_stop(mgr):
     error_of(call(mgr.app, "DELETE", "/jobs/nope"), 404)
 
 
-def test_a_job_with_another_spec_under_a_taken_name_is_a_conflict(mgr):
-    call(mgr.app, "POST", "/jobs", {"name": "web", "task": {"image": IMAGE}, "count": 2})
-    message = error_of(call(mgr.app, "POST", "/jobs", {"name": "web", "task": {"image": "nginx"}, "count": 2}), 409)
-    assert "web" in message and "scale" in message
-    error_of(call(mgr.app, "POST", "/jobs", {"name": "web", "task": {"image": IMAGE}, "count": 5}), 409)
-    assert call(mgr.app, "GET", "/jobs/web").json()["count"] == 2
+def test_a_job_deployed_again_is_unchanged_scaled_or_updated(mgr):
+    first = call(mgr.app, "POST", "/jobs", {"name": "web", "task": {"image": IMAGE}, "count": 2})
+    assert (first.status, first.json()["outcome"], first.json()["version"]) == (201, "created", 1)
+    again = call(mgr.app, "POST", "/jobs", {"name": "web", "task": {"image": IMAGE}, "count": 2}).json()
+    assert (again["outcome"], again["version"]) == ("unchanged", 1)
+    scaled = call(mgr.app, "POST", "/jobs", {"name": "web", "task": {"image": IMAGE}, "count": 3}).json()
+    assert (scaled["outcome"], scaled["version"], scaled["count"]) == ("scaled", 1, 3)
+    updated = call(mgr.app, "POST", "/jobs", {"name": "web", "task": {"image": "nginx"}, "count": 3}).json()
+    assert (updated["outcome"], updated["version"]) == ("updated", 2)
+    assert updated["deployment"]["status"] == "running" and updated["deployment"]["from_version"] == 1
+    history = call(mgr.app, "GET", "/jobs/web/history").json()
+    assert [(v["version"], v["def"]["task"]["image"]) for v in history] == [(1, IMAGE), (2, "nginx")]
+    assert error_of(call(mgr.app, "GET", "/jobs/nope/history"), 404)
+
+
+def test_a_rollback_names_a_version_that_is_kept(mgr):
+    call(mgr.app, "POST", "/jobs", {"name": "web", "task": {"image": IMAGE}, "count": 1})
+    assert "no earlier version" in error_of(call(mgr.app, "POST", "/jobs/web/rollback", {}), 400)
+    call(mgr.app, "POST", "/jobs", {"name": "web", "task": {"image": "nginx"}, "count": 1})
+    assert "no version 7" in error_of(call(mgr.app, "POST", "/jobs/web/rollback", {"version": 7}), 400)
+    assert "version" in error_of(call(mgr.app, "POST", "/jobs/web/rollback", {"version": "1"}), 400)
+    back = call(mgr.app, "POST", "/jobs/web/rollback", {"version": 1}).json()
+    assert (back["rolled_back_to"], back["version"], back["task"]["image"]) == (1, 3, IMAGE)
+    assert back["deployment"]["policy"] == "rollback"
 
 
 @pytest.mark.parametrize(

@@ -231,8 +231,8 @@ def test_job_cut_short_by_a_crash_is_completed_on_restart_and_on_resubmission(c)
     c.restart_manager()
     c.settle()
     assert len([t for t in c.manager.list_tasks(job="big") if t.state is State.RUNNING]) == 10
-    job, created = c.manager.submit_job(spec)
-    assert not created and c.manager.job_detail("big")["running"] == 10
+    job, outcome = c.manager.submit_job(spec)
+    assert outcome == "unchanged" and c.manager.job_detail("big")["running"] == 10
 
 
 def test_manager_restart_sends_nothing_twice(c):

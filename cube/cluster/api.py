@@ -525,8 +525,10 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
 
     @app.post("/jobs")
     def post_job():
-        job, created = manager.submit_job(read_json())
-        return _json_response(manager.job_detail(job.name), 201 if created else 200)
+        job, outcome = manager.submit_job(read_json())
+        return _json_response(
+            {**manager.job_detail(job.name), "outcome": outcome}, 201 if outcome == "created" else 200
+        )
 
     @app.get("/jobs")
     def list_jobs():
@@ -548,6 +550,21 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
             raise BadRequest('send {"count": N}')
         manager.scale_job(name, body["count"])
         return manager.job_detail(name)
+
+    @app.get("/jobs/<name>/history")
+    def job_history(name):
+        return manager.history(name)
+
+    @app.post("/jobs/<name>/rollback")
+    def rollback_job(name):
+        body = read_json()
+        if not isinstance(body, dict):
+            raise BadRequest('send {} or {"version": N}')
+        to = body.get("version")
+        if to is not None and (isinstance(to, bool) or not isinstance(to, int) or to < 1):
+            raise BadRequest(f"version must be a whole number from 1, not {to!r}")
+        job, target = manager.rollback(name, to)
+        return {**manager.job_detail(name), "rolled_back_to": target}
 
     @app.get("/nodes")
     def list_nodes():

@@ -25,7 +25,6 @@ Rules kept here:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -51,11 +50,12 @@ from cube.core.model import (
 )
 from cube.core.spec import shown
 from cube.core.spec import task_id as spec_task_id
+from cube.manager.deployments import UNCHANGED, ManagerDeployments
 from cube.manager.images import ImageMap
 from cube.manager.outbox import RETRY_MAX, Outbox
 from cube.manager.platforms import KIND as PLATFORMS_KIND
 from cube.manager.platforms import ManagerPlatforms
-from cube.manager.reconcile import Reported, job_diff, node_diff, task_decision
+from cube.manager.reconcile import Reported, node_diff, task_decision
 from cube.manager.views import ManagerViews
 from cube.manager.volumes import ManagerVolumes
 from cube.store import Store
@@ -74,7 +74,7 @@ def holds(task: Task) -> bool:
     return bool(task.node) and task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING)
 
 
-class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
+class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments):
     def __init__(
         self,
         store: Store,
@@ -144,6 +144,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
             self.placements[data["task_id"]] = data
         self._load_volumes()
         self._load_platforms()
+        self._load_deployments()
         self.images = ImageMap()  # which node has which image (cube image ls, peer fetch), from the poll answers
         with self._lock, self._trying():
             # A job cut short by a crash (its record kept, some of its tasks not yet) is completed here.
@@ -225,6 +226,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
             "placements": set(),
             "nodes": set(),
             "volumes": set(),
+            "deployments": set(),
             PLATFORMS_KIND: set(),
         }
         self._touched = touched
@@ -293,6 +295,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
             else:
                 self.placements[task_id] = data
         self._restore_volumes(touched["volumes"])
+        self._restore_deployments(touched["deployments"])
         self._restore_platforms(touched[PLATFORMS_KIND])
         self._unsaved |= touched["nodes"]
 
@@ -341,47 +344,20 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
                     f"stop it first or pick another name"
                 )
 
-    def submit_job(self, data: dict) -> tuple[Job, bool]:
-        """Keep a job and place its tasks in one pass. Submitting the same job again is idempotent and completes
-        it (a client resends after a lost answer, perhaps after a manager crash cut the first submission short);
-        a different spec under an existing name is a conflict (scale or stop it instead)."""
+    def submit_job(self, data: dict) -> tuple[Job, str]:
+        """Deploy a job: create it, or bring the job of that name to this definition and count (see
+        deployments.py: unchanged, scaled, or updated by a rollout). Submitting the same job again changes nothing,
+        so a client may resend after a lost answer, perhaps after a manager crash cut the first one short (the
+        job's record is kept first: the load completes its tasks). Returns (job, outcome)."""
         job = Job.from_request(data)
         with self._lock:
-            existing = self.jobs.get(job.name)
-            created = True
-            if existing is not None and not existing.stopped:
-                if existing.spec != job.spec or existing.type != job.type or existing.count != job.count:
-                    raise Conflict(
-                        f"job {job.name!r} already exists with another spec or count: use "
-                        f"`cube scale {job.name} N`, or stop it first"
-                    )
-                job, created = existing, False
-            with self._saving():  # the job and its N tasks: all kept, or none
-                if created:
-                    job.created_at = self.clock()
-                    self._save_job(job)
-                    self.jobs[job.name] = job
-                self._reconcile_job(job)
+            with self._saving():  # the job, its version and its tasks: all kept, or none
+                outcome = self._deploy(job)
+                if outcome == UNCHANGED:
+                    self._reconcile_job(self.jobs[job.name])
             due = self._flush()
         self._deliver_later(due)
-        return job, created
-
-    def _reconcile_job(self, job: Job) -> None:
-        """Make the job's tasks desired to run number `job.count` (lock held)."""
-        tasks = [self.tasks[i] for i in self._by_job.get(job.name, ())]
-        plan = job_diff(job, tasks)
-        for task_id in plan.stop:
-            self._stop(
-                self.tasks[task_id],
-                f"job {job.name} stopped" if job.stopped else f"job {job.name} scaled to {job.count}",
-            )
-        new = []
-        for index in plan.create:
-            spec = dataclasses.replace(job.spec, name=f"{job.name}-{index}")
-            task = Task(id=new_id(), spec=spec, job=job.name, created_at=self.clock())
-            self._commit(task, message=f"created by job {job.name}")
-            new.append(task)
-        self._place(new)
+        return self.jobs[job.name], outcome
 
     def scale_job(self, name: str, count) -> Job:
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 10000:
@@ -550,6 +526,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
             self._folded[task_id] = fields
             task.observed = Observed.from_report(node_name, data)
             self._note_platform(task)
+            self._note_health(task)
             self._commit(task)
             changed.append(task)
         for task_id in raw.keys() - present:  # the node no longer has it
@@ -561,6 +538,8 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
                 Event(0, data["task_id"], data["state"], data["time"], data.get("message", ""), node_name)
             )
         self._decide(changed)
+        for name in sorted({t.job for t in changed if t.job in self.deployments and t.job in self.jobs}):
+            self._reconcile_job(self.jobs[name])  # a rollout moves on as its new tasks come up
         if any(not holds(t) for t in changed):
             self._place_pending()
 
@@ -734,6 +713,10 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms):
             for node in self.nodes.values():
                 if node.state != "ready":
                     self._decide([self.tasks[i] for i in list(self._by_node.get(node.name, ()))])
+        for job in self._rolling_jobs():  # min_healthy_time and healthy_deadline pass on the clock
+            for task_id in list(self._by_job.get(job.name, ())):
+                self._note_health(self.tasks[task_id])
+            self._reconcile_job(job)
         self._place_pending()
 
     # ---- dispatch ------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ health checker — never its dicts or its lock. A mixin of `Manager`, which owns
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from cube.core.errors import BadRequest, NotFound
 from cube.core.model import Desired, Event, Job, Node, Task
@@ -14,6 +15,7 @@ from cube.store import Store
 class ManagerViews:
     # Owned and written by Manager (see manager.py).
     _lock: threading.RLock
+    deployment: Callable[[str], dict | None]
     _changed: threading.Condition
     tasks: dict[str, Task]
     jobs: dict[str, Job]
@@ -63,6 +65,7 @@ class ManagerViews:
             ]
             data["tasks"] = views
             data["running"] = sum(1 for v in views if v["state"] == "running")
+            data["deployment"] = self.deployment(name)
             return data
 
     def job_names(self) -> list[str]:

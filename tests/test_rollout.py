@@ -1,0 +1,147 @@
+"""Rolling updates: the pure plan (cube/manager/rollout.py) and the manager driving it over a simulated cluster
+(tests/harness.py: real manager and workers, fake runtimes, a test clock)."""
+
+import pytest
+from harness import ClusterHarness
+
+from cube.core.jobs import Job, UpdatePolicy
+from cube.core.model import Desired, Observed, State, Task, TaskSpec
+from cube.manager import rollout
+
+
+def _task(name: str, version: int, state=State.RUNNING, created: float = 0.0) -> Task:
+    task = Task(id=name.replace("-", "") + f"v{version}", spec=TaskSpec("img", name=name), job="web")
+    task.version, task.node, task.generation, task.created_at = version, "n1", 1, created
+    task.observed = Observed("n1", 1, state)
+    return task
+
+
+def _job(count: int, version: int, **policy) -> Job:
+    return Job("web", TaskSpec("img"), count=count, version=version, update=UpdatePolicy.parse(policy or None))
+
+
+def test_stop_first_replaces_one_at_a_time_and_waits_for_health():
+    job = _job(3, 2, max_parallel=1, min_healthy_time=5)
+    old = [_task(f"web-{i}", 1) for i in (1, 2, 3)]
+    first = rollout.plan(job, old, 100.0, {}, job.update)
+    assert first.status == "running" and len(first.stop) == 1 and first.create == [1]
+    replaced = next(t for t in old if t.id == first.stop[0][0])
+    assert replaced.name == "web-1"
+    replaced.desired = Desired.STOP
+    new = _task("web-1", 2, created=100.0)
+    tasks = [*old, new]
+    # The new task runs but has not served for min_healthy_time: nothing more moves.
+    waiting = rollout.plan(job, tasks, 102.0, {new.id: 100.0}, job.update)
+    assert (waiting.stop, waiting.create) == ([], [])
+    moving = rollout.plan(job, tasks, 106.0, {new.id: 100.0}, job.update)
+    assert [t for t, _ in moving.stop] == [old[1].id] and moving.create == [2]
+
+
+def test_start_first_keeps_the_old_task_until_the_new_one_is_healthy():
+    job = _job(1, 2, min_healthy_time=5)  # a job of one: start-first unless told otherwise
+    old = _task("web-1", 1)
+    start = rollout.plan(job, [old], 10.0, {old.id: 0.0}, job.update)
+    assert (start.stop, start.create) == ([], [1])
+    new = _task("web-1", 2, created=10.0)
+    assert rollout.plan(job, [old, new], 12.0, {old.id: 0.0, new.id: 11.0}, job.update).stop == []
+    done = rollout.plan(job, [old, new], 17.0, {old.id: 0.0, new.id: 11.0}, job.update)
+    assert done.stop == [(old.id, "replaced by version 2")] and done.create == []
+
+
+def test_a_new_task_late_or_failed_fails_the_rollout():
+    job = _job(2, 2, healthy_deadline=30, min_healthy_time=1)
+    old = [_task("web-1", 1)]
+    late = _task("web-2", 2, state=State.RUNNING, created=0.0)
+    failed = rollout.plan(job, [*old, late], 31.0, {}, job.update)
+    assert failed.status == "failed" and "not healthy within 30 s" in failed.reason
+    assert (failed.stop, failed.create) == ([], [])
+
+
+def test_only_the_count_changes_only_scales():
+    job = _job(1, 1)
+    tasks = [_task("web-1", 1), _task("web-2", 1)]
+    down = rollout.plan(job, tasks, 0.0, {}, job.update)
+    assert [t for t, _ in down.stop] == [tasks[1].id] and down.create == []
+    up = rollout.plan(_job(4, 1), tasks, 0.0, {}, job.update)
+    assert up.create == [3, 4] and up.stop == []
+
+
+@pytest.fixture
+def c():
+    harness = ClusterHarness(["n1", "n2"])
+    yield harness
+    harness.close()
+
+
+def _deploy(c, image: str, count: int, **update) -> dict:
+    job, outcome = c.manager.submit_job(
+        {
+            "name": "web",
+            "count": count,
+            "task": {"image": image, "health": {"command": ["CMD", "true"], "interval": 1}},
+            "update": {"min_healthy_time": 2, "healthy_deadline": 20, **update},
+        }
+    )
+    return {"outcome": outcome, **c.manager.job_detail("web")}
+
+
+def _serving(c) -> list[str]:
+    return [v["image"] for v in c.manager.task_views(job="web") if v["state"] == "running" and v["health"] != "unhealthy"]
+
+
+def test_a_job_of_one_is_never_down_during_its_update(c):
+    _deploy(c, "app:1", 1)
+    c.settle()
+    starts = sum(r.starts for r in c.runtimes.values())
+    assert _deploy(c, "app:1", 1)["outcome"] == "unchanged"
+    c.settle()
+    assert sum(r.starts for r in c.runtimes.values()) == starts  # nothing restarted
+
+    assert _deploy(c, "app:2", 1)["outcome"] == "updated"
+    c.run_for(15.0, check=lambda: _serving(c) or pytest.fail("no task serving during the update"))
+    job = c.manager.job_detail("web")
+    assert job["deployment"]["status"] == "successful", job["deployment"]
+    assert _serving(c) == ["app:2"]
+    assert [v["status"] for v in c.manager.history("web")] == ["successful", "successful"]
+
+
+def test_a_job_of_three_rolls_one_at_a_time(c):
+    _deploy(c, "app:1", 3)
+    c.settle()
+    _deploy(c, "app:2", 3, max_parallel=1)
+
+    def check():
+        live = [v for v in c.manager.task_views(job="web") if v["desired"] == "run"]
+        assert len(live) <= 3 and len(_serving(c)) >= 2, live
+
+    c.run_for(30.0, check=check)
+    assert sorted(_serving(c)) == ["app:2"] * 3
+    names = sorted(v["name"] for v in c.manager.task_views(job="web") if v["desired"] == "run")
+    assert names == ["web-1", "web-2", "web-3"]
+
+
+def test_an_update_whose_health_check_fails_is_reverted(c):
+    _deploy(c, "app:1", 2, auto_revert=True)
+    c.run_for(5.0)
+    for runtime in c.runtimes.values():
+        runtime.unhealthy_images.add("app:bad")
+    _deploy(c, "app:bad", 2, auto_revert=True)
+    c.run_for(60.0, check=lambda: _serving(c) or pytest.fail("no task serving during the update"))
+    job = c.manager.job_detail("web")
+    assert job["version"] == 3 and job["task"]["image"] == "app:1"
+    assert job["deployment"]["policy"] == "rollback", job["deployment"]
+    assert [v["status"] for v in c.manager.history("web")] == ["successful", "failed", "successful"]
+    assert sorted(_serving(c)) == ["app:1", "app:1"]
+
+
+def test_a_rollout_survives_a_manager_restart(c):
+    _deploy(c, "app:1", 2)
+    c.settle()
+    _deploy(c, "app:2", 2)
+    c.step(0.5)
+    c.restart_manager()
+    c.run_for(30.0)
+    job = c.manager.job_detail("web")
+    assert job["deployment"]["status"] == "successful" and sorted(_serving(c)) == ["app:2", "app:2"]
+    live = [v for v in c.manager.task_views(job="web") if v["desired"] == "run"]
+    assert len(live) == 2
