@@ -51,8 +51,9 @@ def load_stack(
         where = os.path.basename(path) if len(set(map(os.path.basename, files))) == len(files) else path
         data = load.parse_yaml(_read(path), where)
         data = interpolate_tree(data, where, variables, warnings)
+        data = load.normalize(data)  # before the schema: list forms become the mappings it describes
         schema.validate(data, where)
-        loaded.append((where, load.normalize(data)))
+        loaded.append((where, data))
     merged, origins = load.merge(loaded)
     for where, data in loaded:
         if data.get("include"):

@@ -6,6 +6,8 @@ fastjsonschema (pure Python) is imported here only; the validator is compiled on
 
 from __future__ import annotations
 
+import ast
+import re
 from functools import cache
 
 import fastjsonschema
@@ -116,7 +118,6 @@ UNSUPPORTED = {
 }
 
 _PORT = {
-    "type": ["string", "integer", "object"],
     **_object(
         {
             "name": STRING,
@@ -129,8 +130,8 @@ _PORT = {
         },
         ("target",),
     ),
+    "type": ["string", "integer", "object"],
 }
-_PORT["type"] = ["string", "integer", "object"]
 
 _VOLUME = {
     **_object(
@@ -228,8 +229,8 @@ _SERVICE = _object(
         "env_file": {
             "type": ["string", "array"],
             "items": {
-                "type": ["string", "object"],
                 **_object({"path": STRING, "required": BOOLEAN, "format": STRING}, ("path",)),
+                "type": ["string", "object"],
             },
         },
         "ports": {"type": "array", "items": _PORT},
@@ -314,8 +315,9 @@ def validate(data: dict, where: str) -> None:
 def _explain(error) -> str:
     name = error.name[len("data") :].lstrip(".") if error.name.startswith("data") else error.name
     where = name or "the top level"
-    if error.rule == "additionalProperties" and isinstance(error.value, dict):
-        unknown = sorted(str(key) for key in error.value)
+    extra = re.search(r"must not contain (\{.*\}) properties", error.message)
+    if error.rule == "additionalProperties" and extra:
+        unknown = sorted(str(key) for key in ast.literal_eval(extra.group(1)))  # the message names only the extra
         if error.path[1:2] == ["services"] and len(error.path) == 2:
             return f"services: {', '.join(unknown)}: a service name is letters, digits and . _ -"
         return f"{where}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
