@@ -445,7 +445,8 @@ ERRORS = [
         "compose.yaml: services.web.depends_on: unknown service db",
     ),
     (
-        "services:\n  a: {image: x, depends_on: [b]}\n  b: {image: x, depends_on: [c]}\n  c: {image: x, depends_on: [a]}\n",
+        "services:\n  a: {image: x, depends_on: [b]}\n  b: {image: x, depends_on: [c]}\n"
+        "  c: {image: x, depends_on: [a]}\n",
         "compose.yaml: services.a.depends_on: a dependency cycle: a → b → c → a",
     ),
     (
