@@ -6,7 +6,9 @@ import pathlib
 import textwrap
 
 import pytest
+from factories import imported_modules  # tests/ is on sys.path (pytest rootdir imports)
 
+import cube.compose
 from cube.compose import load_stack
 from cube.compose.book import is_book_file, task_from_book
 from cube.core.errors import InvalidSpec
@@ -601,3 +603,11 @@ def test_book_errors():
         task_from_book({**TASK1, "State": 3})
     with pytest.raises(InvalidSpec, match="Task.PortBindings 7777/tcp: host port must be"):
         task_from_book({"Task": {"Image": "x", "PortBindings": {"7777/tcp": "port"}}})
+
+
+def test_compose_depends_only_on_core_and_its_two_libraries():
+    for name, module in imported_modules(pathlib.Path(cube.compose.__file__).parent):
+        if module.startswith("cube"):
+            assert module.startswith(("cube.core", "cube.compose")), f"{name} imports {module}"
+        assert module != "yaml" or name == "load.py", f"{name} imports yaml"
+        assert module != "fastjsonschema" or name == "schema.py", f"{name} imports fastjsonschema"
