@@ -14,7 +14,8 @@
 #   binary of the wrong architecture, stops the build;
 # - cryptography (the cluster CA) as its abi3 wheel without cffi, which it does not need for certificates;
 # - armv7l: PyPI has no psutil wheel for it, so that pyz carries none and uses the system's python3-psutil
-#   (see cube/ops/zipapp.py, which also keeps the host's site-packages out of the pyz's way).
+#   (see cube/ops/zipapp.py, which also keeps the host's site-packages out of the pyz's way);
+# - PyYAML without its libyaml binding (per CPython, and no armv7l wheel): the pure-Python loader, on every arch.
 # Reproducible: same sources, same bytes (SOURCE_DATE_EPOCH, no bytecode, fixed umask and order, shiv --reproducible).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -50,7 +51,7 @@ print(" ".join(value) if isinstance(value, list) else value)' "$1"
 }
 
 pyz() {  # pyz ARCH: build dist/cube-<version>-ARCH.pyz
-  local arch=$1 version site tmp out crypto="" deps=()
+  local arch=$1 version site tmp out crypto="" yaml="" deps=()
   version=$(project version)
   out=$DIST/cube-$version-$arch.pyz
   tmp=$(mktemp -d)
@@ -64,10 +65,17 @@ pyz() {  # pyz ARCH: build dist/cube-<version>-ARCH.pyz
     # armv7l: no psutil wheel on PyPI; cube.zipapp borrows the system's python3-psutil instead.
     if [ "$arch" = armv7l ] && [[ $dep == psutil* ]]; then continue; fi
     if [[ $dep == cryptography* ]]; then crypto=$dep; continue; fi
+    if [[ $dep == pyyaml* ]]; then yaml=$dep; continue; fi
     deps+=("$dep")
   done
   "$VENV/bin/pip" install -q --no-compile --target "$site" --only-binary=:all: --implementation cp \
       --python-version 3.11 --platform "manylinux2014_$arch" "${deps[@]}" >/dev/null
+  # PyYAML (compose files): its pure-Python loader, the same for every architecture and CPython. PyPI has no
+  # armv7l wheel and each wheel's libyaml binding is built for one CPython, so the x86_64 wheel is taken and the
+  # binding removed (yaml/__init__.py falls back to the pure loader, which cube.compose uses anyway).
+  "$VENV/bin/pip" install -q --no-compile --no-deps --target "$site" --only-binary=:all: --implementation cp \
+      --python-version 3.11 --platform manylinux2014_x86_64 "$yaml" >/dev/null
+  rm -rf "$site"/yaml/_yaml.*.so "$site/_yaml"
   # cryptography: its abi3 wheel, and of cffi only the one module cryptography loads, _cffi_backend, built for
   # each CPython the pyz supports (they sit side by side; each Python loads its own). armv7l: PyPI has no cffi
   # wheel for it, so that pyz borrows the system's python3-cffi-backend, as it does psutil.

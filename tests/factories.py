@@ -3,6 +3,9 @@ sensible defaults, overridden per test, so a test states only what it is about."
 
 from __future__ import annotations
 
+import ast
+import pathlib
+
 from cube.core.model import Node, Resources, TaskSpec, parse_size
 
 IMAGE = "cube-busybox:latest"
@@ -49,3 +52,13 @@ def make_cluster(count: int, prefix: str = "node", **overrides) -> list[Node]:
 def make_spec(**overrides) -> TaskSpec:
     """A validated spec (through `TaskSpec.from_dict`, so sizes like "512m" and ports like "8080:80" work)."""
     return TaskSpec.from_dict({"image": IMAGE, **overrides})
+
+
+def imported_modules(package: pathlib.Path):
+    """(file name, module) for every import in the package's modules: the architecture tests' input."""
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                yield from ((path.name, alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                yield path.name, node.module or ""

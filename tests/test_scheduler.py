@@ -1,7 +1,6 @@
 """The scheduler through its public functions: clusters built with the factories, assertions on the placements
 (which node, which reasons, which scores) and on the nodes' bookkeeping afterwards."""
 
-import ast
 import copy
 import dataclasses
 import json
@@ -10,7 +9,12 @@ import random
 from collections import Counter
 
 import pytest
-from factories import make_cluster, make_node, make_spec  # tests/ is on sys.path (pytest rootdir imports)
+from factories import (  # tests/ is on sys.path (pytest rootdir imports)
+    imported_modules,
+    make_cluster,
+    make_node,
+    make_spec,
+)
 
 from bench.scheduling import simulate
 from cube import scheduler
@@ -609,16 +613,7 @@ FORBIDDEN = {"time", "datetime", "os", "io", "socket", "pathlib", "random", "thr
 
 
 def test_the_scheduler_has_no_clock_no_io_and_depends_only_on_core():
-    package = pathlib.Path(scheduler.__file__).parent
-    for path in sorted(package.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                modules = [node.module or ""]
-            else:
-                continue
-            for module in modules:
-                assert module.split(".")[0] not in FORBIDDEN, f"{path.name} imports {module}"
-                if module.startswith("cube"):
-                    assert module.startswith(("cube.core.", "cube.scheduler.")), f"{path.name} imports {module}"
+    for name, module in imported_modules(pathlib.Path(scheduler.__file__).parent):
+        assert module.split(".")[0] not in FORBIDDEN, f"{name} imports {module}"
+        if module.startswith("cube"):
+            assert module.startswith(("cube.core.", "cube.scheduler.")), f"{name} imports {module}"
