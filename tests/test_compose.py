@@ -17,10 +17,10 @@ from cube.core.spec import TaskSpec
 STACKS = pathlib.Path(__file__).parent / "compose"
 UPDATE = {
     "max_parallel": 1,
-    "min_healthy_time": 0,
+    "min_healthy_time": 5,
     "healthy_deadline": 300,
     "auto_revert": False,
-    "order": "stop-first",
+    "order": "",
 }
 
 

@@ -86,7 +86,9 @@ def _deploy(c, image: str, count: int, **update) -> dict:
 
 
 def _serving(c) -> list[str]:
-    return [v["image"] for v in c.manager.task_views(job="web") if v["state"] == "running" and v["health"] != "unhealthy"]
+    return [
+        v["image"] for v in c.manager.task_views(job="web") if v["state"] == "running" and v["health"] != "unhealthy"
+    ]
 
 
 def test_a_job_of_one_is_never_down_during_its_update(c):

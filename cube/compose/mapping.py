@@ -29,12 +29,14 @@ from cube.compose.schema import UNSUPPORTED
 from cube.core import spec
 from cube.core.errors import InvalidSpec
 
+# Swarm's defaults (monitor 5 s, one at a time, pause on failure), but the order left to Cube: start-first for a
+# job of one task (never down), stop-first for more.
 UPDATE_DEFAULTS = {
     "max_parallel": 1,
-    "min_healthy_time": 0,
+    "min_healthy_time": 5,
     "healthy_deadline": 300,
     "auto_revert": False,
-    "order": "stop-first",
+    "order": "",
 }
 # Docker's healthcheck defaults (the Dockerfile reference): a check runs inside the container, as Docker runs it.
 HEALTH_DEFAULTS = {"interval": 30, "timeout": 30, "retries": 3, "start_period": 0}

@@ -94,6 +94,7 @@ class Dependency:
 
     job: str
     condition: str = "started"
+    required: bool = True  # False: a dependency that failed or is not there does not hold the job back
 
     @classmethod
     def parse(cls, value, what: str) -> "Dependency":
@@ -101,15 +102,18 @@ class Dependency:
             value = {"job": value}
         if not isinstance(value, dict):
             raise InvalidSpec(f"{what} must be a job name or an object with job and condition, not {shown(value)}")
-        _only(value, {"job", "condition"}, what)
+        _only(value, {"job", "condition", "required"}, what)
         job = _name(value.get("job"), f"{what}.job", False, MAX_JOB_NAME)
         condition = value.get("condition", "started")
         if condition not in CONDITIONS:
             raise InvalidSpec(f"{what}.condition must be one of {', '.join(CONDITIONS)}, not {shown(condition)}")
-        return cls(job, condition)
+        required = value.get("required", True)
+        if not isinstance(required, bool):
+            raise InvalidSpec(f"{what}.required must be true or false, not {shown(required)}")
+        return cls(job, condition, required)
 
     def to_dict(self) -> dict:
-        return {"job": self.job, "condition": self.condition}
+        return {"job": self.job, "condition": self.condition, "required": self.required}
 
 
 def _dependencies(value, name: str) -> tuple[Dependency, ...]:
