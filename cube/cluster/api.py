@@ -394,7 +394,11 @@ def worker_app(worker, token) -> bottle.Bottle:
         # The credentials for the task's registry (the manager's, see cube.manager.registries) go to memory only,
         # never into the assignment the worker keeps in its store.
         worker.credentials.remember(body.pop("registry_auth", None))
-        task, created = worker.accept(Assignment.from_dict(body))
+        # A stack's secrets and configs: written to the worker's private directory, never into its store.
+        contents = body.pop("files", None)
+        assignment = Assignment.from_dict(body)
+        worker.files.write(assignment, contents)
+        task, created = worker.accept(assignment)
         return _json_response(task.to_dict(), 201 if created else 200)
 
     @app.get("/tasks")
@@ -550,6 +554,22 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
             raise BadRequest('send {"count": N}')
         manager.scale_job(name, body["count"])
         return manager.job_detail(name)
+
+    @app.post("/stacks/<name>")
+    def deploy_stack(name):
+        return manager.deploy_stack(name, read_json())
+
+    @app.get("/stacks")
+    def list_stacks():
+        return manager.stacks()
+
+    @app.get("/stacks/<name>")
+    def get_stack(name):
+        return manager.stack(name)
+
+    @app.delete("/stacks/<name>")
+    def remove_stack(name):
+        return manager.remove_stack(name)
 
     @app.get("/jobs/<name>/history")
     def job_history(name):

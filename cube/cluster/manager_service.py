@@ -44,6 +44,7 @@ class ManagerService:
         from cube.manager.health import HealthChecker
         from cube.manager.manager import Manager
         from cube.manager.membership import Membership
+        from cube.manager.registries import Registries
         from cube.store import DiskStore
 
         self.directory = private_dir(data_dir(role, data))
@@ -63,12 +64,14 @@ class ManagerService:
             access = Access(lambda: authority.secret, "worker", WORKER_ROUTES, revoked=authority.revoked)
         # With TLS, workers know the manager by its certificate: the token is never sent to them.
         self.links = Links(self.token if insecure else None, trust=self.trust)
-        self.registries = _registries(self.directory, self.store)
+        sealer = _sealer(self.directory)
+        self.registries = Registries(self.store, sealer.seal, sealer.unseal)
         self.manager = Manager(
             self.store,
             strategy=strategy,
             dispatch=self.registries.dispatching(self.links.dispatch),
             node_timeout=node_timeout,
+            sealer=sealer,
         )
         self.membership = Membership(
             self.manager, self.links.request, self.store, poll_wait=poll_wait, url=self._worker_url
@@ -260,10 +263,8 @@ def run_dev(
         service.close()
 
 
-def _registries(directory: str, store):
-    """Registry credentials, sealed with a key file beside the store (see cube.cluster.pki.Sealer)."""
+def _sealer(directory: str):
+    """What seals registry passwords and stacks' files in the store: a key file beside it (cube.cluster.pki)."""
     from cube.cluster.pki import Sealer
-    from cube.manager.registries import Registries
 
-    sealer = Sealer(directory)
-    return Registries(store, sealer.seal, sealer.unseal)
+    return Sealer(directory)

@@ -42,12 +42,14 @@ def build_worker(
     from one dev cluster to the next on the same engine)."""
     from cube.store import DiskStore
     from cube.worker.devices import DeviceScan
+    from cube.worker.files import TaskFiles
     from cube.worker.metrics import Metrics
     from cube.worker.pulls import Credentials
     from cube.worker.worker import Worker
 
     directory = private_dir(data_dir("worker", data))
     credentials = Credentials()  # the runtime pulls with what the worker is handed
+    files = TaskFiles(os.path.join(directory, "files"))
     if runtime is None:
         from cube.worker.docker_runtime import DockerRuntime
 
@@ -71,6 +73,7 @@ def build_worker(
         devices=DeviceScan(extra=devices),
         credentials=credentials,
         image_source=image_source,
+        files=files,
     )
 
 

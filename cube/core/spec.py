@@ -336,10 +336,15 @@ class HealthCheck:
         return bool(self.command)
 
     def to_dict(self) -> dict:
-        data: dict = {"path": self.path, "port": self.port, "interval": self.interval, "timeout": self.timeout}
-        if self.command:
-            data = {"command": list(self.command), "interval": self.interval, "timeout": self.timeout}
-        return {**data, "retries": self.retries, "start_period": self.start_period}
+        if not self.command:  # the book's form, as older Cubes know it
+            return {"path": self.path, "port": self.port, "interval": self.interval, "timeout": self.timeout}
+        return {
+            "command": list(self.command),
+            "interval": self.interval,
+            "timeout": self.timeout,
+            "retries": self.retries,
+            "start_period": self.start_period,
+        }
 
 
 def _health_command(value) -> tuple[str, ...]:
@@ -502,6 +507,51 @@ def _mount_path(value, what: str, stored: bool) -> str:
     return "/" + path.lstrip("/")  # normpath keeps a leading '//'
 
 
+_FILE_SOURCE_RE = re.compile(r"(secrets|configs)/[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", re.ASCII)
+MAX_FILES = 64
+MAX_FILE_BYTES = 512 * 1024  # a secret or config: Swarm's limit is 500 KB
+
+
+@dataclass(frozen=True)
+class FileMount:
+    """A file the manager keeps for a stack (a compose secret or config: `source` is `secrets/NAME` or
+    `configs/NAME`), mounted read-only at `target` in the task's container with `mode`. The worker is handed its
+    content with the assignment and keeps it in its private directory while the task is there."""
+
+    source: str
+    target: str
+    mode: int = 0o444
+
+    @classmethod
+    def parse(cls, value, what: str, stored: bool) -> "FileMount":
+        if not isinstance(value, dict):
+            raise InvalidSpec(f"{what} must be an object with source, target and mode, not {shown(value)}")
+        _only(value, {"source", "target", "mode"}, what)
+        source = value.get("source")
+        if not isinstance(source, str) or not _FILE_SOURCE_RE.fullmatch(source):
+            raise InvalidSpec(f"{what}.source must be secrets/NAME or configs/NAME, not {shown(source)}")
+        mode = value.get("mode", 0o444)
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise InvalidSpec(f"{what}.mode must be a file mode from 0 to 0o777 (511), not {shown(mode)}")
+        return cls(source, _mount_path(value.get("target"), f"{what}.target", stored), mode)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "target": self.target, "mode": self.mode}
+
+
+def _files(value, stored: bool) -> tuple[FileMount, ...]:
+    if not value:
+        return ()
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_FILES:
+        raise InvalidSpec(f"files must be a list of at most {MAX_FILES} objects (source, target, mode)")
+    files = tuple(FileMount.parse(item, f"files[{i}]", stored) for i, item in enumerate(value))
+    targets = [f.target for f in files]
+    twice = next((t for t in targets if targets.count(t) > 1), None)
+    if twice:
+        raise InvalidSpec(f"files: {twice} is the target of two files")
+    return files
+
+
 def _mounts(data: dict, stored: bool) -> tuple[Mount, ...]:
     """A spec's `volumes` (and, in a request, `tmpfs`, which joins them), checked together: no target twice, no
     host root without `allow_host_root`."""
@@ -604,6 +654,7 @@ class TaskSpec:
     init: bool = False
     shm_size: int = 0  # bytes; 0: Docker's 64 MiB
     read_only: bool = False
+    files: tuple[FileMount, ...] = ()
 
     FIELDS = (
         "name",
@@ -622,6 +673,7 @@ class TaskSpec:
         "volumes",
         "tmpfs",  # a request's tmpfs mounts: kept among the volumes
         "allow_host_root",
+        "files",
         "devices",
         "privileged",
         "cap_add",
@@ -714,6 +766,7 @@ class TaskSpec:
             on_disconnect=on_disconnect,
             volumes=_mounts(data, stored),
             allow_host_root=bool(data.get("allow_host_root", False)),
+            files=_files(data.get("files"), stored),
             **options.parse(data, parsed_ports, stored),
         )
         if not stored:
@@ -745,6 +798,8 @@ class TaskSpec:
             data["volumes"] = [m.to_dict() for m in self.volumes]
         if self.allow_host_root:
             data["allow_host_root"] = True
+        if self.files:
+            data["files"] = [f.to_dict() for f in self.files]
         return data
 
     @property

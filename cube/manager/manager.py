@@ -56,6 +56,7 @@ from cube.manager.outbox import RETRY_MAX, Outbox
 from cube.manager.platforms import KIND as PLATFORMS_KIND
 from cube.manager.platforms import ManagerPlatforms
 from cube.manager.reconcile import Reported, node_diff, task_decision
+from cube.manager.stacks import ManagerStacks
 from cube.manager.views import ManagerViews
 from cube.manager.volumes import ManagerVolumes
 from cube.store import Store
@@ -74,7 +75,7 @@ def holds(task: Task) -> bool:
     return bool(task.node) and task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING)
 
 
-class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments):
+class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments, ManagerStacks):
     def __init__(
         self,
         store: Store,
@@ -86,8 +87,10 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
         threads: int = 8,
         monotonic: Callable[[], float] = time.monotonic,
         executor=None,
+        sealer=None,
     ):
-        """`executor` (tests): runs deliveries (`submit(fn, *args)`) instead of the manager's thread pool."""
+        """`executor` (tests): runs deliveries (`submit(fn, *args)`) instead of the manager's thread pool.
+        `sealer`: what seals a stack's files in the store (cube.cluster.pki.Sealer); None keeps them as given."""
         scheduler.scorer(strategy)  # unknown strategy: fail at start, not at the first placement
         self.store = store
         self.strategy = strategy
@@ -96,6 +99,8 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
         self.node_timeout = node_timeout
         self.sched_state = scheduler.SchedulerState()
         self._dispatch = dispatch
+        if sealer is not None:
+            self.seal, self.unseal = sealer.seal, sealer.unseal
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self.tasks: dict[str, Task] = {}
@@ -381,6 +386,12 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
         now = self.clock()
         for task in tasks:
             if task.node or task.desired is not Desired.RUN or task.not_before > now:
+                continue
+            waiting = self._waiting_for(task)
+            if waiting:  # depends_on: its job starts after what it depends on
+                if task.note != waiting:
+                    self._note(task, waiting)
+                    self._commit(task, message=waiting)
                 continue
             candidates = [n for n in nodes if n.name != task.avoid] if task.avoid else nodes
             placement = self._pick(task, candidates)
@@ -767,6 +778,8 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
             node = self.nodes.get(node_name)
             task = self.tasks.get(task_id)
             body = _assignment(task) if kind == "send" and task is not None else None
+            if body is not None and task is not None and task.spec.files:
+                body["files"] = self.file_contents(task)  # a stack's secrets and configs, for this send only
         ok, refused = False, None
         try:
             if node is None or self._dispatch is None or (kind == "send" and body is None):

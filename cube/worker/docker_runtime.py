@@ -25,7 +25,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import docker
@@ -149,7 +149,7 @@ class DockerRuntime:
 
     # -- the Runtime protocol ------------------------------------------------------------------------------
 
-    def start(self, task: Assignment, node: str) -> ContainerInfo:
+    def start(self, task: Assignment, node: str, files: Sequence[tuple[str, str]] = ()) -> ContainerInfo:
         api = self._api()
         spec = task.spec
         name = container_name(task)
@@ -159,7 +159,8 @@ class DockerRuntime:
                 limits["nano_cpus"] = int(spec.cpu * 1e9)
             if spec.memory > 0:
                 limits["mem_limit"] = spec.memory
-            mounts = _mounts(task, node)
+            # A stack's secrets and configs: read-only binds of the files the worker wrote (cube.worker.files).
+            mounts = _mounts(task, node) + [docker.types.Mount(t, path, "bind", True) for path, t in files]
             if mounts:
                 limits["mounts"] = mounts
             # With host networking nothing is published: the container's ports are the node's.

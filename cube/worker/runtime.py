@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -122,7 +122,7 @@ class RuntimeEvent:
 
 
 class Runtime(Protocol):
-    def start(self, task: Assignment, node: str) -> ContainerInfo:
+    def start(self, task: Assignment, node: str, files: Sequence[tuple[str, str]] = ()) -> ContainerInfo:
         """Pull the image if missing, create the container with labels and limits, start it."""
 
     def restart(self, container_id: str) -> ContainerInfo:
@@ -221,7 +221,7 @@ class FakeRuntime:
         for q in list(self._subscribers):
             q.put((info.node, RuntimeEvent(action, info.id, info.task_id)))
 
-    def start(self, task: Assignment, node: str) -> ContainerInfo:
+    def start(self, task: Assignment, node: str, files: Sequence[tuple[str, str]] = ()) -> ContainerInfo:
         with self._lock:
             self._check()
             if task.spec.image in self.fail_images and self._image_id(task.spec.image) is None:
@@ -237,6 +237,9 @@ class FakeRuntime:
                 # it runs on), a named volume is made on first use.
                 if mount.type == "bind" and not os.path.exists(mount.source):
                     raise missing_bind(mount.source, node)
+            absent = next((path for path, _ in files if not os.path.exists(path)), None)
+            if absent:
+                raise RuntimeFailure(f"task {task.id}: its file {absent} is not on node {node}")
             missing = next((d.host for d in task.spec.devices if d.host not in self.devices), None)
             if missing:
                 raise missing_device(missing, node)

@@ -44,6 +44,7 @@ from cube.core.model import Assignment, Desired, Event, Health, Resources, State
 from cube.core.spec import is_volume_name, shown
 from cube.store import Store, node_id
 from cube.worker.devices import DeviceScan
+from cube.worker.files import TaskFiles
 from cube.worker.holds import DISCONNECT, Holds
 from cube.worker.images import NodeImages, Source
 from cube.worker.metrics import Metrics, machine_arch
@@ -77,6 +78,7 @@ class Worker:
         devices: DeviceScan | None = None,
         credentials: Credentials | None = None,
         image_source: Source | None = None,
+        files: TaskFiles | None = None,
     ):
         """`sync` (tests): actions run inside `tick()` instead of on the thread pools. `devices`: what finds the
         device paths this node advertises (the usual places, see cube.worker.devices, by default). `image_source`:
@@ -95,6 +97,8 @@ class Worker:
         # Registry credentials the manager hands over with assignments: memory only (see cube.worker.pulls); the
         # runtime that pulls is given the same object.
         self.credentials = credentials or Credentials()
+        # A stack's secrets and configs for the tasks here (see cube.worker.files).
+        self.files = files or TaskFiles(None)
         self.reconcile_interval = reconcile_interval
         self.stop_timeout = stop_timeout
         self.disconnect_timeout = disconnect_timeout
@@ -524,7 +528,7 @@ class Worker:
         pulled = threading.Event()
         self._follow_pull(task_id, task.spec.image, pulled)
         try:
-            info: ContainerInfo | None = self.runtime.start(task, self.key)
+            info: ContainerInfo | None = self.runtime.start(task, self.key, self.files.mounts(task))
         except ImageUnavailable as error:
             info = self._start_fetched(task, error)
         except Unavailable:
@@ -580,7 +584,7 @@ class Worker:
         with self._lock:
             self._say(self._mine(task.id), said, self.clock())
         try:
-            return self.runtime.start(task, self.key)
+            return self.runtime.start(task, self.key, self.files.mounts(task))
         except ImageUnavailable as error:
             self._update(task.id, State.FAILED, f"cannot start: {error.message}")
         except Unavailable:
@@ -698,6 +702,7 @@ class Worker:
         except NotFound:
             pass
         if remove:
+            self.files.remove(task_id)
             self._complete_stopped(task_id)
 
     def _complete_stopped(self, task_id: str) -> None:
