@@ -90,6 +90,15 @@ def job_or_none(client, ref: str):
         return None
 
 
+def stack_or_none(client, ref: str):
+    from cube.core.errors import NotFound
+
+    try:
+        return client.get(f"/stacks/{ref}")
+    except NotFound:
+        return None
+
+
 def show(value, as_json: bool) -> None:
     if value is None:
         return

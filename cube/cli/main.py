@@ -14,7 +14,8 @@ import time
 
 from cube import __version__
 from cube.cli.cluster import ClusterCommands
-from cube.cli.common import as_list, job_or_none, manager_client, show
+from cube.cli.common import as_list, job_or_none, manager_client, show, stack_or_none
+from cube.cli.stacks import StackCommands
 from cube.core.errors import CubeError
 
 USAGE = f"""cube {__version__} — a small container orchestrator for your LAN
@@ -25,6 +26,9 @@ Work:
   run       run a container (or --count N of them) on the cluster
   status    list tasks and jobs, or show one in detail (alias: ps)
   stop      stop a task or a job
+  deploy    deploy a compose file as a stack (again: update it, rolling); `cube stacks` lists them
+  down      stop a stack's jobs (--volumes: and remove its volumes)
+  history   a job's versions; `cube rollback JOB [--to N]` goes back to one
   scale     change a job's count
   logs      print a task's output
   events    what happened, as it happens
@@ -51,7 +55,7 @@ ALIASES = {"ps": "status", "node": "nodes", "volumes": "volume", "registries": "
 RETRY_EVERY = 1.0  # seconds between tries to reach a manager that `cube events --follow` lost
 
 
-class Commands(ClusterCommands):
+class Commands(ClusterCommands, StackCommands):
     """Each method is a command; its docstring is its --help."""
 
     # ---- work ----------------------------------------------------------------------------------------------
@@ -208,9 +212,9 @@ class Commands(ClusterCommands):
         json: bool = False,
         all: bool = False,
     ):
-        """cube status [ID_OR_NAME_OR_JOB] [--all] [--json]
+        """cube status [ID_OR_NAME_OR_JOB_OR_STACK] [--all] [--json]
 
-        Lists tasks, or shows one task or job in detail with its events and placement.
+        Lists tasks, or shows one task, job or stack in detail (a task with its events and placement).
 
         Flags:
           --all                  list stopped tasks too"""
@@ -228,6 +232,10 @@ class Commands(ClusterCommands):
             return None
         ref = str(ref)
         job = job_or_none(client, ref)
+        stack = None if job is not None else stack_or_none(client, ref)
+        if stack is not None:
+            show(stack if json else output.stack_detail(stack), json)
+            return None
         if job is not None:
             show(
                 job
@@ -547,7 +555,7 @@ def _run(argv: list[str]) -> int:
         return 1
     except (CubeError, InvalidSpec) as error:
         print(f"cube {command}: {getattr(error, 'message', None) or error}", file=sys.stderr)
-        return 1
+        return getattr(error, "exit_code", 1)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -145,3 +145,24 @@ def task_detail(t: dict) -> str:
         lines.append("Events:")
         lines += ["  " + event_line(e) for e in t["events"]]
     return "\n".join(lines)
+
+
+def stack_detail(stack: dict) -> str:
+    """`cube status STACK`: a line per job (version, rollout, running of wanted), then its tasks."""
+    rows = []
+    for job in stack["jobs"]:
+        deployment = job.get("deployment") or {}
+        rows.append(
+            [
+                job["name"],
+                str(job["version"]),
+                deployment.get("status", ""),
+                f"{job['running']}/{job['count']}",
+                job["task"]["image"],
+            ]
+        )
+    head = f"stack {stack['name']}: {stack['running']}/{stack['desired']} running"
+    tasks = [t for job in stack["jobs"] for t in job["tasks"]]
+    return "\n".join(
+        [head, table(["JOB", "VERSION", "ROLLOUT", "RUNNING", "IMAGE"], rows), "", tasks_table(tasks) if tasks else ""]
+    ).rstrip()

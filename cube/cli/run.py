@@ -97,6 +97,14 @@ def _from_file(path: str) -> tuple[str, dict]:
         raise CubeError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(body, dict):
         raise CubeError(f"{path} must hold a JSON object: a task spec, or a job with name, count and task")
+    from cube.compose.book import is_book_file, task_from_book
+
+    if is_book_file(body):  # a task file of the book (Build an Orchestrator in Go), run as it is
+        notes: list[str] = []
+        spec = task_from_book(body, notes)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        return "task", {"id": uuid.uuid4().hex[:12], **spec}
     if "task" in body or "count" in body:
         return "job", body
     return "task", {"id": uuid.uuid4().hex[:12], **body}
@@ -131,6 +139,13 @@ def submit_and_wait(client, kind: str, body: dict, detach: bool, timeout: float,
     cursor = _event_cursor(client)
     if kind == "job":
         answer = client.post("/jobs", body)
+        if answer.get("outcome") == "updated" and not detach:  # a new version of a job: follow its rollout
+            from cube.cli.stacks import follow
+
+            follow(client, [answer["name"]], timeout, progress=progress.enabled)
+            progress.done()
+            job = client.get(f"/jobs/{answer['name']}")
+            return job["tasks"] if as_json else f"job {job['name']}: updated to version {job['version']}, healthy"
         submitted = answer["tasks"]
         batch = answer.get("type") == "batch"
     else:
