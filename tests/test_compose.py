@@ -61,11 +61,11 @@ def test_web_db_cache_with_a_named_volume_and_a_healthy_dependency():
     stack = load_stack([str(STACKS / "webapp" / "compose.yaml")], environ={})
     db = {
         "image": "cube-busybox:latest",
-        "command": ["sh", "-c", "nc -lk -p 5432 -e cat"],
+        "command": ["sh", "-c", "nc -ll -p 5432 -e cat"],
         "volumes": [{"type": "volume", "source": "webapp_dbdata", "target": "/var/lib/db", "read_only": False}],
         "restart": {"name": "always"},
         "health": {
-            "command": ["CMD", "nc", "-z", "127.0.0.1", "5432"],
+            "command": ["CMD-SHELL", "echo ping | nc -w 1 127.0.0.1 5432"],
             "interval": 2,
             "timeout": 2,
             "retries": 10,
@@ -74,7 +74,8 @@ def test_web_db_cache_with_a_named_volume_and_a_healthy_dependency():
     }
     cache = {"image": "cube-busybox:latest", "command": ["httpd", "-f", "-p", "6379"], "restart": {"name": "always"}}
     web = {
-        "image": "cube-nginx:latest",
+        "image": "cube-busybox:latest",
+        "command": ["httpd", "-f", "-p", "80", "-h", "/www"],
         "env": {"DB_HOST": "db", "CACHE_HOST": "cache"},
         "ports": [{"container": 80, "host": 8080, "protocol": "tcp", "mode": "ingress"}],
         "restart": {"name": "always"},
@@ -105,7 +106,7 @@ def test_capabilities_sysctls_and_udp_ports_with_a_range():
             "netadmin",
             {
                 "image": "cube-busybox:latest",
-                "command": ["sh", "-c", "nc -lku -p 53 -e cat & httpd -f -p 80"],
+                "command": ["sh", "-c", "nc -llu -p 53 -e cat & httpd -f -p 80"],
                 "ports": [
                     {"container": 53, "host": 5353, "protocol": "udp", "mode": "ingress"},
                     {"container": 80, "host": 8053, "protocol": "tcp", "mode": "ingress"},
@@ -121,10 +122,10 @@ def test_capabilities_sysctls_and_udp_ports_with_a_range():
 
 def test_host_network_with_a_string_health_check_and_docker_defaults():
     stack = load_stack([str(STACKS / "hostnet" / "compose.yaml")], environ={})
-    health = {"command": ["CMD-SHELL", "nc -z 127.0.0.1 18123"], "interval": 5, "timeout": 30, "retries": 3}
+    health = {"command": ["CMD-SHELL", "wget -q -O- http://127.0.0.1:18123/"], "interval": 5, "timeout": 30, "retries": 3}
     task = {
         "image": "cube-busybox:latest",
-        "command": ["httpd", "-f", "-p", "18123"],
+        "command": ["httpd", "-f", "-p", "18123", "-h", "/www"],
         "restart": {"name": "always"},
         "health": {**health, "start_period": 0},
         "network": "host",
