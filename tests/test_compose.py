@@ -122,7 +122,12 @@ def test_capabilities_sysctls_and_udp_ports_with_a_range():
 
 def test_host_network_with_a_string_health_check_and_docker_defaults():
     stack = load_stack([str(STACKS / "hostnet" / "compose.yaml")], environ={})
-    health = {"command": ["CMD-SHELL", "wget -q -O- http://127.0.0.1:18123/"], "interval": 5, "timeout": 30, "retries": 3}
+    health = {
+        "command": ["CMD-SHELL", "wget -q -O- http://127.0.0.1:18123/"],
+        "interval": 5,
+        "timeout": 30,
+        "retries": 3,
+    }
     task = {
         "image": "cube-busybox:latest",
         "command": ["httpd", "-f", "-p", "18123", "-h", "/www"],

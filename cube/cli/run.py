@@ -142,7 +142,7 @@ def submit_and_wait(client, kind: str, body: dict, detach: bool, timeout: float,
         if answer.get("outcome") == "updated" and not detach:  # a new version of a job: follow its rollout
             from cube.cli.stacks import follow
 
-            follow(client, [answer["name"]], timeout, progress=progress.enabled)
+            follow(client, {answer["name"]: answer["version"]}, timeout, progress=progress.enabled)
             progress.done()
             job = client.get(f"/jobs/{answer['name']}")
             return job["tasks"] if as_json else f"job {job['name']}: updated to version {job['version']}, healthy"

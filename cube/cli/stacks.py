@@ -72,7 +72,7 @@ class StackCommands:
             return None
         print(plan_text(answer))
         if wait and not dry_run:
-            jobs = [step["job"] for step in answer["plan"] if step["action"] != "remove"]
+            jobs = {step["job"]: step["version"] for step in answer["plan"] if step["action"] != "remove"}
             follow(client, jobs, float(timeout), progress=not json)
             print(f"stack {stack.name}: every job is healthy")
         return None
@@ -178,7 +178,7 @@ class StackCommands:
             return None
         print(f"job {job}: rolling back to version {answer['rolled_back_to']} (now version {answer['version']})")
         if wait:
-            follow(client, [job], float(timeout), progress=not json)
+            follow(client, {job: answer["version"]}, float(timeout), progress=not json)
             print(f"job {job}: healthy at version {answer['version']}")
         return None
 
@@ -201,17 +201,17 @@ def plan_text(answer: dict) -> str:
     return "\n".join([head, *lines])
 
 
-def follow(client, jobs: list[str], timeout: float, progress: bool = True) -> None:
-    """Until every job's deployment is successful; CubeError when one fails or is reverted, PlacementFailed when
-    a task of the new version fits no node."""
+def follow(client, jobs: dict[str, int], timeout: float, progress: bool = True) -> None:
+    """Until each job's deployment of the given version is successful; CubeError when one fails or is reverted
+    (a later version rolling back), PlacementFailed when a task of the new version fits no node."""
     deadline = time.monotonic() + timeout
     said: dict[str, str] = {}
     while True:
         done = True
-        for name in jobs:
+        for name, version in jobs.items():
             job = client.get(f"/jobs/{name}")
             deployment = job.get("deployment") or {}
-            line = _check(job, deployment)
+            line = _check(job, deployment, version)
             if progress and said.get(name) != line:
                 said[name] = line
                 print(f"  {name}: {line}", file=sys.stderr, flush=True)
@@ -223,8 +223,13 @@ def follow(client, jobs: list[str], timeout: float, progress: bool = True) -> No
         time.sleep(POLL_EVERY)
 
 
-def _check(job: dict, deployment: dict) -> str:
+def _check(job: dict, deployment: dict, version: int) -> str:
     status = deployment.get("status")
+    if deployment.get("version", version) > version and deployment.get("policy") == "rollback":
+        raise CubeError(
+            f"rollout of job {job['name']} version {version} failed and was reverted: {deployment.get('reason')}; "
+            f"`cube history {job['name']}` lists its versions"
+        )
     if status in ("failed", "reverted"):
         what = "failed and was reverted" if status == "reverted" else "failed"
         raise CubeError(

@@ -58,10 +58,18 @@ def plan(job: Job, tasks: list[Task], now: float, healthy_since: dict[str, float
         out.status = SUCCESSFUL if len(ready) >= job.count else ""
         return out
     out.status = ROLLING
-    late = [t for t in waiting if t.state is State.FAILED or now - t.created_at > policy.healthy_deadline]
+    # A new task that failed on its node (and was moved: its restarts there were used up) fails the rollout, as
+    # one that is not healthy by the deadline does.
+    late = [
+        t
+        for t in waiting
+        if t.state is State.FAILED or t.reschedules > 0 or now - t.created_at > policy.healthy_deadline
+    ]
     if late:
         task = late[0]
-        why = task.reason if task.state is State.FAILED else f"not healthy within {policy.healthy_deadline:g} s"
+        why = f"not healthy within {policy.healthy_deadline:g} s"
+        if task.state is State.FAILED or task.reschedules > 0:
+            why = f"failed: {task.note or task.reason}"
         out.status, out.reason = FAILED, f"task {task.name} of version {job.version}: {why}"
         return out
     _roll(out, job, new, old, ready, waiting, policy)

@@ -75,6 +75,8 @@ class ManagerStacks:
                 for job in jobs:
                     self._deploy(job)
                 for step in plan:
+                    step["version"] = self.jobs[step["job"]].version
+                for step in plan:
                     if step["action"] == "remove":
                         self._stop_stack_job(self.jobs[step["job"]])
             due = self._flush()
