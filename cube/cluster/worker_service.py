@@ -43,6 +43,7 @@ def build_worker(
     from cube.store import DiskStore
     from cube.worker.devices import DeviceScan
     from cube.worker.metrics import Metrics
+    from cube.worker.network import SystemHost
     from cube.worker.pulls import Credentials
     from cube.worker.worker import Worker
 
@@ -71,6 +72,7 @@ def build_worker(
         devices=DeviceScan(extra=devices),
         credentials=credentials,
         image_source=image_source,
+        network_host=SystemHost(),
     )
 
 

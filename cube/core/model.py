@@ -113,6 +113,13 @@ class Fields:
             raise self._bad(key, 'an object such as {"80/tcp": 32768}')
         return dict(value)
 
+    def address(self, key: str) -> str:
+        """An IPv4 address ("" when absent)."""
+        value = self.data.get(key) or ""
+        if not isinstance(value, str) or (value and not _is_ipv4(value)):
+            raise self._bad(key, "an IPv4 address such as 10.210.0.2")
+        return value
+
     def times(self, key: str) -> list:
         value = self.data.get(key) or []
         if not isinstance(value, list) or len(value) > 10000:
@@ -159,6 +166,7 @@ class Assignment:
     node: str = ""
     container_id: str = ""
     host_ports: dict = field(default_factory=dict)  # "80/tcp" -> host port number
+    address: str = ""  # the container's address on the node's cluster network ("" when on none)
     restarts: int = 0  # restarts of this assignment, all told (shown to users)
     restart_times: list = field(default_factory=list)  # when the recent ones happened (the policy's window)
     streak: int = 0  # quick restarts in a row (the backoff)
@@ -185,6 +193,7 @@ class Assignment:
             "image": self.spec.image,
             "container_id": self.container_id,
             "host_ports": dict(self.host_ports),
+            "address": self.address,
             "restarts": self.restarts,
             "restart_times": list(self.restart_times),
             "streak": self.streak,
@@ -212,6 +221,7 @@ class Assignment:
             node=get.text("node"),
             container_id=get.text("container_id"),
             host_ports=get.host_ports("host_ports"),
+            address=get.address("address"),
             restarts=get.whole("restarts"),
             restart_times=get.times("restart_times"),
             streak=get.whole("streak"),
@@ -243,6 +253,7 @@ class Observed:
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float = 0.0
+    address: str = ""  # on the cluster network of its node (the worker's word; cube.manager.network reads it)
 
     FIELDS = (
         "state",
@@ -256,6 +267,7 @@ class Observed:
         "started_at",
         "finished_at",
         "updated_at",
+        "address",
     )
 
     @classmethod
@@ -274,6 +286,7 @@ class Observed:
             get.optional_time("started_at"),
             get.optional_time("finished_at"),
             get.time("updated_at"),
+            get.address("address"),
         )
 
     def to_dict(self) -> dict:
@@ -290,6 +303,7 @@ class Observed:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "updated_at": self.updated_at,
+            "address": self.address,
         }
 
     @classmethod
@@ -366,6 +380,7 @@ class Task:
             "updated_at": self.updated_at,
             "container_id": shown.container_id,
             "host_ports": dict(shown.host_ports),
+            "address": shown.address,
             "restarts": shown.restarts,
             "exit_code": shown.exit_code,
             "started_at": shown.started_at,
@@ -426,6 +441,18 @@ def derive(task: Task, node_state: str = "ready") -> tuple[State, str]:
     if node_state == "down" and not obs.ended:
         return State.SCHEDULED, f"node {task.node} does not answer: the task moves if it stays silent"
     return obs.state, obs.reason
+
+
+def serving(task: Task) -> bool:
+    """Whether a task can take work (what service names and the routing mesh send traffic to).
+    Stand-in until the lead's version lands: running is enough here; the lead extends it with the health command's
+    verdict (cube/manager/deployments.py)."""
+    return derive(task)[0] is State.RUNNING
+
+
+def _is_ipv4(value: str) -> bool:
+    parts = value.split(".")
+    return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from cube.worker.runtime import (
     LABEL_NODE,
     LABEL_TASK,
     LABEL_VOLUME,
+    NETWORK,
     ContainerInfo,
     RuntimeEvent,
     VolumeInfo,
@@ -149,7 +150,8 @@ class DockerRuntime:
 
     # -- the Runtime protocol ------------------------------------------------------------------------------
 
-    def start(self, task: Assignment, node: str) -> ContainerInfo:
+    def start(self, task: Assignment, node: str, network: tuple[str, str] | None = None) -> ContainerInfo:
+        """`network`: (the node's cluster network, its DNS server) for a container not on the host's network."""
         api = self._api()
         spec = task.spec
         name = container_name(task)
@@ -164,7 +166,10 @@ class DockerRuntime:
                 limits["mounts"] = mounts
             # With host networking nothing is published: the container's ports are the node's.
             bindings = None if spec.network == "host" else {p.key: p.host for p in spec.ports} or None
-            host_config = api.create_host_config(port_bindings=bindings, **limits, **host_options(spec))
+            options = host_options(spec)
+            if network is not None and spec.network != "host":
+                options["network_mode"], options["dns"] = network[0], [network[1]]
+            host_config = api.create_host_config(port_bindings=bindings, **limits, **options)
             labels = {
                 **dict(spec.labels),
                 LABEL_TASK: task.id,
@@ -535,6 +540,52 @@ class DockerRuntime:
                         loaded.append(line[len(prefix) :].strip())
         return loaded
 
+    # -- the cluster network (cube.worker.network) ---------------------------------------------------------------
+
+    def bridge(self) -> tuple[str, str]:
+        """(interface, gateway) of the engine's default bridge network."""
+        api = self._api()
+        with self._translate("inspecting the engine's bridge network"):
+            data = api.inspect_network("bridge")
+        interface = (data.get("Options") or {}).get("com.docker.network.bridge.name", "docker0")
+        config = ((data.get("IPAM") or {}).get("Config") or [{}])[0]
+        return interface, str(config.get("Gateway") or "")
+
+    def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> None:
+        """The bridge network `name` on `subnet`, its bridge interface named `bridge`, without Docker's masquerading
+        (the worker's rules masquerade only what leaves the cluster range). One inspect when it is already right."""
+        api = self._api()
+        with self._translate(f"inspecting network {name}"):
+            try:
+                data = api.inspect_network(name)
+            except docker.errors.NotFound:
+                data = None
+        if data is not None:
+            config = ((data.get("IPAM") or {}).get("Config") or [{}])[0]
+            if config.get("Subnet") == subnet:
+                return
+            users = sorted((data.get("Containers") or {}).values(), key=lambda c: c.get("Name", ""))
+            if users:
+                raise RuntimeFailure(
+                    f"network {name} has subnet {config.get('Subnet')}, this node's is now {subnet}, and "
+                    f"{len(users)} container(s) still use it ({users[0].get('Name')}...): they move when restarted"
+                )
+            with self._translate(f"removing network {name} (subnet {config.get('Subnet')}, now {subnet})"):
+                api.remove_network(data["Id"])
+        pool = docker.types.IPAMPool(subnet=subnet, gateway=gateway)
+        with self._translate(f"creating network {name} ({subnet})"):
+            api.create_network(
+                name,
+                driver="bridge",
+                ipam=docker.types.IPAMConfig(pool_configs=[pool]),
+                options={
+                    "com.docker.network.bridge.name": bridge,
+                    "com.docker.network.bridge.enable_ip_masquerade": "false",
+                },
+                labels={"cube.network": name},
+            )
+        log.info("created network %s (%s, bridge %s)", name, subnet, bridge)
+
     def alive(self) -> bool:
         """Whether the engine accepts a new connection. When dockerd is stopped it closes its listener first and
         then stops the containers, while the connections it already has go on being served (Docker 20.10): the
@@ -721,6 +772,12 @@ def _host_network_ports(labels: dict) -> dict:
     return ports
 
 
+def _address(settings: dict | None) -> str:
+    """The container's address on the cluster network (inspect and the summary list both have it here)."""
+    network = ((settings or {}).get("Networks") or {}).get(NETWORK) or {}
+    return str(network.get("IPAddress") or "")
+
+
 def _from_inspect(data: dict) -> ContainerInfo:
     state = data.get("State") or {}
     config = data.get("Config") or {}
@@ -751,6 +808,7 @@ def _from_inspect(data: dict) -> ContainerInfo:
         error=state.get("Error") or "",
         oom_killed=bool(state.get("OOMKilled")),
         generation=_generation(labels),
+        address=_address(data.get("NetworkSettings")),
     )
 
 
@@ -775,6 +833,7 @@ def _from_summary(data: dict) -> ContainerInfo:
         host_ports=ports,
         image=data.get("Image", ""),
         generation=_generation(labels),
+        address=_address(data.get("NetworkSettings")),
     )
 
 

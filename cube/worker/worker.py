@@ -47,6 +47,7 @@ from cube.worker.devices import DeviceScan
 from cube.worker.holds import DISCONNECT, Holds
 from cube.worker.images import NodeImages, Source
 from cube.worker.metrics import Metrics, machine_arch
+from cube.worker.network import NodeNetwork
 from cube.worker.pulls import Credentials, follow
 from cube.worker.reconcile import Plan, diff
 from cube.worker.restarts import backoff, ran_stable, recent
@@ -77,11 +78,13 @@ class Worker:
         devices: DeviceScan | None = None,
         credentials: Credentials | None = None,
         image_source: Source | None = None,
+        network_host=None,
     ):
         """`sync` (tests): actions run inside `tick()` instead of on the thread pools. `devices`: what finds the
         device paths this node advertises (the usual places, see cube.worker.devices, by default). `image_source`:
         where a task's image that cannot be pulled is fetched from (a peer node, through the manager; see
-        cube.worker.images)."""
+        cube.worker.images). `network_host`: what sets the node's routes and rules for the cluster network
+        (cube.worker.network.SystemHost); None: the machine is left alone (tables are only kept and reported)."""
         self.name = name
         # What this worker's containers are labelled with (cube.node): its name by default. Two workers with one
         # hostname sharing one Docker engine need distinct keys, or each would remove the other's containers.
@@ -134,6 +137,7 @@ class Worker:
         self._volumes: list[dict] = []
         self._volumes_due = float("-inf")  # monotonic time of the next listing
         self.images = NodeImages(runtime, name, image_source, monotonic, changed=self._images_changed)
+        self.network = NodeNetwork(runtime, store, network_host, monotonic)
         for task in self.tasks.values():
             if task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING):
                 self.holds.hold(task.id, "worker restarted", self.holds.started)
@@ -255,6 +259,7 @@ class Worker:
         with self._lock:
             data["volumes"] = [dict(v) for v in self._volumes]
         data["images"] = self.images.listed()
+        data["network"] = self.network.status()
         return data
 
     def node_labels(self) -> dict:
@@ -313,6 +318,9 @@ class Worker:
             self._engine_down(error.message)
             raise
         self._engine_up()
+        if self.network.converge():
+            with self._lock:
+                self._bump()
         self._list_volumes()
         self.images.refresh()
         now = self.clock() if now is None else now
@@ -519,7 +527,7 @@ class Worker:
         pulled = threading.Event()
         self._follow_pull(task_id, task.spec.image, pulled)
         try:
-            info: ContainerInfo | None = self.runtime.start(task, self.key)
+            info: ContainerInfo | None = self._runtime_start(task)
         except ImageUnavailable as error:
             info = self._start_fetched(task, error)
         except Unavailable:
@@ -534,6 +542,13 @@ class Worker:
         if task.spec.named_volumes:
             self._volumes_due = float("-inf")  # a volume may be new: listed by the next round
         self._running(task_id, info, f"container {info.id[:12]} started")
+
+    def _runtime_start(self, task: Assignment) -> ContainerInfo:
+        """Start on the cluster network when the node has one (cube.worker.network)."""
+        attachment = self.network.attachment()
+        if attachment is None:
+            return self.runtime.start(task, self.key)
+        return self.runtime.start(task, self.key, network=attachment)
 
     def _follow_pull(self, task_id: str, image: str, done: threading.Event) -> None:
         """While a start waits for its image, tell the task's events how the pull goes ("pulling nginx on n1:
@@ -575,7 +590,7 @@ class Worker:
         with self._lock:
             self._say(self._mine(task.id), said, self.clock())
         try:
-            return self.runtime.start(task, self.key)
+            return self._runtime_start(task)
         except ImageUnavailable as error:
             self._update(task.id, State.FAILED, f"cannot start: {error.message}")
         except Unavailable:
@@ -618,6 +633,7 @@ class Worker:
         with self._lock:
             task = self._mine(task_id)
             task.container_id, task.host_ports, task.exit_code = info.id, dict(info.host_ports), None
+            task.address = info.address
             task.finished_at = None
             if task.state is State.RUNNING:
                 self._say(task, message, self.clock())
@@ -750,6 +766,16 @@ class Worker:
     def _bump(self) -> None:
         self.version += 1
         self._changed.notify_all()
+
+    # ---- the cluster network (cube.worker.network) ------------------------------------------------------------
+
+    def update_network(self, data) -> dict:
+        """The manager's network table (PUT /network): kept, reported at once, converged on by the next round."""
+        table = self.network.update(data)
+        with self._lock:
+            self._bump()
+        self._kick.set()
+        return {"version": table.version}
 
     # ---- volumes -------------------------------------------------------------------------------------------
 

@@ -1,0 +1,467 @@
+"""The node's part of the cluster network (host-gw, as flannel's backend of that name: no encapsulation, every node
+on one LAN). The manager gives each node a /24 of the cluster range and sends every worker the table of nodes
+(name, LAN address, subnet) and of endpoints (each task's cluster address); this module decides what the node's
+kernel and engine must hold for it, and converges them by a pure diff, re-run whenever the table changes and every
+CHECK_EVERY seconds (a worker restart, a flushed chain, a route someone deleted: all repaired the same way):
+
+- a Docker bridge network `cube` (bridge `cube0`) with the node's subnet, the gateway its first address; Docker's own
+  masquerading is off on it, so traffic between nodes keeps the container's address;
+- for every other node, `ip route replace SUBNET via ADDRESS proto 210`, and no other route of protocol 210 (stale
+  ones, of nodes removed or moved, are deleted; routes of other protocols are never touched);
+- iptables chains of Cube's own, written whole with `iptables-restore --noflush` (a chain's declaration flushes it,
+  so one restore replaces it atomically, as kube-proxy does): CUBE-FORWARD (jumped to from Docker's DOCKER-USER: Docker
+  drops forwarded traffic into its bridges otherwise) accepts traffic between cluster subnets; CUBE-POSTROUTING (from
+  nat POSTROUTING) masquerades only what leaves the cluster range. Each chain ends with a rule whose comment carries
+  the hash of the chain's wanted content, so "is it as wanted" is one `iptables -S` per chain.
+
+Why `ip` and `iptables-restore` rather than a library: pyroute2 would cover routes only (not iptables rules), and
+both programs are on every Linux that runs Docker (Docker itself drives iptables the same way). The worker does
+none of this when its engine is not in its own network namespace (a worker in a container, or two workers on one
+engine): the engine's default bridge must be an interface of ours, or the node takes part in names only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cube.core.errors import CubeError, InvalidSpec
+from cube.core.model import Fields
+from cube.store import Store
+from cube.worker.runtime import NETWORK
+
+log = logging.getLogger("cube.network")
+BRIDGE = "cube0"
+ROUTE_PROTO = "210"  # the routes Cube installs carry this protocol number: `ip route show proto 210` lists ours only
+CHECK_EVERY = 10.0  # seconds between two checks of routes and rules when nothing changed
+KIND = "network"  # the worker's store: the table it was last given (applied again after a restart)
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    address: str  # the node's LAN address (where the manager reaches it)
+    subnet: str  # "" when it has none (reached at a loopback address, or over its range)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One task of the cluster with an address on the cluster network."""
+
+    task: str
+    job: str
+    stack: str
+    service: str
+    node: str
+    address: str
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class Table:
+    """What the manager sends (PUT /network): its version (the worker reports it back), the recipient's own name,
+    the cluster range, the nodes and the endpoints."""
+
+    version: int
+    node: str
+    cidr: str
+    peers: tuple[Peer, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    raw: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data) -> "Table":
+        get = Fields("network table", data)
+        cidr = _network(get.text("cidr"), "network table: cidr")
+        peers = []
+        for item in _items(data.get("nodes"), "nodes"):
+            one = Fields("network table: nodes[]", item)
+            subnet = one.text("subnet")
+            if subnet:
+                _network(subnet, "network table: nodes[].subnet")
+            peers.append(Peer(one.text("name"), one.address("address"), subnet))
+        endpoints = []
+        for item in _items(data.get("endpoints"), "endpoints"):
+            one = Fields("network table: endpoints[]", item)
+            endpoints.append(
+                Endpoint(
+                    one.text("task"),
+                    one.text("job"),
+                    one.text("stack"),
+                    one.text("service"),
+                    one.text("node"),
+                    one.address("address"),
+                    item.get("healthy") is True,
+                )
+            )
+        return cls(get.whole("version"), get.text("node"), str(cidr), tuple(peers), tuple(endpoints), dict(data))
+
+    @property
+    def subnet(self) -> str:
+        return next((p.subnet for p in self.peers if p.name == self.node), "")
+
+    @property
+    def gateway(self) -> str:
+        return gateway(self.subnet) if self.subnet else ""
+
+
+def gateway(subnet: str) -> str:
+    """The first address of a subnet: the bridge's, the containers' gateway and DNS server."""
+    return str(next(ipaddress.ip_network(subnet).hosts()))
+
+
+def _network(value: str, what: str) -> ipaddress.IPv4Network:
+    try:
+        found = ipaddress.ip_network(value)
+    except ValueError:
+        raise InvalidSpec(f"{what} must be an IPv4 range such as 10.210.0.0/16, not {value!r}") from None
+    if not isinstance(found, ipaddress.IPv4Network):
+        raise InvalidSpec(f"{what} must be an IPv4 range, not {value!r}")
+    return found
+
+
+def _items(value, what: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > 100_000:
+        raise InvalidSpec(f"network table: {what} must be a list")
+    return value
+
+
+# ---- what should be: pure functions of the table -------------------------------------------------------------
+
+
+def wanted_routes(table: Table) -> dict[str, str]:
+    """subnet -> LAN address of its node, for every other node with a subnet."""
+    return {p.subnet: p.address for p in table.peers if p.name != table.node and p.subnet and p.address}
+
+
+def route_plan(wanted: dict[str, str], present: dict[str, str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(routes to replace, destinations to delete): the wanted routes missing or via another address, and every
+    route of ours that is not wanted."""
+    replace = sorted((dest, via) for dest, via in wanted.items() if present.get(dest) != via)
+    delete = sorted(dest for dest in present if dest not in wanted)
+    return replace, delete
+
+
+# The chains Cube owns: (table, chain) -> (the built-in or Docker chain that jumps to it).
+CHAINS = {
+    ("filter", "CUBE-FORWARD"): "DOCKER-USER",
+    ("nat", "CUBE-POSTROUTING"): "POSTROUTING",
+}
+
+
+def wanted_chains(table: Table, extra: dict[tuple[str, str], list[str]] | None = None) -> dict[tuple, list[str]]:
+    """The rules of each chain of Cube's, in `iptables -S` form without the chain's name; `extra`: more chains (the
+    routing mesh's, cube.worker.mesh), each with its rules."""
+    cidr, subnet = table.cidr, table.subnet
+    chains: dict[tuple, list[str]] = {key: [] for key in CHAINS}
+    if subnet:
+        # Docker's FORWARD drops new connections into its bridges that no published port explains.
+        chains[("filter", "CUBE-FORWARD")] = [f"-s {cidr} -d {cidr} -j ACCEPT"]
+        # Within the cluster range a container keeps its address; out of it, the node's address stands for it.
+        chains[("nat", "CUBE-POSTROUTING")] = [
+            f"-s {subnet} -d {cidr} -j RETURN",
+            f"-s {subnet} ! -o {BRIDGE} -j MASQUERADE",
+        ]
+    chains.update(extra or {})
+    return {key: [*rules, f"-m comment --comment cube:{_digest(rules)} -j RETURN"] for key, rules in chains.items()}
+
+
+def _digest(rules: list[str]) -> str:
+    return hashlib.sha256("\n".join(rules).encode()).hexdigest()[:16]
+
+
+def restore_text(chains: dict[tuple, list[str]]) -> str:
+    """One `iptables-restore --noflush` input that writes the given chains whole (and leaves every other alone)."""
+    out = []
+    for name in sorted({t for t, _ in chains}):
+        out.append(f"*{name}")
+        mine = sorted(c for t, c in chains if t == name)
+        out += [f":{chain} - [0:0]" for chain in mine]
+        for chain in mine:
+            out += [f"-A {chain} {rule}" for rule in chains[(name, chain)]]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def chains_plan(wanted: dict[tuple, list[str]], present: dict[tuple, list[str] | None]) -> dict[tuple, list[str]]:
+    """The chains whose content differs from the wanted (missing, or without the wanted last rule, or another
+    number of rules)."""
+    stale = {}
+    for key, rules in wanted.items():
+        have = present.get(key)
+        if have is None or len(have) != len(rules) or not have or have[-1].split("cube:")[-1] != _tail(rules):
+            stale[key] = rules
+    return stale
+
+
+def _tail(rules: list[str]) -> str:
+    return rules[-1].split("cube:")[-1]
+
+
+def jump_plan(parent_rules: list[str], chain: str) -> tuple[bool, int]:
+    """(insert our jump first, how many later copies of it to delete) for a parent chain's rules (`-A ...` lines)."""
+    jumps = [i for i, rule in enumerate(parent_rules) if rule.endswith(f"-j {chain}") and " -m " not in rule]
+    first = bool(jumps) and jumps[0] == 0
+    return (not first, len(jumps) - (1 if first else 0))
+
+
+# ---- the host: routes and rules through `ip` and `iptables` -----------------------------------------------------
+
+
+class Host(Protocol):
+    def routes(self) -> dict[str, str]:
+        """The routes of protocol ROUTE_PROTO: destination -> via."""
+
+    def replace_route(self, dest: str, via: str) -> None: ...
+    def delete_route(self, dest: str) -> None: ...
+    def chain(self, table: str, chain: str) -> list[str] | None:
+        """The chain's rules as `iptables -S` prints them (without the -A CHAIN), None when it does not exist."""
+
+    def restore(self, text: str) -> None: ...
+    def insert_jump(self, table: str, parent: str, chain: str) -> None: ...
+    def delete_jump(self, table: str, parent: str, chain: str) -> None: ...
+    def has_address(self, interface: str, address: str) -> bool: ...
+    def sysctl(self, key: str, value: str) -> None: ...
+    def parent(self, table: str, parent: str) -> list[str]:
+        """A built-in (or Docker's) chain's rules as `-A PARENT ...` lines."""
+
+
+def _run(argv: list[str], data: str | None = None) -> str:
+    try:
+        done = subprocess.run(argv, input=data, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise CubeError(f"{argv[0]}: {error}") from None
+    if done.returncode != 0:
+        raise CubeError(f"{' '.join(argv[:4])}: {done.stderr.strip() or f'exit {done.returncode}'}")
+    return done.stdout
+
+
+class SystemHost:
+    """The node's own kernel, through `ip` and `iptables` (as root)."""
+
+    def routes(self) -> dict[str, str]:
+        found = json.loads(_run(["ip", "-4", "-j", "route", "show", "proto", ROUTE_PROTO]) or "[]")
+        return {r["dst"] if "/" in r["dst"] else f"{r['dst']}/32": r.get("gateway", "") for r in found}
+
+    def replace_route(self, dest: str, via: str) -> None:
+        _run(["ip", "route", "replace", dest, "via", via, "proto", ROUTE_PROTO])
+
+    def delete_route(self, dest: str) -> None:
+        _run(["ip", "route", "del", dest, "proto", ROUTE_PROTO])
+
+    def chain(self, table: str, chain: str) -> list[str] | None:
+        try:
+            out = _run(["iptables", "-w", "5", "-t", table, "-S", chain])
+        except CubeError:
+            return None
+        prefix = f"-A {chain} "
+        return [line[len(prefix) :] for line in out.splitlines() if line.startswith(prefix)]
+
+    def restore(self, text: str) -> None:
+        _run(["iptables-restore", "-w", "5", "--noflush"], text)
+
+    def insert_jump(self, table: str, parent: str, chain: str) -> None:
+        _run(["iptables", "-w", "5", "-t", table, "-I", parent, "1", "-j", chain])
+
+    def delete_jump(self, table: str, parent: str, chain: str) -> None:
+        _run(["iptables", "-w", "5", "-t", table, "-D", parent, "-j", chain])
+
+    def has_address(self, interface: str, address: str) -> bool:
+        try:
+            found = json.loads(_run(["ip", "-4", "-j", "addr", "show", "dev", interface]) or "[]")
+        except CubeError:
+            return False
+        return any(a.get("local") == address for link in found for a in link.get("addr_info", ()))
+
+    def sysctl(self, key: str, value: str) -> None:
+        with open(f"/proc/sys/{key.replace('.', '/')}", "w") as handle:
+            handle.write(value)
+
+    def parent(self, table: str, parent: str) -> list[str]:
+        return [f"-A {parent} {rule}" for rule in self.chain(table, parent) or []]
+
+
+class MemoryHost:
+    """A kernel as dicts, for tests and simulated clusters: routes, chains (restored as iptables-restore does:
+    a declared chain is flushed), jumps, addresses and sysctls."""
+
+    def __init__(self, addresses=(("docker0", "172.17.0.1"),)):
+        self.route_table: dict[str, str] = {}
+        self.chains: dict[tuple[str, str], list[str]] = {
+            ("filter", "DOCKER-USER"): ["-j RETURN"],
+            ("nat", "POSTROUTING"): [],
+            ("nat", "PREROUTING"): [],
+            ("nat", "OUTPUT"): [],
+        }
+        self.addresses = set(addresses)
+        self.sysctls: dict[str, str] = {}
+        self.restores = 0
+
+    def routes(self) -> dict[str, str]:
+        return dict(self.route_table)
+
+    def replace_route(self, dest: str, via: str) -> None:
+        self.route_table[dest] = via
+
+    def delete_route(self, dest: str) -> None:
+        self.route_table.pop(dest, None)
+
+    def chain(self, table: str, chain: str) -> list[str] | None:
+        found = self.chains.get((table, chain))
+        return None if found is None else list(found)
+
+    def restore(self, text: str) -> None:
+        self.restores += 1
+        table = ""
+        for line in text.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":"):
+                self.chains[(table, line[1:].split()[0])] = []
+            elif line.startswith("-A "):
+                chain, rule = line[3:].split(" ", 1)
+                self.chains[(table, chain)].append(rule)
+
+    def insert_jump(self, table: str, parent: str, chain: str) -> None:
+        self.chains.setdefault((table, parent), []).insert(0, f"-j {chain}")
+
+    def delete_jump(self, table: str, parent: str, chain: str) -> None:
+        rules = self.chains.get((table, parent), [])
+        rules.remove(f"-j {chain}")
+
+    def has_address(self, interface: str, address: str) -> bool:
+        return (interface, address) in self.addresses
+
+    def sysctl(self, key: str, value: str) -> None:
+        self.sysctls[key] = value
+
+    def parent(self, table: str, parent: str) -> list[str]:
+        return [f"-A {parent} {rule}" for rule in self.chains.get((table, parent), [])]
+
+
+# ---- the node's network, converged -----------------------------------------------------------------------------
+
+
+class NodeNetwork:
+    """Holds the table the manager last sent (persisted: a restarted worker applies it again before the manager
+    says anything) and converges the node on it (`converge`, from the worker's loop). `host` None: nothing of the
+    machine is touched (tests on the fake runtime, `cube dev`): the table is only kept and reported."""
+
+    def __init__(self, runtime, store: Store, host=None, monotonic: Callable[[], float] | None = None):
+        import time
+
+        self.runtime = runtime
+        self.store = store
+        self.host = host
+        self.monotonic = monotonic or time.monotonic
+        self.table: Table | None = None
+        self.error = ""
+        self.state = "none"  # none (no table yet), ready, off (this node takes no part), error
+        self.applied = ""  # the digest of what was last applied whole
+        self._next = float("-inf")
+        self.extra: Callable[[Table], dict] | None = None  # more chains (the routing mesh)
+        data = store.get(KIND, "table")
+        if data:
+            try:
+                self.table = Table.from_dict(data)
+            except InvalidSpec as error:
+                log.warning("the network table kept in the store is unreadable (%s): waiting for the manager's", error)
+
+    def update(self, data) -> Table:
+        """A table from the manager: checked, kept, converged on by the next round."""
+        table = Table.from_dict(data)
+        self.store.put(KIND, "table", table.raw)
+        self.table = table
+        self._next = float("-inf")
+        return table
+
+    def attachment(self) -> tuple[str, str] | None:
+        """(network, DNS server) a container joins, or None (no cluster network here yet)."""
+        if self.state != "ready" or self.table is None or not self.table.subnet:
+            return None
+        return NETWORK, self.table.gateway
+
+    def status(self) -> dict:
+        table = self.table
+        return {
+            "version": table.version if table else None,
+            "subnet": table.subnet if table else "",
+            "state": self.state,
+            "error": self.error,
+        }
+
+    def converge(self, force: bool = False) -> bool:
+        """One round, when due. Returns whether the status changed."""
+        if not force and self.monotonic() < self._next:
+            return False
+        self._next = self.monotonic() + CHECK_EVERY
+        before = (self.state, self.error)
+        table = self.table
+        if table is None:
+            return False
+        if self.host is None or not table.subnet:
+            self.state, self.error = "off", "" if table.subnet else "no subnet for this node"
+            return before != (self.state, self.error)
+        try:
+            self._converge(table)
+            self.state, self.error = "ready", ""
+        except CubeError as error:
+            if error.message != self.error:
+                log.warning("cluster network: %s", error.message)
+            self.state = "off" if isinstance(error, _Declined) else "error"
+            self.error = error.message
+        return before != (self.state, self.error)
+
+    def _converge(self, table: Table) -> None:
+        host = self.host
+        interface, address = self.runtime.bridge()
+        if not host.has_address(interface, address):
+            raise _Declined(
+                f"the container engine's bridge {interface} ({address}) is not in this worker's network namespace: "
+                f"this node takes no part in the cluster network (run the worker beside its engine)"
+            )
+        self.runtime.ensure_network(NETWORK, table.subnet, table.gateway, BRIDGE)
+        host.sysctl("net.ipv4.ip_forward", "1")
+        replace, delete = route_plan(wanted_routes(table), host.routes())
+        for dest, via in replace:
+            host.replace_route(dest, via)
+        for dest in delete:
+            host.delete_route(dest)
+        wanted = wanted_chains(table, self.extra(table) if self.extra else None)
+        stale = chains_plan(wanted, {key: host.chain(*key) for key in wanted})
+        if stale:
+            host.restore(restore_text(stale))
+        for (name, chain), parent in {**CHAINS, **{k: v for k, v in _parents(wanted).items()}}.items():
+            if parent is None:
+                continue
+            insert, extra = jump_plan(host.parent(name, parent), chain)
+            for _ in range(extra):
+                host.delete_jump(name, parent, chain)
+            if insert:
+                host.insert_jump(name, parent, chain)
+        if replace or delete or stale:
+            log.info(
+                "cluster network %s: %d route(s) set, %d removed, %d chain(s) written",
+                table.subnet,
+                len(replace),
+                len(delete),
+                len(stale),
+            )
+
+
+def _parents(wanted: dict[tuple, list[str]]) -> dict[tuple, str | None]:
+    """The parent chain of each extra chain: the mesh's entry chains are jumped to from nat PREROUTING and OUTPUT."""
+    from_builtin = {("nat", "CUBE-INGRESS"): "PREROUTING", ("nat", "CUBE-INGRESS-OUT"): "OUTPUT"}
+    return {key: from_builtin.get(key) for key in wanted if key not in CHAINS}
+
+
+class _Declined(CubeError):
+    """The node takes no part (its engine is elsewhere)."""
