@@ -91,3 +91,52 @@ def test_containers_on_two_nodes_reach_each_other_unmasqueraded_and_a_worker_res
     assert root == ""
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     assert "CUBE-" not in rules
+
+
+@pytest.fixture
+def cluster3(engine_lan, pyz, tmp_path):
+    """A manager and three workers (a service can move away from its caller's node and still have a node to go)."""
+    return NetCluster(engine_lan(4), pyz, tmp_path)
+
+
+def stack_job(cluster, service: str, command, *constraints: str, count: int = 1, **task) -> None:
+    body = {"image": IMAGE, "command": command, "constraints": list(constraints), **task}
+    cluster.client.post("/jobs", {"name": f"shop-{service}", "stack": "shop", "count": count, "task": body})
+
+
+def job_tasks(cluster, job: str, running: int = 1) -> list[dict]:
+    return wait_for(
+        lambda: (
+            len(ts := [t for t in cluster.client.get(f"/jobs/{job}")["tasks"] if t["state"] == "running"]) == running
+            and ts
+        ),
+        timeout=60,
+    )
+
+
+def test_a_task_reaches_its_stacks_service_by_name_on_another_node_and_again_after_it_moves(cluster3):
+    n1, n2, n3 = (cluster3.names[h.name] for h in cluster3.worker_hosts)
+    c = cluster3
+    stack_job(c, "db", SERVER, f"node!={n1}")
+    stack_job(c, "web", ["sleep", "600"], f"node={n1}")
+    (db,) = job_tasks(c, "shop-db")
+    (web,) = job_tasks(c, "shop-web")
+    assert db["node"] != web["node"]
+    first = wait_for(lambda: (a := c.get(web, "http://db:8000/")).startswith("db-") and a, timeout=30)
+    assert c.get(web, "http://db.shop:8000/") == first and c.get(web, "http://shop-db:8000/") == first
+    looked = c.exec(web, "busybox", "nslookup", "db")
+    assert db["address"] in looked.stdout, looked.stdout + looked.stderr
+    outside = c.exec(web, "busybox", "nslookup", "nothing-here.invalid")
+    assert outside.returncode != 0 and "NXDOMAIN" in outside.stdout + outside.stderr, outside.stdout
+
+    # db's node dies (its worker killed: the node is down for the manager); db is placed on the third node and the
+    # caller, never restarted, reaches it by the same name.
+    c.kill_worker(c.host(db["node"]))
+    moved = wait_for(
+        lambda: (t := c.client.get(f"/tasks/{db['id']}"))["state"] == "running" and t["node"] != db["node"] and t,
+        timeout=60,
+    )
+    assert moved["node"] not in (db["node"], n1)
+    again = wait_for(lambda: (a := c.get(web, "http://db:8000/")).startswith("db-") and a != first and a, timeout=30)
+    print(f"\nbefore: {first.strip()} on {db['node']}; after: {again.strip()} on {moved['node']}")
+    assert c.task(web["id"])["container_id"] == web["container_id"] and c.task(web["id"])["restarts"] == 0

@@ -73,6 +73,7 @@ def build_worker(
         credentials=credentials,
         image_source=image_source,
         network_host=SystemHost(),
+        network_dns=True,
     )
 
 

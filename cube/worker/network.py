@@ -29,7 +29,7 @@ import logging
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from cube.core.errors import CubeError, InvalidSpec
 from cube.core.model import Fields
@@ -355,7 +355,10 @@ class NodeNetwork:
     says anything) and converges the node on it (`converge`, from the worker's loop). `host` None: nothing of the
     machine is touched (tests on the fake runtime, `cube dev`): the table is only kept and reported."""
 
-    def __init__(self, runtime, store: Store, host=None, monotonic: Callable[[], float] | None = None):
+    def __init__(
+        self, runtime, store: Store, host=None, monotonic: Callable[[], float] | None = None, dns: bool = False
+    ):
+        """`dns`: answer service names on the gateway (cube.worker.dns) once the network is ready."""
         import time
 
         self.runtime = runtime
@@ -368,6 +371,9 @@ class NodeNetwork:
         self.applied = ""  # the digest of what was last applied whole
         self._next = float("-inf")
         self.extra: Callable[[Table], dict] | None = None  # more chains (the routing mesh)
+        self.dns = dns
+        self.dns_error = ""
+        self._nameserver: Any = None  # cube.worker.dns.NameServer, once serving
         data = store.get(KIND, "table")
         if data:
             try:
@@ -395,7 +401,7 @@ class NodeNetwork:
             "version": table.version if table else None,
             "subnet": table.subnet if table else "",
             "state": self.state,
-            "error": self.error,
+            "error": self.error or self.dns_error,
         }
 
     def converge(self, force: bool = False) -> bool:
@@ -413,12 +419,34 @@ class NodeNetwork:
         try:
             self._converge(table)
             self.state, self.error = "ready", ""
+            if self.dns:
+                self._serve_dns(table.gateway)
         except CubeError as error:
             if error.message != self.error:
                 log.warning("cluster network: %s", error.message)
             self.state = "off" if isinstance(error, _Declined) else "error"
             self.error = error.message
         return before != (self.state, self.error)
+
+    def _serve_dns(self, address: str) -> None:
+        """The name server on the gateway (started again when the gateway moves); a refusal is reported."""
+        if self._nameserver is not None and self._nameserver.address == address:
+            return
+        self.close()
+        from cube.worker.dns import NameServer  # dnslib: only a worker with a cluster network needs it
+
+        try:
+            self._nameserver = NameServer(lambda: self.table, address)
+            self.dns_error = ""
+            log.info("answering service names on %s:53", address)
+        except OSError as error:
+            self.dns_error = f"cannot answer names on {address}:53: {error.strerror or error}"
+            log.warning("%s", self.dns_error)
+
+    def close(self) -> None:
+        if self._nameserver is not None:
+            self._nameserver.close()
+            self._nameserver = None
 
     def _converge(self, table: Table) -> None:
         host = self.host

@@ -79,6 +79,7 @@ class Worker:
         credentials: Credentials | None = None,
         image_source: Source | None = None,
         network_host=None,
+        network_dns: bool = False,
     ):
         """`sync` (tests): actions run inside `tick()` instead of on the thread pools. `devices`: what finds the
         device paths this node advertises (the usual places, see cube.worker.devices, by default). `image_source`:
@@ -137,7 +138,7 @@ class Worker:
         self._volumes: list[dict] = []
         self._volumes_due = float("-inf")  # monotonic time of the next listing
         self.images = NodeImages(runtime, name, image_source, monotonic, changed=self._images_changed)
-        self.network = NodeNetwork(runtime, store, network_host, monotonic)
+        self.network = NodeNetwork(runtime, store, network_host, monotonic, dns=network_dns)
         for task in self.tasks.values():
             if task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING):
                 self.holds.hold(task.id, "worker restarted", self.holds.started)
@@ -872,6 +873,7 @@ class Worker:
             thread.join(timeout=3)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._stop_pool.shutdown(wait=False, cancel_futures=True)
+        self.network.close()
 
 
 class _Stale(Exception):
