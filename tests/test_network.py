@@ -81,6 +81,7 @@ def test_every_worker_gets_the_table_routes_to_the_others_and_tasks_get_addresse
         assert host.chain("filter", "CUBE-FORWARD")[0] == f"-s {CIDR} -d {CIDR} -j ACCEPT"
         assert host.chain("filter", "DOCKER-USER")[0] == "-j CUBE-FORWARD"
         assert host.chain("nat", "POSTROUTING") == ["-j CUBE-POSTROUTING"]
+        assert host.chain("nat", "PREROUTING") == host.chain("nat", "OUTPUT") == ["-j CUBE-INGRESS"]
         assert host.sysctls["net.ipv4.ip_forward"] == "1"
         table = c.workers[name].network.table
         assert {e.address for e in table.endpoints} == {t["address"] for t in tasks}
@@ -102,7 +103,7 @@ def test_a_lost_table_is_sent_again_and_a_restarted_worker_converges_without_dup
     c.settle(4)
     version = c.manager.network_table("n1")["version"]
     c.cut.add("n1")
-    c.submit({"image": "busybox"})  # the endpoints change: a new version, which n1 cannot get now
+    c.submit({"image": "busybox", "constraints": ["hostname=n2"]})  # a new version, which n1 cannot get now
     c.settle(4)
     assert c.manager.network_table("n1")["version"] > version
     c.cut.discard("n1")
@@ -184,6 +185,7 @@ def test_routes_and_chains_are_pure_diffs():
     assert list(chains_plan(chains, changed)) == [("filter", "CUBE-FORWARD")]
     text = restore_text(chains)
     assert text.startswith("*filter\n:CUBE-FORWARD - [0:0]\n") and text.count("COMMIT") == 2
+    assert "-X CUBE-SVC-OLD\n" in restore_text(chains, (("nat", "CUBE-SVC-OLD"),))
     assert jump_plan(["-A DOCKER-USER -j RETURN"], "CUBE-FORWARD") == (True, 0)
     assert jump_plan(["-A DOCKER-USER -j CUBE-FORWARD", "-A DOCKER-USER -j CUBE-FORWARD"], "CUBE-FORWARD") == (False, 1)
 
@@ -194,3 +196,58 @@ def test_a_table_with_bad_fields_is_refused():
     with pytest.raises(BadRequest):
         Table.from_dict({"version": 1, "node": "a", "cidr": CIDR, "nodes": [{"name": "b", "address": "1.2.3"}]})
     assert Conflict.status == 409
+
+
+def test_ingress_ports_are_unique_in_the_cluster_and_a_conflict_names_the_holder(c):
+    c.manager.submit_job({"name": "web", "count": 3, "task": {"image": "busybox", "ports": ["8080:80"]}})
+    for clash in (["8080:81"], ["8080:80/host"]):
+        with pytest.raises(Conflict) as caught:
+            c.manager.submit_job({"name": "other", "count": 1, "task": {"image": "busybox", "ports": clash}})
+        assert caught.value.status == 409 and "port 8080/tcp is already published by web" in caught.value.message
+    with pytest.raises(Conflict):
+        c.submit({"image": "busybox", "ports": ["8080:80"]})
+    c.manager.submit_job({"name": "udp", "count": 1, "task": {"image": "busybox", "ports": ["8080:80/udp"]}})
+    c.manager.submit_job({"name": "direct", "count": 1, "task": {"image": "busybox", "ports": ["9090:80/host"]}})
+    with pytest.raises(Conflict) as caught:
+        c.manager.submit_job({"name": "late", "count": 1, "task": {"image": "busybox", "ports": ["9090:80"]}})
+    assert "published by direct (on its node)" in caught.value.message
+    c.manager.submit_job({"name": "web", "count": 3, "task": {"image": "busybox", "ports": ["8080:80"]}})  # itself
+
+
+def test_an_ingress_port_is_not_counted_against_a_node_and_every_node_gets_its_dnat(c):
+    c.manager.submit_job({"name": "web", "count": 4, "task": {"image": "busybox", "ports": ["8080:80"]}})
+    c.settle(6)
+    tasks = c.manager.task_views(job="web")
+    assert [t["state"] for t in tasks] == ["running"] * 4, "4 replicas of port 8080 on 3 nodes"
+    assert all(t["host_ports"] == {"80/tcp": 8080} for t in tasks)
+    addresses = sorted(t["address"] for t in tasks)
+    for host in c.hosts.values():
+        (rule,) = host.chain("nat", "CUBE-INGRESS")[:-1]
+        assert rule.startswith("-p tcp -m tcp --dport 8080 -m addrtype --dst-type LOCAL -j CUBE-SVC-")
+        service = host.chain("nat", rule.rsplit(" ", 1)[1])
+        assert service[0] == "-j MARK --set-xmark 0x20000/0x20000"
+        assert sorted(r.split("--to-destination ")[1] for r in service[1:-1]) == [f"{a}:80" for a in addresses]
+        assert "--probability 0.25000" in service[1] and "statistic" not in service[4]
+        assert host.sysctls["net.ipv4.conf.all.route_localnet"] == "1"
+    for runtime in c.runtimes.values():  # the mesh publishes it: the containers are not
+        assert all(c.host_ports == {"80/tcp": 8080} for c in runtime.containers.values())
+
+    c.manager.stop_job("web")
+    c.settle(4)
+    for host in c.hosts.values():
+        assert host.chain("nat", "CUBE-INGRESS")[:-1] == []
+        assert not [name for name in host.names("nat") if name.startswith("CUBE-SVC-")], "stale chains removed"
+
+
+def test_port_modes_parse_and_keep_older_records_as_they_were():
+    from cube.core.spec import Port
+
+    assert Port.parse("8080:80").ingress and not Port.parse("8080:80/host").ingress
+    assert Port.parse("8080:80/udp/host") == Port(80, 8080, "udp", "host")
+    assert not Port.parse("80").ingress and Port.parse({"container": 80, "host": 81, "mode": "host"}).mode == "host"
+    assert Port.parse("8080:80").to_dict() == {"container": 80, "host": 8080, "protocol": "tcp"}
+    assert Port.parse("8080:80/host").to_dict()["mode"] == "host"
+    for bad, said in [("80/ingress", "needs a host port"), ({"container": 80, "mode": "x"}, "ingress or host")]:
+        with pytest.raises(BadRequest) as caught:
+            Port.parse(bad)
+        assert said in caught.value.message

@@ -140,3 +140,61 @@ def test_a_task_reaches_its_stacks_service_by_name_on_another_node_and_again_aft
     again = wait_for(lambda: (a := c.get(web, "http://db:8000/")).startswith("db-") and a != first and a, timeout=30)
     print(f"\nbefore: {first.strip()} on {db['node']}; after: {again.strip()} on {moved['node']}")
     assert c.task(web["id"])["container_id"] == web["container_id"] and c.task(web["id"])["restarts"] == 0
+
+
+def answers(cluster, from_host, url: str) -> str:
+    """What a new connection to `url` from inside `from_host` gets (a hang fails the test: exec's timeout)."""
+    return cluster.fetch(from_host, url).strip()
+
+
+def test_an_ingress_port_answers_on_every_node_and_again_after_its_replica_moves(cluster3):
+    c = cluster3
+    n1 = c.names[c.worker_hosts[0].name]
+    stack_job(c, "web", SERVER.copy(), f"node!={n1}", ports=["8080:8000"])
+    (web,) = job_tasks(c, "shop-web")
+    first = wait_for(lambda: (a := answers(c, c.manager_host, f"http://{c.host(web['node']).ip}:8080/")) and a, 30)
+    assert first.startswith("db-")
+    for host in c.worker_hosts:  # every node, the ones without the replica too, from another host and from itself
+        assert wait_for(lambda: answers(c, c.manager_host, f"http://{host.ip}:8080/") == first, timeout=20)
+        assert answers(c, host, f"http://{host.ip}:8080/") == first
+    assert answers(c, c.worker_hosts[0], "http://127.0.0.1:8080/") == first, "route_localnet: 127.0.0.1 too"
+    inspect = json.loads(c.lan.docker(c.host(web["node"]), "inspect", web["container_id"]).stdout)[0]
+    assert not inspect["HostConfig"]["PortBindings"], "the container itself is not published"
+
+    c.kill_worker(c.host(web["node"]))
+    moved = wait_for(
+        lambda: (t := c.task(web["id"]))["state"] == "running" and t["node"] != web["node"] and t, timeout=60
+    )
+    for host in c.worker_hosts:
+        if c.names[host.name] == web["node"]:
+            continue  # its worker is dead: its rules are as they were
+        wait_for(
+            lambda: (a := answers(c, c.manager_host, f"http://{host.ip}:8080/")).startswith("db-") and a != first, 30
+        )
+    print(f"\nport 8080 on every node: {first} on {web['node']}, then on {moved['node']}")
+
+
+def test_the_mesh_stops_sending_to_a_node_once_it_is_down(cluster3):
+    c = cluster3
+    stack_job(c, "web", SERVER.copy(), count=3, ports=["8080:8000"])
+    tasks = job_tasks(c, "shop-web", running=3)
+    assert len({t["node"] for t in tasks}) == 3
+    entry = c.worker_hosts[0]
+    victim = next(h for h in c.worker_hosts if h is not entry)
+    seen = set()
+    for _ in range(12):  # new connections spread over the replicas
+        seen.add(answers(c, c.manager_host, f"http://{entry.ip}:8080/"))
+    assert len(seen) > 1, seen
+    c.lan.partition(victim)  # the node is cut off: the manager declares it down after its timeout
+    wait_for(lambda: c.node(c.names[victim.name])["state"] == "down", timeout=30)
+    lost = next(t for t in tasks if t["node"] == c.names[victim.name])
+    wait_for(lambda: lost["address"] not in _dnat_targets(c, entry), timeout=30)
+    # From now on no new connection is sent to the cut-off node: each one is answered (none hangs).
+    for _ in range(12):
+        assert answers(c, c.manager_host, f"http://{entry.ip}:8080/").startswith("db-")
+
+
+def _dnat_targets(cluster, host) -> str:
+    return "\n".join(
+        r for r in cluster.lan.exec(host, ["iptables", "-t", "nat", "-S"]).stdout.splitlines() if "DNAT" in r
+    )

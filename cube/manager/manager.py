@@ -333,6 +333,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork):
                 return existing.copy(), False
             if spec.name:
                 self._name_free(spec.name)
+            self._ports_free(spec, task_id)
             task = Task(id=task_id, spec=spec, created_at=self.clock())
             with self._saving():
                 self._commit(task, message="submitted")
@@ -364,6 +365,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork):
                         f"`cube scale {job.name} N`, or stop it first"
                     )
                 job, created = existing, False
+            self._ports_free(job.spec, job.name)
             with self._saving():  # the job and its N tasks: all kept, or none
                 if created:
                     job.created_at = self.clock()

@@ -26,8 +26,8 @@ import threading
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-from cube.core.errors import BadRequest, CubeError
-from cube.core.model import Desired, Job, Node, State, Task, serving
+from cube.core.errors import BadRequest, Conflict, CubeError
+from cube.core.model import Desired, Job, Node, State, Task, TaskSpec, serving
 from cube.manager.outbox import Outbox
 from cube.store import Store
 
@@ -94,6 +94,46 @@ def endpoints(tasks: Iterable[Task], jobs: dict[str, Job], node_state: Callable[
     return sorted(out, key=lambda e: (e["job"], e["task"]))
 
 
+def holders(tasks: Iterable[Task], jobs: dict[str, Job]) -> dict[str, TaskSpec]:
+    """Who holds published ports now: every job not stopped (by name, with its spec) and every task of no job that
+    is desired to run (by id)."""
+    found: dict[str, TaskSpec] = {name: job.spec for name, job in jobs.items() if not job.stopped}
+    for task in tasks:
+        if not task.job and task.desired is Desired.RUN:
+            found[task.id] = task.spec
+    return found
+
+
+def ingress_entries(held: dict[str, TaskSpec]) -> list[dict]:
+    """The routing mesh's ports: {"port", "protocol", "target", "job"} (job: the job's name, or the lone task's id)."""
+    out = [
+        {"port": p.host, "protocol": p.protocol, "target": p.container, "job": owner}
+        for owner, spec in held.items()
+        for p in spec.ingress_ports
+    ]
+    return sorted(out, key=lambda e: (e["port"], e["protocol"], e["job"]))
+
+
+def port_conflict(spec: TaskSpec, owner: str, held: dict[str, TaskSpec]) -> str:
+    """Why `spec` (of job or task `owner`) may not publish its ports, or "": an ingress port is the cluster's, so no
+    other job may publish it, in either mode, and no job may take a port another publishes by the mesh."""
+    mine_ingress = {(p.host, p.protocol) for p in spec.ingress_ports}
+    mine_host = set(spec.fixed_host_ports)
+    for other, theirs in sorted(held.items()):
+        if other == owner:
+            continue
+        their_ingress = {(p.host, p.protocol) for p in theirs.ingress_ports}
+        clash = sorted((mine_ingress & (their_ingress | set(theirs.fixed_host_ports))) | (mine_host & their_ingress))
+        if clash:
+            port, protocol = clash[0]
+            return (
+                f"port {port}/{protocol} is already published by {other} "
+                f"({'on every node, by the routing mesh' if (port, protocol) in their_ingress else 'on its node'}): "
+                f"pick another port, or stop {other} first"
+            )
+    return ""
+
+
 class ManagerNetwork:
     # Owned and written by Manager (see manager.py).
     _lock: threading.RLock
@@ -114,7 +154,7 @@ class ManagerNetwork:
         self.cidr = parse_cidr(cidr)
         self.subnets = {}
         self._net_version = int(self.clock() * 1000)  # a restarted manager's versions are all new
-        self._net_table: tuple[int, list[dict], list[dict]] | None = None  # the table last versioned
+        self._net_table: tuple[int, list[dict], list[dict], list[dict]] | None = None  # the table last versioned
         self._net_dirty = True
         self._net_held: dict[str, tuple] = {}  # node -> (version, subnet) its latest report shows
         self._net_outbox = Outbox(self.monotonic)
@@ -168,13 +208,26 @@ class ManagerNetwork:
         subnet = self.subnets.get(name, "") if self.cidr is not None else ""
         return not subnet or self._net_held.get(name, (None, ""))[1] == subnet
 
+    def _ports_free(self, spec: TaskSpec, owner: str) -> None:
+        """409 when `spec` would publish a port another job holds (cluster-wide for ingress ports). Lock held."""
+        why = port_conflict(spec, owner, holders(self.tasks.values(), self.jobs))
+        if why:
+            raise Conflict(why)
+
     def network_table(self, node: str) -> dict:
         """What `node` is sent (lock held): see cube.worker.network.Table."""
-        version, nodes, found = self._net_current()
-        return {"version": version, "node": node, "cidr": str(self.cidr), "nodes": nodes, "endpoints": found}
+        version, nodes, found, ingress = self._net_current()
+        return {
+            "version": version,
+            "node": node,
+            "cidr": str(self.cidr),
+            "nodes": nodes,
+            "endpoints": found,
+            "ingress": ingress,
+        }
 
-    def _net_current(self) -> tuple[int, list[dict], list[dict]]:
-        """The table's version, nodes and endpoints; a new version when they changed since last asked."""
+    def _net_current(self) -> tuple[int, list[dict], list[dict], list[dict]]:
+        """The table's version, nodes, endpoints and ingress ports; a new version when they changed since."""
         if self._net_dirty or self._net_table is None:
             self._net_dirty = False
             nodes = [
@@ -182,9 +235,10 @@ class ManagerNetwork:
                 for n in sorted(self.nodes.values(), key=lambda n: n.name)
             ]
             found = endpoints(self.tasks.values(), self.jobs, lambda n: self.nodes[n].state if n in self.nodes else "")
-            if self._net_table is None or (nodes, found) != self._net_table[1:]:
+            ingress = ingress_entries(holders(self.tasks.values(), self.jobs))
+            if self._net_table is None or (nodes, found, ingress) != self._net_table[1:]:
                 self._net_version += 1
-                self._net_table = (self._net_version, nodes, found)
+                self._net_table = (self._net_version, nodes, found, ingress)
         return self._net_table
 
     def _network_due(self, reported: Iterable[str]) -> list[tuple]:

@@ -41,6 +41,7 @@ from cube.worker.pulls import Credentials, PullProgress, refused
 from cube.worker.runtime import (
     LABEL_GENERATION,
     LABEL_HOST_PORTS,
+    LABEL_INGRESS,
     LABEL_NODE,
     LABEL_TASK,
     LABEL_VOLUME,
@@ -49,6 +50,7 @@ from cube.worker.runtime import (
     RuntimeEvent,
     VolumeInfo,
     disk_usage,
+    ingress_ports,
     missing_bind,
     missing_device,
 )
@@ -164,8 +166,12 @@ class DockerRuntime:
             mounts = _mounts(task, node)
             if mounts:
                 limits["mounts"] = mounts
-            # With host networking nothing is published: the container's ports are the node's.
-            bindings = None if spec.network == "host" else {p.key: p.host for p in spec.ports} or None
+            # With host networking nothing is published: the container's ports are the node's. On the cluster
+            # network an ingress port is the routing mesh's (cube.worker.mesh), published on every node by DNAT.
+            meshed = ingress_ports(spec, network)
+            bindings = None
+            if spec.network != "host":
+                bindings = {p.key: p.host for p in spec.ports if p.key not in meshed} or None
             options = host_options(spec)
             if network is not None and spec.network != "host":
                 options["network_mode"], options["dns"] = network[0], [network[1]]
@@ -176,6 +182,7 @@ class DockerRuntime:
                 LABEL_NODE: node,
                 LABEL_GENERATION: str(task.generation),
                 **({LABEL_HOST_PORTS: ",".join(p.key for p in spec.ports)} if spec.network == "host" else {}),
+                **({LABEL_INGRESS: ",".join(f"{k}={v}" for k, v in meshed.items())} if meshed else {}),
             }  # cube's labels last: a spec cannot forge them
             # The task's own stop grace wins over the node's (`cube worker --stop-timeout`).
             grace = self.stop_timeout if spec.stop_timeout is None else spec.stop_timeout
@@ -778,6 +785,16 @@ def _address(settings: dict | None) -> str:
     return str(network.get("IPAddress") or "")
 
 
+def _ingress_ports(labels: dict) -> dict:
+    """ "80/tcp=8080" (the label of a container whose port is the routing mesh's) → {"80/tcp": 8080}."""
+    ports = {}
+    for item in labels.get(LABEL_INGRESS, "").split(","):
+        key, _, number = item.partition("=")
+        if number.isdigit():
+            ports[key] = int(number)
+    return ports
+
+
 def _from_inspect(data: dict) -> ContainerInfo:
     state = data.get("State") or {}
     config = data.get("Config") or {}
@@ -790,6 +807,7 @@ def _from_inspect(data: dict) -> ContainerInfo:
             ports[key] = int(host)
     if labels.get(LABEL_HOST_PORTS):  # host networking: each container port is the node's
         ports = _host_network_ports(labels)
+    ports.update(_ingress_ports(labels))
     if not ports:  # a stopped container has no live bindings; fixed host ports are still known
         for key, bindings in ((data.get("HostConfig") or {}).get("PortBindings") or {}).items():
             host = next((b["HostPort"] for b in bindings or () if b.get("HostPort")), None)
@@ -824,6 +842,7 @@ def _from_summary(data: dict) -> ContainerInfo:
     }
     if labels.get(LABEL_HOST_PORTS):
         ports = _host_network_ports(labels)
+    ports.update(_ingress_ports(labels))
     return ContainerInfo(
         id=data["Id"],
         task_id=labels.get(LABEL_TASK, ""),

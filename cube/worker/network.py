@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from cube.core.errors import CubeError, InvalidSpec
 from cube.core.model import Fields
 from cube.store import Store
+from cube.worker.mesh import INGRESS, MARK_BIT, mesh_chains
 from cube.worker.runtime import NETWORK
 
 log = logging.getLogger("cube.network")
@@ -73,6 +74,7 @@ class Table:
     cidr: str
     peers: tuple[Peer, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
+    ingress: tuple[dict, ...] = ()  # {"port", "protocol", "target", "job"}: published by the mesh on every node
     raw: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -100,7 +102,29 @@ class Table:
                     item.get("healthy") is True,
                 )
             )
-        return cls(get.whole("version"), get.text("node"), str(cidr), tuple(peers), tuple(endpoints), dict(data))
+        ingress = []
+        for item in _items(data.get("ingress"), "ingress"):
+            one = Fields("network table: ingress[]", item)
+            protocol = one.text("protocol", "tcp")
+            if protocol not in ("tcp", "udp"):
+                raise InvalidSpec(f"network table: ingress[].protocol must be tcp or udp, not {protocol!r}")
+            ingress.append(
+                {
+                    "port": one.whole("port", low=1),
+                    "protocol": protocol,
+                    "target": one.whole("target", low=1),
+                    "job": one.text("job"),
+                }
+            )
+        return cls(
+            get.whole("version"),
+            get.text("node"),
+            str(cidr),
+            tuple(peers),
+            tuple(endpoints),
+            tuple(ingress),
+            dict(data),
+        )
 
     @property
     def subnet(self) -> str:
@@ -150,27 +174,38 @@ def route_plan(wanted: dict[str, str], present: dict[str, str]) -> tuple[list[tu
     return replace, delete
 
 
-# The chains Cube owns: (table, chain) -> (the built-in or Docker chain that jumps to it).
-CHAINS = {
-    ("filter", "CUBE-FORWARD"): "DOCKER-USER",
-    ("nat", "CUBE-POSTROUTING"): "POSTROUTING",
-}
+# Where Cube's chains are entered: (table, built-in or Docker chain, Cube's chain), each jump first in its parent.
+JUMPS = (
+    ("filter", "DOCKER-USER", "CUBE-FORWARD"),
+    ("nat", "POSTROUTING", "CUBE-POSTROUTING"),
+    ("nat", "PREROUTING", INGRESS),
+    ("nat", "OUTPUT", INGRESS),
+)
 
 
-def wanted_chains(table: Table, extra: dict[tuple[str, str], list[str]] | None = None) -> dict[tuple, list[str]]:
-    """The rules of each chain of Cube's, in `iptables -S` form without the chain's name; `extra`: more chains (the
-    routing mesh's, cube.worker.mesh), each with its rules."""
+def wanted_chains(table: Table) -> dict[tuple, list[str]]:
+    """The rules of each chain of Cube's (the routing mesh's too, cube.worker.mesh), in `iptables -S` form without
+    `-A CHAIN`, each ending with the rule that carries the digest of the others."""
     cidr, subnet = table.cidr, table.subnet
-    chains: dict[tuple, list[str]] = {key: [] for key in CHAINS}
+    chains: dict[tuple, list[str]] = {("filter", "CUBE-FORWARD"): [], ("nat", "CUBE-POSTROUTING"): []}
     if subnet:
-        # Docker's FORWARD drops new connections into its bridges that no published port explains.
-        chains[("filter", "CUBE-FORWARD")] = [f"-s {cidr} -d {cidr} -j ACCEPT"]
-        # Within the cluster range a container keeps its address; out of it, the node's address stands for it.
+        chains[("filter", "CUBE-FORWARD")] = [
+            # Docker's FORWARD drops new connections into its bridges that no published port explains.
+            f"-s {cidr} -d {cidr} -j ACCEPT",
+            # The mesh's connections (marked by their first packet) and the rest of them.
+            f"-m mark --mark {MARK_BIT}/{MARK_BIT} -j ACCEPT",
+            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        ]
         chains[("nat", "CUBE-POSTROUTING")] = [
+            # The mesh's connections leave with this node's address, so their replies come back through it.
+            f"-m mark --mark {MARK_BIT}/{MARK_BIT} -j MASQUERADE",
+            # Within the cluster range a container keeps its address; out of it, the node's address stands for it.
             f"-s {subnet} -d {cidr} -j RETURN",
             f"-s {subnet} ! -o {BRIDGE} -j MASQUERADE",
         ]
-    chains.update(extra or {})
+        chains.update(mesh_chains(table))
+    else:
+        chains[("nat", INGRESS)] = []
     return {key: [*rules, f"-m comment --comment cube:{_digest(rules)} -j RETURN"] for key, rules in chains.items()}
 
 
@@ -178,15 +213,18 @@ def _digest(rules: list[str]) -> str:
     return hashlib.sha256("\n".join(rules).encode()).hexdigest()[:16]
 
 
-def restore_text(chains: dict[tuple, list[str]]) -> str:
-    """One `iptables-restore --noflush` input that writes the given chains whole (and leaves every other alone)."""
+def restore_text(chains: dict[tuple, list[str]], remove: tuple = ()) -> str:
+    """One `iptables-restore --noflush` input that writes the given chains whole and deletes the chains `remove`
+    ((table, chain), no longer referenced once the others are written), leaving every other chain alone."""
     out = []
-    for name in sorted({t for t, _ in chains}):
+    for name in sorted({t for t, _ in chains} | {t for t, _ in remove}):
         out.append(f"*{name}")
         mine = sorted(c for t, c in chains if t == name)
-        out += [f":{chain} - [0:0]" for chain in mine]
+        gone = sorted(c for t, c in remove if t == name)
+        out += [f":{chain} - [0:0]" for chain in mine + gone]
         for chain in mine:
             out += [f"-A {chain} {rule}" for rule in chains[(name, chain)]]
+        out += [f"-X {chain}" for chain in gone]
         out.append("COMMIT")
     return "\n".join(out) + "\n"
 
@@ -226,6 +264,9 @@ class Host(Protocol):
         """The chain's rules as `iptables -S` prints them (without the -A CHAIN), None when it does not exist."""
 
     def restore(self, text: str) -> None: ...
+    def names(self, table: str) -> list[str]:
+        """The chains of a table whose names start with CUBE-."""
+
     def insert_jump(self, table: str, parent: str, chain: str) -> None: ...
     def delete_jump(self, table: str, parent: str, chain: str) -> None: ...
     def has_address(self, interface: str, address: str) -> bool: ...
@@ -267,6 +308,10 @@ class SystemHost:
 
     def restore(self, text: str) -> None:
         _run(["iptables-restore", "-w", "5", "--noflush"], text)
+
+    def names(self, table: str) -> list[str]:
+        out = _run(["iptables", "-w", "5", "-t", table, "-S"])
+        return [line.split()[1] for line in out.splitlines() if line.startswith("-N CUBE-")]
 
     def insert_jump(self, table: str, parent: str, chain: str) -> None:
         _run(["iptables", "-w", "5", "-t", table, "-I", parent, "1", "-j", chain])
@@ -329,6 +374,11 @@ class MemoryHost:
             elif line.startswith("-A "):
                 chain, rule = line[3:].split(" ", 1)
                 self.chains[(table, chain)].append(rule)
+            elif line.startswith("-X "):
+                del self.chains[(table, line[3:])]
+
+    def names(self, table: str) -> list[str]:
+        return [c for t, c in self.chains if t == table and c.startswith("CUBE-")]
 
     def insert_jump(self, table: str, parent: str, chain: str) -> None:
         self.chains.setdefault((table, parent), []).insert(0, f"-j {chain}")
@@ -370,7 +420,6 @@ class NodeNetwork:
         self.state = "none"  # none (no table yet), ready, off (this node takes no part), error
         self.applied = ""  # the digest of what was last applied whole
         self._next = float("-inf")
-        self.extra: Callable[[Table], dict] | None = None  # more chains (the routing mesh)
         self.dns = dns
         self.dns_error = ""
         self._nameserver: Any = None  # cube.worker.dns.NameServer, once serving
@@ -463,13 +512,13 @@ class NodeNetwork:
             host.replace_route(dest, via)
         for dest in delete:
             host.delete_route(dest)
-        wanted = wanted_chains(table, self.extra(table) if self.extra else None)
+        host.sysctl("net.ipv4.conf.all.route_localnet", "1")  # the mesh on 127.0.0.1 (cube.worker.mesh)
+        wanted = wanted_chains(table)
         stale = chains_plan(wanted, {key: host.chain(*key) for key in wanted})
-        if stale:
-            host.restore(restore_text(stale))
-        for (name, chain), parent in {**CHAINS, **{k: v for k, v in _parents(wanted).items()}}.items():
-            if parent is None:
-                continue
+        unused = tuple((t, c) for t in ("filter", "nat") for c in host.names(t) if (t, c) not in wanted)
+        if stale or unused:
+            host.restore(restore_text(stale, unused))
+        for name, parent, chain in JUMPS:
             insert, extra = jump_plan(host.parent(name, parent), chain)
             for _ in range(extra):
                 host.delete_jump(name, parent, chain)
@@ -483,12 +532,6 @@ class NodeNetwork:
                 len(delete),
                 len(stale),
             )
-
-
-def _parents(wanted: dict[tuple, list[str]]) -> dict[tuple, str | None]:
-    """The parent chain of each extra chain: the mesh's entry chains are jumped to from nat PREROUTING and OUTPUT."""
-    from_builtin = {("nat", "CUBE-INGRESS"): "PREROUTING", ("nat", "CUBE-INGRESS-OUT"): "OUTPUT"}
-    return {key: from_builtin.get(key) for key in wanted if key not in CHAINS}
 
 
 class _Declined(CubeError):

@@ -28,7 +28,14 @@ LABEL_NODE = "cube.node"
 LABEL_GENERATION = "cube.generation"
 LABEL_VOLUME = "cube.volume"  # on the named volumes Cube creates (with cube.node): how a node lists its own
 LABEL_HOST_PORTS = "cube.host_ports"  # with host networking: the task's ports ("80/tcp,53/udp"), each the node's
+LABEL_INGRESS = "cube.ingress"  # "80/tcp=8080,...": ports the routing mesh publishes (reported as host ports)
 NETWORK = "cube"  # the node's cluster network (a bridge with the node's subnet; see cube.worker.network)
+
+
+def ingress_ports(spec, network) -> dict[str, int]:
+    """The spec's ports the routing mesh publishes ("80/tcp" -> node port) when the container joins the cluster
+    network (`network` given); without one, every port is Docker's own binding on the node, as before the mesh."""
+    return {p.key: p.host for p in spec.ingress_ports} if network is not None else {}
 
 
 def missing_device(path: str, node: str) -> RuntimeFailure:
@@ -260,7 +267,7 @@ class FakeRuntime:
             if task.spec.network == "host":  # the container's ports are the node's
                 ports = {p.key: p.container for p in task.spec.ports}
             else:
-                ports = {p.key: p.host or next(self._ports) for p in task.spec.ports}
+                ports = {p.key: p.host or next(self._ports) for p in task.spec.ports}  # meshed: the node port
             self.options[cid] = inspected_options(task.spec)
             address = ""
             if network is not None and task.spec.network != "host" and network[0] in self.networks:
