@@ -15,8 +15,8 @@ from cube.core.model import Assignment, Node, Resources
 from cube.manager.manager import Manager
 from cube.store import MemoryStore
 from cube.worker.devices import DeviceScan
+from cube.worker.kernel import MemoryHost
 from cube.worker.metrics import Metrics
-from cube.worker.network import MemoryHost
 from cube.worker.runtime import FakeRuntime
 from cube.worker.worker import Worker
 

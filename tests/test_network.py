@@ -251,3 +251,20 @@ def test_port_modes_parse_and_keep_older_records_as_they_were():
         with pytest.raises(BadRequest) as caught:
             Port.parse(bad)
         assert said in caught.value.message
+
+
+def test_cube_manager_refuses_a_bad_cluster_cidr_before_starting_anything(tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    for bad, said in [("10.0.0.0/33", "does not appear to be"), ("10.1.0.0/26", "prefix must be from /8 to /24")]:
+        done = subprocess.run(
+            [sys.executable, str(root / "cube.py"), "manager", "--cluster-cidr", bad, "--data", str(tmp_path / "m")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1 and "--cluster-cidr must be an IPv4 range" in done.stderr and said in done.stderr
+        assert "Traceback" not in done.stderr and not (tmp_path / "m").exists()

@@ -42,8 +42,8 @@ def build_worker(
     from one dev cluster to the next on the same engine)."""
     from cube.store import DiskStore
     from cube.worker.devices import DeviceScan
+    from cube.worker.kernel import SystemHost
     from cube.worker.metrics import Metrics
-    from cube.worker.network import SystemHost
     from cube.worker.pulls import Credentials
     from cube.worker.worker import Worker
 
