@@ -732,10 +732,11 @@ class TaskSpec:
 
     @property
     def disconnect(self) -> str:
-        """The disconnect policy in force: the one asked for, else stop for fixed host ports, else keep."""
+        """The disconnect policy in force: the one asked for, else stop for fixed host ports (ingress ones too: a
+        published service is one copy unless said otherwise), else keep."""
         if self.on_disconnect:
             return self.on_disconnect
-        return "stop" if self.fixed_host_ports else "keep"
+        return "stop" if self.fixed_host_ports or self.ingress_ports else "keep"
 
     @property
     def fixed_host_ports(self) -> list[tuple[int, str]]:
