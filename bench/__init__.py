@@ -6,4 +6,15 @@ One module per benchmark, each with `NAME`, `TITLE` and `run(options) -> list[st
 `bench.common` starts and always cleans up Cube processes, `bench.engine` holds the raw Docker and Swarm baselines.
 """
 
-BENCHMARKS = ("one_task", "job100", "kill", "worker_kill", "scheduling", "api", "footprint", "cli", "image_push")
+BENCHMARKS = (
+    "one_task",
+    "job100",
+    "kill",
+    "worker_kill",
+    "scheduling",
+    "api",
+    "footprint",
+    "cli",
+    "image_push",
+    "mesh",
+)

@@ -15,6 +15,7 @@ from cube.core.model import Assignment, Node, Resources
 from cube.manager.manager import Manager
 from cube.store import MemoryStore
 from cube.worker.devices import DeviceScan
+from cube.worker.kernel import MemoryHost
 from cube.worker.metrics import Metrics
 from cube.worker.runtime import FakeRuntime
 from cube.worker.worker import Worker
@@ -44,7 +45,10 @@ class ClusterHarness:
         stop_timeout: float = 1.0,
         cpus: float = 4,
         memory: int = 8 << 30,
+        cluster_cidr: str | None = None,
     ):
+        """`cluster_cidr`: the manager's cluster network (cube.manager.network); the nodes then have LAN addresses
+        (10.99.0.N) and each worker a MemoryHost for its routes and rules (`hosts`)."""
         self.clock = Clock(1_000_000.0)
         self.mono = Clock(1000.0)
         self.node_timeout = node_timeout
@@ -59,6 +63,9 @@ class ClusterHarness:
         self.runtimes: dict[str, FakeRuntime] = {}
         self.stores: dict[str, MemoryStore] = {}
         self.devices: dict[str, DeviceScan] = {}  # what each node's worker finds plugged in (see add_node)
+        self.cluster_cidr = cluster_cidr
+        self.hosts: dict[str, MemoryHost] = {}  # each node's kernel (routes, iptables) with a cluster network
+        self.addresses: dict[str, str] = {}  # node -> the address the manager reaches it at
         self.manager = self._new_manager()
         for name in names:
             self.add_node(name)
@@ -73,6 +80,7 @@ class ClusterHarness:
             dispatch=self.dispatch,
             node_timeout=self.node_timeout,
             executor=Inline(),
+            cluster_cidr=self.cluster_cidr,
         )
 
     def restart_manager(self) -> None:
@@ -93,6 +101,7 @@ class ClusterHarness:
             disconnect_timeout=self.disconnect_timeout,
             sync=True,
             devices=self.devices[name],
+            network_host=self.hosts.get(name),
         )
 
     def add_node(self, name: str, devices=(), arch: str | None = None) -> None:
@@ -104,12 +113,16 @@ class ClusterHarness:
         if arch is not None:
             self.runtimes[name].arch = arch
         self.stores[name] = MemoryStore()
+        self.addresses[name] = f"fake://{name}"
+        if self.cluster_cidr:
+            self.hosts[name] = MemoryHost()
+            self.addresses[name] = f"fake://10.99.0.{len(self.addresses)}:5556"
         self.workers[name] = self._new_worker(name)
         cpus, memory = self.capacity
         self.manager.node_up(
             Node(
                 name,
-                f"fake://{name}",
+                self.addresses[name],
                 Resources(cpus, memory, 100 << 30),
                 labels={"node_id": self.workers[name].id, "hostname": name, **({"arch": arch} if arch else {})},
                 last_seen=self.clock(),
@@ -128,13 +141,15 @@ class ClusterHarness:
     # ---- the network ------------------------------------------------------------------------------------------
 
     def dispatch(self, address: str, method: str, path: str, body: dict | None, params: dict | None):
-        name = address.split("://", 1)[1]
+        name = next(n for n, a in self.addresses.items() if a == address)
         self.sent.append((name, method, path, (body or {}).get("generation"), (params or {}).get("generation")))
         if name in self.cut or name in self.dead:
             raise Unavailable(f"cannot reach {address}")
         worker = self.workers[name]
         if method == "POST" and path == "/tasks":
             return worker.accept(Assignment.from_dict(body))[0].to_dict()
+        if method == "PUT" and path == "/network":
+            return worker.update_network(body)
         if method == "DELETE" and path.startswith("/volumes/"):
             return worker.remove_volume(path.split("/")[2])
         task_id = path.split("/")[2]

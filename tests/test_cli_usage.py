@@ -167,8 +167,8 @@ def test_output_into_a_closed_pipe_is_no_traceback():
 class ExitingRuntime(FakeRuntime):
     """A fake engine whose containers of image `exit-N` exit with code N 0.2 s after each start."""
 
-    def start(self, task, node, files=()):
-        return self._exit_soon(super().start(task, node, files))
+    def start(self, task, node, *args, **kwargs):
+        return self._exit_soon(super().start(task, node, *args, **kwargs))
 
     def restart(self, container_id):
         return self._exit_soon(super().restart(container_id))

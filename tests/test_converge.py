@@ -86,9 +86,9 @@ def test_assignments_sent_while_a_worker_was_dead_arrive_when_it_returns():
 
 def test_task_placed_back_on_its_returning_node_survives():
     c = ClusterHarness(["n1", "n2"])
-    blocker = c.submit({"image": "busybox", "ports": ["8080:80"], "constraints": ["hostname=n2"]})
+    blocker = c.submit({"image": "busybox", "ports": ["8080:80/host"], "constraints": ["hostname=n2"]})
     c.settle()
-    task = c.submit({"image": "busybox", "ports": ["8080:80"]})
+    task = c.submit({"image": "busybox", "ports": ["8080:80/host"]})
     c.settle()
     assert c.task(task["id"])["node"] == "n1"
     c.kill_worker("n1")  # its container runs on: nobody is there to stop it
@@ -155,7 +155,7 @@ def test_partition_moves_a_keep_task_and_one_copy_remains_after_healing(c):
 
 
 def test_partition_never_runs_two_copies_of_a_stop_task(c):
-    task = c.submit({"image": "busybox", "ports": ["8080:80"]})
+    task = c.submit({"image": "busybox", "ports": ["8080:80/host"]})
     c.settle()
     node = c.task(task["id"])["node"]
     c.cut.add(node)
@@ -168,7 +168,7 @@ def test_partition_never_runs_two_copies_of_a_stop_task(c):
 
 
 def test_stop_task_whose_node_was_only_briefly_cut_off_runs_again_there(c):
-    task = c.submit({"image": "busybox", "ports": ["8080:80"]})
+    task = c.submit({"image": "busybox", "ports": ["8080:80/host"]})
     c.settle()
     node = c.task(task["id"])["node"]
     c.cut.add(node)

@@ -198,10 +198,10 @@ def test_worker_killed_and_back_restarts_nothing_and_loses_nothing(cluster):
 def test_task_placed_back_on_its_returning_node_survives(cluster):
     n1, n2 = (cluster.names[h.name] for h in cluster.worker_hosts)
     blocker = cluster.client.post(
-        "/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["8080:80"], "constraints": [f"node={n2}"]}
+        "/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["8080:80/host"], "constraints": [f"node={n2}"]}
     )
     wait_for(lambda: cluster.running_on(blocker["id"], n2), timeout=60)
-    task = cluster.client.post("/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["8080:80"]})
+    task = cluster.client.post("/tasks", {"image": IMAGE, "command": HTTPD, "ports": ["8080:80/host"]})
     wait_for(lambda: cluster.running_on(task["id"], n1), timeout=60)
     cluster.kill_worker(cluster.host(n1))
     # Moved once n1 is silent past its disconnect and stop timeouts; the port is taken on n2, so it waits.

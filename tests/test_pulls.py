@@ -271,7 +271,7 @@ class PullingRuntime(FakeRuntime):
     def pull_progress(self, image):
         return self.pull
 
-    def start(self, task, node, files=()):
+    def start(self, task, node, *args, **kwargs):
         self.pull = PullProgress(task.spec.image, node)
         for percent in (40, 80):
             detail = {"current": percent * 100_000, "total": 10_000_000}
@@ -279,7 +279,7 @@ class PullingRuntime(FakeRuntime):
             time.sleep(1.5)
         self.pull.done.set()
         self.pull = None
-        return super().start(task, node, files)
+        return super().start(task, node, *args, **kwargs)
 
 
 def test_the_worker_tells_the_pulls_progress_in_the_tasks_events_once_a_second():

@@ -65,7 +65,9 @@ def names(placements):
 def test_checks_are_a_pipeline_and_a_fresh_node_fits():
     assert len(CHECKS) == 7 and all(callable(check) for check in CHECKS)
     assert (
-        feasible(make_spec(cpu=1, memory="1g", disk="1g", ports=["8080:80"], constraints=["arch=amd64"]), make_node())
+        feasible(
+            make_spec(cpu=1, memory="1g", disk="1g", ports=["8080:80/host"], constraints=["arch=amd64"]), make_node()
+        )
         is None
     )
 
@@ -88,7 +90,7 @@ def test_checks_are_a_pipeline_and_a_fresh_node_fits():
             "insufficient disk (needs 2 GiB, free 1 GiB)",
         ),
         (make_node(), make_spec(constraints=["arch=aarch64"]), "constraint arch=aarch64 not met (node has x86_64)"),
-        (make_node(used_ports=[(8080, "tcp")]), make_spec(ports=["8080:80"]), "host port 8080/tcp already used"),
+        (make_node(used_ports=[(8080, "tcp")]), make_spec(ports=["8080:80/host"]), "host port 8080/tcp already used"),
     ],
 )
 def test_each_rejection_has_a_concrete_reason(node, spec, reason):
@@ -171,19 +173,19 @@ def test_constraints_steer_the_placement_to_the_matching_node():
 
 def test_host_port_conflicts():
     nodes = [make_node("a", used_ports=[(8080, "tcp"), (53, "udp")]), make_node("b")]
-    placement = place(make_spec(ports=["8080:80"]), nodes)
+    placement = place(make_spec(ports=["8080:80/host"]), nodes)
     assert placement.node.name == "b"
     assert placement.reasons == {"a": "host port 8080/tcp already used"}
     # Another protocol, or no fixed host port, does not conflict.
-    assert feasible(make_spec(ports=["8080:80/udp"]), nodes[0]) is None
-    assert feasible(make_spec(ports=["53:53/tcp"]), nodes[0]) is None
+    assert feasible(make_spec(ports=["8080:80/udp/host"]), nodes[0]) is None
+    assert feasible(make_spec(ports=["53:53/tcp/host"]), nodes[0]) is None
     assert feasible(make_spec(ports=["8080"]), nodes[0]) is None
-    assert feasible(make_spec(ports=["53:53/udp"]), nodes[0]) == "host port 53/udp already used"
+    assert feasible(make_spec(ports=["53:53/udp/host"]), nodes[0]) == "host port 53/udp already used"
 
 
 def test_copies_with_a_fixed_host_port_take_one_node_each():
     nodes = [make_node("a"), make_node("b")]
-    placements = place_many(make_spec(ports=["9000:80"]), 3, nodes, seed="job-1")
+    placements = place_many(make_spec(ports=["9000:80/host"]), 3, nodes, seed="job-1")
     assert sorted(names(placements)[:2]) == ["a", "b"]
     assert placements[2].node is None
     assert placements[2].reasons == {"a": "host port 9000/tcp already used", "b": "host port 9000/tcp already used"}
@@ -297,14 +299,14 @@ def test_unknown_strategy_and_bad_limit_are_bad_requests():
 def test_place_does_not_change_the_nodes():
     nodes = make_cluster(2)
     before = copy.deepcopy(nodes)
-    placement = place(make_spec(cpu=1, memory="1g", ports=["8080:80"]), nodes)
+    placement = place(make_spec(cpu=1, memory="1g", ports=["8080:80/host"]), nodes)
     assert placement.node is not None
     assert nodes == before
 
 
 def test_place_many_places_n_and_updates_the_given_nodes():
     nodes = make_cluster(2, cpu=4, memory="8g", disk="100g")
-    spec = make_spec(cpu=1, memory="1g", disk="10g", ports=["9000:80", "9001:81/udp"])
+    spec = make_spec(cpu=1, memory="1g", disk="10g", ports=["9000:80/host", "9001:81/udp/host"])
     placements = place_many(spec, 2, nodes, "epvm", seed="job-1")
     assert {id(p.node) for p in placements} == {id(node) for node in nodes}  # the given objects, one copy each
     for node in nodes:
@@ -342,7 +344,7 @@ def test_nothing_fits_explains_every_node():
         make_node("d", arch="aarch64"),
         make_node("e", used_ports=[(80, "tcp")]),
     ]
-    spec = make_spec(cpu=2, memory="512m", ports=["80:80"], constraints=["arch=amd64"])
+    spec = make_spec(cpu=2, memory="512m", ports=["80:80/host"], constraints=["arch=amd64"])
     for limit in (None, 2):
         placement = place(spec, nodes, limit=limit, seed="t1")
         assert placement.node is None
@@ -387,7 +389,7 @@ def test_place_many_picks_as_place_and_reserve_would(strategy):
         )
         for i in range(30)
     ]
-    for spec in (make_spec(cpu=0.5, memory="512m"), make_spec(), make_spec(cpu=1, ports=["7000:80"])):
+    for spec in (make_spec(cpu=0.5, memory="512m"), make_spec(), make_spec(cpu=1, ports=["7000:80/host"])):
         one, many = copy.deepcopy(cluster), copy.deepcopy(cluster)
         state_one, state_many = SchedulerState(), SchedulerState()
         expected = []
@@ -459,7 +461,7 @@ REJECTED_BY = {
     check_cpu: (make_node(cpu=1), make_spec(cpu=2), INSUFFICIENT_CPU),
     check_memory: (make_node(memory="1g"), make_spec(memory="2g"), INSUFFICIENT_MEMORY),
     check_disk: (make_node(disk="1g"), make_spec(disk="2g"), INSUFFICIENT_DISK),
-    check_ports: (make_node(used_ports=[(8080, "tcp")]), make_spec(ports=["8080:80"]), PORT_IN_USE),
+    check_ports: (make_node(used_ports=[(8080, "tcp")]), make_spec(ports=["8080:80/host"]), PORT_IN_USE),
 }
 
 
@@ -495,7 +497,7 @@ def test_skipping_the_checks_a_spec_cannot_fail_changes_no_answer():
         make_spec(),
         make_spec(cpu=2),
         make_spec(memory="2g", disk="2g"),
-        make_spec(ports=["80:80"]),
+        make_spec(ports=["80:80/host"]),
         make_spec(constraints=["arch=arm64"], cpu=0.5),
         make_spec(ports=["8080"], disk="5g"),
     ]
@@ -503,7 +505,7 @@ def test_skipping_the_checks_a_spec_cannot_fail_changes_no_answer():
         for node in nodes:
             assert first_rejection(checks_for(spec), spec, node) == rejection(spec, node)
     assert checks_for(make_spec()) == (check_state,)
-    assert checks_for(make_spec(cpu=1, ports=["80:80"])) == (check_state, check_cpu, check_ports)
+    assert checks_for(make_spec(cpu=1, ports=["80:80/host"])) == (check_state, check_cpu, check_ports)
 
 
 def test_a_rejection_is_a_frozen_value():

@@ -164,6 +164,7 @@ class ClusterCommands:
         mdns: bool = True,
         insecure: bool = False,
         verbose: bool = False,
+        cluster_cidr: str = "10.210.0.0/16",
     ):
         """cube manager [FLAGS]
 
@@ -179,12 +180,16 @@ class ClusterCommands:
           --scheduler NAME       epvm (default), roundrobin, binpack or spread
           --workers HOST:PORT,...  workers to admit without mDNS (repeatable)
           --node-timeout S       seconds of silence before a node is down and its tasks move (default 5)
+          --cluster-cidr RANGE   the containers' addresses: a /24 of it per node, routed between nodes (default
+                                 10.210.0.0/16; off: containers on each engine's own bridge only)
           --no-mdns              do not announce the manager on the LAN, nor look for workers there
           --insecure             plain HTTP instead of TLS
           --verbose              log more"""
         from cube.cluster.manager_service import run_manager
         from cube.cluster.service import setup_logging
+        from cube.manager.network import parse_cidr
 
+        parse_cidr(cluster_cidr)  # a mistake is said before anything starts
         setup_logging(verbose)
         run_manager(
             port=int(port),
@@ -196,6 +201,7 @@ class ClusterCommands:
             node_timeout=float(node_timeout),
             mdns=mdns,
             insecure=bool(insecure),
+            cluster_cidr=cluster_cidr,
         )
 
     def dev(

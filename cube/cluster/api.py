@@ -435,6 +435,10 @@ def worker_app(worker, token) -> bottle.Bottle:
         worker.remove_volume(name)
         return bottle.HTTPResponse(status=204)
 
+    @app.put("/network")
+    def put_network():
+        return worker.update_network(read_json())
+
     _image_routes_worker(app, worker)
 
     @app.get("/state")

@@ -36,6 +36,7 @@ class ManagerService:
         poll_wait=2.0,
         insecure=False,
         role="manager",
+        cluster_cidr: str | None = None,
     ):
         from cube.cluster.api import Access, Server, manager_app
         from cube.cluster.config import ensure_token
@@ -72,6 +73,7 @@ class ManagerService:
             dispatch=self.registries.dispatching(self.links.dispatch),
             node_timeout=node_timeout,
             sealer=sealer,
+            cluster_cidr=cluster_cidr,
         )
         self.membership = Membership(
             self.manager, self.links.request, self.store, poll_wait=poll_wait, url=self._worker_url
@@ -183,9 +185,12 @@ def run_manager(
     node_timeout=5.0,
     mdns=True,
     insecure=False,
+    cluster_cidr: str | None = "10.210.0.0/16",
 ) -> None:
     """`cube manager`: serve the manager API until stopped."""
-    service = ManagerService(port, host, data, token, strategy, node_timeout, insecure=insecure).start()
+    service = ManagerService(
+        port, host, data, token, strategy, node_timeout, insecure=insecure, cluster_cidr=cluster_cidr
+    ).start()
     service.add_workers(workers)
     if mdns:
         service.announce()

@@ -43,6 +43,7 @@ def build_worker(
     from cube.store import DiskStore
     from cube.worker.devices import DeviceScan
     from cube.worker.files import TaskFiles
+    from cube.worker.kernel import SystemHost
     from cube.worker.metrics import Metrics
     from cube.worker.pulls import Credentials
     from cube.worker.worker import Worker
@@ -74,6 +75,8 @@ def build_worker(
         credentials=credentials,
         image_source=image_source,
         files=files,
+        network_host=SystemHost(),
+        network_dns=True,
     )
 
 

@@ -113,6 +113,13 @@ class Fields:
             raise self._bad(key, 'an object such as {"80/tcp": 32768}')
         return dict(value)
 
+    def address(self, key: str) -> str:
+        """An IPv4 address ("" when absent)."""
+        value = self.data.get(key) or ""
+        if not isinstance(value, str) or (value and not _is_ipv4(value)):
+            raise self._bad(key, "an IPv4 address such as 10.210.0.2")
+        return value
+
     def times(self, key: str) -> list:
         value = self.data.get(key) or []
         if not isinstance(value, list) or len(value) > 10000:
@@ -168,6 +175,7 @@ class Assignment:
     node: str = ""
     container_id: str = ""
     host_ports: dict = field(default_factory=dict)  # "80/tcp" -> host port number
+    address: str = ""  # the container's address on the node's cluster network ("" when on none)
     restarts: int = 0  # restarts of this assignment, all told (shown to users)
     restart_times: list = field(default_factory=list)  # when the recent ones happened (the policy's window)
     streak: int = 0  # quick restarts in a row (the backoff)
@@ -195,6 +203,7 @@ class Assignment:
             "image": self.spec.image,
             "container_id": self.container_id,
             "host_ports": dict(self.host_ports),
+            "address": self.address,
             "restarts": self.restarts,
             "restart_times": list(self.restart_times),
             "streak": self.streak,
@@ -223,6 +232,7 @@ class Assignment:
             node=get.text("node"),
             container_id=get.text("container_id"),
             host_ports=get.host_ports("host_ports"),
+            address=get.address("address"),
             restarts=get.whole("restarts"),
             restart_times=get.times("restart_times"),
             streak=get.whole("streak"),
@@ -256,6 +266,7 @@ class Observed:
     finished_at: float | None = None
     updated_at: float = 0.0
     health: str = ""
+    address: str = ""  # on the cluster network of its node (the worker's word; cube.manager.network reads it)
 
     FIELDS = (
         "state",
@@ -270,6 +281,7 @@ class Observed:
         "finished_at",
         "updated_at",
         "health",
+        "address",
     )
 
     @classmethod
@@ -289,6 +301,7 @@ class Observed:
             get.optional_time("finished_at"),
             get.time("updated_at"),
             get.choice("health", Health, "").value,
+            get.address("address"),
         )
 
     def to_dict(self) -> dict:
@@ -306,6 +319,7 @@ class Observed:
             "finished_at": self.finished_at,
             "updated_at": self.updated_at,
             "health": self.health,
+            "address": self.address,
         }
 
     @classmethod
@@ -385,6 +399,7 @@ class Task:
             "health": shown.health,
             "container_id": shown.container_id,
             "host_ports": dict(shown.host_ports),
+            "address": shown.address,
             "restarts": shown.restarts,
             "exit_code": shown.exit_code,
             "started_at": shown.started_at,
@@ -460,6 +475,11 @@ def serving(task: Task, node_state: str = "ready") -> bool:
         and obs.state is State.RUNNING
         and obs.health not in (Health.STARTING.value, Health.UNHEALTHY.value)
     )
+
+
+def _is_ipv4(value: str) -> bool:
+    parts = value.split(".")
+    return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
 
 
 @dataclass(frozen=True)

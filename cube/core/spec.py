@@ -179,43 +179,70 @@ def format_size(n: int | float) -> str:
 
 @dataclass(frozen=True)
 class Port:
+    """A container port, and how it is published: `ingress` (the default for a port with a host port: published on
+    every node by the routing mesh, cube.worker.mesh, and unique in the cluster) or `host` (Docker's own binding on
+    the task's node; the only mode of a port without a host port, whose number Docker picks)."""
+
     container: int
     host: int | None = None  # None: Docker picks a free one and the worker reports it back
     protocol: str = "tcp"
+    mode: str = ""  # "ingress" or "host"; "" (from the constructor): the default for the port, see `ingress`
 
     @property
     def key(self) -> str:
         return f"{self.container}/{self.protocol}"
 
+    @property
+    def ingress(self) -> bool:
+        return bool(self.host) and self.mode != "host"
+
     @classmethod
     def parse(cls, value) -> "Port":
-        """`8080`, `8080:80` (host:container, as docker -p), `80/udp`, or a dict."""
+        """`8080`, `8080:80` (host:container, as docker -p), `80/udp`, `8080:80/host`, `8080:80/udp/host`, or a
+        dict (with `mode`)."""
         if isinstance(value, Port):
             return value
         if isinstance(value, dict):
-            _only(value, {"container", "host", "protocol"}, "port")
+            _only(value, {"container", "host", "protocol", "mode"}, "port")
             if "container" not in value:
                 raise InvalidSpec("port needs a 'container' port number")
-            return cls(
+            return cls._made(
                 _port_number(value["container"], "container port"),
                 None if value.get("host") in (None, 0) else _port_number(value["host"], "host port"),
                 _protocol(value.get("protocol", "tcp")),
+                value.get("mode") or "",
             )
         if isinstance(value, int) and not isinstance(value, bool):
             return cls(_port_number(value, "container port"))
-        if not isinstance(value, str) or len(value) > 20:
+        if not isinstance(value, str) or len(value) > 28:
             raise InvalidSpec(f"port must be a number, 'host:container' or an object, not {shown(value)}")
-        text = value.strip()
-        protocol = "tcp"
-        if "/" in text:
-            text, protocol = text.split("/", 1)
+        text, *tail = value.strip().split("/")
+        protocol = next((t for t in tail if t not in PORT_MODES), "tcp")
+        mode = next((t for t in tail if t in PORT_MODES), "")
+        if len(tail) > 2:
+            raise InvalidSpec(f"port {shown(value)}: at most a protocol and a mode after the number (8080:80/udp/host)")
         if ":" in text:
             host, container = text.split(":", 1)
-            return cls(_port_number(container, "container port"), _port_number(host, "host port"), _protocol(protocol))
-        return cls(_port_number(text, "container port"), None, _protocol(protocol))
+            number = _port_number(container, "container port")
+            return cls._made(number, _port_number(host, "host port"), _protocol(protocol), mode)
+        return cls._made(_port_number(text, "container port"), None, _protocol(protocol), mode)
+
+    @classmethod
+    def _made(cls, container: int, host: int | None, protocol: str, mode) -> "Port":
+        if mode not in ("", *PORT_MODES):
+            raise InvalidSpec(f"port mode must be ingress or host, not {shown(mode)}")
+        if mode == "ingress" and not host:
+            raise InvalidSpec(f"port {container}/{protocol}: an ingress port needs a host port (8080:{container})")
+        return cls(container, host, protocol, "host" if host and mode == "host" else "")
 
     def to_dict(self) -> dict:
-        return {"container": self.container, "host": self.host, "protocol": self.protocol}
+        data: dict = {"container": self.container, "host": self.host, "protocol": self.protocol}
+        if self.host and self.mode == "host":  # the default (ingress) is left out: older records read the same
+            data["mode"] = "host"
+        return data
+
+
+PORT_MODES = ("ingress", "host")
 
 
 def _port_number(value, what: str) -> int:
@@ -809,10 +836,11 @@ class TaskSpec:
 
     @property
     def disconnect(self) -> str:
-        """The disconnect policy in force: the one asked for, else stop for fixed host ports, else keep."""
+        """The disconnect policy in force: the one asked for, else stop for fixed host ports (ingress ones too: a
+        published service is one copy unless said otherwise), else keep."""
         if self.on_disconnect:
             return self.on_disconnect
-        return "stop" if self.fixed_host_ports else "keep"
+        return "stop" if self.fixed_host_ports or self.ingress_ports else "keep"
 
     @property
     def fixed_host_ports(self) -> list[tuple[int, str]]:
@@ -820,7 +848,12 @@ class TaskSpec:
         with host networking every port (the container's port is the node's)."""
         if self.network == "host":
             return [(p.host or p.container, p.protocol) for p in self.ports]
-        return [(p.host, p.protocol) for p in self.ports if p.host]
+        return [(p.host, p.protocol) for p in self.ports if p.host and not p.ingress]
+
+    @property
+    def ingress_ports(self) -> list[Port]:
+        """The ports the routing mesh publishes on every node (none with host networking: its ports are the node's)."""
+        return [] if self.network == "host" else [p for p in self.ports if p.ingress]
 
     @property
     def health_port(self) -> Port | None:

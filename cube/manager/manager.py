@@ -52,6 +52,7 @@ from cube.core.spec import shown
 from cube.core.spec import task_id as spec_task_id
 from cube.manager.deployments import UNCHANGED, ManagerDeployments
 from cube.manager.images import ImageMap
+from cube.manager.network import ManagerNetwork
 from cube.manager.outbox import RETRY_MAX, Outbox
 from cube.manager.platforms import KIND as PLATFORMS_KIND
 from cube.manager.platforms import ManagerPlatforms
@@ -75,7 +76,7 @@ def holds(task: Task) -> bool:
     return bool(task.node) and task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING)
 
 
-class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments, ManagerStacks):
+class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, ManagerDeployments, ManagerStacks):
     def __init__(
         self,
         store: Store,
@@ -88,9 +89,11 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
         monotonic: Callable[[], float] = time.monotonic,
         executor=None,
         sealer=None,
+        cluster_cidr: str | None = None,
     ):
         """`executor` (tests): runs deliveries (`submit(fn, *args)`) instead of the manager's thread pool.
-        `sealer`: what seals a stack's files in the store (cube.cluster.pki.Sealer); None keeps them as given."""
+        `sealer`: what seals a stack's files in the store (cube.cluster.pki.Sealer); None keeps them as given.
+        `cluster_cidr`: the range of the nodes' subnets (cube.manager.network); None: no cluster network."""
         scheduler.scorer(strategy)  # unknown strategy: fail at start, not at the first placement
         self.store = store
         self.strategy = strategy
@@ -127,6 +130,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
         # The last refusal warned of: its message, when, and whether "takes writes again" is still to be said.
         self._store_warned: tuple[str, float, bool] = ("", float("-inf"), False)
         self._pool = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-dispatch")
+        self._cluster_cidr = cluster_cidr
         self._load()
 
     # ---- persistence ---------------------------------------------------------------------------------------
@@ -150,11 +154,14 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
         self._load_volumes()
         self._load_platforms()
         self._load_deployments()
+        self._load_network(self._cluster_cidr)
         self.images = ImageMap()  # which node has which image (cube image ls, peer fetch), from the poll answers
         with self._lock, self._trying():
             # A job cut short by a crash (its record kept, some of its tasks not yet) is completed here.
             for job in list(self.jobs.values()):
                 self._reconcile_job(job)
+            for node in self.nodes.values():  # a range changed since: subnets out of it are given anew
+                self._allot_subnet(node)
 
     def _index(self, task: Task, before: tuple[str, str] | None) -> None:
         """Keep the indexes and the node allocations in line with `task` (`before`: its (node, job) before)."""
@@ -194,6 +201,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
             self.store.append_event(Event(0, task.id, task.state.value, task.updated_at, message, task.node))
         self.tasks[task.id] = task
         self._index(task, before)
+        self._net_changed()
         if task.node:
             self._mark(task.node, {task.id})
         if before and before[0] and before[0] != task.node:
@@ -333,6 +341,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
                 return existing.copy(), False
             if spec.name:
                 self._name_free(spec.name)
+            self._ports_free(spec, task_id)
             task = Task(id=task_id, spec=spec, created_at=self.clock())
             with self._saving():
                 self._commit(task, message="submitted")
@@ -356,6 +365,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
         job's record is kept first: the load completes its tasks). Returns (job, outcome)."""
         job = Job.from_request(data)
         with self._lock:
+            self._ports_free(job.spec, job.name)
             with self._saving():  # the job, its version and its tasks: all kept, or none
                 outcome = self._deploy(job)
                 if outcome == UNCHANGED:
@@ -583,6 +593,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
         """A node registered (or was admitted again): keep it and try pending tasks."""
         with self._lock:
             known = self.nodes.get(node.name)
+            self._net_changed()
             if known is not None:
                 known.address, known.capacity, known.labels = node.address, node.capacity, node.labels
                 known.devices = node.devices
@@ -595,6 +606,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
                     self._account(task)
             with self._trying():
                 self.save_node(node)
+                self._allot_subnet(node)
                 self._place_pending()
             due = self._flush()
         self._deliver_later(due)
@@ -617,6 +629,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
             for per_node in (self._seen, self._reports, self._report_start, self._dirty, self._raw):
                 per_node.pop(name, None)
             self._unsaved.discard(name)
+            self._free_subnet(name)
             with self._trying():  # refused: its tasks are placed elsewhere by the next sweep (their node is gone)
                 self._decide([self.tasks[i] for i in list(self._by_node.get(name, ()))])
             self._changed.notify_all()
@@ -639,6 +652,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
                 return
             node.last_seen = max(node.last_seen, self._seen.get(node_name, 0.0))
             self._heard_volumes(node_name, stats)
+            self._heard_network(node_name, stats)
             self.images.heard(node_name, stats.get("images"))
             runtime = stats.get("runtime") or {}
             state, reason = (
@@ -667,6 +681,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
         """Move a node to `state` (lock held) and decide again for the tasks placed there."""
         was = node.state
         node.state, node.reason, node.since = state, reason, self.clock()
+        self._net_changed()  # its tasks take traffic, or no more
         self._mark(node.name, None)  # back from down: its whole diff again
         log.log(
             logging.WARNING if state != "ready" else logging.INFO,
@@ -742,7 +757,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
                 continue
             due.extend(self._node_due(name, scope))
         self._dirty.clear()
-        return due
+        return due + self._network_due(self._reports)
 
     def _mark(self, node: str, ids: set[str] | None) -> None:
         """Note that the diff of `node` may have changed for `ids` (None: for everything)."""
@@ -759,6 +774,8 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
             placed = [t for i in scope if (t := self.tasks.get(i)) is not None and t.node == name]
             report = {i: report[i] for i in scope if i in report}
         plan = node_diff(name, placed, report, self.tasks.get)
+        if not self._network_ready(name):
+            plan.send = []  # until its worker holds its subnet: a container must start on the cluster network
         wanted = {("send", tid, self.tasks[tid].generation) for tid in plan.send}
         wanted |= {("stop", tid, gen) for tid, gen in plan.stop}
         return self._outbox.due(name, wanted, self._report_start.get(name, float("-inf")), scope)
@@ -774,6 +791,9 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerDeployments
         """Send one request the node diff wants (an assignment, or a stop naming its generation) and record how
         it went; a failure is tried again after a backoff, by the diff."""
         node_name, kind, task_id, generation = item
+        if kind == "network":
+            self._deliver_network(item)
+            return
         with self._lock:
             node = self.nodes.get(node_name)
             task = self.tasks.get(task_id)

@@ -41,13 +41,16 @@ from cube.worker.pulls import Credentials, PullProgress, refused
 from cube.worker.runtime import (
     LABEL_GENERATION,
     LABEL_HOST_PORTS,
+    LABEL_INGRESS,
     LABEL_NODE,
     LABEL_TASK,
     LABEL_VOLUME,
+    NETWORK,
     ContainerInfo,
     RuntimeEvent,
     VolumeInfo,
     disk_usage,
+    ingress_ports,
     missing_bind,
     missing_device,
 )
@@ -149,7 +152,15 @@ class DockerRuntime:
 
     # -- the Runtime protocol ------------------------------------------------------------------------------
 
-    def start(self, task: Assignment, node: str, files: Sequence[tuple[str, str]] = ()) -> ContainerInfo:
+    def start(
+        self,
+        task: Assignment,
+        node: str,
+        files: Sequence[tuple[str, str]] = (),
+        network: tuple[str, str] | None = None,
+    ) -> ContainerInfo:
+        """`files`: (file on the node, target) of the task's secrets and configs, bound read-only. `network`: (the
+        node's cluster network, its DNS server) for a container not on the host's network."""
         api = self._api()
         spec = task.spec
         name = container_name(task)
@@ -163,15 +174,23 @@ class DockerRuntime:
             mounts = _mounts(task, node) + [docker.types.Mount(t, path, "bind", True) for path, t in files]
             if mounts:
                 limits["mounts"] = mounts
-            # With host networking nothing is published: the container's ports are the node's.
-            bindings = None if spec.network == "host" else {p.key: p.host for p in spec.ports} or None
-            host_config = api.create_host_config(port_bindings=bindings, **limits, **host_options(spec))
+            # With host networking nothing is published: the container's ports are the node's. On the cluster
+            # network an ingress port is the routing mesh's (cube.worker.mesh), published on every node by DNAT.
+            meshed = ingress_ports(spec, network)
+            bindings = None
+            if spec.network != "host":
+                bindings = {p.key: p.host for p in spec.ports if p.key not in meshed} or None
+            options = host_options(spec)
+            if network is not None and spec.network != "host":
+                options["network_mode"], options["dns"] = network[0], [network[1]]
+            host_config = api.create_host_config(port_bindings=bindings, **limits, **options)
             labels = {
                 **dict(spec.labels),
                 LABEL_TASK: task.id,
                 LABEL_NODE: node,
                 LABEL_GENERATION: str(task.generation),
                 **({LABEL_HOST_PORTS: ",".join(p.key for p in spec.ports)} if spec.network == "host" else {}),
+                **({LABEL_INGRESS: ",".join(f"{k}={v}" for k, v in meshed.items())} if meshed else {}),
             }  # cube's labels last: a spec cannot forge them
             # The task's own stop grace wins over the node's (`cube worker --stop-timeout`).
             grace = self.stop_timeout if spec.stop_timeout is None else spec.stop_timeout
@@ -537,6 +556,52 @@ class DockerRuntime:
                         loaded.append(line[len(prefix) :].strip())
         return loaded
 
+    # -- the cluster network (cube.worker.network) ---------------------------------------------------------------
+
+    def bridge(self) -> tuple[str, str]:
+        """(interface, gateway) of the engine's default bridge network."""
+        api = self._api()
+        with self._translate("inspecting the engine's bridge network"):
+            data = api.inspect_network("bridge")
+        interface = (data.get("Options") or {}).get("com.docker.network.bridge.name", "docker0")
+        config = ((data.get("IPAM") or {}).get("Config") or [{}])[0]
+        return interface, str(config.get("Gateway") or "")
+
+    def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> None:
+        """The bridge network `name` on `subnet`, its bridge interface named `bridge`, without Docker's masquerading
+        (the worker's rules masquerade only what leaves the cluster range). One inspect when it is already right."""
+        api = self._api()
+        with self._translate(f"inspecting network {name}"):
+            try:
+                data = api.inspect_network(name)
+            except docker.errors.NotFound:
+                data = None
+        if data is not None:
+            config = ((data.get("IPAM") or {}).get("Config") or [{}])[0]
+            if config.get("Subnet") == subnet:
+                return
+            users = sorted((data.get("Containers") or {}).values(), key=lambda c: c.get("Name", ""))
+            if users:
+                raise RuntimeFailure(
+                    f"network {name} has subnet {config.get('Subnet')}, this node's is now {subnet}, and "
+                    f"{len(users)} container(s) still use it ({users[0].get('Name')}...): they move when restarted"
+                )
+            with self._translate(f"removing network {name} (subnet {config.get('Subnet')}, now {subnet})"):
+                api.remove_network(data["Id"])
+        pool = docker.types.IPAMPool(subnet=subnet, gateway=gateway)
+        with self._translate(f"creating network {name} ({subnet})"):
+            api.create_network(
+                name,
+                driver="bridge",
+                ipam=docker.types.IPAMConfig(pool_configs=[pool]),
+                options={
+                    "com.docker.network.bridge.name": bridge,
+                    "com.docker.network.bridge.enable_ip_masquerade": "false",
+                },
+                labels={"cube.network": name},
+            )
+        log.info("created network %s (%s, bridge %s)", name, subnet, bridge)
+
     def alive(self) -> bool:
         """Whether the engine accepts a new connection. When dockerd is stopped it closes its listener first and
         then stops the containers, while the connections it already has go on being served (Docker 20.10): the
@@ -723,6 +788,22 @@ def _host_network_ports(labels: dict) -> dict:
     return ports
 
 
+def _address(settings: dict | None) -> str:
+    """The container's address on the cluster network (inspect and the summary list both have it here)."""
+    network = ((settings or {}).get("Networks") or {}).get(NETWORK) or {}
+    return str(network.get("IPAddress") or "")
+
+
+def _ingress_ports(labels: dict) -> dict:
+    """ "80/tcp=8080" (the label of a container whose port is the routing mesh's) → {"80/tcp": 8080}."""
+    ports = {}
+    for item in labels.get(LABEL_INGRESS, "").split(","):
+        key, _, number = item.partition("=")
+        if number.isdigit():
+            ports[key] = int(number)
+    return ports
+
+
 def _from_inspect(data: dict) -> ContainerInfo:
     state = data.get("State") or {}
     config = data.get("Config") or {}
@@ -735,6 +816,7 @@ def _from_inspect(data: dict) -> ContainerInfo:
             ports[key] = int(host)
     if labels.get(LABEL_HOST_PORTS):  # host networking: each container port is the node's
         ports = _host_network_ports(labels)
+    ports.update(_ingress_ports(labels))
     if not ports:  # a stopped container has no live bindings; fixed host ports are still known
         for key, bindings in ((data.get("HostConfig") or {}).get("PortBindings") or {}).items():
             host = next((b["HostPort"] for b in bindings or () if b.get("HostPort")), None)
@@ -754,6 +836,7 @@ def _from_inspect(data: dict) -> ContainerInfo:
         oom_killed=bool(state.get("OOMKilled")),
         generation=_generation(labels),
         health=(state.get("Health") or {}).get("Status", "") if status == "running" else "",
+        address=_address(data.get("NetworkSettings")),
     )
 
 
@@ -769,6 +852,7 @@ def _from_summary(data: dict) -> ContainerInfo:
     }
     if labels.get(LABEL_HOST_PORTS):
         ports = _host_network_ports(labels)
+    ports.update(_ingress_ports(labels))
     return ContainerInfo(
         id=data["Id"],
         task_id=labels.get(LABEL_TASK, ""),
@@ -779,6 +863,7 @@ def _from_summary(data: dict) -> ContainerInfo:
         image=data.get("Image", ""),
         generation=_generation(labels),
         health=_summary_health(data.get("Status") or "") if status == "running" else "",
+        address=_address(data.get("NetworkSettings")),
     )
 
 

@@ -8,6 +8,7 @@ worker finds (adopts) its containers and how it recognises containers that no ta
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -27,6 +28,14 @@ LABEL_NODE = "cube.node"
 LABEL_GENERATION = "cube.generation"
 LABEL_VOLUME = "cube.volume"  # on the named volumes Cube creates (with cube.node): how a node lists its own
 LABEL_HOST_PORTS = "cube.host_ports"  # with host networking: the task's ports ("80/tcp,53/udp"), each the node's
+LABEL_INGRESS = "cube.ingress"  # "80/tcp=8080,...": ports the routing mesh publishes (reported as host ports)
+NETWORK = "cube"  # the node's cluster network (a bridge with the node's subnet; see cube.worker.network)
+
+
+def ingress_ports(spec, network) -> dict[str, int]:
+    """The spec's ports the routing mesh publishes ("80/tcp" -> node port) when the container joins the cluster
+    network (`network` given); without one, every port is Docker's own binding on the node, as before the mesh."""
+    return {p.key: p.host for p in spec.ingress_ports} if network is not None else {}
 
 
 def missing_device(path: str, node: str) -> RuntimeFailure:
@@ -52,6 +61,7 @@ class ContainerInfo:
     oom_killed: bool = False
     generation: int = 0
     health: str = ""  # a health command's verdict (Docker's words): "", starting, healthy, unhealthy
+    address: str = ""  # on the node's cluster network (NETWORK), "" when not on it
 
     @property
     def running(self) -> bool:
@@ -122,8 +132,16 @@ class RuntimeEvent:
 
 
 class Runtime(Protocol):
-    def start(self, task: Assignment, node: str, files: Sequence[tuple[str, str]] = ()) -> ContainerInfo:
-        """Pull the image if missing, create the container with labels and limits, start it."""
+    def start(
+        self,
+        task: Assignment,
+        node: str,
+        files: Sequence[tuple[str, str]] = (),
+        network: tuple[str, str] | None = None,
+    ) -> ContainerInfo:
+        """Pull the image if missing, create the container with labels and limits (and the task's `files` bound
+        read-only), start it; on `network` (the cluster network's name and DNS server) unless its spec says host
+        networking."""
 
     def restart(self, container_id: str) -> ContainerInfo:
         """Start an ended container again (same container, same logs)."""
@@ -159,6 +177,14 @@ class Runtime(Protocol):
     def load(self, chunks: Iterator[bytes]) -> list[str]:
         """`docker load` of such a stream; a stream cut short raises and tags nothing."""
 
+    def bridge(self) -> tuple[str, str]:
+        """(interface, address) of the engine's default bridge: in this worker's network namespace, or the engine
+        lives elsewhere (see cube.worker.network)."""
+
+    def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> None:
+        """The bridge network `name` with that subnet (made when missing; made again when it has another subnet and
+        no container uses it; RuntimeFailure when containers still use the old one)."""
+
     def close(self) -> None: ...
 
 
@@ -192,6 +218,8 @@ class FakeRuntime:
         self.arch = "x86_64"
         self.fake_images: dict[str, set[str]] = {}  # image id -> tags: what save, load and images see
         self.loads = 0  # how many loads this engine was asked for
+        self.networks: dict[str, str] = {}  # name -> subnet (ensure_network)
+        self.attached: dict[str, tuple[str, str]] = {}  # container id -> (network, DNS server) it was started with
 
     def alive(self) -> bool:
         return self.down is None and not self.stopping
@@ -221,7 +249,13 @@ class FakeRuntime:
         for q in list(self._subscribers):
             q.put((info.node, RuntimeEvent(action, info.id, info.task_id)))
 
-    def start(self, task: Assignment, node: str, files: Sequence[tuple[str, str]] = ()) -> ContainerInfo:
+    def start(
+        self,
+        task: Assignment,
+        node: str,
+        files: Sequence[tuple[str, str]] = (),
+        network: tuple[str, str] | None = None,
+    ) -> ContainerInfo:
         with self._lock:
             self._check()
             if task.spec.image in self.fail_images and self._image_id(task.spec.image) is None:
@@ -251,8 +285,12 @@ class FakeRuntime:
             if task.spec.network == "host":  # the container's ports are the node's
                 ports = {p.key: p.container for p in task.spec.ports}
             else:
-                ports = {p.key: p.host or next(self._ports) for p in task.spec.ports}
+                ports = {p.key: p.host or next(self._ports) for p in task.spec.ports}  # meshed: the node port
             self.options[cid] = inspected_options(task.spec)
+            address = ""
+            if network is not None and task.spec.network != "host" and network[0] in self.networks:
+                self.attached[cid] = network
+                address = self._address(self.networks[network[0]])
             info = ContainerInfo(
                 cid,
                 task.id,
@@ -263,6 +301,7 @@ class FakeRuntime:
                 image=task.spec.image,
                 generation=task.generation,
                 health=self._health(task),
+                address=address,
             )
             self.containers[cid] = info
             self.logs_by_id[cid] = [f"started {task.spec.image} {' '.join(task.spec.command)}\n".encode()]
@@ -403,6 +442,23 @@ class FakeRuntime:
             self.loads += 1
             self.fake_images.setdefault(meta["id"], set()).update(meta["tags"])
         return list(meta["tags"]) or [meta["id"]]
+
+    def bridge(self) -> tuple[str, str]:
+        return "docker0", "172.17.0.1"
+
+    def ensure_network(self, name: str, subnet: str, gateway: str, bridge: str) -> None:
+        with self._lock:
+            self._check()
+            if self.networks.get(name, subnet) != subnet and any(n == name for n, _ in self.attached.values()):
+                raise RuntimeFailure(f"network {name} has subnet {self.networks[name]}, and containers use it")
+            self.networks[name] = subnet
+
+    def _address(self, subnet: str) -> str:
+        """The lowest free address of the subnet after its gateway (as Docker's IPAM gives them). Lock held."""
+        taken = {c.address for c in self.containers.values() if c.running}
+        hosts = ipaddress.ip_network(subnet).hosts()
+        next(hosts)
+        return str(next(a for a in hosts if str(a) not in taken))
 
     def close(self) -> None:
         pass

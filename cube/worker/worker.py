@@ -48,6 +48,7 @@ from cube.worker.files import TaskFiles
 from cube.worker.holds import DISCONNECT, Holds
 from cube.worker.images import NodeImages, Source
 from cube.worker.metrics import Metrics, machine_arch
+from cube.worker.network import NodeNetwork
 from cube.worker.pulls import Credentials, follow
 from cube.worker.reconcile import Plan, diff
 from cube.worker.restarts import backoff, ran_stable, recent
@@ -79,11 +80,14 @@ class Worker:
         credentials: Credentials | None = None,
         image_source: Source | None = None,
         files: TaskFiles | None = None,
+        network_host=None,
+        network_dns: bool = False,
     ):
         """`sync` (tests): actions run inside `tick()` instead of on the thread pools. `devices`: what finds the
         device paths this node advertises (the usual places, see cube.worker.devices, by default). `image_source`:
         where a task's image that cannot be pulled is fetched from (a peer node, through the manager; see
-        cube.worker.images)."""
+        cube.worker.images). `network_host`: what sets the node's routes and rules for the cluster network
+        (cube.worker.network.SystemHost); None: the machine is left alone (tables are only kept and reported)."""
         self.name = name
         # What this worker's containers are labelled with (cube.node): its name by default. Two workers with one
         # hostname sharing one Docker engine need distinct keys, or each would remove the other's containers.
@@ -138,6 +142,7 @@ class Worker:
         self._volumes: list[dict] = []
         self._volumes_due = float("-inf")  # monotonic time of the next listing
         self.images = NodeImages(runtime, name, image_source, monotonic, changed=self._images_changed)
+        self.network = NodeNetwork(runtime, store, network_host, monotonic, dns=network_dns)
         for task in self.tasks.values():
             if task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING):
                 self.holds.hold(task.id, "worker restarted", self.holds.started)
@@ -264,6 +269,7 @@ class Worker:
         with self._lock:
             data["volumes"] = [dict(v) for v in self._volumes]
         data["images"] = self.images.listed()
+        data["network"] = self.network.status()
         return data
 
     def node_labels(self) -> dict:
@@ -322,6 +328,9 @@ class Worker:
             self._engine_down(error.message)
             raise
         self._engine_up()
+        if self.network.converge():
+            with self._lock:
+                self._bump()
         self._list_volumes()
         self.images.refresh()
         now = self.clock() if now is None else now
@@ -528,7 +537,7 @@ class Worker:
         pulled = threading.Event()
         self._follow_pull(task_id, task.spec.image, pulled)
         try:
-            info: ContainerInfo | None = self.runtime.start(task, self.key, self.files.mounts(task))
+            info: ContainerInfo | None = self._runtime_start(task)
         except ImageUnavailable as error:
             info = self._start_fetched(task, error)
         except Unavailable:
@@ -543,6 +552,14 @@ class Worker:
         if task.spec.named_volumes:
             self._volumes_due = float("-inf")  # a volume may be new: listed by the next round
         self._running(task_id, info, f"container {info.id[:12]} started")
+
+    def _runtime_start(self, task: Assignment) -> ContainerInfo:
+        """Start on the cluster network when the node has one (cube.worker.network)."""
+        files = self.files.mounts(task)
+        attachment = self.network.attachment()
+        if attachment is None:
+            return self.runtime.start(task, self.key, files)
+        return self.runtime.start(task, self.key, files, network=attachment)
 
     def _follow_pull(self, task_id: str, image: str, done: threading.Event) -> None:
         """While a start waits for its image, tell the task's events how the pull goes ("pulling nginx on n1:
@@ -584,7 +601,7 @@ class Worker:
         with self._lock:
             self._say(self._mine(task.id), said, self.clock())
         try:
-            return self.runtime.start(task, self.key, self.files.mounts(task))
+            return self._runtime_start(task)
         except ImageUnavailable as error:
             self._update(task.id, State.FAILED, f"cannot start: {error.message}")
         except Unavailable:
@@ -628,6 +645,7 @@ class Worker:
             task = self._mine(task_id)
             task.container_id, task.host_ports, task.exit_code = info.id, dict(info.host_ports), None
             task.health = info.health
+            task.address = info.address
             task.finished_at = None
             if task.state is State.RUNNING:
                 self._say(task, message, self.clock())
@@ -772,6 +790,16 @@ class Worker:
         self.version += 1
         self._changed.notify_all()
 
+    # ---- the cluster network (cube.worker.network) ------------------------------------------------------------
+
+    def update_network(self, data) -> dict:
+        """The manager's network table (PUT /network): kept, reported at once, converged on by the next round."""
+        table = self.network.update(data)
+        with self._lock:
+            self._bump()
+        self._kick.set()
+        return {"version": table.version}
+
     # ---- volumes -------------------------------------------------------------------------------------------
 
     def _list_volumes(self, force: bool = False) -> None:
@@ -867,6 +895,7 @@ class Worker:
             thread.join(timeout=3)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._stop_pool.shutdown(wait=False, cancel_futures=True)
+        self.network.close()
 
 
 class _Stale(Exception):
