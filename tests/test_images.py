@@ -16,6 +16,7 @@ from cube.cluster.client import Client
 from cube.cluster.images import ManagerSource
 from cube.cluster.links import Links
 from cube.cluster.trust import Trust
+from cube.core import streams
 from cube.core.errors import NotFound, Unavailable
 from cube.core.model import Assignment, Node, Resources, State
 from cube.core.spec import TaskSpec
@@ -191,6 +192,15 @@ def test_the_map_picks_a_ready_holder_other_than_the_asker_least_busy_first():
     assert matches("app", ID, ["app:latest"]) and matches(ID[7:19], ID, []) and not matches("ab", ID, [])
 
 
+def test_a_stream_is_passed_on_in_whole_chunks_whatever_the_pieces_it_came_in():
+    pieces = [b"a" * 3, b"", b"b" * 5, b"c" * 7, b"d", b"e" * 8]
+    chunks = list(streams.whole(pieces, 4))
+    assert [len(c) for c in chunks] == [4, 4, 4, 4, 4, 4]
+    assert b"".join(chunks) == b"".join(pieces)
+    assert [len(c) for c in streams.whole([b"x" * 9], 4)] == [4, 4, 1]
+    assert list(streams.whole([], 4)) == [] and list(streams.whole([b""], 4)) == []
+
+
 @pytest.mark.docker
 def test_the_docker_runtime_tags_saves_and_lists_an_image(busybox_image):
     from cube.worker.docker_runtime import DockerRuntime
@@ -205,8 +215,9 @@ def test_the_docker_runtime_tags_saves_and_lists_an_image(busybox_image):
                 runtime.image(found["id"])["tags"]
             )
             assert any(i["id"] == found["id"] for i in runtime.images())
-            head = next(iter(runtime.save("cube-images-test/tagged:1")))
-            assert b"manifest.json" in head or len(head) > 0
+            chunks = list(runtime.save("cube-images-test/tagged:1"))
+            assert b"manifest.json" in b"".join(chunks)
+            assert all(len(c) == streams.CHUNK for c in chunks[:-1]) and 0 < len(chunks[-1]) <= streams.CHUNK
         finally:
             import subprocess
 

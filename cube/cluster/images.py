@@ -12,7 +12,8 @@
   worker may read anyway (the cluster's images) and nothing else. The relay costs one extra hop through the
   manager; on a LAN that is the price of one trust rule.
 
-Streams are 1 MiB chunks passed on as they come; the manager holds at most QUEUE chunks per target node.
+Streams are chunks of 1 MiB (cube.core.streams), passed on as they come; the manager holds at most QUEUE chunks
+per target node.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from collections.abc import Callable, Iterator
 from cube.cluster.client import Client, read_chunks
 from cube.core.errors import BadRequest, CubeError, NotFound, Unavailable
 from cube.core.spec import shown
+from cube.core.streams import CHUNK
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 QUEUE = 8  # chunks buffered per target node: memory stays under QUEUE MiB per node, whatever the image's size
 STREAM_TIMEOUT = 120.0  # seconds one read or write of a stream may take (a Pi's disk loading a big layer)
 SOURCE_HEADER = "X-Cube-Source"
