@@ -130,6 +130,46 @@ def test_a_node_that_fails_mid_push_drops_out_and_the_others_get_the_image(clust
     assert cluster.runtimes["n2"].fake_images == {}
 
 
+class _ManagerGoneMidPush:
+    """A manager that plans a push to n1 and goes away once `after` chunks of the upload reached it."""
+
+    base_url = "https://manager:5555"
+
+    def __init__(self, after: int = 2):
+        self.after = after
+
+    def post(self, path, body=None, timeout=None):
+        return {"present": [], "missing": ["n1"], "unreachable": {}}
+
+    def open(self, method, path, params=None, chunks=None, timeout=None):
+        for count, _ in enumerate(chunks, 1):
+            if count == self.after:
+                break
+        raise Unavailable(f"{self.base_url} broke off the exchange: [Errno 104] Connection reset by peer")
+
+
+def test_a_manager_gone_mid_push_is_one_error_with_the_next_step_on_a_line_of_its_own():
+    out = io.StringIO()
+    with pytest.raises(Unavailable) as raised:
+        cli_images.push(_ManagerGoneMidPush(), IMAGE, ["n1"], out, runtime=local_engine(3 << 20))
+    assert raised.value.message.startswith("the push broke off (https://manager:5555 broke off the exchange: ")
+    assert raised.value.message.endswith("push again once `cube nodes` answers")
+    assert out.getvalue().startswith("\r  sent ") and out.getvalue().endswith("  \n")  # the line is ended
+
+
+def test_an_engine_that_fails_mid_push_is_its_own_error_not_the_managers():
+    local = local_engine(3 << 20)
+    saved = local.save
+
+    def broken(ref):
+        yield next(iter(saved(ref)))
+        raise Unavailable("saving image app:1.0: the Docker engine does not answer")
+
+    local.save = broken  # type: ignore[method-assign]
+    with pytest.raises(Unavailable, match="^saving image app:1.0: the Docker engine does not answer$"):
+        cli_images.push(_ManagerGoneMidPush(after=10), IMAGE, ["n1"], io.StringIO(), runtime=local)
+
+
 def run_task(cluster, node: str, image: str = IMAGE) -> Assignment:
     worker = cluster.workers[node]
     worker.accept(Assignment("t1", TaskSpec.from_dict({"image": image}), generation=1))
@@ -174,7 +214,8 @@ def test_a_stream_cut_short_tags_nothing_and_says_why():
         worker.tick()
         task = worker.get("t1")
         assert task.state is State.FAILED
-        assert "no peer node gave it: the stream broke off: source node gone" in task.reason
+        assert "no peer node gave it: loading the image from n1 failed after 217 B: " in task.reason
+        assert task.reason.endswith("the stream broke off: source node gone"), task.reason
         assert runtime.fake_images == {}
     finally:
         worker.close()

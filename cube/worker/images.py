@@ -124,7 +124,12 @@ class NodeImages:
             began = self.monotonic()
             peer, chunks = self.source(image, self.node)
             counted = Counted(chunks)
-            self.runtime.load(iter(counted))
+            try:
+                self.runtime.load(iter(counted))
+            except CubeError as error:  # which peer, and how far it got
+                raise type(error)(
+                    f"loading the image from {peer} failed after {size_text(counted.bytes)}: {error.message}"
+                ) from None
             seconds = self.monotonic() - began
         self.refresh(force=True)
         return f"image {image} fetched from {peer} ({size_text(counted.bytes)} in {seconds:.1f} s)"
