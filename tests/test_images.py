@@ -189,6 +189,25 @@ def test_a_task_whose_image_cannot_be_pulled_gets_it_from_a_peer(cluster):
     assert cluster.client.get("/images")[0]["nodes"] == ["n1", "n3"]
 
 
+def test_a_peer_whose_stream_breaks_off_is_left_for_another_that_has_the_image(cluster):
+    for name in ("n1", "n2"):
+        cluster.runtimes[name].fake_images[ID] = {IMAGE}
+    saved = cluster.runtimes["n1"].save
+
+    def breaks(ref):
+        yield next(iter(saved(ref)))
+        raise Unavailable("saving image app:1.0: the Docker engine does not answer")
+
+    cluster.runtimes["n1"].save = breaks  # type: ignore[method-assign]
+    cluster.report()
+    task = run_task(cluster, "n3")
+    assert task.state is State.RUNNING, task.reason
+    said = [e.message for e in cluster.workers["n3"].store.events()]
+    fetched = next(m for m in said if m.startswith("image app:1.0 fetched from "))
+    assert fetched.startswith("image app:1.0 fetched from n2 ("), fetched
+    assert " after loading the image from n1 failed after " in fetched, fetched
+
+
 def test_no_peer_with_the_image_fails_the_task_with_both_reasons(cluster):
     cluster.report()
     task = run_task(cluster, "n2")
@@ -200,7 +219,10 @@ def test_a_stream_cut_short_tags_nothing_and_says_why():
     runtime = FakeRuntime()
     runtime.fail_images.add(IMAGE)
 
-    def source(image, node):
+    def source(image, node, avoid=()):
+        if "n1" in avoid:
+            raise NotFound(f"no peer node can give image {image}: no node reported it")
+
         def chunks():
             yield b'{"id": "%s", "tags": ["%s"], "size": 5000}\n' % (ID.encode(), image.encode())
             yield b"x" * 100
@@ -215,7 +237,7 @@ def test_a_stream_cut_short_tags_nothing_and_says_why():
         task = worker.get("t1")
         assert task.state is State.FAILED
         assert "no peer node gave it: loading the image from n1 failed after 217 B: " in task.reason
-        assert task.reason.endswith("the stream broke off: source node gone"), task.reason
+        assert task.reason.endswith("the stream broke off: source node gone; no other peer has it"), task.reason
         assert runtime.fake_images == {}
     finally:
         worker.close()

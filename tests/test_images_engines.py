@@ -244,6 +244,26 @@ def test_a_peers_engine_killed_mid_fetch_fails_the_task_with_the_reason_and_leav
     )
     print("\n" + "\n".join(cluster.events(task["id"])))
     assert f"loading the image from {n1} failed after " in said[0] and "the stream broke off" in said[0], said
+    assert said[0].endswith("; no other peer has it"), said
     assert cluster.task(task["id"])["state"] != "running"
     wait_for(lambda: not _loading(lan, cluster.host(n2)), timeout=60)
     assert not has_image(lan, cluster.host(n2), "cube-peer-big:1")
+
+
+def test_a_peers_engine_killed_mid_fetch_is_left_for_another_peer_that_has_the_image(engine_lan, pyz, tmp_path):
+    lan = engine_lan(4, images=[])
+    for host in (lan.hosts[1], lan.hosts[3]):  # n1 and n3 have it; the manager asks n1 first (as busy, by name)
+        make_image(host, "cube-peer-big:1", 120 << 20)
+    cluster = ImageCluster(lan, pyz, tmp_path)
+    n1, n2, n3 = (cluster.names[h.name] for h in cluster.worker_hosts)
+    task = cluster.client.post(
+        "/tasks", {"image": "cube-peer-big:1", "command": ["sleep", "600"], "constraints": [f"node={n2}"]}
+    )
+    wait_for(lambda: _loading(lan, cluster.host(n2)), timeout=60, interval=0.05)
+    lan.kill_engine(cluster.host(n1))
+    wait_for(lambda: cluster.running_on(task["id"], n2), timeout=120)
+    said = cluster.events(task["id"])
+    print("\n" + "\n".join(said))
+    fetched = next(m for m in said if m.startswith("image cube-peer-big:1 fetched from "))
+    assert fetched.startswith(f"image cube-peer-big:1 fetched from {n3} ("), fetched
+    assert f" after loading the image from {n1} failed after " in fetched, fetched

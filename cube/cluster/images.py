@@ -169,13 +169,15 @@ class _Lane:
         return {"error": self.error} if self.error is not None else self.answer
 
 
-def fetch(manager, links, image: str, asker: str) -> tuple[str, Iterator[bytes]]:
-    """The stream of `image` from a ready node that has it, for node `asker` (the manager's relay)."""
+def fetch(manager, links, image: str, asker: str, avoid=()) -> tuple[str, Iterator[bytes]]:
+    """The stream of `image` from a ready node that has it, for node `asker` (the manager's relay); not from a node
+    in `avoid` (one whose stream to the asker broke off)."""
     asking = manager.node(asker)
     arch = asking.labels.get("arch") if asking is not None else None
-    source = manager.images.source(image, asker, _ready(manager, arch), _load(manager))
+    ready = _ready(manager, arch)
+    source = manager.images.source(image, asker, lambda n: n not in avoid and ready(n), _load(manager))
     if source is None:
-        holders = [n for n in manager.images.holders(image) if n != asker]
+        holders = [n for n in manager.images.holders(image) if n != asker and n not in avoid]
         why = (
             f"it is on {', '.join(holders)}, not ready or of another architecture" if holders else "no node reported it"
         )
@@ -217,9 +219,10 @@ class ManagerSource:
     def found(self, url: str) -> None:
         self.manager = url
 
-    def __call__(self, image: str, node: str) -> tuple[str, Iterator[bytes]]:
+    def __call__(self, image: str, node: str, avoid=()) -> tuple[str, Iterator[bytes]]:
         if not self.manager:
             raise Unavailable("this worker does not know its manager yet")
         client = Client(self.manager, self._token, timeout=STREAM_TIMEOUT, trust=self._trust())  # type: ignore[arg-type]
-        response = client.open("GET", "/images/fetch", params={"image": image, "node": node}, timeout=STREAM_TIMEOUT)
+        params = [("image", image), ("node", node), *(("avoid", peer) for peer in avoid)]
+        response = client.open("GET", "/images/fetch", params=params, timeout=STREAM_TIMEOUT)
         return response.getheader(SOURCE_HEADER) or "a peer", read_chunks(response, CHUNK)
