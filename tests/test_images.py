@@ -16,6 +16,7 @@ from cube.cluster.client import Client
 from cube.cluster.images import ManagerSource
 from cube.cluster.links import Links
 from cube.cluster.trust import Trust
+from cube.core import streams
 from cube.core.errors import NotFound, Unavailable
 from cube.core.model import Assignment, Node, Resources, State
 from cube.core.spec import TaskSpec
@@ -129,6 +130,46 @@ def test_a_node_that_fails_mid_push_drops_out_and_the_others_get_the_image(clust
     assert cluster.runtimes["n2"].fake_images == {}
 
 
+class _ManagerGoneMidPush:
+    """A manager that plans a push to n1 and goes away once `after` chunks of the upload reached it."""
+
+    base_url = "https://manager:5555"
+
+    def __init__(self, after: int = 2):
+        self.after = after
+
+    def post(self, path, body=None, timeout=None):
+        return {"present": [], "missing": ["n1"], "unreachable": {}}
+
+    def open(self, method, path, params=None, chunks=None, timeout=None):
+        for count, _ in enumerate(chunks, 1):
+            if count == self.after:
+                break
+        raise Unavailable(f"{self.base_url} broke off the exchange: [Errno 104] Connection reset by peer")
+
+
+def test_a_manager_gone_mid_push_is_one_error_with_the_next_step_on_a_line_of_its_own():
+    out = io.StringIO()
+    with pytest.raises(Unavailable) as raised:
+        cli_images.push(_ManagerGoneMidPush(), IMAGE, ["n1"], out, runtime=local_engine(3 << 20))
+    assert raised.value.message.startswith("the push broke off (https://manager:5555 broke off the exchange: ")
+    assert raised.value.message.endswith("push again once `cube nodes` answers")
+    assert out.getvalue().startswith("\r  sent ") and out.getvalue().endswith("  \n")  # the line is ended
+
+
+def test_an_engine_that_fails_mid_push_is_its_own_error_not_the_managers():
+    local = local_engine(3 << 20)
+    saved = local.save
+
+    def broken(ref):
+        yield next(iter(saved(ref)))
+        raise Unavailable("saving image app:1.0: the Docker engine does not answer")
+
+    local.save = broken  # type: ignore[method-assign]
+    with pytest.raises(Unavailable, match="^saving image app:1.0: the Docker engine does not answer$"):
+        cli_images.push(_ManagerGoneMidPush(after=10), IMAGE, ["n1"], io.StringIO(), runtime=local)
+
+
 def run_task(cluster, node: str, image: str = IMAGE) -> Assignment:
     worker = cluster.workers[node]
     worker.accept(Assignment("t1", TaskSpec.from_dict({"image": image}), generation=1))
@@ -148,6 +189,25 @@ def test_a_task_whose_image_cannot_be_pulled_gets_it_from_a_peer(cluster):
     assert cluster.client.get("/images")[0]["nodes"] == ["n1", "n3"]
 
 
+def test_a_peer_whose_stream_breaks_off_is_left_for_another_that_has_the_image(cluster):
+    for name in ("n1", "n2"):
+        cluster.runtimes[name].fake_images[ID] = {IMAGE}
+    saved = cluster.runtimes["n1"].save
+
+    def breaks(ref):
+        yield next(iter(saved(ref)))
+        raise Unavailable("saving image app:1.0: the Docker engine does not answer")
+
+    cluster.runtimes["n1"].save = breaks  # type: ignore[method-assign]
+    cluster.report()
+    task = run_task(cluster, "n3")
+    assert task.state is State.RUNNING, task.reason
+    said = [e.message for e in cluster.workers["n3"].store.events()]
+    fetched = next(m for m in said if m.startswith("image app:1.0 fetched from "))
+    assert fetched.startswith("image app:1.0 fetched from n2 ("), fetched
+    assert " after loading the image from n1 failed after " in fetched, fetched
+
+
 def test_no_peer_with_the_image_fails_the_task_with_both_reasons(cluster):
     cluster.report()
     task = run_task(cluster, "n2")
@@ -159,7 +219,10 @@ def test_a_stream_cut_short_tags_nothing_and_says_why():
     runtime = FakeRuntime()
     runtime.fail_images.add(IMAGE)
 
-    def source(image, node):
+    def source(image, node, avoid=()):
+        if "n1" in avoid:
+            raise NotFound(f"no peer node can give image {image}: no node reported it")
+
         def chunks():
             yield b'{"id": "%s", "tags": ["%s"], "size": 5000}\n' % (ID.encode(), image.encode())
             yield b"x" * 100
@@ -173,7 +236,8 @@ def test_a_stream_cut_short_tags_nothing_and_says_why():
         worker.tick()
         task = worker.get("t1")
         assert task.state is State.FAILED
-        assert "no peer node gave it: the stream broke off: source node gone" in task.reason
+        assert "no peer node gave it: loading the image from n1 failed after 217 B: " in task.reason
+        assert task.reason.endswith("the stream broke off: source node gone; no other peer has it"), task.reason
         assert runtime.fake_images == {}
     finally:
         worker.close()
@@ -191,6 +255,15 @@ def test_the_map_picks_a_ready_holder_other_than_the_asker_least_busy_first():
     assert matches("app", ID, ["app:latest"]) and matches(ID[7:19], ID, []) and not matches("ab", ID, [])
 
 
+def test_a_stream_is_passed_on_in_whole_chunks_whatever_the_pieces_it_came_in():
+    pieces = [b"a" * 3, b"", b"b" * 5, b"c" * 7, b"d", b"e" * 8]
+    chunks = list(streams.whole(pieces, 4))
+    assert [len(c) for c in chunks] == [4, 4, 4, 4, 4, 4]
+    assert b"".join(chunks) == b"".join(pieces)
+    assert [len(c) for c in streams.whole([b"x" * 9], 4)] == [4, 4, 1]
+    assert list(streams.whole([], 4)) == [] and list(streams.whole([b""], 4)) == []
+
+
 @pytest.mark.docker
 def test_the_docker_runtime_tags_saves_and_lists_an_image(busybox_image):
     from cube.worker.docker_runtime import DockerRuntime
@@ -205,8 +278,9 @@ def test_the_docker_runtime_tags_saves_and_lists_an_image(busybox_image):
                 runtime.image(found["id"])["tags"]
             )
             assert any(i["id"] == found["id"] for i in runtime.images())
-            head = next(iter(runtime.save("cube-images-test/tagged:1")))
-            assert b"manifest.json" in head or len(head) > 0
+            chunks = list(runtime.save("cube-images-test/tagged:1"))
+            assert b"manifest.json" in b"".join(chunks)
+            assert all(len(c) == streams.CHUNK for c in chunks[:-1]) and 0 < len(chunks[-1]) <= streams.CHUNK
         finally:
             import subprocess
 

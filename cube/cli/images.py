@@ -2,17 +2,19 @@
 cube.cluster.images'). A push reads the image from the engine where the command runs — the one place the CLI loads
 the docker SDK, through cube.worker.docker_runtime — asks the manager which nodes lack it, and sends it once;
 progress goes to stderr (bytes sent, as the manager passes them on to every node at once), the outcome per node to
-stdout.
+stdout. A manager that goes away mid-push is one line with the next step: each node's engine tags an image only
+once all of it is in, so no node keeps a part of it, and pushing again is safe.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import sys
 import time
 from collections.abc import Iterator
 
-from cube.core.errors import CubeError
+from cube.core.errors import CubeError, Unavailable
 
 PROGRESS_EVERY = 0.5  # seconds between progress lines
 
@@ -23,20 +25,71 @@ def size_text(count: float) -> str:
     return text(count)
 
 
-def _progress(chunks: Iterator[bytes], total: int, targets: list[str], out) -> Iterator[bytes]:
-    sent, shown, began = 0, 0.0, time.monotonic()
-    where = ", ".join(targets)
-    for chunk in chunks:
-        sent += len(chunk)
-        now = time.monotonic()
-        if now - shown >= PROGRESS_EVERY:
-            shown = now
-            share = f" of ~{size_text(total)} ({min(99, sent * 100 // total)}%)" if total else ""
-            out.write(f"\r  sent {size_text(sent)}{share} to {where}  ")
-            out.flush()
-        yield chunk
-    out.write(f"\r  sent {size_text(sent)} to {where} in {time.monotonic() - began:.1f} s\n")
-    out.flush()
+class _Progress:
+    """The image's stream on its way to the manager, with a progress line on `out`; whether the stream itself (the
+    local engine) failed, and the line ended when the push breaks off."""
+
+    def __init__(self, chunks: Iterator[bytes], total: int, targets: list[str], out):
+        self._chunks, self._total, self._where, self._out = chunks, total, ", ".join(targets), out
+        self.failed = False  # the local engine's stream broke, not the way to the manager
+        self._open = False  # a progress line is on the screen without its newline
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent, shown, began = 0, 0.0, time.monotonic()
+        try:
+            for chunk in self._chunks:
+                sent += len(chunk)
+                now = time.monotonic()
+                if now - shown >= PROGRESS_EVERY:
+                    shown = now
+                    total = self._total
+                    share = f" of ~{size_text(total)} ({min(99, sent * 100 // total)}%)" if total else ""
+                    self._show(f"\r  sent {size_text(sent)}{share} to {self._where}  ")
+                yield chunk
+        except CubeError:
+            self.failed = True
+            raise
+        self._show(f"\r  sent {size_text(sent)} to {self._where} in {time.monotonic() - began:.1f} s\n")
+
+    def _show(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
+        self._open = not text.endswith("\n")
+
+    def broke(self) -> None:
+        if self._open:
+            self._show("\n")
+
+
+def _upload(client, missing: list[str], progress: _Progress) -> dict:
+    """The stream sent once to the manager, which tees it to the nodes in `missing`; its answer (bytes sent, each
+    node's outcome). The manager gone mid-way is one error with what to do next."""
+    try:
+        response = client.open(
+            "POST", "/images", params=[("node", n) for n in missing], chunks=iter(progress), timeout=120.0
+        )
+        try:
+            return json.loads(response.read() or b"{}")
+        finally:
+            response.close()
+    except (OSError, http.client.HTTPException, ValueError) as error:  # the answer broke off, or is not JSON
+        progress.broke()
+        raise _broke_off(f"{client.base_url} broke off its answer: {error}") from None
+    except Unavailable as error:
+        progress.broke()
+        if progress.failed:
+            raise
+        raise _broke_off(error.message) from None
+    except CubeError:
+        progress.broke()
+        raise
+
+
+def _broke_off(why: str) -> Unavailable:
+    return Unavailable(
+        f"the push broke off ({why}); no node keeps a part of the image (an engine tags one only once all of it "
+        f"is in): push again once `cube nodes` answers"
+    )
 
 
 def push(client, image: str, nodes: list[str], out=sys.stderr, runtime=None) -> dict:
@@ -60,14 +113,7 @@ def push(client, image: str, nodes: list[str], out=sys.stderr, runtime=None) -> 
         missing = plan["missing"]
         if missing:
             began = time.monotonic()
-            chunks = _progress(runtime.save(image), found.get("size") or 0, missing, out)
-            response = client.open(
-                "POST", "/images", params=[("node", n) for n in missing], chunks=chunks, timeout=120.0
-            )
-            try:
-                answer = json.loads(response.read() or b"{}")
-            finally:
-                response.close()
+            answer = _upload(client, missing, _Progress(runtime.save(image), found.get("size") or 0, missing, out))
             result["bytes"] = answer.get("bytes", 0)
             result["seconds"] = time.monotonic() - began
             for name, outcome in (answer.get("nodes") or {}).items():

@@ -353,7 +353,8 @@ def _image_routes_manager(app: bottle.Bottle, manager, links) -> None:
     @app.get("/images/fetch")
     def fetch_image():
         image = text(bottle.request.query.get("image", ""), "image", 255)
-        source, chunks = images.fetch(manager, links, image, bottle.request.query.get("node", ""))
+        query = bottle.request.query
+        source, chunks = images.fetch(manager, links, image, query.get("node", ""), query.getall("avoid"))
         return _stream_bytes(chunks, {images.SOURCE_HEADER: source})
 
 

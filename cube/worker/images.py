@@ -7,7 +7,8 @@
   engine already has is only tagged, and nothing moves — then `load` of the stream;
 - how a task's missing image is fetched from a peer: `fetch` asks the `source` (the manager, see
   cube.cluster.images) for a stream of the image from a node that has it, and loads it. Docker tags a loaded image
-  only once all of it is in, so a stream cut short (a source gone, a worker killed) leaves nothing tagged.
+  only once all of it is in, so a stream cut short (a source gone, a worker killed) leaves nothing tagged, and the
+  fetch asks again for another peer than those that broke off (up to FETCH_PEERS).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ log = logging.getLogger(__name__)
 
 IMAGES_EVERY = 30.0  # seconds between listings of the node's images (sooner after a load)
 
-# (image, this node's name) -> (the node the stream comes from, the stream)
-Source = Callable[[str, str], tuple[str, Iterator[bytes]]]
+FETCH_PEERS = 3  # peers a fetch tries, one after the other, when a stream breaks off
+# (image, this node's name, peers not to ask again) -> (the node the stream comes from, the stream)
+Source = Callable[[str, str, tuple[str, ...]], tuple[str, Iterator[bytes]]]
 
 
 def size_text(count: float) -> str:
@@ -36,16 +38,22 @@ def size_text(count: float) -> str:
 
 
 class Counted:
-    """A stream that counts the bytes that went through it."""
+    """A stream that counts the bytes that went through it, and knows whether it broke off (rather than the engine
+    it fed refusing them)."""
 
     def __init__(self, chunks: Iterator[bytes]):
         self._chunks = chunks
         self.bytes = 0
+        self.broke = False
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._chunks:
-            self.bytes += len(chunk)
-            yield chunk
+        try:
+            for chunk in self._chunks:
+                self.bytes += len(chunk)
+                yield chunk
+        except CubeError:
+            self.broke = True
+            raise
 
 
 class NodeImages:
@@ -122,9 +130,32 @@ class NodeImages:
             if self.runtime.image(image) is not None:
                 return f"image {image} was loaded meanwhile"
             began = self.monotonic()
-            peer, chunks = self.source(image, self.node)
-            counted = Counted(chunks)
-            self.runtime.load(iter(counted))
+            peer, loaded, broke = self._fetch_from_peers(image)
             seconds = self.monotonic() - began
         self.refresh(force=True)
-        return f"image {image} fetched from {peer} ({size_text(counted.bytes)} in {seconds:.1f} s)"
+        after = f" after {'; '.join(broke)}" if broke else ""
+        return f"image {image} fetched from {peer} ({size_text(loaded)} in {seconds:.1f} s){after}"
+
+    def _fetch_from_peers(self, image: str) -> tuple[str, int, list[str]]:
+        """Load `image` from a peer, another one each time a stream breaks off; the peer, the bytes loaded, and
+        what broke before. Raises the last failure when no other peer has it, or after FETCH_PEERS tries."""
+        assert self.source is not None
+        tried: list[str] = []
+        broke: list[str] = []
+        while True:
+            try:
+                peer, chunks = self.source(image, self.node, tuple(tried))
+            except NotFound:
+                if not broke:
+                    raise
+                raise CubeError(f"{broke[-1]}; no other peer has it") from None
+            counted = Counted(chunks)
+            try:
+                self.runtime.load(iter(counted))
+                return peer, counted.bytes, broke
+            except CubeError as error:  # which peer, and how far it got
+                broke.append(f"loading the image from {peer} failed after {size_text(counted.bytes)}: {error.message}")
+                tried.append(peer)
+                log.info("fetching %s: %s", image, broke[-1])
+                if not counted.broke or len(tried) >= FETCH_PEERS:  # this engine refused it: no peer would do
+                    raise type(error)(broke[-1]) from None
