@@ -147,7 +147,11 @@ class ClusterHarness:
             raise Unavailable(f"cannot reach {address}")
         worker = self.workers[name]
         if method == "POST" and path == "/tasks":
-            return worker.accept(Assignment.from_dict(body))[0].to_dict()
+            body = dict(body or {})
+            contents = body.pop("files", None)  # a stack's files: written by the worker, as its API does
+            assignment = Assignment.from_dict(body)
+            worker.files.write(assignment, contents)
+            return worker.accept(assignment)[0].to_dict()
         if method == "PUT" and path == "/network":
             return worker.update_network(body)
         if method == "DELETE" and path.startswith("/volumes/"):

@@ -268,3 +268,43 @@ def test_cube_manager_refuses_a_bad_cluster_cidr_before_starting_anything(tmp_pa
         )
         assert done.returncode == 1 and "--cluster-cidr must be an IPv4 range" in done.stderr and said in done.stderr
         assert "Traceback" not in done.stderr and not (tmp_path / "m").exists()
+
+
+def test_a_replica_leaving_the_mesh_is_stopped_once_every_node_follows_a_table_without_it():
+    """Draining: the stop of a replica that took traffic waits until each ready node reports a table without it
+    (so no new connection is sent to a container going away); a node that does not report holds it DRAIN_MOST
+    seconds at most."""
+    c = ClusterHarness(["n1", "n2", "n3"], cluster_cidr=CIDR, node_timeout=60)
+    try:
+        c.manager.submit_job(
+            {"name": "web", "count": 1, "task": {"image": "busybox", "ports": ["8080:80"], "constraints": ["hostname=n1"]}}
+        )
+        c.run_for(3.0)
+        (task,) = c.manager.list_tasks(job="web")
+        assert task.current is not None and task.current.state.value == "running"
+        stops = lambda: [s for s in c.sent if s[1] == "DELETE" and s[2] == f"/tasks/{task.id}"]  # noqa: E731
+        # Every node follows the tables: the stop goes at once (the same round as the table without it).
+        c.kill_worker("n3")  # n3 stops answering: it keeps the table that sends traffic to the replica
+        c.manager.stop_job("web")
+        for _ in range(8):  # 4 s: less than DRAIN_MOST
+            c.step(0.5)
+        assert not stops(), "stopped while n3 may still send it connections"
+        assert c.runtimes["n1"].containers[task.current.container_id].running
+        c.run_for(2.0)
+        assert stops() and task.current.container_id not in c.runtimes["n1"].containers  # stopped and removed
+    finally:
+        c.close()
+
+
+def test_a_stop_waits_only_for_nodes_that_lag():
+    c = ClusterHarness(["n1", "n2"], cluster_cidr=CIDR)
+    try:
+        c.manager.submit_job({"name": "web", "count": 1, "task": {"image": "busybox", "ports": ["8080:80"]}})
+        c.settle()
+        (task,) = c.manager.list_tasks(job="web")
+        c.manager.stop_job("web")
+        c.settle(rounds=3, seconds=0.2)  # both nodes report the new table: the stop is sent without waiting
+        assert any(s[1] == "DELETE" and s[2] == f"/tasks/{task.id}" for s in c.sent)
+        assert c.manager.task_detail(task.id)["state"] == "completed"
+    finally:
+        c.close()

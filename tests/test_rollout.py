@@ -147,3 +147,43 @@ def test_a_rollout_survives_a_manager_restart(c):
     assert job["deployment"]["status"] == "successful" and sorted(_serving(c)) == ["app:2", "app:2"]
     live = [v for v in c.manager.task_views(job="web") if v["desired"] == "run"]
     assert len(live) == 2
+
+
+def test_a_stacks_files_reach_its_tasks_and_a_job_waits_for_what_it_depends_on(c):
+    """deploy_stack on the simulated cluster: the plan, the files in the worker's directory, depends_on."""
+    import base64
+
+    secret = base64.b64encode(b"s3cret").decode()
+    db = {
+        "name": "shop-db",
+        "stack": "shop",
+        "task": {
+            "image": "db:1",
+            "health": {"command": ["CMD", "true"]},
+            "files": [{"source": "secrets/pw", "target": "/run/secrets/pw", "mode": 0o400}],
+        },
+    }
+    web = {"name": "shop-web", "stack": "shop", "count": 2, "task": {"image": "web:1"}}
+    web["depends_on"] = [{"job": "shop-db", "condition": "healthy"}]
+    dry = c.manager.deploy_stack("shop", {"jobs": [db, web], "files": {"secrets/pw": secret}, "dry_run": True})
+    assert [s["action"] for s in dry["plan"]] == ["create", "create"] and not c.manager.jobs
+    for runtime in c.runtimes.values():
+        runtime.unhealthy_images.add("db:1")  # the database never becomes healthy: web waits
+    c.manager.deploy_stack("shop", {"jobs": [db, web], "files": {"secrets/pw": secret}})
+    c.run_for(5.0)
+    webs = c.manager.task_views(job="shop-web")
+    assert all(v["state"] == "pending" and "waiting for job shop-db to be healthy" in v["reason"] for v in webs)
+    (db_task,) = [t for t in c.manager.list_tasks(job="shop-db") if t.desired.value == "run"]
+    path = c.workers[db_task.node].files.path(db_task.id, "secrets/pw")
+    with open(path, "rb") as handle:
+        assert handle.read() == b"s3cret"
+    assert oct(__import__("os").stat(path).st_mode & 0o777) == oct(0o400)
+
+    for runtime in c.runtimes.values():
+        runtime.unhealthy_images.clear()
+    c.manager.stop_job("shop-db")
+    c.manager.deploy_stack("shop", {"jobs": [db, web], "files": {"secrets/pw": secret}})
+    c.run_for(10.0)
+    assert sum(1 for v in c.manager.task_views(job="shop-web") if v["state"] == "running") == 2
+    plan = c.manager.deploy_stack("shop", {"jobs": [db], "files": {"secrets/pw": secret}})["plan"]
+    assert {(s["job"], s["action"]) for s in plan} == {("shop-db", "unchanged"), ("shop-web", "remove")}

@@ -102,8 +102,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
         self.node_timeout = node_timeout
         self.sched_state = scheduler.SchedulerState()
         self._dispatch = dispatch
-        if sealer is not None:
-            self.seal, self.unseal = sealer.seal, sealer.unseal
+        self._sealer = sealer
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self.tasks: dict[str, Task] = {}
@@ -727,6 +726,8 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
             if name in self.nodes:
                 self.save_node(self.nodes[name])
         self._unsaved &= self.nodes.keys()
+        for name in self._draining_nodes():  # a stop that waited for the nodes' tables may be due now
+            self._mark(name, None)
         sweep = now - self._swept >= SWEEP_EVERY
         if sweep:
             self._swept = now
@@ -776,6 +777,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
         plan = node_diff(name, placed, report, self.tasks.get)
         if not self._network_ready(name):
             plan.send = []  # until its worker holds its subnet: a container must start on the cluster network
+        plan.stop = [(tid, gen) for tid, gen in plan.stop if not self._stop_waits(tid)]
         wanted = {("send", tid, self.tasks[tid].generation) for tid in plan.send}
         wanted |= {("stop", tid, gen) for tid, gen in plan.stop}
         return self._outbox.due(name, wanted, self._report_start.get(name, float("-inf")), scope)

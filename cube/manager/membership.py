@@ -66,7 +66,7 @@ class Membership:
 
     def _unique_name(self, node: Node) -> str:
         """Nodes are known by name; two machines both called `raspberrypi` must both join. The same node (by its
-        id) keeps the name it has; another node with a taken name gets its id appended."""
+        id, or by its address) keeps the name it has; another node with a taken name gets its id appended."""
         node_id = node.labels.get("node_id", "")
         known = [self.manager.node(name) for name in self.manager.node_names()]
         for other in known:
@@ -74,6 +74,10 @@ class Membership:
                 return other.name
         taken = self.manager.node(node.name)
         if taken is None or not node_id or not taken.labels.get("node_id"):
+            return node.name
+        if taken.address == node.address:
+            # The same name at the same address is that machine with a new id (its data wiped, or an earlier run's
+            # worker answering at first): it takes its name back instead of leaving a twin that never answers.
             return node.name
         return f"{node.name}-{node_id}"
 

@@ -35,6 +35,7 @@ log = logging.getLogger("cube.manager")
 DEFAULT_CIDR = "10.210.0.0/16"
 KIND = "subnets"  # the store: node name -> {"node", "subnet"}
 OFF = ("", "off", "none")
+DRAIN_MOST = 5.0  # seconds a replaced replica's stop waits at most for every node to stop sending it traffic
 
 
 def parse_cidr(value) -> ipaddress.IPv4Network | None:
@@ -158,6 +159,7 @@ class ManagerNetwork:
         self._net_dirty = True
         self._net_held: dict[str, tuple] = {}  # node -> (version, subnet) its latest report shows
         self._net_outbox = Outbox(self.monotonic)
+        self._draining: dict[str, tuple[int, float]] = {}  # task -> (table version without it, since when)
         for data in self.store.values(KIND):
             if isinstance(data, dict) and isinstance(data.get("node"), str) and isinstance(data.get("subnet"), str):
                 self.subnets[data["node"]] = data["subnet"]
@@ -238,8 +240,51 @@ class ManagerNetwork:
             ingress = ingress_entries(holders(self.tasks.values(), self.jobs))
             if self._net_table is None or (nodes, found, ingress) != self._net_table[1:]:
                 self._net_version += 1
+                if self._net_table is not None:
+                    self._drain(self._net_table[2], found)
                 self._net_table = (self._net_version, nodes, found, ingress)
         return self._net_table
+
+    def _drain(self, before: list[dict], after: list[dict]) -> None:
+        """Replicas that took traffic and no longer do (stopped, replaced by a rollout, unhealthy) drain: their stop
+        waits until every node follows a table without them (`_stop_waits`), so no new connection goes to a
+        container that is going away."""
+        now = self.monotonic()
+        taking = {e["task"] for e in after if e["healthy"]}
+        for entry in before:
+            if entry["healthy"] and entry["task"] not in taking:
+                self._draining[entry["task"]] = (self._net_version, now)
+
+    def _stop_waits(self, task_id: str) -> bool:
+        """Whether the stop of `task_id` waits for the nodes to drop it from their rules (lock held): until each
+        ready node with a subnet reports a table at least as new as the first without it, DRAIN_MOST seconds at
+        most (a node that does not answer must not keep a stopped task running)."""
+        if self.cidr is None:
+            return False
+        self._net_current()  # a replica the table just lost starts draining here, before its stop is first sent
+        if task_id not in self._draining:
+            return False
+        version, since = self._draining[task_id]
+        lagging = [
+            name
+            for name, node in self.nodes.items()
+            if node.state == "ready"
+            and self.subnets.get(name)
+            and (self._net_held.get(name, (None,))[0] or 0) < version
+        ]
+        if lagging and self.monotonic() - since < DRAIN_MOST:
+            return True
+        del self._draining[task_id]
+        return False
+
+    def _draining_nodes(self) -> set[str]:
+        """The nodes whose diff may hold a draining stop (lock held): looked at again on every tick. Entries past
+        DRAIN_MOST go (a replica that stopped taking traffic without being stopped leaves one behind)."""
+        now = self.monotonic()
+        for task_id, (_, since) in list(self._draining.items()):
+            if now - since >= DRAIN_MOST + 1.0:
+                del self._draining[task_id]
+        return {t.node for i in self._draining if (t := self.tasks.get(i)) is not None and t.node}
 
     def _network_due(self, reported: Iterable[str]) -> list[tuple]:
         """The table deliveries due now, for every node that reported and is not down (lock held)."""

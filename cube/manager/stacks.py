@@ -28,10 +28,6 @@ FILES = "files"
 STACKS = "stacks"
 
 
-def _identity(text: str, _context: str) -> str:
-    return text
-
-
 class ManagerStacks:
     # Owned and written by Manager (see manager.py).
     _lock: threading.RLock
@@ -49,8 +45,13 @@ class ManagerStacks:
     _deliver_later: Callable[[list[tuple]], None]
     job_detail: Callable[[str], dict]
 
-    seal: Callable[[str, str], str] = _identity
-    unseal: Callable[[str, str], str] = _identity
+    _sealer = None  # cube.cluster.pki.Sealer (the manager's service gives it); None: kept as given (tests)
+
+    def _seal(self, text: str, context: str) -> str:
+        return text if self._sealer is None else self._sealer.seal(text, context)
+
+    def _unseal(self, text: str, context: str) -> str:
+        return text if self._sealer is None else self._sealer.unseal(text, context)
 
     # ---- deploying -------------------------------------------------------------------------------------------
 
@@ -68,7 +69,7 @@ class ManagerStacks:
                 return {"stack": name, "plan": plan, "dry_run": True}
             with self._saving():
                 for source, data in files.items():
-                    sealed = self.seal(data, f"{name}/{source}")
+                    sealed = self._seal(data, f"{name}/{source}")
                     self.store.put(FILES, f"{name}/{source}", {"stack": name, "source": source, "sealed": sealed})
                 record = {"name": name, "jobs": [j.name for j in jobs], "files": sorted(files)}
                 self.store.put(STACKS, name, {**record, "updated_at": self.clock()})
@@ -166,7 +167,7 @@ class ManagerStacks:
         for mount in task.spec.files:
             record = self.store.get(FILES, f"{stack}/{mount.source}")
             if record is not None:
-                out[mount.source] = self.unseal(record["sealed"], f"{stack}/{mount.source}")
+                out[mount.source] = self._unseal(record["sealed"], f"{stack}/{mount.source}")
         return out
 
     def _waiting_for(self, task: Task) -> str:

@@ -270,6 +270,9 @@ class NodeNetwork:
         self.error = ""
         self.state = "none"  # none (no table yet), ready, off (this node takes no part), error
         self.applied = ""  # the digest of what was last applied whole
+        # The version of the table this node's rules and routes follow (what it reports): the manager waits for it
+        # before stopping a replica the table no longer sends traffic to (cube.manager.network, draining).
+        self.in_force: int | None = None
         self._next = float("-inf")
         self.dns = dns
         self.dns_error = ""
@@ -298,8 +301,8 @@ class NodeNetwork:
     def status(self) -> dict:
         table = self.table
         return {
-            "version": table.version if table else None,
-            "subnet": table.subnet if table else "",
+            "version": self.in_force,
+            "subnet": table.subnet if table and self.in_force == table.version else "",
             "state": self.state,
             "error": self.error or self.dns_error,
         }
@@ -309,16 +312,18 @@ class NodeNetwork:
         if not force and self.monotonic() < self._next:
             return False
         self._next = self.monotonic() + CHECK_EVERY
-        before = (self.state, self.error)
+        before = (self.state, self.error, self.in_force)
         table = self.table
         if table is None:
             return False
         if self.host is None or not table.subnet:
             self.state, self.error = "off", "" if table.subnet else "no subnet for this node"
-            return before != (self.state, self.error)
+            self.in_force = table.version
+            return before != (self.state, self.error, self.in_force)
         try:
             self._converge(table)
             self.state, self.error = "ready", ""
+            self.in_force = table.version
             if self.dns:
                 self._serve_dns(table.gateway)
         except CubeError as error:
@@ -326,7 +331,7 @@ class NodeNetwork:
                 log.warning("cluster network: %s", error.message)
             self.state = "off" if isinstance(error, _Declined) else "error"
             self.error = error.message
-        return before != (self.state, self.error)
+        return before != (self.state, self.error, self.in_force)
 
     def _serve_dns(self, address: str) -> None:
         """The name server on the gateway (started again when the gateway moves); a refusal is reported."""
