@@ -276,9 +276,8 @@ def test_a_replica_leaving_the_mesh_is_stopped_once_every_node_follows_a_table_w
     seconds at most."""
     c = ClusterHarness(["n1", "n2", "n3"], cluster_cidr=CIDR, node_timeout=60)
     try:
-        c.manager.submit_job(
-            {"name": "web", "count": 1, "task": {"image": "busybox", "ports": ["8080:80"], "constraints": ["hostname=n1"]}}
-        )
+        task = {"image": "busybox", "ports": ["8080:80"], "constraints": ["hostname=n1"]}
+        c.manager.submit_job({"name": "web", "count": 1, "task": task})
         c.run_for(3.0)
         (task,) = c.manager.list_tasks(job="web")
         assert task.current is not None and task.current.state.value == "running"
