@@ -187,3 +187,24 @@ def test_a_stacks_files_reach_its_tasks_and_a_job_waits_for_what_it_depends_on(c
     assert sum(1 for v in c.manager.task_views(job="shop-web") if v["state"] == "running") == 2
     plan = c.manager.deploy_stack("shop", {"jobs": [db], "files": {"secrets/pw": secret}})["plan"]
     assert {(s["job"], s["action"]) for s in plan} == {("shop-db", "unchanged"), ("shop-web", "remove")}
+
+
+def test_a_job_of_one_binding_a_port_itself_is_updated_stop_first(c):
+    """Without a cluster network an ingress port is the node's own binding: two copies cannot share it, so the
+    update of a job of one stops the old task first (start-first only where the mesh carries the port)."""
+    spec = {
+        "name": "web",
+        "count": 1,
+        "task": {"image": "app:1", "ports": ["8080:80"]},
+        "update": {"min_healthy_time": 1},
+    }
+    c.manager.submit_job(spec)
+    c.settle()
+    c.manager.submit_job({**spec, "task": {"image": "app:2", "ports": ["8080:80"]}})
+
+    def one_at_most():
+        live = [v for v in c.manager.task_views(job="web") if v["desired"] == "run"]
+        assert len(live) <= 1, live
+
+    c.run_for(10.0, check=one_at_most)
+    assert c.manager.job_detail("web")["deployment"]["status"] == "successful"

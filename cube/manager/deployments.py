@@ -16,6 +16,7 @@ without a break): a manager that restarts mid-rollout waits `min_healthy_time` a
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable
@@ -56,6 +57,8 @@ class ManagerDeployments:
     _place: Callable[[list[Task]], None]
     _flush: Callable[[], list[tuple]]
     _deliver_later: Callable[[list[tuple]], None]
+    cidr: ipaddress.IPv4Network | None  # the cluster range (cube.manager.network); None: no cluster network
+    subnets: dict[str, str]
 
     deployments: dict[str, dict]  # job -> its deployment: the store's "deployments", in memory
     _healthy_since: dict[str, float]  # task id -> when it began to serve without a break (this manager's clock)
@@ -213,6 +216,8 @@ class ManagerDeployments:
         tasks = [self.tasks[i] for i in self._by_job.get(job.name, ())]
         record = self.deployments.get(job.name)
         policy = job.rollback_policy if record and record.get("policy") == "rollback" else job.update
+        if not policy.order and not self._ports_allow_start_first(job):
+            policy = dataclasses.replace(policy, order="stop-first")
         decided = rollout.plan(job, tasks, self.clock(), self._healthy_since, policy)
         for task_id, why in decided.stop:
             self._stop(self.tasks[task_id], why)
@@ -225,6 +230,14 @@ class ManagerDeployments:
         self._place(new)
         if record is not None and record["version"] == job.version:
             self._follow(job, record, decided)
+
+    def _ports_allow_start_first(self, job: Job) -> bool:
+        """Whether a replacement can run beside the task it replaces: nothing binds a node's port directly (host
+        networking, a host-mode port, or an ingress port where no cluster network carries the mesh), so the two
+        copies never compete for one (`cube dev`'s workers share an engine: its ports are one machine's)."""
+        spec = job.spec
+        meshed = self.cidr is not None and bool(self.subnets)
+        return not spec.fixed_host_ports and (meshed or not spec.ingress_ports)
 
     def _follow(self, job: Job, record: dict, decided: rollout.RolloutPlan) -> None:
         if record["status"] != rollout.ROLLING or decided.status in ("", rollout.ROLLING):
