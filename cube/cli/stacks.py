@@ -12,7 +12,7 @@ import sys
 import time
 
 from cube.cli.common import manager_client, show
-from cube.core.errors import CubeError
+from cube.core.errors import CubeError, NotFound
 
 PLACEMENT_FAILED = 3  # exit code: a task of the rollout cannot be placed (deployment failures exit 1)
 POLL_EVERY = 0.5
@@ -118,14 +118,18 @@ class StackCommands:
         answer = client.delete(f"/stacks/{stack}")
         removed = []
         if volumes and answer["volumes"]:
-            _wait_stopped(client, answer["stopped"], float(timeout))
+            _wait_stopped(client, answer.get("jobs", answer["stopped"]), float(timeout))
             for volume in answer["volumes"]:
-                client.delete(f"/volumes/{volume}")
+                try:
+                    client.delete(f"/volumes/{volume}")
+                except NotFound:
+                    continue  # removed before
                 removed.append(volume)
         if json:
             show({**answer, "removed_volumes": removed}, True)
             return None
-        print(f"stack {stack}: stopped {', '.join(answer['stopped'])}")
+        stopped = ", ".join(answer["stopped"])
+        print(f"stack {stack}: stopped {stopped}" if stopped else f"stack {stack}: down already, nothing to stop")
         if removed:
             print(f"removed volumes: {', '.join(removed)}")
         elif answer["volumes"]:

@@ -142,10 +142,11 @@ class ManagerStacks:
         """Stop every job of the stack and forget its files (its volumes stay: `cube down --volumes` removes them
         once nothing runs)."""
         with self._lock:
-            jobs = [j for j in self.jobs.values() if j.stack == name and not j.stopped]
-            if not jobs:
+            known = [j for j in self.jobs.values() if j.stack == name]
+            if not known:
                 raise NotFound(f"no stack named {name!r} (`cube stacks` lists them)")
-            volumes = sorted({v for j in jobs for v in j.spec.named_volumes})
+            jobs = [j for j in known if not j.stopped]  # none: down already (its volumes may still be there)
+            volumes = sorted({v for j in known for v in j.spec.named_volumes})
             with self._saving():
                 for job in jobs:
                     self._stop_stack_job(job)
@@ -155,7 +156,12 @@ class ManagerStacks:
                 self.store.delete(STACKS, name)
             due = self._flush()
         self._deliver_later(due)
-        return {"stack": name, "stopped": sorted(j.name for j in jobs), "volumes": volumes}
+        return {
+            "stack": name,
+            "stopped": sorted(j.name for j in jobs),
+            "jobs": sorted(j.name for j in known),
+            "volumes": volumes,
+        }
 
     # ---- files and dependencies --------------------------------------------------------------------------------
 
