@@ -703,3 +703,39 @@ def test_a_job_cannot_be_sent_with_the_managers_own_fields(mgr):
 @pytest.mark.parametrize("limit", ["0", "-1"])
 def test_event_limits_count_at_least_one(mgr, limit):
     assert "limit" in error_of(call(mgr.app, "GET", f"/events?limit={limit}"), 400)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"update": {"order": "sideways"}}, "update.order"),
+        ({"update": {"max_parallel": 0}}, "update.max_parallel"),
+        ({"update": {"min_healthy_time": 60, "healthy_deadline": 30}}, "healthy_deadline"),
+        ({"update": {"auto_revert": "yes"}}, "update.auto_revert"),
+        ({"depends_on": [{"job": "db", "condition": "ready"}]}, "depends_on[0].condition"),
+        ({"depends_on": ["web"]}, "cannot depend on itself"),
+        ({"stack": "shop"}, "must be named shop-SERVICE"),
+        ({"version": 3}, "kept by the manager"),
+    ],
+)
+def test_a_bad_job_policy_is_a_400_naming_the_field(mgr, extra, words):
+    body = {"name": "web", "task": {"image": IMAGE}, **extra}
+    assert words in error_of(call(mgr.app, "POST", "/jobs", body), 400)
+    assert call(mgr.app, "GET", "/jobs").json() == []
+
+
+def test_a_stack_deploy_is_checked_whole_before_anything_is_kept(mgr):
+    good = {"name": "shop-web", "stack": "shop", "task": {"image": IMAGE}}
+    files = [{"source": "secrets/pw", "target": "/run/secrets/pw"}]
+    bad = [
+        ({"jobs": []}, "jobs must be a list"),
+        ({"jobs": [good, {"name": "shop-db", "stack": "other", "task": {"image": IMAGE}}]}, "of stack other"),
+        ({"jobs": [good, good]}, "twice"),
+        ({"jobs": [{**good, "depends_on": ["shop-db"]}]}, "not in stack shop"),
+        ({"jobs": [{**good, "task": {"image": IMAGE, "files": files}}]}, "does not carry"),
+        ({"jobs": [good], "files": {"secrets/pw": "not base64!"}}, "not base64"),
+    ]
+    for body, words in bad:
+        assert words in error_of(call(mgr.app, "POST", "/stacks/shop", body), 400), body
+    assert call(mgr.app, "GET", "/stacks").json() == [] and call(mgr.app, "GET", "/jobs").json() == []
+    assert "DNS label" in error_of(call(mgr.app, "POST", "/stacks/Shop_1", {"jobs": [good]}), 400)

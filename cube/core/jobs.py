@@ -29,6 +29,18 @@ def _whole(value, what: str, low: int, high: int) -> int:
     return value
 
 
+def _one_of(value, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise InvalidSpec(f"{what} must be one of {', '.join(a for a in allowed if a)}, not {shown(value)}")
+    return value
+
+
+def _flag(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidSpec(f"{what} must be true or false, not {shown(value)}")
+    return value
+
+
 @dataclass(frozen=True)
 class UpdatePolicy:
     """How a changed spec replaces a job's tasks (Nomad's `update` block, Swarm's `update_config`): at most
@@ -52,12 +64,8 @@ class UpdatePolicy:
         if not isinstance(value, dict):
             raise InvalidSpec(f"{what} must be an object with max_parallel, min_healthy_time, healthy_deadline, ...")
         _only(value, {"max_parallel", "min_healthy_time", "healthy_deadline", "auto_revert", "order"}, what)
-        order = value.get("order", "")
-        if order not in UPDATE_ORDERS:
-            raise InvalidSpec(f"{what}.order must be start-first or stop-first, not {shown(order)}")
-        auto_revert = value.get("auto_revert", False)
-        if not isinstance(auto_revert, bool):
-            raise InvalidSpec(f"{what}.auto_revert must be true or false, not {shown(auto_revert)}")
+        order = _one_of(value.get("order", ""), UPDATE_ORDERS, f"{what}.order")
+        auto_revert = _flag(value.get("auto_revert", False), f"{what}.auto_revert")
         policy = cls(
             _whole(value.get("max_parallel", 1), f"{what}.max_parallel", 1, MAX_COUNT),
             _number(value.get("min_healthy_time", 10.0), f"{what}.min_healthy_time", 0, 86400),
@@ -104,13 +112,8 @@ class Dependency:
             raise InvalidSpec(f"{what} must be a job name or an object with job and condition, not {shown(value)}")
         _only(value, {"job", "condition", "required"}, what)
         job = _name(value.get("job"), f"{what}.job", False, MAX_JOB_NAME)
-        condition = value.get("condition", "started")
-        if condition not in CONDITIONS:
-            raise InvalidSpec(f"{what}.condition must be one of {', '.join(CONDITIONS)}, not {shown(condition)}")
-        required = value.get("required", True)
-        if not isinstance(required, bool):
-            raise InvalidSpec(f"{what}.required must be true or false, not {shown(required)}")
-        return cls(job, condition, required)
+        condition = _one_of(value.get("condition", "started"), CONDITIONS, f"{what}.condition")
+        return cls(job, condition, _flag(value.get("required", True), f"{what}.required"))
 
     def to_dict(self) -> dict:
         return {"job": self.job, "condition": self.condition, "required": self.required}

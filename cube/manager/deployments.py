@@ -18,15 +18,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
-import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 
 from cube.core.errors import BadRequest, Conflict, NotFound
 from cube.core.jobs import Job
-from cube.core.model import Desired, Node, Task, new_id, serving
+from cube.core.model import Desired, Task, new_id, serving
 from cube.manager import rollout
-from cube.store import Store
+from cube.manager.parts import ManagerParts
 
 log = logging.getLogger("cube.manager")
 
@@ -38,25 +36,12 @@ def version_key(name: str, version: int) -> str:
     return f"{name}/{version:012d}"
 
 
-class ManagerDeployments:
+class ManagerDeployments(ManagerParts):
     """Mixin of Manager: job deploys, versions, rollouts (the manager's lock guards everything here)."""
 
-    # Owned and written by Manager (see manager.py).
-    _lock: threading.RLock
-    jobs: dict[str, Job]
-    tasks: dict[str, Task]
-    nodes: dict[str, Node]
-    store: Store
-    clock: Callable[[], float]
-    _by_job: dict[str, set[str]]
-    _saving: Callable[[], AbstractContextManager[None]]
-    _touch: Callable[[str, str], None]
-    _save_job: Callable[[Job], None]
     _stop: Callable[[Task, str], None]
     _commit: Callable[..., Task]
     _place: Callable[[list[Task]], None]
-    _flush: Callable[[], list[tuple]]
-    _deliver_later: Callable[[list[tuple]], None]
     cidr: ipaddress.IPv4Network | None  # the cluster range (cube.manager.network); None: no cluster network
     subnets: dict[str, str]
 

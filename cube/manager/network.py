@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from cube.core.errors import BadRequest, Conflict, CubeError
 from cube.core.model import Desired, Job, Node, State, Task, TaskSpec, serving
 from cube.manager.outbox import Outbox
-from cube.store import Store
+from cube.manager.parts import ManagerParts
 
 log = logging.getLogger("cube.manager")
 DEFAULT_CIDR = "10.210.0.0/16"
@@ -135,14 +134,7 @@ def port_conflict(spec: TaskSpec, owner: str, held: dict[str, TaskSpec]) -> str:
     return ""
 
 
-class ManagerNetwork:
-    # Owned and written by Manager (see manager.py).
-    _lock: threading.RLock
-    tasks: dict[str, Task]
-    jobs: dict[str, Job]
-    nodes: dict[str, Node]
-    store: Store
-    clock: Callable[[], float]
+class ManagerNetwork(ManagerParts):
     monotonic: Callable[[], float]
     _dispatch: Callable | None
     _report_start: dict[str, float]

@@ -13,36 +13,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 
 from cube.core.errors import BadRequest, InvalidSpec, NotFound
 from cube.core.jobs import Job
-from cube.core.model import Desired, Node, State, Task, serving
+from cube.core.model import Desired, State, Task, serving
 from cube.core.spec import MAX_FILE_BYTES, MAX_JOB_NAME, _name
-from cube.store import Store
+from cube.manager.parts import ManagerParts
 
 MAX_STACK_JOBS = 100
 FILES = "files"
 STACKS = "stacks"
 
 
-class ManagerStacks:
-    # Owned and written by Manager (see manager.py).
-    _lock: threading.RLock
-    jobs: dict[str, Job]
-    tasks: dict[str, Task]
-    nodes: dict[str, Node]
-    store: Store
-    clock: Callable[[], float]
-    _by_job: dict[str, set[str]]
-    _saving: Callable[[], AbstractContextManager[None]]
+class ManagerStacks(ManagerParts):
+    """Mixin of Manager: stacks, their files and their jobs' dependencies."""
+
     _deploy: Callable[[Job], str]
     _reconcile_job: Callable[[Job], None]
-    _save_job: Callable[[Job], None]
-    _flush: Callable[[], list[tuple]]
-    _deliver_later: Callable[[list[tuple]], None]
     job_detail: Callable[[str], dict]
 
     _sealer = None  # cube.cluster.pki.Sealer (the manager's service gives it); None: kept as given (tests)

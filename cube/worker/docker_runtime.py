@@ -25,7 +25,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
@@ -47,7 +47,9 @@ from cube.worker.runtime import (
     LABEL_TASK,
     LABEL_VOLUME,
     NETWORK,
+    Attachment,
     ContainerInfo,
+    Files,
     RuntimeEvent,
     VolumeInfo,
     disk_usage,
@@ -153,13 +155,7 @@ class DockerRuntime:
 
     # -- the Runtime protocol ------------------------------------------------------------------------------
 
-    def start(
-        self,
-        task: Assignment,
-        node: str,
-        files: Sequence[tuple[str, str]] = (),
-        network: tuple[str, str] | None = None,
-    ) -> ContainerInfo:
+    def start(self, task: Assignment, node: str, files: Files = (), network: Attachment = None) -> ContainerInfo:
         """`files`: (file on the node, target) of the task's secrets and configs, bound read-only. `network`: (the
         node's cluster network, its DNS server) for a container not on the host's network."""
         api = self._api()

@@ -46,6 +46,10 @@ def missing_device(path: str, node: str) -> RuntimeFailure:
     )
 
 
+Files = Sequence[tuple[str, str]]  # a task's secrets and configs: (file on the node, target in the container)
+Attachment = tuple[str, str] | None  # the cluster network's name and DNS server a container joins, or none
+
+
 @dataclass
 class ContainerInfo:
     id: str
@@ -132,13 +136,7 @@ class RuntimeEvent:
 
 
 class Runtime(Protocol):
-    def start(
-        self,
-        task: Assignment,
-        node: str,
-        files: Sequence[tuple[str, str]] = (),
-        network: tuple[str, str] | None = None,
-    ) -> ContainerInfo:
+    def start(self, task: Assignment, node: str, files: Files = (), network: Attachment = None) -> ContainerInfo:
         """Pull the image if missing, create the container with labels and limits (and the task's `files` bound
         read-only), start it; on `network` (the cluster network's name and DNS server) unless its spec says host
         networking."""
@@ -249,13 +247,7 @@ class FakeRuntime:
         for q in list(self._subscribers):
             q.put((info.node, RuntimeEvent(action, info.id, info.task_id)))
 
-    def start(
-        self,
-        task: Assignment,
-        node: str,
-        files: Sequence[tuple[str, str]] = (),
-        network: tuple[str, str] | None = None,
-    ) -> ContainerInfo:
+    def start(self, task: Assignment, node: str, files: Files = (), network: Attachment = None) -> ContainerInfo:
         with self._lock:
             self._check()
             if task.spec.image in self.fail_images and self._image_id(task.spec.image) is None:
