@@ -186,6 +186,8 @@ def test_the_mesh_stops_sending_to_a_node_once_it_is_down(cluster3):
     assert len({t["node"] for t in tasks}) == 3
     entry = c.worker_hosts[0]
     victim = next(h for h in c.worker_hosts if h is not entry)
+    # The entry node's rules send to all three replicas once its table has them (a table follows the tasks).
+    wait_for(lambda: all(t["address"] in _dnat_targets(c, entry) for t in tasks), timeout=30)
     seen = set()
     for _ in range(12):  # new connections spread over the replicas
         seen.add(answers(c, c.manager_host, f"http://{entry.ip}:8080/"))

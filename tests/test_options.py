@@ -170,12 +170,14 @@ def test_two_host_network_tasks_with_one_port_never_share_a_node():
 
 
 def test_a_host_network_port_and_a_published_port_collide():
+    """A port published on the node itself (host mode; an ingress port is the mesh's, on every node: the manager
+    keeps those unique cluster-wide, see test_network.py)."""
     node = make_node("n1")
-    reserve(node, make_spec(ports=["8080:80"]))
+    reserve(node, make_spec(ports=["8080:80/host"]))
     assert place(make_spec(network="host", ports=["8080"]), [node]).node is None
     assert place(make_spec(network="host", ports=["8081"]), [node]).node is node
     reserve(node, make_spec(network="host", ports=["9000"]))
-    assert place(make_spec(ports=["9000:80"]), [node]).node is None
+    assert place(make_spec(ports=["9000:80/host"]), [node]).node is None
 
 
 # ---- devices from the worker to the manager --------------------------------------------------------------------

@@ -102,10 +102,18 @@ def _exec(container: str, script: str) -> str:
     return done.stdout + done.stderr
 
 
-def _one_container_per_task(cluster, job: str) -> None:
+def _extra_copies(cluster, job: str) -> list[tuple[str, list[str]]]:
+    """The job's tasks with more than one running container: (name, container ids)."""
+    found = []
     for task in cluster.client.get("/tasks", job=job):
         running = docker_ids(f"label=cube.task_id={task['id']}", "status=running")
-        assert len(running) <= 1, (task["name"], running)
+        if len(running) > 1:
+            found.append((task["name"], running))
+    return found
+
+
+def _one_container_per_task(cluster, job: str) -> None:
+    assert not _extra_copies(cluster, job)
 
 
 def test_a_stack_deploys_in_order_updates_rolls_back_and_goes_down(cluster, tmp_path):
@@ -185,12 +193,13 @@ def test_a_rollout_cut_by_a_kill_completes_with_one_container_per_task(cluster, 
     (directory / ".env").write_text("GREETING=hola\n")
     cube(cluster, "deploy", "-f", "compose.yaml", cwd=directory)
     time.sleep(1.0)  # the first replacement is under way
+    node = None
     if who == "manager":
         cluster.manager.kill()
         cluster.start_manager()
     else:
         node = cluster.client.get("/tasks", job="shop-web")[0]["node"]
-        cluster.workers[node]["proc"].kill()
+        cluster.workers[node]["proc"].kill()  # its containers run on (a node cut off keeps them) until it is back
     job = wait_for(
         lambda: (j := cluster.client.get("/jobs/shop-web"))["deployment"]["status"] == "successful" and j,
         timeout=120,
@@ -200,7 +209,9 @@ def test_a_rollout_cut_by_a_kill_completes_with_one_container_per_task(cluster, 
     live = [t for t in cluster.client.get("/tasks", job="shop-web") if t["desired"] == "run"]
     assert sorted(t["name"] for t in live) == ["shop-web-1", "shop-web-2"], live
     assert all(t["version"] == 2 for t in live)
-    _one_container_per_task(cluster, "shop-web")
+    if node is not None:  # the worker comes back: it stops what was moved away meanwhile
+        cluster.start_worker(node)
+    wait_for(lambda: not _extra_copies(cluster, "shop-web"), timeout=60, interval=1.0)
 
 
 @pytest.mark.parametrize(

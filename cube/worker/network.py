@@ -273,6 +273,7 @@ class NodeNetwork:
         # The version of the table this node's rules and routes follow (what it reports): the manager waits for it
         # before stopping a replica the table no longer sends traffic to (cube.manager.network, draining).
         self.in_force: int | None = None
+        self.tried: int | None = None  # the version of the table last converged on, well or not
         self._next = float("-inf")
         self.dns = dns
         self.dns_error = ""
@@ -302,7 +303,8 @@ class NodeNetwork:
         table = self.table
         return {
             "version": self.in_force,
-            "subnet": table.subnet if table and self.in_force == table.version else "",
+            # Shown once this table was tried: the manager sends tasks only then (on the network when it is ready).
+            "subnet": table.subnet if table and self.tried == table.version else "",
             "state": self.state,
             "error": self.error or self.dns_error,
         }
@@ -312,10 +314,11 @@ class NodeNetwork:
         if not force and self.monotonic() < self._next:
             return False
         self._next = self.monotonic() + CHECK_EVERY
-        before = (self.state, self.error, self.in_force)
+        before, before_tried = (self.state, self.error, self.in_force), self.tried
         table = self.table
         if table is None:
             return False
+        self.tried = table.version
         if self.host is None or not table.subnet:
             self.state, self.error = "off", "" if table.subnet else "no subnet for this node"
             self.in_force = table.version
@@ -331,7 +334,9 @@ class NodeNetwork:
                 log.warning("cluster network: %s", error.message)
             self.state = "off" if isinstance(error, _Declined) else "error"
             self.error = error.message
-        return before != (self.state, self.error, self.in_force)
+            if isinstance(error, _Declined):  # the node takes no part: no rules of its own to wait for
+                self.in_force = table.version
+        return before != (self.state, self.error, self.in_force) or before_tried != self.tried
 
     def _serve_dns(self, address: str) -> None:
         """The name server on the gateway (started again when the gateway moves); a refusal is reported."""
