@@ -16,15 +16,14 @@ Per task (`task_decision`), its desired state, placement and observation against
   that node if another fits; a batch task that failed stays failed;
 - an observation of the current generation that the worker stopped without being asked: place it again.
 
-Per job (`job_diff`): the job's tasks that are desired to run, against its count: which indexes to create, which
-tasks to stop.
+Per job: see rollout.py (the count, and the versions of a rolling update).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cube.core.model import Desired, Job, Node, State, Task
+from cube.core.model import Desired, Node, State, Task
 
 RESCHEDULE_BASE = 5.0  # seconds before the first reschedule of a failing service; doubles after
 RESCHEDULE_MAX = 300.0
@@ -151,33 +150,3 @@ def _reschedules(task: Task, job_type: str) -> bool:
 def reschedule_delay(count: int) -> float:
     """Delay before reschedule number `count` (from 1): 5 s, 10 s, 20 s ... RESCHEDULE_MAX."""
     return min(RESCHEDULE_BASE * 2 ** max(0, count - 1), RESCHEDULE_MAX)
-
-
-@dataclass
-class JobPlan:
-    create: list[int] = field(default_factory=list)  # task indexes to create (job-<index>)
-    stop: list[str] = field(default_factory=list)  # task ids to stop
-
-
-def job_diff(job: Job, tasks: list[Task]) -> JobPlan:
-    """`tasks`: the job's tasks. Every task desired to run counts, whatever its state: its own restarts and
-    reschedules are the task's business; the job only keeps the number right."""
-    plan = JobPlan()
-    if job.stopped:
-        plan.stop = [t.id for t in tasks if t.desired is Desired.RUN]
-        return plan
-    live = sorted((t for t in tasks if t.desired is Desired.RUN), key=lambda t: task_index(t.name))
-    plan.stop = [t.id for t in live[job.count :]]
-    used = {task_index(t.name) for t in live[: job.count]}
-    index = 1
-    for _ in range(job.count - min(len(live), job.count)):
-        while index in used:
-            index += 1
-        used.add(index)
-        plan.create.append(index)
-    return plan
-
-
-def task_index(name: str) -> int:
-    tail = name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
