@@ -106,7 +106,7 @@ def test_capabilities_sysctls_and_udp_ports_with_a_range():
             "netadmin",
             {
                 "image": "cube-busybox:latest",
-                "command": ["sh", "-c", "nc -llu -p 53 -e cat & httpd -f -p 80"],
+                "command": ["sh", "-c", "httpd -f -p 80 -h /www"],
                 "ports": [
                     {"container": 53, "host": 5353, "protocol": "udp", "mode": "ingress"},
                     {"container": 80, "host": 8053, "protocol": "tcp", "mode": "ingress"},
