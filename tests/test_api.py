@@ -739,3 +739,46 @@ def test_a_stack_deploy_is_checked_whole_before_anything_is_kept(mgr):
         assert words in error_of(call(mgr.app, "POST", "/stacks/shop", body), 400), body
     assert call(mgr.app, "GET", "/stacks").json() == [] and call(mgr.app, "GET", "/jobs").json() == []
     assert "DNS label" in error_of(call(mgr.app, "POST", "/stacks/Shop_1", {"jobs": [good]}), 400)
+
+
+def test_the_task_list_pages_with_a_cursor_and_filters_by_job_state_and_node(mgr):
+    call(mgr.app, "POST", "/jobs", {"name": "web", "task": {"image": IMAGE}, "count": 7})
+    for _ in range(3):
+        call(mgr.app, "POST", "/tasks", {"image": IMAGE})
+    everything = call(mgr.app, "GET", "/tasks").json()
+    assert len(everything) == 10
+    seen, path, pages = [], "/tasks?limit=4", 0
+    while path:
+        page = call(mgr.app, "GET", path)
+        assert page.status == 200 and len(page.json()) <= 4
+        seen += [t["id"] for t in page.json()]
+        pages += 1
+        link = page.headers.get("link")
+        assert (link is None) == (page.headers.get("cube-next-cursor") is None)
+        path = link[1 : link.index(">")] if link else None
+    assert pages == 3 and seen == [t["id"] for t in everything], "every task once, in the list's order"
+    web = call(mgr.app, "GET", "/tasks?job=web&limit=5")
+    assert len(web.json()) == 5 and all(t["job"] == "web" for t in web.json())
+    second = call(mgr.app, "GET", f"/tasks?job=web&limit=5&cursor={web.headers['cube-next-cursor']}")
+    assert len(second.json()) == 2 and "cube-next-cursor" not in second.headers
+    on_n1 = call(mgr.app, "GET", "/tasks?node=n1").json()
+    assert on_n1 and all(t["node"] == "n1" for t in on_n1)
+    assert call(mgr.app, "GET", "/tasks?node=nowhere").json() == []
+    states = {t["state"] for t in everything}
+    for state in states:
+        assert {t["state"] for t in call(mgr.app, "GET", f"/tasks?state={state}").json()} == {state}
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        ("limit=0", "limit"),
+        ("limit=x", "limit"),
+        ("limit=10001", "limit"),
+        ("state=sleeping", "state must be one of"),
+        ("cursor=nonsense", "cursor"),
+        ("cursor=WzEsMl0=", "cursor"),
+    ],
+)
+def test_a_bad_page_or_filter_is_a_400_naming_it(mgr, query, words):
+    assert words in error_of(call(mgr.app, "GET", f"/tasks?{query}"), 400)

@@ -7,6 +7,8 @@ The routes only translate HTTP to calls on a Worker or Manager object; the logic
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import itertools
 import json
@@ -15,6 +17,7 @@ import math
 import re
 import ssl
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -24,7 +27,7 @@ from cheroot import wsgi
 from cube import __version__
 from cube.cluster.trust import proof
 from cube.core.errors import BadRequest, CubeError, NotFound, TooLarge, Unauthorized
-from cube.core.model import Assignment
+from cube.core.model import Assignment, State
 from cube.core.spec import MAX_WHOLE, shown, text
 
 log = logging.getLogger("cube.api")
@@ -246,6 +249,23 @@ def query_number(name: str, default, kind=float, low: float = -MAX_WHOLE, high: 
     if not low <= value <= high:
         raise BadRequest(f"query parameter {name} must be from {low:g} to {high:g}, not {shown(raw)}")
     return value
+
+
+MAX_PAGE = 10000
+STATES = tuple(state.value for state in State)
+
+
+def _cursor(raw: str | None) -> tuple | None:
+    """The key a `cursor` stands for (the last task of the page before): [created_at, name, id]."""
+    if not raw:
+        return None
+    try:
+        created_at, name, task_id = json.loads(base64.urlsafe_b64decode(raw.encode()))
+        if isinstance(created_at, (int, float)) and isinstance(name, str) and isinstance(task_id, str):
+            return (created_at, name, task_id)
+    except (ValueError, TypeError, UnicodeError, binascii.Error):
+        pass
+    raise BadRequest("query parameter cursor is not one this manager gave: take it from Cube-Next-Cursor")
 
 
 def query_count(name: str, default: int) -> int:
@@ -507,9 +527,27 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
 
     @app.get("/tasks")
     def list_tasks():
-        job = bottle.request.query.get("job") or None
-        state = bottle.request.query.get("state") or None
-        return manager.task_views(job=job, state=state)
+        """Filters: job, state, node; `limit` pages the list, and `Cube-Next-Cursor` (and a `Link` rel=next) gives
+        the `cursor` of the next page when there is one."""
+        query = bottle.request.query
+        state = query.get("state") or None
+        if state is not None and state not in STATES:
+            raise BadRequest(f"query parameter state must be one of {', '.join(STATES)}, not {shown(state)}")
+        limit = query_number("limit", None, int, 1, MAX_PAGE)
+        views, last = manager.task_page(
+            job=query.get("job") or None,
+            state=state,
+            node=query.get("node") or None,
+            limit=limit,
+            after=_cursor(query.get("cursor")),
+        )
+        response = _json_response(views)
+        if last is not None:
+            cursor = base64.urlsafe_b64encode(json.dumps(list(last)).encode()).decode()
+            response.set_header("Cube-Next-Cursor", cursor)
+            params = {k: v for k, v in query.items() if k != "cursor"}
+            response.set_header("Link", f"</tasks?{urllib.parse.urlencode({**params, 'cursor': cursor})}>; rel=next")
+        return response
 
     @app.get("/tasks/<ref>")
     def get_task(ref):

@@ -22,6 +22,7 @@ class ManagerViews:
     nodes: dict[str, Node]
     placements: dict[str, dict]
     store: Store
+    _by_node: dict[str, set[str]]
     _by_job: dict[str, set[str]]
 
     def view(self, task: Task) -> dict:
@@ -46,13 +47,42 @@ class ManagerViews:
     def task_views(self, job: str | None = None, state: str | None = None) -> list[dict]:
         """The API's task list: `view` of each, oldest first, without the node's raw report (its fields that users
         read are flattened in already; the whole report is in the task's own view): 27 % less to send."""
+        return self.task_page(job=job, state=state)[0]
+
+    def task_page(
+        self,
+        job: str | None = None,
+        state: str | None = None,
+        node: str | None = None,
+        limit: int | None = None,
+        after: tuple | None = None,
+    ) -> tuple[list[dict], tuple | None]:
+        """A page of the task list, oldest first, filtered by job, state and node: at most `limit` views after the
+        key `after` (the last one of the page before), and the key of this page's last view when more follow."""
         with self._lock:
-            pool = self.tasks.values() if job is None else [self.tasks[i] for i in self._by_job.get(job, ())]
-            views = [self.view(t) for t in pool]
-        for view in views:
-            del view["observed"]
-        views = [v for v in views if state is None or v["state"] == state]
-        return sorted(views, key=lambda v: (v["created_at"], v["name"]))
+            if job is not None:
+                pool = [self.tasks[i] for i in self._by_job.get(job, ())]
+            elif node is not None:
+                pool = [self.tasks[i] for i in self._by_node.get(node, ())]
+            else:
+                pool = list(self.tasks.values())
+            chosen = sorted(
+                (t for t in pool if (node is None or t.node == node) and (after is None or _key(t) > after)),
+                key=_key,
+            )
+            views = []
+            for task in chosen:
+                view = self.view(task)
+                if state is None or view["state"] == state:
+                    del view["observed"]
+                    views.append(view)
+                    if limit is not None and len(views) > limit:
+                        break
+        if limit is not None and len(views) > limit:
+            views = views[:limit]
+            last = views[-1]
+            return views, (last["created_at"], last["name"], last["id"])
+        return views, None
 
     def job_detail(self, name: str) -> dict:
         with self._lock:
@@ -127,3 +157,8 @@ class ManagerViews:
         with self._changed:
             self._stopping = True
             self._changed.notify_all()
+
+
+def _key(task: Task) -> tuple:
+    """The task list's order: oldest first, then by name and id (unique: a page boundary never splits a tie)."""
+    return (task.created_at, task.name, task.id)
