@@ -134,6 +134,8 @@ def test_an_update_whose_health_check_fails_is_reverted(c):
     assert job["deployment"]["policy"] == "rollback", job["deployment"]
     assert [v["status"] for v in c.manager.history("web")] == ["successful", "failed", "successful"]
     assert sorted(_serving(c)) == ["app:1", "app:1"]
+    c.restart_manager()  # the revert's reason is kept with its deployment, not only in memory
+    assert "reverted to version 1" in c.manager.job_detail("web")["deployment"]["reason"]
 
 
 def test_a_rollout_survives_a_manager_restart(c):

@@ -229,15 +229,12 @@ def follow(client, jobs: dict[str, int], timeout: float, progress: bool = True) 
 
 def _check(job: dict, deployment: dict, version: int) -> str:
     status = deployment.get("status")
-    if deployment.get("version", version) > version and deployment.get("policy") == "rollback":
+    # A later version under the rollback policy is the revert of the one followed: that one failed.
+    reverted = deployment.get("version", version) > version and deployment.get("policy") == "rollback"
+    if reverted or status == "failed":
+        what, which = ("failed and was reverted", version) if reverted else ("failed", deployment["version"])
         raise CubeError(
-            f"rollout of job {job['name']} version {version} failed and was reverted: {deployment.get('reason')}; "
-            f"`cube history {job['name']}` lists its versions"
-        )
-    if status in ("failed", "reverted"):
-        what = "failed and was reverted" if status == "reverted" else "failed"
-        raise CubeError(
-            f"rollout of job {job['name']} version {deployment['version']} {what}: {deployment.get('reason')}; "
+            f"rollout of job {job['name']} version {which} {what}: {deployment.get('reason')}; "
             f"`cube history {job['name']}` lists its versions"
         )
     for task in job["tasks"]:

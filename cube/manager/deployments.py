@@ -8,9 +8,10 @@ kept (store kind `versions`, the last KEEP_VERSIONS per job) with its outcome, s
 one again as a new version (as `nomad job revert` does). A rollout that fails is reverted to the last version
 that was healthy when the policy says `auto_revert`; otherwise it stops where it is, and says why.
 
-The deployment of each job (store kind `deployments`): version, from which, status (running, successful, failed,
-reverted), reason, times. "Healthy since" is this manager's own observation of each task (when it began to serve
-without a break): a manager that restarts mid-rollout waits `min_healthy_time` again, never less.
+The deployment of each job (store kind `deployments`): version, from which, status (running, successful, failed:
+a revert is the next version's deployment, under the rollback policy, its reason saying why), reason, times.
+"Healthy since" is this manager's own observation of each task (when it began to serve without a break): a manager
+that restarts mid-rollout waits `min_healthy_time` again, never less.
 """
 
 from __future__ import annotations
@@ -96,14 +97,14 @@ class ManagerDeployments(ManagerParts):
             owner = f"stack {existing.stack}" if existing.stack else "no stack"
             raise Conflict(f"job {job.name} belongs to {owner}: deploy it from there, or stop it first")
 
-    def _start_deployment(self, job: Job, previous: int, policy: str, status: str = rollout.ROLLING) -> None:
+    def _start_deployment(self, job: Job, previous: int, policy: str, reason: str = "") -> None:
         record = {
             "job": job.name,
             "version": job.version,
             "from_version": previous,
             "policy": policy,
-            "status": status,
-            "reason": "",
+            "status": rollout.ROLLING,
+            "reason": reason,
             "started_at": self.clock(),
             "updated_at": self.clock(),
         }
@@ -129,10 +130,9 @@ class ManagerDeployments(ManagerParts):
         return versions[-1]["version"] if versions else 0
 
     def _mark_version(self, name: str, version: int, status: str) -> None:
-        for record in self._versions(name):
-            if record["version"] == version and record["status"] != status:
-                record = {**record, "status": status}
-                self.store.put("versions", version_key(name, version), record)
+        record = self.store.get("versions", version_key(name, version))
+        if record is not None and record["status"] != status:
+            self.store.put("versions", version_key(name, version), {**record, "status": status})
 
     # ---- history and rollback ----------------------------------------------------------------------------------
 
@@ -159,12 +159,13 @@ class ManagerDeployments(ManagerParts):
         return self.jobs[name], target["version"]
 
     def _rollback_target(self, job: Job, to: int | None) -> dict:
-        versions = [v for v in self._versions(job.name) if v["version"] < job.version or v["version"] == to]
+        kept = self._versions(job.name)
+        versions = [v for v in kept if v["version"] < job.version or v["version"] == to]
         if to is not None:
             found = [v for v in versions if v["version"] == to]
             if not found:
-                kept = ", ".join(str(v["version"]) for v in self._versions(job.name))
-                raise BadRequest(f"job {job.name} has no version {to} (kept: {kept})")
+                kept_list = ", ".join(str(v["version"]) for v in kept)
+                raise BadRequest(f"job {job.name} has no version {to} (kept: {kept_list})")
             if to == job.version:
                 raise BadRequest(f"job {job.name} is at version {to} already")
             return found[0]
@@ -188,8 +189,7 @@ class ManagerDeployments(ManagerParts):
         self._save_job(reverted)
         self.jobs[job.name] = reverted
         self._keep_version(reverted, "deployed")
-        self._start_deployment(reverted, job.version, "rollback")
-        self.deployments[job.name]["reason"] = f"{why} to version {target['version']}"
+        self._start_deployment(reverted, job.version, "rollback", f"{why} to version {target['version']}")
         log.info("job %s: %s to version %s (now version %s)", job.name, why, target["version"], reverted.version)
         self._reconcile_job(reverted)
 
@@ -200,7 +200,7 @@ class ManagerDeployments(ManagerParts):
         follow its deployment's status."""
         tasks = [self.tasks[i] for i in self._by_job.get(job.name, ())]
         record = self.deployments.get(job.name)
-        policy = job.rollback_policy if record and record.get("policy") == "rollback" else job.update
+        policy = job.rollback_policy if _rolling_back(record) else job.update
         if not policy.order and not self._ports_allow_start_first(job):
             policy = dataclasses.replace(policy, order="stop-first")
         decided = rollout.plan(job, tasks, self.clock(), self._healthy_since, policy)
@@ -227,20 +227,21 @@ class ManagerDeployments(ManagerParts):
     def _follow(self, job: Job, record: dict, decided: rollout.RolloutPlan) -> None:
         if record["status"] != rollout.ROLLING or decided.status in ("", rollout.ROLLING):
             return
-        record = {**record, "status": decided.status, "reason": decided.reason, "updated_at": self.clock()}
+        # A revert's reason (why it was started) stays once it succeeds; a failure says its own.
+        reason = decided.reason or record["reason"]
+        record = {**record, "status": decided.status, "reason": reason, "updated_at": self.clock()}
         self._save_deployment(record)
         self._mark_version(job.name, job.version, decided.status)
         if decided.status == rollout.FAILED:
             log.warning("job %s: rollout of version %s failed: %s", job.name, job.version, decided.reason)
-            policy = job.rollback_policy if record.get("policy") == "rollback" else job.update
-            if policy.auto_revert and record.get("policy") != "rollback":
+            # A rollback that fails stays where it is: reverting it would undo the user's own way back.
+            if job.update.auto_revert and not _rolling_back(record):
                 good = [v for v in self._versions(job.name) if v["status"] == "successful"]
                 if good:
-                    self._save_deployment({**record, "status": "reverted"})
                     self._revert(job, good[-1], f"version {job.version} failed ({decided.reason}): reverted")
 
     def _note_health(self, task: Task) -> None:
-        """Follow when each task began to serve (lock held); a rolling job is reconciled at each change."""
+        """Follow when each task began to serve without a break (lock held): what min_healthy_time counts from."""
         node = self.nodes.get(task.node)
         now_serving = serving(task, node.state if node else "down")
         if now_serving == (task.id in self._healthy_since):
@@ -273,3 +274,8 @@ class ManagerDeployments(ManagerParts):
                 "at_version": len(current),
                 "serving": sum(1 for t in current if t.id in self._healthy_since),
             }
+
+
+def _rolling_back(record: dict | None) -> bool:
+    """Whether a deployment runs under the job's rollback policy (a rollback, or a revert) rather than its update."""
+    return record is not None and record.get("policy") == "rollback"
