@@ -113,3 +113,25 @@ def test_an_update_whose_health_check_fails_is_reverted_while_the_old_version_se
     assert [v["status"] for v in c.client.get("/jobs/web/history")] == ["successful", "failed", "successful"]
     assert not [a for a in answers if a.startswith("v2-")], "the broken version never took traffic"
     assert not poller.failed, poller.failed[:5]
+
+
+def test_an_engine_killed_mid_rollout_leaves_one_copy_of_each_task(cluster3):
+    """kill -9 of a node's dockerd while a job of three rolls over: the rollout completes elsewhere, and once the
+    engine is back each task of the job runs exactly once across the nodes."""
+    c = cluster3
+    _deploy(c, "v1", 3)
+    _settled(c, 1)
+    _deploy(c, "v2", 3, max_parallel=1)
+    wait_for(lambda: c.client.get("/jobs/web")["deployment"]["at_version"] >= 1, timeout=60, interval=0.2)
+    old = next(t for t in c.client.get("/jobs/web")["tasks"] if t["version"] == 1 and t["desired"] == "run")
+    victim = c.host(old["node"])
+    c.lan.kill_engine(victim)
+    job = _settled(c, 2)
+    c.lan.start_engine(victim)
+    live = [t for t in c.client.get("/jobs/web")["tasks"] if t["desired"] == "run"]
+    assert len(live) == 3 and all(t["version"] == 2 for t in live), live
+    wait_for(lambda: all(c.copies(t["id"]) == 1 for t in live), timeout=60, interval=1.0)
+    for task in c.client.get("/tasks", job="web"):
+        if task["desired"] == "stop":
+            wait_for(lambda: c.copies(task["id"]) == 0, timeout=60, interval=1.0)
+    print(f"\nengine of {old['node']} killed mid-rollout: version {job['version']} healthy, one copy per task")
