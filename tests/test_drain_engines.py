@@ -9,9 +9,16 @@ from __future__ import annotations
 import pytest
 from conftest import wait_for
 from test_faults import IMAGE
-from test_rolling_engines import Poller, _deploy, _settled, cluster3  # noqa: F401 (a fixture)
+from test_network_engines import NetCluster
+from test_rolling_engines import Poller, _deploy, _settled
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns]
+
+
+@pytest.fixture
+def lan3(engine_lan, pyz, tmp_path):
+    """The manager's host and three workers' hosts."""
+    return NetCluster(engine_lan(4), pyz, tmp_path)
 
 
 def _one_replica_node(c) -> str:
@@ -41,8 +48,8 @@ def _one_copy_each(c, tasks: list[dict], drained: str) -> None:
     assert on_drained == [], f"containers left on the drained node {drained}: {on_drained}"
 
 
-def test_draining_a_node_under_load_fails_no_request(cluster3):
-    c = cluster3
+def test_draining_a_node_under_load_fails_no_request(lan3):
+    c = lan3
     _deploy(c, "v1", 3)
     _settled(c, 1)
     victim = _one_replica_node(c)
@@ -70,8 +77,8 @@ def test_draining_a_node_under_load_fails_no_request(cluster3):
     assert c.node(victim)["eligibility"] == "eligible"
 
 
-def test_a_manager_killed_mid_drain_finishes_it_after_its_restart(cluster3):
-    c = cluster3
+def test_a_manager_killed_mid_drain_finishes_it_after_its_restart(lan3):
+    c = lan3
     _deploy(c, "v1", 3, min_healthy_time=4)  # a drain step that lasts long enough to kill the manager within it
     _settled(c, 1)
     victim = _one_replica_node(c)
