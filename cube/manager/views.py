@@ -11,7 +11,6 @@ from cube.core.errors import BadRequest, NotFound
 from cube.core.model import Desired, Event, Job, Node, Task
 from cube.store import Store
 
-
 EVENT_SCAN = 50_000  # events one filtered read looks at, at most (the answer says where to go on)
 
 
