@@ -92,14 +92,17 @@ async function api(method, path, body, options) {
 
 async function act(label, method, path, body) {
   notice(`${label}…`);
+  let ok = false;
   try {
     await api(method, path, body);
     notice(`${label}: done.`);
+    ok = true;
   } catch (error) {
     notice(`${label}: ${error.message}`, true);
   }
   refresh();
   if (location.hash.startsWith("#/task/")) showTask(decodeURIComponent(location.hash.slice(7)), false);
+  return ok;
 }
 
 // ---- sign-in ---------------------------------------------------------------------------------------------------
@@ -178,7 +181,8 @@ async function load() {
   renderHealth(health, nodes, tasks);
   renderNodes(nodes);
   renderAttention(tasks);
-  if (!$("jobs").contains(document.activeElement)) renderJobs(jobs);
+  const typing = document.activeElement;
+  if (!(typing && typing.tagName === "INPUT" && $("jobs").contains(typing))) renderJobs(jobs); // keep a count being typed
   renderStacks(stacks);
   renderTasks(tasks.filter((t) => t.state !== "failed"));
 }
@@ -222,6 +226,7 @@ function renderNodes(nodes) {
     const alloc = node.allocated || {};
     const used = node.used || {};
     const draining = node.eligibility === "draining";
+    const held = Boolean(node.eligibility) && node.eligibility !== "eligible"; // draining, or drained
     const cores = (x) => `${Math.round((Number(x) || 0) * 100) / 100}`;
     return h("div", { class: "card node", "data-node": node.name },
       h("h3", {}, h("span", { class: "mono" }, node.name), badge(node.state)),
@@ -233,7 +238,7 @@ function renderNodes(nodes) {
       bar("cpu", alloc.cpu || 0, cap.cpu || 0, used.cpu, cores),
       bar("memory", alloc.memory || 0, cap.memory || 0, used.memory, bytes),
       bar("disk", alloc.disk || 0, cap.disk || 0, used.disk, bytes),
-      h("div", { class: "actions" }, draining
+      h("div", { class: "actions" }, held
         ? h("button", { type: "button", onclick: () => act(`Make ${node.name} eligible`, "POST", `/nodes/${encodeURIComponent(node.name)}/eligible`, {}) }, "Make eligible")
         : h("button", { type: "button", onclick: () => act(`Drain ${node.name}`, "POST", `/nodes/${encodeURIComponent(node.name)}/drain`, { deadline: null, force: false }) }, "Drain")));
   }));
@@ -322,13 +327,15 @@ $("run-form").addEventListener("submit", (event) => {
   if (command) task.command = command.split(/\s+/);
   const name = form.name.value.trim();
   const count = Number(form.count.value) || 1;
-  if (count > 1 || (name && count !== 1)) {
+  let done;
+  if (count > 1) {
     if (!name) { notice("A job of several tasks needs a name.", true); return; }
-    act(`Run job ${name}`, "POST", "/jobs", { name, count, task });
+    done = act(`Run job ${name}`, "POST", "/jobs", { name, count, task });
   } else {
     if (name) task.name = name;
-    act(`Run ${name || task.image}`, "POST", "/tasks", task);
+    done = act(`Run ${name || task.image}`, "POST", "/tasks", task);
   }
+  done.then((ok) => { if (ok) event.target.reset(); }); // a refused one stays, to be corrected
 });
 
 // ---- events ----------------------------------------------------------------------------------------------------
@@ -340,12 +347,13 @@ async function pollEvents() {
     const query = S.since === null ? "tail=50" : `since=${S.since}&wait=25`;
     try {
       const events = await api("GET", `/events?${query}&limit=200`, undefined, { signal: controller.signal });
-      if (S.since === null) S.since = 0;
+      const first = S.since === null; // the newest events, read with the first load: nothing to refresh for
+      if (first) S.since = 0;
       for (const event of events) S.since = Math.max(S.since, event.id);
-      if (events.length) {
+      if (events.length || first) {
         S.events = events.reverse().concat(S.events).slice(0, 200);
         renderEvents();
-        refresh();
+        if (!first) refresh();
       }
     } catch (error) {
       if (controller.signal.aborted || error.status === 401) return;
@@ -405,7 +413,8 @@ async function showPlacement(task) {
   if (nodes) {
     parts.push(h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Node"), h("th", {}, "Feasible"), h("th", {}, "Score"), h("th", {}, "Reasons"))),
       h("tbody", {}, nodes.map((n) => h("tr", {}, h("td", { class: "mono" }, n.name), h("td", {}, n.feasible ? "yes" : "no"),
-        h("td", {}, n.score ?? ""), h("td", {}, reasons(n.reasons)))))));
+        h("td", {}, n.score ?? "", n.best ? " (best)" : ""),
+        h("td", {}, reasons(n.reasons) || [n.kind, n.reason].filter(Boolean).join(": ")))))));
   } else if (placement.node || placement.reasons) {
     parts.push(h("p", {}, placement.node ? `Placed on ${placement.node}` : "Not placed",
       placement.strategy ? ` by the ${placement.strategy} scheduler` : "", placement.time ? ` at ${clock(placement.time)}` : ""));
