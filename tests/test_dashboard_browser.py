@@ -132,6 +132,10 @@ def test_the_dashboard_signs_in_shows_the_cluster_and_acts_on_it(browser, cluste
     page.locator("#tasks tbody tr", has_text=job).first.locator("a").click()
     expect(page.locator("#task-page")).to_be_visible()
     expect(page.locator("#task-events")).to_contain_text("running")
+    fields = page.locator("#task-fields")
+    expect(fields).to_contain_text(f"image{busybox_image}")
+    assert "[object" not in fields.inner_text()
+    expect(page.locator("#task-placement")).to_contain_text(other)  # the explanation lists every node
     logs = page.locator("#task-logs")
     expect(logs).to_contain_text(f"{tag} line")
     first = _last_line(logs.inner_text(), tag)

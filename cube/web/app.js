@@ -17,7 +17,7 @@ function h(tag, attrs, ...children) {
     else if (key === "class") el.className = value;
     else el.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : String(child));
   }
@@ -25,7 +25,7 @@ function h(tag, attrs, ...children) {
 }
 
 function fill(el, ...children) {
-  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
 }
 
 function badge(state) {
@@ -185,6 +185,7 @@ async function load() {
   if (!(typing && typing.tagName === "INPUT" && $("jobs").contains(typing))) renderJobs(jobs); // keep a count being typed
   renderStacks(stacks);
   renderTasks(tasks.filter((t) => t.state !== "failed"));
+  renderEvents(); // events that came before their tasks were known get their names
 }
 
 function renderHealth(health, nodes, tasks) {
@@ -414,7 +415,7 @@ async function showPlacement(task) {
     parts.push(h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Node"), h("th", {}, "Feasible"), h("th", {}, "Score"), h("th", {}, "Reasons"))),
       h("tbody", {}, nodes.map((n) => h("tr", {}, h("td", { class: "mono" }, n.name), h("td", {}, n.feasible ? "yes" : "no"),
         h("td", {}, n.score ?? "", n.best ? " (best)" : ""),
-        h("td", {}, reasons(n.reasons) || [n.kind, n.reason].filter(Boolean).join(": ")))))));
+        h("td", {}, reasons(n.reasons) || n.reason || n.kind || ""))))));
   } else if (placement.node || placement.reasons) {
     parts.push(h("p", {}, placement.node ? `Placed on ${placement.node}` : "Not placed",
       placement.strategy ? ` by the ${placement.strategy} scheduler` : "", placement.time ? ` at ${clock(placement.time)}` : ""));
