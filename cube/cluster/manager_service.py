@@ -264,6 +264,7 @@ def run_dev(
     )
     print(f"cube dev: manager {service.url} with {workers} worker(s); data {service.directory}")
     print(f"token: {service.join_token}")
+    print(f"dashboard: {service.url}/   (sign in with the token)")
     print("try:   cube run --image IMAGE   (this machine finds the manager and token by itself)", flush=True)
     try:
         wait_for_signal()

@@ -125,7 +125,8 @@ function signedIn() {
   $("signin-error").textContent = "";
   route();
   refresh();
-  S.timer = setInterval(refresh, 5000); // heartbeat ages move even when nothing happens
+  // Heartbeat ages move even when nothing happens; a tab out of sight waits (a Pi serves it), events still come.
+  S.timer = setInterval(() => { if (!document.hidden) refresh(); }, 5000);
   pollEvents();
 }
 
