@@ -45,6 +45,7 @@ Cluster:
   token     print the join token (--rotate: a new one)
   install   install this file as a systemd service (worker or manager)
   uninstall remove the systemd service
+  upgrade   roll a new cube.pyz out to the workers, one at a time, then the manager
   doctor    check that this machine can run Cube
 
 Every command reads CUBE_MANAGER (manager URL) and CUBE_TOKEN from the environment; without them it finds the

@@ -571,6 +571,7 @@ class Node:
     disconnect_timeout: float = 0.0  # the worker stops its on-disconnect=stop tasks after this long alone
     stop_timeout: float = 10.0
     devices: frozenset = frozenset()  # the device paths the worker found on its machine (cube.worker.devices)
+    version: str = ""  # the cube version the worker runs, from its reports (`cube upgrade` waits on it)
 
     def to_dict(self) -> dict:
         return {
@@ -592,6 +593,7 @@ class Node:
             "disconnect_timeout": self.disconnect_timeout,
             "stop_timeout": self.stop_timeout,
             "devices": sorted(self.devices),
+            "version": self.version,
         }
 
     @classmethod
@@ -623,6 +625,7 @@ class Node:
             disconnect_timeout=get.time("disconnect_timeout"),
             stop_timeout=get.time("stop_timeout", 10.0) or 10.0,
             devices=device_paths(get.data.get("devices"), "node record: devices"),
+            version=get.text("version"),
         )
 
 
