@@ -87,10 +87,16 @@ def follow(client, status: dict, say, poll: float = 0.5) -> dict:
     shown: dict[str, str] = {}
     lost_since = None
     while True:
-        for row in status.get("nodes") or []:
-            if shown.get(row["name"]) != row["step"]:
-                shown[row["name"]] = row["step"]
-                say(f"{row['name']}: {row['step']} ({row['version'] or '?'})")
+        rows = [(row["name"], row["step"], row["version"]) for row in status.get("nodes") or []]
+        if status.get("manager"):  # the manager's own turn, last
+            ours = status.get("manager_now")
+            moving = status["reason"].startswith(("the manager replaces", "waiting for the manager"))
+            step = "upgraded" if ours == status["version"] else "restarting" if moving else ""
+            rows.append(("(manager)", step, ours))
+        for name, step, version in rows:
+            if step and shown.get(name) != step:
+                shown[name] = step
+                say(f"{name}: {step} ({version or '?'})")
         if status.get("status") != RUNNING:
             return status
         time.sleep(poll)
