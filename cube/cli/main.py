@@ -363,7 +363,8 @@ class Commands(ClusterCommands, StackCommands):
     ):
         """cube nodes [rm NAME] [--json]
 
-        Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), tasks. `cube node rm NAME`
+        Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), tasks, cube version.
+        `cube node rm NAME`
         removes a node that is down: its tasks go elsewhere and its certificate is revoked, so it cannot come back
         without the join token."""
         from cube.cli import output
