@@ -15,6 +15,7 @@ from conftest import wait_for
 from repack import repack
 
 from cube import API_VERSION, __version__
+from cube.cli import upgrade as cli
 from cube.cluster.api import Server, worker_app
 from cube.cluster.manager_service import ManagerService
 from cube.core.errors import BadRequest, Conflict, CubeError
@@ -378,3 +379,33 @@ def test_the_worker_route_names_a_bad_query(files):
     finally:
         server.stop()
         worker.close()
+
+
+# ---- the command line's own checks ----------------------------------------------------------------------------------
+
+
+def test_the_cli_checks_the_files_before_sending_anything(files, tmp_path):
+    found = cli.read_files([files["new"], files["armv7l"]])
+    assert {arch: info.version for arch, (_, info) in found.items()} == {"x86_64": NEW, "armv7l": NEW}
+    with pytest.raises(CubeError, match="are both the x86_64 build: give one"):
+        cli.read_files([files["new"], files["old"]])
+    with pytest.raises(CubeError, match="the files are of different versions"):
+        cli.read_files([files["old"], files["armv7l"]])
+    with pytest.raises(CubeError, match="--pyz .*junk.pyz: junk.pyz is not a cube.pyz"):
+        cli.read_files([files["junk"]])
+    with pytest.raises(CubeError, match="this cube runs from sources, not from a pyz: pass the new one with --pyz"):
+        cli.read_files([])
+
+
+def test_the_cli_refuses_a_skew_before_uploading(service, files):
+    client, said = service.client(), []
+    with pytest.raises(CubeError, match="upgrade through a release of level"):
+        cli.start(client, cli.read_files([files["far"]]), False, said.append)
+    assert said == [] and client.get("/upgrade/pyz") == {}
+
+
+def test_the_cli_says_when_there_is_nothing_to_upgrade(service, files):
+    client, said = service.client(), []  # a manager of this version, without nodes; the built pyz is this version
+    assert cli.start(client, cli.read_files([files["old"]]), False, said.append) is None
+    assert said == [f"every node and the manager already run cube {__version__}: nothing to upgrade"]
+    assert client.get("/upgrade/pyz") == {}

@@ -40,7 +40,8 @@ def read_files(paths: list[str]) -> dict[str, tuple[str, PyzInfo]]:
 
 
 def start(client, files: dict[str, tuple[str, PyzInfo]], dry_run: bool, say) -> dict | None:
-    """Check against the manager, then upload and begin (not with `dry_run`). Returns the rollout's status."""
+    """Check against the manager, then upload and begin (not with `dry_run`, nor when every node already runs the
+    version). Returns the rollout's status, or None when nothing was begun."""
     health = client.health(timeout=10.0)
     version = next(iter(files.values()))[1].version
     for _, info in files.values():
@@ -49,6 +50,9 @@ def start(client, files: dict[str, tuple[str, PyzInfo]], dry_run: bool, say) -> 
             raise CubeError(problem)
     nodes = client.get("/nodes")
     moving = [n for n in nodes if n.get("version") != version]
+    if not moving and health.get("version") == version:
+        say(f"every node and the manager already run cube {version}: nothing to upgrade")
+        return None
     missing = sorted({str(n.get("arch")) for n in moving} - set(files))
     if missing:
         raise CubeError(
@@ -94,7 +98,7 @@ def follow(client, status: dict, say, poll: float = 0.5) -> dict:
             step = "upgraded" if ours == status["version"] else "restarting" if moving else ""
             rows.append(("(manager)", step, ours))
         for name, step, version in rows:
-            if step and shown.get(name) != step:
+            if step and step != "waiting its turn" and shown.get(name) != step:
                 shown[name] = step
                 say(f"{name}: {step} ({version or '?'})")
         if status.get("status") != RUNNING:
@@ -117,5 +121,5 @@ def render(status: dict) -> str:
     lines = [f"upgrade to cube {status['version']}: {status['status']}: {status.get('reason') or ''}".rstrip(": ")]
     for row in status.get("nodes") or []:
         lines.append(f"  {row['name']:<20} {row['version'] or '?':<10} {row['step']}")
-    lines.append(f"  {'(manager)':<20} {status.get('manager_now') or '?':<10}")
+    lines.append(f"  {'(manager)':<20} {status.get('manager_now') or '?'}")
     return "\n".join(lines)
