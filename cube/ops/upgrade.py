@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -25,10 +26,11 @@ from dataclasses import dataclass
 from cube import __version__
 from cube.core.errors import BadRequest, Conflict
 from cube.ops.install import build_id, pyz_arch
+from cube.ops.zipapp import ELF_MACHINES
 
 MAX_PYZ = 128 << 20  # bytes; a pyz is about 7 MiB
 RESTART_EXIT = 75  # EX_TEMPFAIL: "start me again", which the units restart on (RestartForceExitStatus)
-ARCHES = ("x86_64", "aarch64", "armv7l")
+ARCHES = tuple(ELF_MACHINES.values())  # the architectures build.sh makes a pyz for
 _VERSION_RE = re.compile(r'^__version__ = "([^"\n]{1,64})"$', re.M)
 _API_RE = re.compile(r"^API_VERSION = (\d{1,6})$", re.M)
 
@@ -100,7 +102,10 @@ def replace(new: str, target: str) -> str:
     if os.path.exists(target):
         if os.path.lexists(old):
             os.unlink(old)
-        os.link(target, old)
+        try:
+            os.link(target, old)
+        except OSError:  # a file system without hard links
+            shutil.copy2(target, old)
     os.replace(new, target)
     directory = os.open(os.path.dirname(target) or ".", os.O_RDONLY)
     try:
