@@ -120,7 +120,9 @@ cube run --image cube-busybox:latest --cmd "sleep 300" --name up-task --timeout 
 container() { cube status up-task --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["container_id"])'; }
 held=$(container)
 before=$(systemctl show -p MainPID --value cube-worker cube-manager | tr '\n' ' ')
+began=$(date +%s)
 /cube-test/cube-new.pyz upgrade --pyz /cube-test/cube-new.pyz
+echo "cube upgrade took $(( $(date +%s) - began )) s"
 after=$(systemctl show -p MainPID --value cube-worker cube-manager | tr '\n' ' ')
 echo "main pids before: $before after: $after"
 test "$(echo $before | cut -d' ' -f1)" != "$(echo $after | cut -d' ' -f1)"
