@@ -278,6 +278,18 @@ def query_flag(name: str) -> bool:
     return bottle.request.query.get(name, "").lower() in ("1", "true", "yes")
 
 
+def query_choice(name: str) -> bool | None:
+    """A true/false query parameter that may be left out (None)."""
+    value = bottle.request.query.get(name)
+    if value is None or value == "":
+        return None
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise BadRequest(f"query parameter {name} must be true or false, not {shown(value)}")
+
+
 def _stream_logs(chunks) -> bottle.HTTPResponse:
     """A streamed text answer. Its first chunk is read here, in the route: a peer that cannot be reached (or
     answers an error) is then the route's typed error. Once the status is sent, a failure can only end the stream:
@@ -583,8 +595,9 @@ def manager_app(
 
     @app.get("/tasks")
     def list_tasks():
-        """Filters: job, state, node; `limit` pages the list, and `Cube-Next-Cursor` (and a `Link` rel=next) gives
-        the `cursor` of the next page when there is one."""
+        """Filters: job, state, node, finished (false: only tasks not over, as `cube status` lists them); `limit`
+        pages the list, and `Cube-Next-Cursor` (and a `Link` rel=next) gives the `cursor` of the next page when
+        there is one."""
         query = bottle.request.query
         state = query.get("state") or None
         if state is not None and state not in STATES:
@@ -596,6 +609,7 @@ def manager_app(
             node=query.get("node") or None,
             limit=limit,
             after=_cursor(query.get("cursor")),
+            finished=query_choice("finished"),
         )
         response = _json_response(views)
         if last is not None:
@@ -608,6 +622,18 @@ def manager_app(
     @app.get("/tasks/<ref>")
     def get_task(ref):
         return manager.task_detail(manager.find_task(ref).id)
+
+    @app.post("/tasks/<ref>/restart")
+    def restart_task(ref):
+        return manager.task_detail(manager.restart_task(manager.find_task(ref).id).id)
+
+    @app.get("/tasks/<ref>/explain")
+    def explain_task(ref):
+        return manager.explain_task(ref)
+
+    @app.get("/jobs/<name>/explain")
+    def explain_job(name):
+        return manager.explain_job(name)
 
     @app.delete("/tasks/<ref>")
     def delete_task(ref):
@@ -689,6 +715,18 @@ def manager_app(
     def list_nodes():
         return manager.list_nodes()
 
+    @app.post("/nodes/<name>/drain")
+    def drain_node(name):
+        body = read_json() if bottle.request.content_length else {}
+        if not isinstance(body, dict) or not body.keys() <= {"deadline", "force"}:
+            raise BadRequest('send {"deadline": seconds or null, "force": false} (both optional)')
+        node = manager.drain_node(name, body.get("deadline"), body.get("force", False))
+        return manager.node_view(node.name)
+
+    @app.post("/nodes/<name>/eligible")
+    def eligible_node(name):
+        return manager.node_view(manager.make_eligible(name).name)
+
     @app.get("/volumes")
     def list_volumes():
         return manager.list_volumes()
@@ -714,6 +752,12 @@ def manager_app(
         limit = query_count("limit", 1000)
         wait = query_number("wait", 0.0, float, -3600, 3600)
         task_id = bottle.request.query.get("task") or None
+        job, node = bottle.request.query.get("job") or None, bottle.request.query.get("node") or None
+        if job is not None or node is not None:  # a filtered scan: the answer says where the next one starts
+            found, reached = manager.events_of(since, limit, job, node)
+            response = _json_response([e.to_dict() for e in found])
+            response.set_header("Cube-Next-Since", str(reached))
+            return response
         found = manager.events(since=since, limit=limit, task_id=task_id)
         if not found and wait > 0:
             manager.wait_changed(min(wait, 30.0))

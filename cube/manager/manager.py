@@ -51,6 +51,9 @@ from cube.core.model import (
 from cube.core.spec import shown
 from cube.core.spec import task_id as spec_task_id
 from cube.manager.deployments import UNCHANGED, ManagerDeployments
+from cube.manager.drain import ManagerDrain
+from cube.manager.explain import ManagerExplain
+from cube.manager.housekeeping import KEEP_FINISHED, RETENTION, ManagerHousekeeping
 from cube.manager.images import ImageMap
 from cube.manager.network import ManagerNetwork
 from cube.manager.outbox import RETRY_MAX, Outbox
@@ -71,12 +74,27 @@ SWEEP_EVERY = 10.0  # seconds between full rounds over every task and node (the 
 Dispatch = Callable[[str, str, str, "dict | None", "dict | None"], object]
 
 
+def finished(task: Task) -> bool:
+    """Whether `task` is over for good: told to stop, and stopped (or never started)."""
+    return task.desired is Desired.STOP and task.state not in ACTIVE
+
+
 def holds(task: Task) -> bool:
     """Whether `task` reserves resources on its node."""
     return bool(task.node) and task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING)
 
 
-class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, ManagerDeployments, ManagerStacks):
+class Manager(
+    ManagerViews,
+    ManagerVolumes,
+    ManagerPlatforms,
+    ManagerNetwork,
+    ManagerDeployments,
+    ManagerStacks,
+    ManagerDrain,
+    ManagerExplain,
+    ManagerHousekeeping,
+):
     def __init__(
         self,
         store: Store,
@@ -90,10 +108,13 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
         executor=None,
         sealer=None,
         cluster_cidr: str | None = None,
+        retention: float = RETENTION,
+        keep_finished: int = KEEP_FINISHED,
     ):
         """`executor` (tests): runs deliveries (`submit(fn, *args)`) instead of the manager's thread pool.
         `sealer`: what seals a stack's files in the store (cube.cluster.pki.Sealer); None keeps them as given.
-        `cluster_cidr`: the range of the nodes' subnets (cube.manager.network); None: no cluster network."""
+        `cluster_cidr`: the range of the nodes' subnets (cube.manager.network); None: no cluster network.
+        `retention`, `keep_finished`: how long finished tasks are kept, and how many per job (housekeeping.py)."""
         scheduler.scorer(strategy)  # unknown strategy: fail at start, not at the first placement
         self.store = store
         self.strategy = strategy
@@ -113,6 +134,9 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
         self._by_node: dict[str, set[str]] = {}  # node -> ids of the tasks placed there
         self._by_job: dict[str, set[str]] = {}
         self._pending: set[str] = set()  # desired to run, placed nowhere
+        # Tasks not finished (desired to run, or still stopping): what `cube status` and the jobs list show. Kept as
+        # an index so that 100,000 finished tasks cost those lists nothing (housekeeping.py collects them later).
+        self._current: set[str] = set()
         self._reports: dict[str, dict[str, Reported]] = {}
         self._report_start: dict[str, float] = {}  # node -> monotonic start of the poll of its latest report
         self._folded: dict[str, tuple] = {}  # task id -> the report fields last copied into it
@@ -130,6 +154,8 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
         self._store_warned: tuple[str, float, bool] = ("", float("-inf"), False)
         self._pool = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-dispatch")
         self._cluster_cidr = cluster_cidr
+        self.retention, self.keep_finished = retention, keep_finished
+        self._collected_at = float("-inf")
         self._load()
 
     # ---- persistence ---------------------------------------------------------------------------------------
@@ -174,6 +200,10 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
             self._pending.add(task.id)
         else:
             self._pending.discard(task.id)
+        if finished(task):
+            self._current.discard(task.id)
+        else:
+            self._current.add(task.id)
         self._account(task)
 
     def _account(self, task: Task) -> None:
@@ -316,9 +346,11 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
         del self.tasks[task.id]
         task.desired, task.node = Desired.STOP, ""  # so that _account releases what it held
         self._account(task)
-        for ids in (*self._by_node.values(), self._by_job.get(task.job, set()), self._pending):
+        for ids in (*self._by_node.values(), self._by_job.get(task.job, set()), self._pending, self._current):
             ids.discard(task.id)
         self.placements.pop(task.id, None)
+        self._folded.pop(task.id, None)
+        self._healthy_since.pop(task.id, None)
 
     # ---- submitting work -----------------------------------------------------------------------------------
 
@@ -435,6 +467,10 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
             "time": self.clock(),
             "node": placement.node.name if placement.node else "",
             "reasons": dict(placement.reasons),
+            "counts": dict(placement.counts()),
+            # What `cube explain` shows of the feasible nodes: their scores (a sampled placement scores at most
+            # SAMPLE_LIMIT of them, so the record stays small on a large cluster).
+            "scores": {name: round(score, 4) for name, score in placement.scores.items()},
             "strategy": self.strategy,
         }
         previous = self.placements.get(task.id)
@@ -484,6 +520,23 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
             task.node = ""
         self._note(task, why)
         self._commit(task, before, why)
+
+    def restart_task(self, task_id: str) -> Task:
+        """Start the task's container afresh on its node (`cube restart`, the dashboard's restart): a new
+        generation there, so the node's diff replaces the copy it runs. Not counted against the restart policy:
+        a user asked for it."""
+        with self._lock:
+            task = self._task(task_id)
+            if task.desired is not Desired.RUN or not task.node or task.state is not State.RUNNING:
+                raise Conflict(f"task {task.name or task.id} is {task.state.value}, not running: nothing to restart")
+            with self._saving():
+                task.generation += 1
+                self._note(task, "restart requested")
+                self._commit(task, (task.node, task.job), task.note)
+            task = self.tasks[task_id]
+            due = self._flush()
+        self._deliver_later(due)
+        return task.copy()
 
     def stop_job(self, name: str) -> Job:
         with self._lock:
@@ -740,6 +793,8 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
             for node in self.nodes.values():
                 if node.state != "ready":
                     self._decide([self.tasks[i] for i in list(self._by_node.get(node.name, ()))])
+        self._drain_round(now)
+        self._collect(now)
         for job in self._rolling_jobs():  # min_healthy_time and healthy_deadline pass on the clock
             for task_id in list(self._by_job.get(job.name, ())):
                 self._note_health(self.tasks[task_id])
