@@ -329,6 +329,46 @@ class ClusterCommands:
         if doctor.failed(checks):
             raise SystemExit(1)
 
+    def upgrade(
+        self,
+        pyz=(),
+        dry_run: bool = False,
+        status: bool = False,
+        wait: bool = True,
+        manager: str | None = None,
+        token: str | None = None,
+        json: bool = False,
+    ):
+        """cube upgrade [--pyz FILE ...] [--dry-run] [--status] [--no-wait]
+
+        Upgrades the cluster to a new cube.pyz: uploads it to the manager, which replaces the workers' pyz one at a
+        time (each restarts on it and adopts its running containers, which keep running), then its own. A pyz more
+        than one API level from the manager's is refused. Without --pyz, this cube.pyz is the new one.
+        Example: cube upgrade --pyz cube-0.2.0-x86_64.pyz --pyz cube-0.2.0-aarch64.pyz
+
+        Flags:
+          --pyz FILE             the new pyz, one per architecture the cluster runs (repeatable; default: this one)
+          --dry-run              check the files against the cluster and say what would be upgraded; send nothing
+          --status               show the last upgrade's progress
+          --no-wait              start the upgrade and return (cube upgrade --status follows it)"""
+        import json as json_module
+
+        from cube.cli import upgrade
+
+        client = manager_client(manager, token)
+        if status:
+            now = client.get("/upgrade")
+            print(json_module.dumps(now, indent=2) if json else upgrade.render(now))
+            return None
+        files = upgrade.read_files(as_list(pyz))
+        started = upgrade.start(client, files, bool(dry_run), print)
+        if started is None:
+            return None
+        final = upgrade.follow(client, started, print) if wait else started
+        print(json_module.dumps(final, indent=2) if json else upgrade.render(final))
+        if final.get("status") == "failed":
+            raise SystemExit(1)
+
     def version(self):
         """cube version
 

@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 import bottle
 from cheroot import wsgi
 
-from cube import __version__, web
+from cube import API_VERSION, __version__, web
 from cube.cluster import sessions as dashboard
 from cube.cluster.trust import proof
-from cube.core.errors import BadRequest, CubeError, NotFound, TooLarge, TooManyRequests, Unauthorized
+from cube.core.errors import BadRequest, Conflict, CubeError, NotFound, TooLarge, TooManyRequests, Unauthorized
 from cube.core.model import Assignment, State
 from cube.core.spec import MAX_WHOLE, shown, text
 
@@ -341,12 +341,12 @@ def _rest_of_stream(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
             close()
 
 
-def _upload() -> Callable[[int], bytes]:
-    """The raw request body of an image upload, to read as it comes (never bottle's whole-body buffer). Uploads are
-    chunked; cheroot's backstop on chunked bodies (max_request_body_size, 4 MiB) is lifted for this request alone,
-    which only a caller the auth plugin let in reaches."""
+def _upload(what: str = "the image", how: str = "cube image push") -> Callable[[int], bytes]:
+    """The raw request body of an upload (an image, a pyz), to read as it comes (never bottle's whole-body buffer).
+    Uploads are chunked; cheroot's backstop on chunked bodies (max_request_body_size, 4 MiB) is lifted for this
+    request alone, which only a caller the auth plugin let in reaches."""
     if not bottle.request.chunked:
-        raise BadRequest("send the image as a chunked body (Transfer-Encoding: chunked), as `cube image push` does")
+        raise BadRequest(f"send {what} as a chunked body (Transfer-Encoding: chunked), as `{how}` does")
     stream = bottle.request.environ["wsgi.input"]
     if hasattr(stream, "maxlen"):
         stream.maxlen = 0
@@ -410,6 +410,56 @@ def _image_routes_manager(app: bottle.Bottle, manager, links) -> None:
         return _stream_bytes(chunks, {images.SOURCE_HEADER: source})
 
 
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_PYZ_CHUNKS = 128  # MiB of a refused pyz read to its end (cube.ops.upgrade.MAX_PYZ)
+
+
+def _upgrade_route_worker(app: bottle.Bottle, upgrader) -> None:
+    """`cube upgrade` on a worker: the manager pushes the new pyz (cube.cluster.upgrade.push)."""
+
+    @app.post("/upgrade")
+    def upgrade():
+        read = _upload("the pyz", "cube upgrade")
+        try:
+            if upgrader is None:
+                raise Conflict("this worker runs inside its manager's process (cube dev): it cannot replace itself")
+            sha256 = bottle.request.query.get("sha256", "")
+            if not _SHA256_RE.fullmatch(sha256):
+                raise BadRequest(f"query parameter sha256 must be 64 hex digits, not {shown(sha256)}")
+            version = text(bottle.request.query.get("version", ""), "version", 64)
+            if not version:
+                raise BadRequest("query parameter version is missing: the version of the pyz sent")
+            return upgrader.apply(read, sha256, version)
+        except CubeError:
+            # The manager sees the refusal, not a broken pipe: read the rest of the pyz (bounded) first.
+            for _ in range(MAX_PYZ_CHUNKS):
+                if not read(1 << 20):
+                    break
+            raise
+
+
+def _upgrade_routes_manager(app: bottle.Bottle, upgrades, shelf) -> None:
+    """`cube upgrade` on the manager: the pyz files (one per architecture), the rollout, its progress."""
+
+    @app.put("/upgrade/pyz/<arch>")
+    def put_pyz(arch):
+        running = upgrades.current()
+        keep = running["sha256"].get(arch) if running and running["status"] == "running" else None
+        return shelf.put(arch, _upload("the pyz", "cube upgrade"), keep)
+
+    @app.get("/upgrade/pyz")
+    def held_pyz():
+        return shelf.held()
+
+    @app.post("/upgrade")
+    def start_upgrade():
+        return upgrades.begin(read_json())
+
+    @app.get("/upgrade")
+    def upgrade_status():
+        return upgrades.status()
+
+
 def _node_address(body) -> str:
     """The address of a worker to admit: http(s)://HOST[:PORT], or HOST[:PORT]. Checked here so that a bad one is
     a 400 naming the field (a port of 99999 raised inside the HTTP client: a 500)."""
@@ -430,14 +480,16 @@ def _node_address(body) -> str:
     return address
 
 
-def worker_app(worker, token) -> bottle.Bottle:
+def worker_app(worker, token, upgrader=None) -> bottle.Bottle:
     """The worker's API: the book's routes plus health, logs, state (the manager's long poll) and events.
-    `token`: an `Access`, or the bearer token (None: open)."""
+    `token`: an `Access`, or the bearer token (None: open). `upgrader`: how the worker replaces its pyz
+    (cube.ops.upgrade.SelfUpgrade; None: it runs from sources and says so)."""
     app = _new_app(_access(token), "worker")
+    _upgrade_route_worker(app, upgrader)
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "role": "worker", "name": worker.name, "version": __version__}
+        return {"status": "ok", "role": "worker", "name": worker.name, "version": __version__, "api": API_VERSION}
 
     @app.post("/tasks")
     def post_task():
@@ -509,13 +561,17 @@ def worker_app(worker, token) -> bottle.Bottle:
     return app
 
 
-def manager_app(manager, membership, links, token, authority=None, registries=None) -> bottle.Bottle:
+def manager_app(
+    manager, membership, links, token, authority=None, registries=None, upgrades=None, shelf=None
+) -> bottle.Bottle:
     """The manager's API: the book's routes plus jobs, events, logs (proxied from the worker), nodes, health, and
     with an `authority` (TLS) the CA, joins, token rotation and node removal. `token`: an `Access`, or the bearer
-    token (None: open)."""
+    token (None: open). `upgrades` and `shelf`: `cube upgrade` (cube.manager.upgrade, cube.cluster.upgrade)."""
     access = _access(token, sessions=True)
     app = _new_app(access, "manager")
     _dashboard_routes(app, access)
+    if upgrades is not None and shelf is not None:
+        _upgrade_routes_manager(app, upgrades, shelf)
 
     @app.get("/ca")
     def get_ca():
@@ -552,7 +608,7 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "role": "manager", "version": __version__}
+        return {"status": "ok", "role": "manager", "version": __version__, "api": API_VERSION}
 
     @app.post("/tasks")
     def post_task():

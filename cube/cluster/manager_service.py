@@ -82,14 +82,40 @@ class ManagerService:
             self.manager, self.links.request, self.store, poll_wait=poll_wait, url=self._worker_url
         )
         self.health = HealthChecker(self.manager)
+        self.restart = threading.Event()  # set when the manager replaced its pyz (`cube upgrade`): exit, be restarted
+        self.upgrades, shelf = self._upgrades()
         self.server = Server(
-            manager_app(self.manager, self.membership, self.links, access, self.authority, self.registries),
+            manager_app(
+                self.manager, self.membership, self.links, access, self.authority, self.registries, self.upgrades, shelf
+            ),
             host,
             port,
             tls=None if insecure else self.trust.server_context(),
         )
         self._closers: list = []
         self._ignored: set[str] = set()
+
+    def _upgrades(self):
+        """`cube upgrade`: the pyz shelf in the data directory, and the rollout driven from the store. The manager
+        replaces itself last when it runs from a pyz."""
+        from cube.cluster import upgrade
+        from cube.manager.upgrade import Upgrades
+        from cube.ops import zipapp
+        from cube.ops.upgrade import SelfUpgrade, running_pyz
+
+        shelf = upgrade.Shelf(self.directory)
+        own = running_pyz()
+        self.upgrader = SelfUpgrade(own, zipapp.BUILD_ARCH, self.restart.set, role="manager")
+        upgrades = Upgrades(
+            self.store,
+            self.manager.list_nodes,
+            shelf.held,
+            lambda node, arch: upgrade.push(self.links, shelf, node, arch),
+            lambda arch: upgrade.replace_self(shelf, self.upgrader, arch),
+            manager_pyz=own,
+            manager_arch=zipapp.BUILD_ARCH,
+        )
+        return upgrades, shelf
 
     def client(self, timeout: float = 10.0):
         """A client of this manager's API, as the CLI on this machine would make it (tests, `cube dev`)."""
@@ -116,6 +142,7 @@ class ManagerService:
         self.server.start()
         self.membership.start()
         self.health.start()
+        self.upgrades.start()
         try:  # a convenience for local tools: a full or read-only disk must not keep the manager from serving
             with open(os.path.join(self.directory, "url"), "w") as handle:
                 handle.write(self.url + "\n")
@@ -170,6 +197,7 @@ class ManagerService:
     def close(self) -> None:
         self.manager.stop_waiting()  # a client's long poll of /events would hold the server's stop for 30 s
         self.health.close()
+        self.upgrades.close()
         self.membership.close()
         for closer in reversed(self._closers):
             closer()
@@ -199,10 +227,15 @@ def run_manager(
         service.announce()
     log.info("manager serving on %s (data %s, scheduler %s)", service.url, service.directory, strategy)
     try:
-        wait_for_signal()
+        wait_for_signal(service.restart)
     finally:
         log.info("manager stopping")
         service.close()
+    if service.upgrader.exiting:
+        from cube.ops.upgrade import RESTART_EXIT
+
+        log.info("manager exiting to be restarted on its new pyz")
+        raise SystemExit(RESTART_EXIT)
 
 
 def start_dev(

@@ -170,7 +170,11 @@ def run_worker(
                 worker.store.close()
                 return
         access = Access(given.secret if given else None, "manager")
-    server = Server(worker_app(worker, access), host, port, tls=None if insecure else trust.server_context())
+    from cube.ops import zipapp
+    from cube.ops.upgrade import SelfUpgrade, running_pyz
+
+    upgrader = SelfUpgrade(running_pyz(), zipapp.BUILD_ARCH, closed.set)  # `cube upgrade`: see cube.ops.upgrade
+    server = Server(worker_app(worker, access, upgrader), host, port, tls=None if insecure else trust.server_context())
     worker.start()
     server.start()
     log.info("worker %s serving on %s:%s (data %s)", worker.name, host, server.port, directory)
@@ -183,9 +187,14 @@ def run_worker(
         log.info("worker %s stopping", worker.name)
         for close in extras:
             close()
-        worker.close()  # wakes the manager's long poll, so the server stops at once
+        worker.close()  # wakes the manager's long poll, so the server stops at once; containers keep running
         server.stop()
         worker.store.close()
+    if upgrader.exiting:
+        from cube.ops.upgrade import RESTART_EXIT
+
+        log.info("worker %s exiting to be restarted on its new pyz", worker.name)
+        raise SystemExit(RESTART_EXIT)
 
 
 def join(url: str, token, directory: str, node: str):

@@ -968,7 +968,8 @@ def _assignment(task: Task) -> dict:
 
 
 def _refresh(node: Node, stats: dict) -> bool:
-    """Copy what a node says of itself (capacity, timeouts, devices) into its record. Returns whether it changed."""
+    """Copy what a node says of itself (capacity, timeouts, devices, version) into its record. Returns whether it
+    changed."""
     capacity = Resources.from_dict(stats.get("capacity")) if stats.get("capacity") else node.capacity
     disconnect = float(stats.get("disconnect_timeout") or 0)
     stop = float(stats.get("stop_timeout") or node.stop_timeout)
@@ -978,15 +979,17 @@ def _refresh(node: Node, stats: dict) -> bool:
         devices = device_paths(stats["devices"], "the worker's devices") if "devices" in stats else node.devices
     except InvalidSpec:
         devices = node.devices
-    if (capacity.to_dict(), disconnect, stop, devices) == (
+    version = str(stats.get("version") or node.version)[:64]  # a worker restarted onto a new pyz (`cube upgrade`)
+    if (capacity.to_dict(), disconnect, stop, devices, version) == (
         node.capacity.to_dict(),
         node.disconnect_timeout,
         node.stop_timeout,
         node.devices,
+        node.version,
     ):
         return False
     node.capacity, node.disconnect_timeout, node.stop_timeout = capacity, disconnect, stop
-    node.devices = devices
+    node.devices, node.version = devices, version
     return True
 
 

@@ -158,4 +158,5 @@ def node_from_stats(stats: dict, address: str, now: float) -> Node:
         disconnect_timeout=float(stats.get("disconnect_timeout") or 0),
         stop_timeout=float(stats.get("stop_timeout") or 10.0),
         devices=device_paths(stats.get("devices"), "the worker's devices"),
+        version=str(stats.get("version") or ""),
     )
