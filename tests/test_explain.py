@@ -74,6 +74,8 @@ def test_routes_answer_and_unknown_names_are_404(c):
     assert "deadline" in error_of(call(app, "POST", "/nodes/n1/drain", {"until": 5}, token=None), 400)
     assert "no node named 'n9'" in error_of(call(app, "POST", "/nodes/n9/drain", token=None), 404)
     assert call(app, "POST", "/nodes/n1/eligible", token=None).json()["eligibility"] == "eligible"
+    used = call(app, "GET", "/nodes", token=None).json()[0]["used"]  # the machine's own figures, not stored
+    assert used["memory"] > 0 and used["cpu"] >= 0 and c.store.get("nodes", "n1").get("used") is None
     with pytest.raises(NotFound):
         c.manager.explain_task("missing")
 

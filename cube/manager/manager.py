@@ -146,6 +146,9 @@ class Manager(
         self._dirty: dict[str, set[str] | None] = {}
         self._raw: dict[str, dict[str, tuple]] = {}  # node -> task id -> (generation, state, desired) as reported
         self._seen: dict[str, float] = {}  # node -> its last answer (see alive), written without the lock
+        # node -> what its machine uses now (cpu cores, memory and disk bytes), from its last answer: shown, never
+        # stored (it changes at every answer, and an SD card would pay for each write).
+        self._usage: dict[str, dict] = {}
         self._swept = float("-inf")
         self._touched: dict[str, set[str]] | None = None  # what the open store batch changed (see _saving)
         self._unsaved: set[str] = set()  # nodes whose record the store refused: saved again by tick
@@ -678,7 +681,7 @@ class Manager(
             self.store.delete("nodes", name)  # first: a refusal (507, 503) leaves the node as it was
             del self.nodes[name]
             self.images.forget(name)
-            for per_node in (self._seen, self._reports, self._report_start, self._dirty, self._raw):
+            for per_node in (self._seen, self._reports, self._report_start, self._dirty, self._raw, self._usage):
                 per_node.pop(name, None)
             self._unsaved.discard(name)
             self._free_subnet(name)
@@ -703,6 +706,7 @@ class Manager(
             if node is None:
                 return
             node.last_seen = max(node.last_seen, self._seen.get(node_name, 0.0))
+            self._usage[node_name] = _usage(stats)
             self._heard_volumes(node_name, stats)
             self._heard_network(node_name, stats)
             self.images.heard(node_name, stats.get("images"))
@@ -965,6 +969,19 @@ def _assignment(task: Task) -> dict:
         "generation": task.generation,
         "desired": Desired.RUN.value,
     }
+
+
+def _usage(stats: dict) -> dict:
+    """What a node's machine uses, from its answer: cpu in cores, memory and disk in bytes (None: not said)."""
+    cpu, memory, disk = stats.get("cpu") or {}, stats.get("memory") or {}, stats.get("disk") or {}
+    try:
+        return {
+            "cpu": round(float(cpu["percent"]) / 100 * float(cpu["count"]), 2) if "percent" in cpu else None,
+            "memory": int(memory["total"]) - int(memory["available"]) if "available" in memory else None,
+            "disk": int(disk["total"]) - int(disk["free"]) if "free" in disk else None,
+        }
+    except (KeyError, TypeError, ValueError):
+        return {"cpu": None, "memory": None, "disk": None}
 
 
 def _refresh(node: Node, stats: dict) -> bool:
