@@ -1,8 +1,9 @@
 """The HTTP APIs (bottle is imported here only) and the server that runs them (cheroot, threaded, keep-alive,
 optional TLS — never bottle's single-threaded default). This module decides the wire contract: routes, the one
 JSON error shape `{"error": ..., "status": N}` (every CubeError and every bottle error goes through
-`_error_body`), bearer-token auth on every route but /health, and how request bodies are parsed and rejected.
-The routes only translate HTTP to calls on a Worker or Manager object; the logic lives there.
+`_error_body`), bearer-token auth on every route but /health (and /metrics with `--metrics-open`), and how request
+bodies are parsed and rejected. The routes only translate HTTP to calls on a Worker or Manager object; the logic
+lives there. Each request's duration is given to the service's exporter (cube.cluster.metrics) by its route's rule.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import re
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
@@ -110,11 +112,12 @@ class Access:
         return {"proof": proof(secret, "hello", challenge, role)}
 
 
-def _auth_plugin(access: Access):
+def _auth_plugin(access: Access, public: tuple[str, ...] = ()):
     def plugin(callback):
         def wrapper(*args, **kwargs):
             try:
-                access.check(bottle.request.environ, bottle.request.method, bottle.request.path)
+                if bottle.request.path not in public:
+                    access.check(bottle.request.environ, bottle.request.method, bottle.request.path)
             except Unauthorized as error:
                 return _json_response(error.to_dict(), 401)
             return callback(*args, **kwargs)
@@ -128,15 +131,47 @@ def _access(token) -> Access:
     return token if isinstance(token, Access) else Access(token)
 
 
-def _new_app(access: Access, role: str) -> bottle.Bottle:
+class _Timing:
+    """Gives the exporter each request's duration (the first plugin installed: it wraps the others, auth included),
+    labelled by the route's rule, known when the route is made: `/tasks/<ref>`, never the ids of a path."""
+
+    api = 2
+
+    def __init__(self, exporter):
+        self.exporter = exporter
+
+    def apply(self, callback, route):
+        rule, method = route.rule, route.method
+
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return callback(*args, **kwargs)
+            finally:
+                self.exporter.request(method, rule, time.perf_counter() - started)
+
+        return wrapper
+
+
+def _new_app(access: Access, role: str, exporter=None) -> bottle.Bottle:
+    """`exporter` (cube.cluster.metrics): serves GET /metrics and is told how long each request took."""
     app = bottle.Bottle()
     app.config["catchall"] = False
+    if exporter is not None:
+        app.install(_Timing(exporter))
     app.install(_errors_plugin)
-    app.install(_auth_plugin(access))
+    app.install(_auth_plugin(access, ("/metrics",) if exporter is not None and exporter.open else ()))
 
     @app.get("/hello")
     def hello():
         return access.hello(bottle.request.query.get("nonce", ""), role)
+
+    if exporter is not None:
+
+        @app.get("/metrics")
+        def metrics():
+            body, content_type = exporter.exposition()
+            return bottle.HTTPResponse(body, headers={"Content-Type": content_type})
 
     def default_error(res: bottle.HTTPError):
         res.content_type = "application/json"
@@ -398,10 +433,10 @@ def _node_address(body) -> str:
     return address
 
 
-def worker_app(worker, token) -> bottle.Bottle:
-    """The worker's API: the book's routes plus health, logs, state (the manager's long poll) and events.
-    `token`: an `Access`, or the bearer token (None: open)."""
-    app = _new_app(_access(token), "worker")
+def worker_app(worker, token, exporter=None) -> bottle.Bottle:
+    """The worker's API: the book's routes plus health, logs, state (the manager's long poll) and events, and with
+    an `exporter` its metrics. `token`: an `Access`, or the bearer token (None: open)."""
+    app = _new_app(_access(token), "worker", exporter)
 
     @app.get("/health")
     def health():
@@ -477,11 +512,11 @@ def worker_app(worker, token) -> bottle.Bottle:
     return app
 
 
-def manager_app(manager, membership, links, token, authority=None, registries=None) -> bottle.Bottle:
+def manager_app(manager, membership, links, token, authority=None, registries=None, exporter=None) -> bottle.Bottle:
     """The manager's API: the book's routes plus jobs, events, logs (proxied from the worker), nodes, health, and
-    with an `authority` (TLS) the CA, joins, token rotation and node removal. `token`: an `Access`, or the bearer
-    token (None: open)."""
-    app = _new_app(_access(token), "manager")
+    with an `authority` (TLS) the CA, joins, token rotation and node removal; with an `exporter`, its metrics.
+    `token`: an `Access`, or the bearer token (None: open)."""
+    app = _new_app(_access(token), "manager", exporter)
 
     @app.get("/ca")
     def get_ca():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ from cube.core.model import (
 )
 from cube.core.spec import shown
 from cube.core.spec import task_id as spec_task_id
+from cube.core.telemetry import ManagerTelemetry
 from cube.manager.deployments import UNCHANGED, ManagerDeployments
 from cube.manager.images import ImageMap
 from cube.manager.network import ManagerNetwork
@@ -58,6 +60,7 @@ from cube.manager.platforms import KIND as PLATFORMS_KIND
 from cube.manager.platforms import ManagerPlatforms
 from cube.manager.reconcile import Reported, node_diff, task_decision
 from cube.manager.stacks import ManagerStacks
+from cube.manager.tally import ManagerTally
 from cube.manager.views import ManagerViews
 from cube.manager.volumes import ManagerVolumes
 from cube.store import Store
@@ -76,7 +79,9 @@ def holds(task: Task) -> bool:
     return bool(task.node) and task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING)
 
 
-class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, ManagerDeployments, ManagerStacks):
+class Manager(
+    ManagerViews, ManagerTally, ManagerVolumes, ManagerPlatforms, ManagerNetwork, ManagerDeployments, ManagerStacks
+):
     def __init__(
         self,
         store: Store,
@@ -90,10 +95,12 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
         executor=None,
         sealer=None,
         cluster_cidr: str | None = None,
+        telemetry: ManagerTelemetry | None = None,
     ):
         """`executor` (tests): runs deliveries (`submit(fn, *args)`) instead of the manager's thread pool.
         `sealer`: what seals a stack's files in the store (cube.cluster.pki.Sealer); None keeps them as given.
-        `cluster_cidr`: the range of the nodes' subnets (cube.manager.network); None: no cluster network."""
+        `cluster_cidr`: the range of the nodes' subnets (cube.manager.network); None: no cluster network.
+        `telemetry`: told of placements, reschedules, restarts and dispatches (cube.cluster.metrics)."""
         scheduler.scorer(strategy)  # unknown strategy: fail at start, not at the first placement
         self.store = store
         self.strategy = strategy
@@ -113,6 +120,9 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
         self._by_node: dict[str, set[str]] = {}  # node -> ids of the tasks placed there
         self._by_job: dict[str, set[str]] = {}
         self._pending: set[str] = set()  # desired to run, placed nowhere
+        self._counts: Counter = Counter()  # (job, state) -> tasks: see tally.py
+        self._counted: dict[str, tuple[str, str]] = {}
+        self.telemetry = telemetry or ManagerTelemetry()
         self._reports: dict[str, dict[str, Reported]] = {}
         self._report_start: dict[str, float] = {}  # node -> monotonic start of the poll of its latest report
         self._folded: dict[str, tuple] = {}  # task id -> the report fields last copied into it
@@ -175,6 +185,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
         else:
             self._pending.discard(task.id)
         self._account(task)
+        self._tally(task)
 
     def _account(self, task: Task) -> None:
         """Bring the node allocations in line with whether `task` holds resources now."""
@@ -319,6 +330,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
         for ids in (*self._by_node.values(), self._by_job.get(task.job, set()), self._pending):
             ids.discard(task.id)
         self.placements.pop(task.id, None)
+        self._untally(task.id)
 
     # ---- submitting work -----------------------------------------------------------------------------------
 
@@ -446,7 +458,8 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
                 self._note(task, summary)
                 self._commit(task, message=summary)
             if previous and previous.get("reasons") == record["reasons"]:
-                return  # the same refusal again: nothing new to keep (idle managers write nothing)
+                return  # the same refusal again: nothing new to keep (idle managers write nothing), nor to count
+        self.telemetry.placed(placement.node is not None, placement.counts())
         self.store.put("placements", task.id, record)
 
     @staticmethod
@@ -544,7 +557,10 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
             if self._folded.get(task_id) == fields:
                 continue
             self._folded[task_id] = fields
+            was = task.current
             task.observed = Observed.from_report(node_name, data)
+            if was is not None and task.observed.restarts > was.restarts:
+                self.telemetry.restarted(task.observed.restarts - was.restarts)
             self._note_platform(task)
             self._note_health(task)
             self._commit(task)
@@ -581,6 +597,8 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
             task.not_before, task.avoid = decision.not_before, decision.avoid
             if decision.reschedules is not None:
                 task.reschedules = decision.reschedules
+            if task.desired is Desired.RUN:
+                self.telemetry.rescheduled()
             self._note(task, decision.note)
             self._commit(task, before, decision.note)
             moved.append(task)
@@ -803,6 +821,7 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
             if body is not None and task is not None and task.spec.files:
                 body["files"] = self.file_contents(task)  # a stack's secrets and configs, for this send only
         ok, refused = False, None
+        started = self.monotonic()
         try:
             if node is None or self._dispatch is None or (kind == "send" and body is None):
                 return
@@ -820,6 +839,8 @@ class Manager(ManagerViews, ManagerVolumes, ManagerPlatforms, ManagerNetwork, Ma
                 log.warning("%s of %s to %s failed: %s", kind, task_id, node_name, error.message)
         finally:
             self._delivered(node_name, (kind, task_id, generation), ok, refused)
+        outcome = "ok" if ok else "refused" if refused else "failed"
+        self.telemetry.dispatched(kind, outcome, self.monotonic() - started)
 
     def _delivered(self, node_name: str, key: tuple, ok: bool, refused: str | None) -> None:
         with self._lock:
