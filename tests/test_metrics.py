@@ -83,9 +83,9 @@ def test_manager_series_say_what_the_cluster_is(m):
     m.c.settle()
     assert shown_counts(m.c.manager) == {("web", "running"): 3, ("", "pending"): 1}
     samples = m.scrape()
-    assert value(samples, "cube_tasks", job="web", state="running") == 3
-    assert value(samples, "cube_tasks", job="web", state="pending") == 0  # every state of a job is named
-    assert value(samples, "cube_tasks", job="", state="pending") == 1
+    assert value(samples, "cube_tasks", cube_job="web", state="running") == 3
+    assert value(samples, "cube_tasks", cube_job="web", state="pending") == 0  # every state of a job is named
+    assert value(samples, "cube_tasks", cube_job="", state="pending") == 1
     assert value(samples, "cube_nodes", state="ready") == 2
     assert value(samples, "cube_nodes", state="down") == 0
     assert value(samples, "cube_placements_total") == 3
@@ -142,7 +142,7 @@ def test_task_counts_agree_with_the_task_list_through_node_loss_and_moves(m):
     m.c.run_for(3.0, check=check)
     m.c.manager.stop_job("web")
     m.c.run_for(2.0, check=check)
-    assert value(m.scrape(), "cube_tasks", job="web", state="completed") == 4
+    assert value(m.scrape(), "cube_tasks", cube_job="web", state="completed") == 4
     m.c.restart_manager()  # the tally of a manager that loaded its tasks from the store
     m.membership.manager = m.c.manager
     check()
@@ -157,8 +157,8 @@ def test_node_down_shows_in_nodes_and_its_tasks_as_scheduled(m):
     m.c.step(5.5)  # past the node timeout, not yet the move
     samples = m.scrape()
     assert value(samples, "cube_nodes", state="down") == 1 and value(samples, "cube_nodes", state="ready") == 1
-    assert value(samples, "cube_tasks", job="web", state="scheduled") == 1
-    assert value(samples, "cube_tasks", job="web", state="running") == 1
+    assert value(samples, "cube_tasks", cube_job="web", state="scheduled") == 1
+    assert value(samples, "cube_tasks", cube_job="web", state="running") == 1
     assert shown_counts(m.c.manager) == {("web", "scheduled"): 1, ("web", "running"): 1}
 
 
@@ -298,9 +298,9 @@ def test_worker_series_say_what_the_node_runs(metered_worker):
     assert value(samples, "cube_worker_engine_up") == 1
     assert value(samples, "cube_worker_container_starts_total") == 2
     assert value(samples, "cube_worker_container_start_failures_total") == 1
-    assert value(samples, "cube_task_cpu_seconds_total", task="t1", job="web") == 12.5
-    assert value(samples, "cube_task_memory_bytes", task="t1", job="web") == 64 << 20
-    assert value(samples, "cube_task_memory_bytes", task="t2", job="web") == 0
+    assert value(samples, "cube_task_cpu_seconds_total", task="t1", cube_job="web") == 12.5
+    assert value(samples, "cube_task_memory_bytes", task="t1", cube_job="web") == 64 << 20
+    assert value(samples, "cube_task_memory_bytes", task="t2", cube_job="web") == 0
     assert value(samples, "cube_build_info", version=__version__, role="worker") == 1
 
 

@@ -10,6 +10,9 @@ only). It decides the series, their names and labels, and where each value comes
   API's timing plugin (cube.cluster.api) reports each request by its route's rule (`/tasks/<ref>`, never the path:
   one series per route, whatever the ids).
 
+A task's job is the label `cube_job`: `job` (and `instance`) are the labels Prometheus gives every series of a
+target; a series of its own named so would be renamed `exported_job` at each scrape.
+
 It lives in cube/cluster, beside the HTTP API that serves it, because it reads both the manager and the worker
 (cluster depends on both; neither depends on it), and core has no I/O. Each exporter has a registry of its own, never
 prometheus_client's global one: the tests run many managers and workers in one process.
@@ -120,7 +123,7 @@ class _ManagerState(Collector):
 
     def collect(self):
         tasks = GaugeMetricFamily(
-            "cube_tasks", "Tasks by job and state, as the API shows them.", labels=["job", "state"]
+            "cube_tasks", "Tasks by job and state, as the API shows them.", labels=["cube_job", "state"]
         )
         counts = self.manager.task_counts()
         for job in sorted({job for job, _ in counts}):
@@ -181,12 +184,12 @@ class _WorkerState(Collector):
         cpu = CounterMetricFamily(
             "cube_task_cpu_seconds",
             "CPU time a task's container used, as its engine counts it.",
-            labels=["task", "job"],
+            labels=["task", "cube_job"],
         )
         memory = GaugeMetricFamily(
             "cube_task_memory_bytes",
             "Memory a task's container uses, without reclaimable page cache (as docker stats shows it).",
-            labels=["task", "job"],
+            labels=["task", "cube_job"],
         )
         for task_id, job, container in running:
             if container in used:
