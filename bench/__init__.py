@@ -17,4 +17,5 @@ BENCHMARKS = (
     "cli",
     "image_push",
     "mesh",
+    "metrics",
 )
