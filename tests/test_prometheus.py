@@ -117,8 +117,8 @@ def test_prometheus_scrapes_a_manager_and_a_worker(prometheus, pyz, procs, tmp_p
     worker.wait_http(f"http://127.0.0.1:{worker_port}")
     client = Client(f"http://127.0.0.1:{manager_port}", TOKEN)
     wait_for(lambda: len(client.get("/nodes")) == 1, timeout=30)
-    # A task no node fits: it stays pending (no container on this machine's engine, if it has one).
-    client.post("/tasks", {"image": "cube-busybox:latest", "cpu": 1000})
+    # A job whose task no node fits: it stays pending (no container on this machine's engine, if it has one).
+    client.post("/jobs", {"name": "big", "count": 1, "task": {"image": "cube-busybox:latest", "cpu": 1000}})
 
     server = prometheus(
         [
@@ -132,13 +132,15 @@ def test_prometheus_scrapes_a_manager_and_a_worker(prometheus, pyz, procs, tmp_p
     )
     up = {"cube-manager": ("up", ""), "cube-worker": ("up", "")}
     wait_for(lambda: server.targets() == up, timeout=30, interval=0.5)
-    wait_for(lambda: server.query('cube_tasks{cube_job="",state="pending"} == 1'), timeout=15, interval=0.5)
-    assert [r["metric"]["job"] for r in server.query("cube_tasks")] == ["cube-manager"] * 5  # one per state
+    wait_for(lambda: server.query('cube_tasks{cube_job="big",state="pending"} == 1'), timeout=15, interval=0.5)
+    # One series per state, with the target's job label beside the task's: neither renamed.
+    tasks = [r["metric"] for r in server.query("cube_tasks")]
+    assert [(t["job"], t["cube_job"]) for t in tasks] == [("cube-manager", "big")] * 5, tasks
     nodes = server.query("cube_nodes")
     assert sorted(r["metric"]["state"] for r in nodes) == ["down", "ready", "unhealthy"]
     assert sum(float(r["value"][1]) for r in nodes) == 1
     assert server.query('cube_placement_failures_total{reason="insufficient cpu"} == 1')
-    assert server.query('cube_http_request_duration_seconds_count{route="/tasks",method="POST"} == 1')
+    assert server.query('cube_http_request_duration_seconds_count{route="/jobs",method="POST"} == 1')
     assert [r["metric"]["job"] for r in server.query("cube_worker_engine_up")] == ["cube-worker"]
     assert len(server.query("cube_worker_tasks")) == 5
     server.kill()
