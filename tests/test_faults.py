@@ -113,6 +113,33 @@ class FaultCluster:
             {"DOCKER_HOST": host.docker_host},
         )
 
+    def cli(self, *args: str, wait: bool = True, **kwargs):
+        """`cube ARGS` from the test process (the root namespace), with the manager host's engine as its own."""
+        url = f"https://127.0.0.1:{self.lan.forward(self.manager_host, 5555)}"
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": str(self.tmp),
+            "XDG_CACHE_HOME": str(self.tmp / "cache"),
+            "CUBE_MANAGER": url,
+            "CUBE_TOKEN": TOKEN,
+            "CUBE_NO_MDNS": "1",
+            "DOCKER_HOST": self.manager_host.docker_host,
+        }
+        argv = [self.pyz, *args]
+        if not wait:
+            return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+
+    def kill_manager(self) -> None:
+        """SIGKILL the manager; start_manager starts it again with the same command line and data."""
+        proc = self.procs.pop("manager")
+        self._manager_args = proc.args[len(self.lan.command(self.manager_host, [])) + 1 :]  # after netns and pyz
+        proc.kill()
+        proc.wait(10)
+
+    def start_manager(self) -> None:
+        self._start("manager", self.manager_host, self._manager_args)
+
     def kill_worker(self, host) -> None:
         proc = self.procs.pop(self.names[host.name])
         proc.kill()

@@ -29,6 +29,7 @@ from cube.scheduler import (
     KINDS,
     LIEB,
     MISSING_DEVICE,
+    NODE_INELIGIBLE,
     NODE_NOT_READY,
     PORT_IN_USE,
     SCORERS,
@@ -474,9 +475,19 @@ def test_every_check_returns_rejections_of_a_known_kind():
         assert found.kind == kind and found.kind in KINDS
         assert found.detail and str(found) == found.detail == feasible(spec, node)
         assert check(make_spec(), make_node()) is None  # a spec that asks for nothing passes every check
-    # Every kind is some check's, once; the volume check is made per placement (tests/test_volumes.py).
-    assert {kind for _, _, kind in REJECTED_BY.values()} == set(KINDS) - {VOLUME_ELSEWHERE, IMAGE_PLATFORM}
+    # Every kind is some check's, once; the volume check is made per placement (tests/test_volumes.py); the
+    # state check also says when a ready node takes no new tasks (drained: below).
+    assert {kind for _, _, kind in REJECTED_BY.values()} == set(KINDS) - {
+        VOLUME_ELSEWHERE,
+        IMAGE_PLATFORM,
+        NODE_INELIGIBLE,
+    }
     assert len(set(KINDS)) == len(KINDS)
+    drained = make_node()
+    drained.eligible = False
+    found = check_state(make_spec(), drained)
+    assert found is not None and found.kind == NODE_INELIGIBLE
+    assert found.detail == f"node is ineligible (`cube node eligible {drained.name}` lets it take tasks again)"
 
 
 def test_skipping_the_checks_a_spec_cannot_fail_changes_no_answer():

@@ -15,6 +15,7 @@ import time
 from cube import __version__
 from cube.cli.cluster import ClusterCommands
 from cube.cli.common import as_list, job_or_none, manager_client, show, stack_or_none
+from cube.cli.operate import OperateCommands
 from cube.cli.stacks import StackCommands
 from cube.core.errors import CubeError
 
@@ -32,7 +33,9 @@ Work:
   scale     change a job's count
   logs      print a task's output
   events    what happened, as it happens
-  nodes     list the cluster's nodes (alias: node); `cube node rm NAME` removes one
+  nodes     list the cluster's nodes (alias: node); `cube node drain NAME`, `eligible NAME`, `rm NAME`
+  explain   why a task or job's tasks run where they run, or why they wait
+  restart   start a task's container afresh on its node
   volume    list named volumes (`cube volume ls`) and where they live; `cube volume rm NAME` removes one
   registry  credentials for private registries: `cube registry login HOST`, `ls`, `logout HOST`
   image     `cube image push IMAGE` sends an image from this engine to the nodes (no registry); `cube image ls`
@@ -55,7 +58,7 @@ ALIASES = {"ps": "status", "node": "nodes", "volumes": "volume", "registries": "
 RETRY_EVERY = 1.0  # seconds between tries to reach a manager that `cube events --follow` lost
 
 
-class Commands(ClusterCommands, StackCommands):
+class Commands(ClusterCommands, StackCommands, OperateCommands):
     """Each method is a command; its docstring is its --help."""
 
     # ---- work ----------------------------------------------------------------------------------------------
@@ -356,22 +359,42 @@ class Commands(ClusterCommands, StackCommands):
         self,
         action: str | None = None,
         name: str | None = None,
+        deadline=None,
+        force: bool = False,
+        detach: bool = False,
         manager: str | None = None,
         token: str | None = None,
         json: bool = False,
     ):
-        """cube nodes [rm NAME] [--json]
+        """cube nodes [drain|eligible|rm NAME] [--json]
 
-        Lists the nodes: name, address, state, arch, cpu/memory/disk (allocated/total), tasks. `cube node rm NAME`
-        removes a node that is down: its tasks go elsewhere and its certificate is revoked, so it cannot come back
-        without the join token."""
-        from cube.cli import output
+        Lists the nodes: name, address, state, eligibility, arch, cpu/memory/disk (allocated/total), tasks.
 
-        if action not in (None, "ls", "list", "rm"):
-            raise CubeError(f"unknown action {action!r}: use `cube nodes` or `cube node rm NAME`")
+        `cube node drain NAME [--deadline 5m] [--force] [--detach]` takes a node out for maintenance: no new tasks
+        go there, and each service task gets a replacement running (and healthy) on another node before its copy
+        there stops, so a job of two or more is never down. Batch tasks run to their end; at the deadline whatever
+        is left is stopped. A node holding a task's volume is drained only with --force (that task then waits for
+        the node). The drain is followed until the node is empty unless --detach; Ctrl-C stops only the following.
+        `cube node eligible NAME` lets the node take tasks again.
+
+        `cube node rm NAME` removes a node that is down: its tasks go elsewhere and its certificate is revoked, so
+        it cannot come back without the join token.
+
+        Flags:
+          --deadline D           drain: stop what has not moved after D (90s, 5m, 1h30m; default: no deadline)
+          --force                drain: a node holding a task's volume too (that task waits for the node)
+          --detach               drain: return at once instead of following it"""
+        from cube.cli import operate, output
+
+        if action not in (None, "ls", "list", "rm", "drain", "eligible"):
+            raise operate.nodes_usage_error(str(action))
+        if action in ("rm", "drain", "eligible") and not name:
+            raise CubeError(f"which node? `cube node {action} NAME` (`cube nodes` lists them)")
+        if action == "drain":
+            return operate.drain(manager_client(manager, token), str(name), deadline, force, detach, json)
+        if action == "eligible":
+            return operate.eligible(manager_client(manager, token), str(name), json)
         if action == "rm":
-            if not name:
-                raise CubeError("which node? `cube node rm NAME` (`cube nodes` lists them)")
             answer = manager_client(manager, token).delete(f"/nodes/{name}")
             revoked = "its certificate is revoked" if answer and answer.get("revoked") else "it had no certificate"
             print(

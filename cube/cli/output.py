@@ -66,6 +66,7 @@ def nodes_table(nodes: list[dict]) -> str:
                 n["name"],
                 n["address"],
                 n["state"],
+                n.get("eligibility") or "eligible",
                 n.get("arch") or "-",
                 f"{alloc.get('cpu', 0):g}/{n.get('cpus', 0):g}",
                 f"{format_size(alloc.get('memory', 0))}/{format_size(n.get('memory', 0))}",
@@ -73,7 +74,7 @@ def nodes_table(nodes: list[dict]) -> str:
                 n.get("tasks", 0),
             ]
         )
-    text = table(["NAME", "ADDRESS", "STATE", "ARCH", "CPU", "MEMORY", "DISK", "TASKS"], rows)
+    text = table(["NAME", "ADDRESS", "STATE", "ELIGIBILITY", "ARCH", "CPU", "MEMORY", "DISK", "TASKS"], rows)
     # Why a node is not ready, below the table: a reason is a sentence, too long for a column.
     notes = [f"{n['name']}: {n['state']} — {n['reason']}" for n in nodes if n.get("reason")]
     return "\n".join([text, *notes])

@@ -588,6 +588,18 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
     def get_task(ref):
         return manager.task_detail(manager.find_task(ref).id)
 
+    @app.post("/tasks/<ref>/restart")
+    def restart_task(ref):
+        return manager.task_detail(manager.restart_task(manager.find_task(ref).id).id)
+
+    @app.get("/tasks/<ref>/explain")
+    def explain_task(ref):
+        return manager.explain_task(ref)
+
+    @app.get("/jobs/<name>/explain")
+    def explain_job(name):
+        return manager.explain_job(name)
+
     @app.delete("/tasks/<ref>")
     def delete_task(ref):
         manager.stop_task(manager.find_task(ref).id)
@@ -667,6 +679,18 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
     @app.get("/nodes")
     def list_nodes():
         return manager.list_nodes()
+
+    @app.post("/nodes/<name>/drain")
+    def drain_node(name):
+        body = read_json() if bottle.request.content_length else {}
+        if not isinstance(body, dict) or not body.keys() <= {"deadline", "force"}:
+            raise BadRequest('send {"deadline": seconds or null, "force": false} (both optional)')
+        node = manager.drain_node(name, body.get("deadline"), body.get("force", False))
+        return manager.node_view(node.name)
+
+    @app.post("/nodes/<name>/eligible")
+    def eligible_node(name):
+        return manager.node_view(manager.make_eligible(name).name)
 
     @app.get("/volumes")
     def list_volumes():

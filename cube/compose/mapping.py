@@ -46,8 +46,6 @@ CONDITIONS = {
     "service_healthy": "healthy",
     "service_completed_successfully": "completed",
 }
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 _PORT_RANGE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
 _ALL_ADDRESSES = ("", "0.0.0.0", "::", "[::]")
 _CONSTRAINT = re.compile(r"\s*([\w.-]+)\s*(==|!=)\s*(\S+)\s*")
@@ -186,11 +184,9 @@ def duration(value, service: str, path: str, ctx: Context) -> int | float:
     """A compose duration (`1m30s`, `10s`, `500ms`; a bare number is seconds) → seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         return value
-    text = str(value).strip()
-    parts = list(_DURATION_PART.finditer(text))
-    if not text or "".join(p.group() for p in parts) != text:
+    seconds = spec.parse_duration(value) if isinstance(value, str) else None
+    if seconds is None:
         raise ctx.error(service, path, f"{value!r} is not a duration such as 10s, 1m30s or 500ms")
-    seconds = sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)
     return int(seconds) if seconds == int(seconds) else round(seconds, 6)
 
 

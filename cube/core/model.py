@@ -551,6 +551,27 @@ class Resources:
 NODE_STATES = ("ready", "unhealthy", "down")
 
 
+@dataclass(frozen=True)
+class Drain:
+    """A drain under way (`cube node drain`, Nomad's DrainStrategy): since when, until when its tasks may take to
+    move (None: as long as they need), and whether tasks bound to the node's volumes were let go of (`force`)."""
+
+    since: float
+    deadline: float | None = None
+    force: bool = False
+
+    def to_dict(self) -> dict:
+        return {"since": self.since, "deadline": self.deadline, "force": self.force}
+
+    @classmethod
+    def from_dict(cls, data) -> "Drain | None":
+        if not data:
+            return None
+        get = Fields("node record: drain", data)
+        deadline = get.data.get("deadline")
+        return cls(get.time("since"), None if deadline is None else get.time("deadline"), bool(get.data.get("force")))
+
+
 @dataclass
 class Node:
     """A worker as the manager sees it. `capacity` is what the node offers, `allocated` what placed tasks
@@ -571,6 +592,16 @@ class Node:
     disconnect_timeout: float = 0.0  # the worker stops its on-disconnect=stop tasks after this long alone
     stop_timeout: float = 10.0
     devices: frozenset = frozenset()  # the device paths the worker found on its machine (cube.worker.devices)
+    # Written by the manager on a user's word: whether new tasks may be placed here, and a drain under way.
+    eligible: bool = True
+    drain: Drain | None = None
+
+    @property
+    def eligibility(self) -> str:
+        """eligible, draining (its tasks are moving away), or ineligible (drained, until `cube node eligible`)."""
+        if self.drain is not None:
+            return "draining"
+        return "eligible" if self.eligible else "ineligible"
 
     def to_dict(self) -> dict:
         return {
@@ -579,6 +610,8 @@ class Node:
             "state": self.state,
             "reason": self.reason,
             "since": self.since,
+            "eligibility": self.eligibility,
+            "drain": self.drain.to_dict() if self.drain else None,
             "arch": self.labels.get("arch", ""),
             "cpus": self.capacity.cpu,
             "memory": self.capacity.memory,
@@ -623,6 +656,8 @@ class Node:
             disconnect_timeout=get.time("disconnect_timeout"),
             stop_timeout=get.time("stop_timeout", 10.0) or 10.0,
             devices=device_paths(get.data.get("devices"), "node record: devices"),
+            eligible=get.data.get("eligibility", "eligible") == "eligible",
+            drain=Drain.from_dict(get.data.get("drain")),
         )
 
 

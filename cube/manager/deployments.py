@@ -43,6 +43,7 @@ class ManagerDeployments(ManagerParts):
     _stop: Callable[[Task, str], None]
     _commit: Callable[..., Task]
     _place: Callable[[list[Task]], None]
+    _leaving: Callable[[list[Task]], frozenset[str]]
     cidr: ipaddress.IPv4Network | None  # the cluster range (cube.manager.network); None: no cluster network
     subnets: dict[str, str]
 
@@ -203,7 +204,7 @@ class ManagerDeployments(ManagerParts):
         policy = job.rollback_policy if _rolling_back(record) else job.update
         if not policy.order and not self._ports_allow_start_first(job):
             policy = dataclasses.replace(policy, order="stop-first")
-        decided = rollout.plan(job, tasks, self.clock(), self._healthy_since, policy)
+        decided = rollout.plan(job, tasks, self.clock(), self._healthy_since, policy, self._leaving(tasks))
         for task_id, why in decided.stop:
             self._stop(self.tasks[task_id], why)
         new = []

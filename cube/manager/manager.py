@@ -53,6 +53,8 @@ from cube.core.spec import shown
 from cube.core.spec import task_id as spec_task_id
 from cube.core.telemetry import ManagerTelemetry
 from cube.manager.deployments import UNCHANGED, ManagerDeployments
+from cube.manager.drain import ManagerDrain
+from cube.manager.explain import ManagerExplain
 from cube.manager.images import ImageMap
 from cube.manager.network import ManagerNetwork
 from cube.manager.outbox import RETRY_MAX, Outbox
@@ -80,7 +82,15 @@ def holds(task: Task) -> bool:
 
 
 class Manager(
-    ManagerViews, ManagerTally, ManagerVolumes, ManagerPlatforms, ManagerNetwork, ManagerDeployments, ManagerStacks
+    ManagerViews,
+    ManagerTally,
+    ManagerVolumes,
+    ManagerPlatforms,
+    ManagerNetwork,
+    ManagerDeployments,
+    ManagerStacks,
+    ManagerDrain,
+    ManagerExplain,
 ):
     def __init__(
         self,
@@ -447,6 +457,10 @@ class Manager(
             "time": self.clock(),
             "node": placement.node.name if placement.node else "",
             "reasons": dict(placement.reasons),
+            "counts": dict(placement.counts()),
+            # What `cube explain` shows of the feasible nodes: their scores (a sampled placement scores at most
+            # SAMPLE_LIMIT of them, so the record stays small on a large cluster).
+            "scores": {name: round(score, 4) for name, score in placement.scores.items()},
             "strategy": self.strategy,
         }
         previous = self.placements.get(task.id)
@@ -497,6 +511,23 @@ class Manager(
             task.node = ""
         self._note(task, why)
         self._commit(task, before, why)
+
+    def restart_task(self, task_id: str) -> Task:
+        """Start the task's container afresh on its node (`cube restart`, the dashboard's restart): a new
+        generation there, so the node's diff replaces the copy it runs. Not counted against the restart policy:
+        a user asked for it."""
+        with self._lock:
+            task = self._task(task_id)
+            if task.desired is not Desired.RUN or not task.node or task.state is not State.RUNNING:
+                raise Conflict(f"task {task.name or task.id} is {task.state.value}, not running: nothing to restart")
+            with self._saving():
+                task.generation += 1
+                self._note(task, "restart requested")
+                self._commit(task, (task.node, task.job), task.note)
+            task = self.tasks[task_id]
+            due = self._flush()
+        self._deliver_later(due)
+        return task.copy()
 
     def stop_job(self, name: str) -> Job:
         with self._lock:
@@ -758,6 +789,7 @@ class Manager(
             for node in self.nodes.values():
                 if node.state != "ready":
                     self._decide([self.tasks[i] for i in list(self._by_node.get(node.name, ()))])
+        self._drain_round(now)
         for job in self._rolling_jobs():  # min_healthy_time and healthy_deadline pass on the clock
             for task_id in list(self._by_job.get(job.name, ())):
                 self._note_health(self.tasks[task_id])

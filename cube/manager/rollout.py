@@ -7,10 +7,17 @@ the replacement, stop the old task once the new one is healthy: a job of one tas
 healthy once it has served (`model.serving`: running, its health command not failing) for `min_healthy_time`; one
 that is not healthy within `healthy_deadline` of its creation, or that failed, fails the rollout, which then stops
 moving (and is reverted by the caller when the policy says `auto_revert`). A change of the count alone only scales.
+
+A task on a draining node (`leaving`) moves the same way, always start-first: a successor of the same name starts
+on another node, and the leaving task stops once its successor is healthy, `max_parallel` at a time; until then the
+successor stands in its place for everything else the plan decides. A job of two or more is never short of a
+serving task, and a job of one only for the moment traffic moves. Batch tasks are not moved: they run to their end
+(or to the drain's deadline, which the caller enforces).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 
 from cube.core.jobs import Job, UpdatePolicy
@@ -33,16 +40,22 @@ def task_index(name: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def plan(job: Job, tasks: list[Task], now: float, healthy_since: dict[str, float], policy: UpdatePolicy) -> RolloutPlan:
+def plan(
+    job: Job,
+    tasks: list[Task],
+    now: float,
+    healthy_since: dict[str, float],
+    policy: UpdatePolicy,
+    leaving: Set[str] = frozenset(),
+) -> RolloutPlan:
     """What to create and stop for `job` now. `tasks`: the job's tasks; `healthy_since`: when each task began to
-    serve without a break (the caller's observation); `policy`: the update or the rollback policy."""
+    serve without a break (the caller's observation); `policy`: the update or the rollback policy; `leaving`: the
+    ids of tasks on draining nodes."""
     out = RolloutPlan()
     live = sorted((t for t in tasks if t.desired is Desired.RUN), key=lambda t: task_index(t.name))
     if job.stopped:
         out.stop = [(t.id, f"job {job.name} stopped") for t in live]
         return out
-    new = [t for t in live if t.version == job.version]
-    old = [t for t in live if t.version != job.version]
 
     def healthy(task: Task) -> bool:
         if job.type == "batch" and task.state is State.COMPLETED:
@@ -50,13 +63,58 @@ def plan(job: Job, tasks: list[Task], now: float, healthy_since: dict[str, float
         since = healthy_since.get(task.id)
         return since is not None and now - since >= policy.min_healthy_time
 
+    moves: list[int] = []
+    if leaving and job.type != "batch":
+        stood_for = _migrate(out, moves, job, live, leaving, healthy, policy.max_parallel)
+        live = [t for t in live if t.id not in stood_for]
+    _versions(out, job, live, now, healthy, policy)
+    out.create = moves + out.create
+    return out
+
+
+def _migrate(
+    out: RolloutPlan,
+    moves: list[int],
+    job: Job,
+    live: list[Task],
+    leaving: Set[str],
+    healthy: Callable[[Task], bool],
+    max_parallel: int,
+) -> set[str]:
+    """Move the job's tasks off draining nodes: a successor (same index) for each, `max_parallel` in flight; a
+    leaving task whose successor is healthy stops. Returns the leaving tasks a successor now stands in for."""
+    current = [t for t in live if t.version == job.version]
+    staying = {task_index(t.name): t for t in current if t.id not in leaving}
+    going = [t for t in current if t.id in leaving]
+    in_flight = sum(1 for t in going if (s := staying.get(task_index(t.name))) is not None and not healthy(s))
+    budget = max(0, max_parallel - in_flight)
+    stood_for = set()
+    for task in going:
+        successor = staying.get(task_index(task.name))
+        if successor is None:
+            if budget > 0:
+                moves.append(task_index(task.name))
+                budget -= 1
+            continue
+        stood_for.add(task.id)
+        if healthy(successor):
+            out.stop.append((task.id, f"its node drains: {successor.name} ({successor.id}) serves in its place"))
+    return stood_for
+
+
+def _versions(
+    out: RolloutPlan, job: Job, live: list[Task], now: float, healthy: Callable[[Task], bool], policy: UpdatePolicy
+) -> None:
+    """Bring the job's live tasks to its version and count."""
+    new = [t for t in live if t.version == job.version]
+    old = [t for t in live if t.version != job.version]
     ready = [t for t in new if healthy(t)]
     waiting = [t for t in new if not healthy(t)]
     out.healthy = len(ready)
     if not old:
         _scale(out, job, new, waiting)
         out.status = SUCCESSFUL if len(ready) >= job.count else ""
-        return out
+        return
     out.status = ROLLING
     # A new task that failed on its node (and was moved: its restarts there were used up) fails the rollout, as
     # one that is not healthy by the deadline does.
@@ -71,10 +129,9 @@ def plan(job: Job, tasks: list[Task], now: float, healthy_since: dict[str, float
         if task.state is State.FAILED or task.reschedules > 0:
             why = f"failed: {task.note or task.reason}"
         out.status, out.reason = FAILED, f"task {task.name} of version {job.version}: {why}"
-        return out
+        return
     _roll(out, job, new, old, ready, waiting, policy)
     out.reason = f"{len(ready)} of {job.count} tasks at version {job.version} healthy"
-    return out
 
 
 def _scale(out: RolloutPlan, job: Job, new: list[Task], waiting: list[Task]) -> None:

@@ -106,6 +106,14 @@ class ManagerViews:
         with self._lock:
             return [n.to_dict() for n in sorted(self.nodes.values(), key=lambda n: n.name)]
 
+    def node_view(self, name: str) -> dict:
+        """The API's view of one node."""
+        with self._lock:
+            node = self.nodes.get(name)
+            if node is None:
+                raise NotFound(f"no node named {name!r}: `cube nodes` lists them")
+            return node.to_dict()
+
     def node(self, name: str) -> Node | None:
         """A copy of the node record, or None."""
         with self._lock:

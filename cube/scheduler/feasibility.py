@@ -18,6 +18,7 @@ from cube.core.model import Node, TaskSpec, format_size
 # The kinds of rejection, as Nomad names its filter reasons (`FilterConstraintDrivers = "missing drivers"`): short,
 # stable texts that are counted per placement and read in a summary ("3 insufficient cpu, 1 node not ready").
 NODE_NOT_READY = "node not ready"
+NODE_INELIGIBLE = "node ineligible"  # drained or draining: `cube node eligible` takes it back
 CONSTRAINT_NOT_MET = "constraint not met"
 INSUFFICIENT_CPU = "insufficient cpu"
 INSUFFICIENT_MEMORY = "insufficient memory"
@@ -28,6 +29,7 @@ MISSING_DEVICE = "missing device"
 IMAGE_PLATFORM = "image lacks platform"
 KINDS = (
     NODE_NOT_READY,
+    NODE_INELIGIBLE,
     VOLUME_ELSEWHERE,
     IMAGE_PLATFORM,
     CONSTRAINT_NOT_MET,
@@ -71,7 +73,7 @@ Check = Callable[[TaskSpec, Node], Rejection | None]
 
 def check_state(spec: TaskSpec, node: Node) -> Rejection | None:
     if node.state == READY:
-        return None
+        return None if node.eligible else _ineligible(node.eligibility, node.name)
     # `reason` says why a node is unhealthy (its engine does not answer, ...) or down.
     return _not_ready(node.state, node.reason)
 
@@ -246,6 +248,11 @@ def feasible(spec: TaskSpec, node: Node) -> str | None:
 
 
 @lru_cache(maxsize=1024)
+@lru_cache(maxsize=1024)
+def _ineligible(eligibility: str, name: str) -> Rejection:
+    return Rejection(NODE_INELIGIBLE, f"node is {eligibility} (`cube node eligible {name}` lets it take tasks again)")
+
+
 def _not_ready(state: str, reason: str) -> Rejection:
     return Rejection(NODE_NOT_READY, f"node is {state}: {reason}" if reason else f"node is {state}")
 
