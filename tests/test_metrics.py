@@ -6,8 +6,11 @@ dispatches, starts, API requests by route rule), and the token guards it unless 
 The manager is the Nomad-style harness (tests/harness.py) with an exporter as its telemetry, driven round by round;
 its API is called through WSGI as tests/test_api.py does."""
 
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 
 import pytest
@@ -18,6 +21,7 @@ from test_api import TOKEN, assert_error_shape, assignment, call
 from cube import __version__, scheduler
 from cube.cluster.api import manager_app, worker_app
 from cube.cluster.links import Links
+from cube.cluster.manager_service import start_dev
 from cube.cluster.metrics import ManagerExporter, WorkerExporter
 from cube.core.errors import Unavailable
 from cube.core.model import Node, Resources
@@ -325,3 +329,30 @@ def test_worker_metrics_need_the_token_unless_open():
         assert call(worker_app(worker, TOKEN), "GET", "/metrics").status == 404  # no exporter, no route
     finally:
         worker.close()
+
+
+# ---- the flag, through `cube dev` (TLS) -----------------------------------------------------------------------
+
+
+def _status(url: str, token: str | None = None) -> int:
+    """The status of a GET over the cluster's TLS (its certificates name no host: not checked here)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=ssl._create_unverified_context()) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.mark.parametrize("metrics_open", [False, True])
+def test_cube_dev_metrics_open_flag(tmp_path, metrics_open):
+    service = start_dev(port=0, data=str(tmp_path / "dev"), workers=1, runtime=FakeRuntime(), metrics_open=metrics_open)
+    try:
+        worker = service.manager.list_nodes()[0]["address"]
+        assert service.url.startswith("https://") and worker.startswith("https://")
+        assert _status(f"{service.url}/metrics") == (200 if metrics_open else 401)
+        assert _status(f"{service.url}/metrics", service.token) == 200
+        assert _status(f"{worker}/metrics") == (200 if metrics_open else 401)
+        assert _status(f"{service.url}/nodes") == 401, "only /metrics opens"
+    finally:
+        service.close()
