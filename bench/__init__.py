@@ -17,5 +17,6 @@ BENCHMARKS = (
     "cli",
     "image_push",
     "mesh",
+    "finished",
     "metrics",
 )

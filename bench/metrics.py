@@ -1,4 +1,4 @@
-"""Benchmark 11: a scrape of the manager's GET /metrics with 10,000 tasks, against GET /health and GET /tasks?limit=50
+"""Benchmark 12: a scrape of the manager's GET /metrics with 10,000 tasks, against GET /health and GET /tasks?limit=50
 on the same manager in the same run.
 
 The manager is the real one with its real API and server (cube.cluster.api on cheroot, the token, the exporter of

@@ -52,9 +52,11 @@ def call(
     token: str | None = TOKEN,
     raw: bytes | None = None,
     headers: dict | None = None,
+    environ: dict | None = None,
 ) -> Response:
-    """Call a WSGI `app` as a server would. `body` is sent as JSON, `raw` as it is; `token` as a bearer token."""
-    environ: dict = {}
+    """Call a WSGI `app` as a server would. `body` is sent as JSON, `raw` as it is; `token` as a bearer token;
+    `environ`: what the server would add (the client's address, the scheme)."""
+    given, environ = environ or {}, {}
     setup_testing_defaults(environ)
     path, _, query = path.partition("?")
     data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
@@ -69,6 +71,7 @@ def call(
     )
     if data:
         environ["CONTENT_TYPE"] = "application/json"
+    environ.update(given)
     if token is not None:
         environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
     for name, value in (headers or {}).items():
@@ -222,7 +225,7 @@ def test_the_right_token_is_let_through(any_app):
     [
         ("GET", "/nope", 404),
         ("GET", "/tasks/t1/nope", 404),
-        ("DELETE", "/", 404),
+        ("DELETE", "/nowhere", 404),
         ("PUT", "/tasks", 405),
         ("PATCH", "/health", 405),
     ],

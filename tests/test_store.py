@@ -178,6 +178,19 @@ def test_events_by_task(store):
     assert all(e.task_id == "a" for e in store.events(task_id="a"))
 
 
+def test_forgetting_a_tasks_events_drops_its_index_only_and_a_refused_batch_keeps_it(store):
+    for task_id in ("a", "b", "a"):
+        store.append_event(event(task_id=task_id))
+    store.forget_task_events("a")
+    store.forget_task_events("never")  # nothing to forget: no error
+    assert store.events(task_id="a") == [] and ids(store.events(task_id="b")) == [2]
+    assert ids(store.events()) == [1, 2, 3], "the log keeps them until they are culled"
+    with pytest.raises(RuntimeError), store.batch():
+        store.forget_task_events("b")
+        raise RuntimeError("refused")
+    assert ids(store.events(task_id="b")) == [2]
+
+
 def test_event_log_and_records_do_not_touch_each_other(store):
     store.put("events", "1", {"not": "an event"})
     store.append_event(event())

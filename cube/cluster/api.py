@@ -26,9 +26,10 @@ from urllib.parse import urlsplit
 import bottle
 from cheroot import wsgi
 
-from cube import __version__
+from cube import __version__, web
+from cube.cluster import sessions as dashboard
 from cube.cluster.trust import proof
-from cube.core.errors import BadRequest, CubeError, NotFound, TooLarge, Unauthorized
+from cube.core.errors import BadRequest, CubeError, NotFound, TooLarge, TooManyRequests, Unauthorized
 from cube.core.model import Assignment, State
 from cube.core.spec import MAX_WHOLE, shown, text
 
@@ -59,7 +60,10 @@ def _errors_plugin(callback):
         except bottle.HTTPResponse:
             raise
         except CubeError as error:
-            return _json_response(error.to_dict(), error.status)
+            response = _json_response(error.to_dict(), error.status)
+            if isinstance(error, TooManyRequests):
+                response.set_header("Retry-After", str(error.retry_after))
+            return response
         except Exception:
             log.exception("internal error in %s %s", bottle.request.method, bottle.request.path)
             return _json_response({"error": "internal error: see the server's log", "status": 500}, 500)
@@ -71,20 +75,31 @@ def _errors_plugin(callback):
 
 
 PUBLIC = ("/health", "/hello", "/ca", "/join")  # routes anyone may call: they prove things, or are harmless
+SIGN_IN = ("POST", "/session")  # the dashboard's sign-in checks the token itself (cube.cluster.sessions)
 
 
 class Access:
     """Who may call an API. `secret()`: the cluster secret, accepted as a bearer token (the CLI; every caller on an
     insecure cluster); None for an open API (tests). `member_role`: the role a client certificate must have (mutual
     TLS; the TLS layer already checked it chains to the cluster CA), allowed `member_routes` only when given, and not
-    when `revoked(serial)`."""
+    when `revoked(serial)`. `sessions`: the dashboard's sign-ins (a browser's cookie stands for the secret)."""
 
-    def __init__(self, secret=None, member_role: str | None = None, member_routes=None, revoked=None):
+    def __init__(
+        self,
+        secret=None,
+        member_role: str | None = None,
+        member_routes=None,
+        revoked=None,
+        sessions: dashboard.Sessions | None = None,
+    ):
         self.secret = secret if callable(secret) or secret is None else (lambda: secret)
         self.member_role, self.member_routes, self.revoked = member_role, member_routes, revoked
+        self.sessions = sessions
 
     def check(self, environ: dict, method: str, path: str) -> None:
         if path in PUBLIC or (self.secret is None and self.member_role is None):
+            return
+        if self.sessions is not None and (path in web.PATHS or (method, path) == SIGN_IN):
             return
         role = environ.get("SSL_CLIENT_S_DN_OU")
         if role and role == self.member_role:
@@ -98,6 +113,8 @@ class Access:
         if secret:
             given = environ.get("HTTP_AUTHORIZATION", "").encode()
             if hmac.compare_digest(given, f"Bearer {secret}".encode()):
+                return
+            if self.sessions is not None and self.sessions.admits(environ, method, secret):
                 return
         raise Unauthorized(
             "missing or wrong cluster token: set CUBE_TOKEN or pass --token (`cube token` on the manager prints "
@@ -127,8 +144,11 @@ def _auth_plugin(access: Access, public: tuple[str, ...] = ()):
     return plugin
 
 
-def _access(token) -> Access:
-    return token if isinstance(token, Access) else Access(token)
+def _access(token, sessions: bool = False) -> Access:
+    """`token` as an Access; a bare token also takes dashboard sessions when `sessions` (the manager's API)."""
+    if isinstance(token, Access):
+        return token
+    return Access(token, sessions=dashboard.Sessions() if sessions else None)
 
 
 class _Timing:
@@ -311,6 +331,18 @@ def query_count(name: str, default: int) -> int:
 
 def query_flag(name: str) -> bool:
     return bottle.request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
+def query_choice(name: str) -> bool | None:
+    """A true/false query parameter that may be left out (None)."""
+    value = bottle.request.query.get(name)
+    if value is None or value == "":
+        return None
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise BadRequest(f"query parameter {name} must be true or false, not {shown(value)}")
 
 
 def _stream_logs(chunks) -> bottle.HTTPResponse:
@@ -516,7 +548,9 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
     """The manager's API: the book's routes plus jobs, events, logs (proxied from the worker), nodes, health, and
     with an `authority` (TLS) the CA, joins, token rotation and node removal; with an `exporter`, its metrics.
     `token`: an `Access`, or the bearer token (None: open)."""
-    app = _new_app(_access(token), "manager", exporter)
+    access = _access(token, sessions=True)
+    app = _new_app(access, "manager", exporter)
+    _dashboard_routes(app, access)
 
     @app.get("/ca")
     def get_ca():
@@ -562,8 +596,9 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
 
     @app.get("/tasks")
     def list_tasks():
-        """Filters: job, state, node; `limit` pages the list, and `Cube-Next-Cursor` (and a `Link` rel=next) gives
-        the `cursor` of the next page when there is one."""
+        """Filters: job, state, node, finished (false: only tasks not over, as `cube status` lists them); `limit`
+        pages the list, and `Cube-Next-Cursor` (and a `Link` rel=next) gives the `cursor` of the next page when
+        there is one."""
         query = bottle.request.query
         state = query.get("state") or None
         if state is not None and state not in STATES:
@@ -575,6 +610,7 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
             node=query.get("node") or None,
             limit=limit,
             after=_cursor(query.get("cursor")),
+            finished=query_choice("finished"),
         )
         response = _json_response(views)
         if last is not None:
@@ -717,6 +753,12 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
         limit = query_count("limit", 1000)
         wait = query_number("wait", 0.0, float, -3600, 3600)
         task_id = bottle.request.query.get("task") or None
+        job, node = bottle.request.query.get("job") or None, bottle.request.query.get("node") or None
+        if job is not None or node is not None:  # a filtered scan: the answer says where the next one starts
+            found, reached = manager.events_of(since, limit, job, node)
+            response = _json_response([e.to_dict() for e in found])
+            response.set_header("Cube-Next-Since", str(reached))
+            return response
         found = manager.events(since=since, limit=limit, task_id=task_id)
         if not found and wait > 0:
             manager.wait_changed(min(wait, 30.0))
@@ -826,3 +868,63 @@ def _registry_routes(app: bottle.Bottle, registries) -> None:
     @app.delete("/registries/<host>")
     def registry_logout(host):
         return registries.logout(host)
+
+
+def _dashboard_routes(app: bottle.Bottle, access: Access) -> None:
+    """The dashboard (cube.web): its files, public, and its sign-in and sign-out (cube.cluster.sessions). Its data
+    comes from the routes above, with the session's cookie in place of the bearer token."""
+
+    @app.get("/")
+    @app.get("/ui/<name>")
+    def dashboard_file(name: str = ""):
+        path = bottle.request.path
+        if path not in web.PATHS:
+            raise NotFound(f"no such file: {shown(path)}")
+        status, headers, body = web.answer(
+            path, bottle.request.get_header("Accept-Encoding", ""), bottle.request.get_header("If-None-Match", "")
+        )
+        return bottle.HTTPResponse(body, status=status, headers=headers)
+
+    def sessions() -> tuple[dashboard.Sessions, str]:
+        secret = access.secret() if access.secret is not None else None
+        if access.sessions is None or not secret:
+            raise NotFound("this API takes no sign-in: it is open, or has no cluster token")
+        return access.sessions, secret
+
+    # The client's address as the connection gives it: X-Forwarded-For is anyone's to write (bottle's remote_addr
+    # trusts it), and would reset the sign-in limit at every attempt. Likewise TLS is the connection's, not a header's.
+    def tls() -> bool:
+        return bottle.request.environ.get("wsgi.url_scheme") == "https"
+
+    @app.post("/session")
+    def sign_in():
+        table, secret = sessions()
+        if bottle.request.content_type.startswith("application/x-www-form-urlencoded"):
+            given = bottle.request.forms.get("token")
+        else:
+            body = read_json()
+            given = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(given, str):
+            raise BadRequest('send {"token": "..."}: the cluster token, which `cube token` prints on the manager')
+        session_id, session = table.open(given, secret, bottle.request.environ.get("REMOTE_ADDR", ""))
+        response = _json_response({"csrf": session.csrf, "expires_in": dashboard.LIFETIME, "version": __version__})
+        response.set_header("Set-Cookie", dashboard.set_cookie(session_id, tls()))
+        response.set_header("Cache-Control", "no-store")
+        return response
+
+    @app.get("/session")
+    def get_session():
+        """Who is asking: a signed-in browser gets its CSRF token again (after a reload); a bearer or an open API
+        gets none, and needs none."""
+        found = None
+        if access.sessions is not None and access.secret is not None and access.secret():
+            found = access.sessions.find(bottle.request.environ, access.secret())
+        response = _json_response({"csrf": found.csrf if found else None, "version": __version__})
+        response.set_header("Cache-Control", "no-store")
+        return response
+
+    @app.delete("/session")
+    def sign_out():
+        if access.sessions is not None:
+            access.sessions.close(bottle.request.environ)
+        return bottle.HTTPResponse(status=204, headers={"Set-Cookie": dashboard.clear_cookie(tls())})

@@ -44,6 +44,7 @@ class ManagerService:
         from cube.cluster.config import ensure_token
         from cube.cluster.links import Links
         from cube.cluster.metrics import ManagerExporter
+        from cube.cluster.sessions import Sessions
         from cube.cluster.trust import Trust, parse_token
         from cube.manager.health import HealthChecker
         from cube.manager.manager import Manager
@@ -58,14 +59,16 @@ class ManagerService:
         self.authority = None
         if insecure:
             self.trust = Trust(insecure=True, peer_role="worker")
-            access = Access(self.token)
+            access = Access(self.token, sessions=Sessions())
         else:
             from cube.cluster.authority import Authority
 
             self.authority = Authority(self.directory, self.token, self.store, node_id(self.store))
             self.trust = self.authority.trust()
             authority = self.authority
-            access = Access(lambda: authority.secret, "worker", WORKER_ROUTES, revoked=authority.revoked)
+            access = Access(
+                lambda: authority.secret, "worker", WORKER_ROUTES, revoked=authority.revoked, sessions=Sessions()
+            )
         # With TLS, workers know the manager by its certificate: the token is never sent to them.
         self.links = Links(self.token if insecure else None, trust=self.trust)
         sealer = _sealer(self.directory)
@@ -301,6 +304,7 @@ def run_dev(
     )
     print(f"cube dev: manager {service.url} with {workers} worker(s); data {service.directory}")
     print(f"token: {service.join_token}")
+    print(f"dashboard: {service.url}/   (sign in with the token)")
     print("try:   cube run --image IMAGE   (this machine finds the manager and token by itself)", flush=True)
     try:
         wait_for_signal()

@@ -36,6 +36,12 @@ class Untrusted(Unauthorized):
     """A peer that could not prove it belongs to this cluster (see cluster/trust.py)."""
 
 
+class Forbidden(CubeError):
+    """A caller known to the API that may not do this (a dashboard action without its session's CSRF token)."""
+
+    status = 403
+
+
 class NotFound(CubeError):
     status = 404
 
@@ -46,6 +52,16 @@ class Conflict(CubeError):
 
 class InvalidTransition(Conflict):
     """A task state change that the transition table does not allow."""
+
+
+class TooManyRequests(CubeError):
+    """Too many attempts from one client (dashboard sign-ins): `retry_after` seconds until the next is heard."""
+
+    status = 429
+
+    def __init__(self, message: str = "", retry_after: int = 60):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Unavailable(CubeError):
@@ -85,8 +101,10 @@ _BY_STATUS = {
         BadRequest,
         TooLarge,
         Unauthorized,
+        Forbidden,
         NotFound,
         Conflict,
+        TooManyRequests,
         Unavailable,
         StorageFull,
         ImageUnavailable,

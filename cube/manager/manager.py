@@ -55,6 +55,7 @@ from cube.core.telemetry import ManagerTelemetry
 from cube.manager.deployments import UNCHANGED, ManagerDeployments
 from cube.manager.drain import ManagerDrain
 from cube.manager.explain import ManagerExplain
+from cube.manager.housekeeping import KEEP_FINISHED, RETENTION, ManagerHousekeeping
 from cube.manager.images import ImageMap
 from cube.manager.network import ManagerNetwork
 from cube.manager.outbox import RETRY_MAX, Outbox
@@ -76,6 +77,11 @@ SWEEP_EVERY = 10.0  # seconds between full rounds over every task and node (the 
 Dispatch = Callable[[str, str, str, "dict | None", "dict | None"], object]
 
 
+def finished(task: Task) -> bool:
+    """Whether `task` is over for good: told to stop, and stopped (or never started)."""
+    return task.desired is Desired.STOP and task.state not in ACTIVE
+
+
 def holds(task: Task) -> bool:
     """Whether `task` reserves resources on its node."""
     return bool(task.node) and task.desired is Desired.RUN and task.state in (State.SCHEDULED, State.RUNNING)
@@ -91,6 +97,7 @@ class Manager(
     ManagerStacks,
     ManagerDrain,
     ManagerExplain,
+    ManagerHousekeeping,
 ):
     def __init__(
         self,
@@ -106,11 +113,14 @@ class Manager(
         sealer=None,
         cluster_cidr: str | None = None,
         telemetry: ManagerTelemetry | None = None,
+        retention: float = RETENTION,
+        keep_finished: int = KEEP_FINISHED,
     ):
         """`executor` (tests): runs deliveries (`submit(fn, *args)`) instead of the manager's thread pool.
         `sealer`: what seals a stack's files in the store (cube.cluster.pki.Sealer); None keeps them as given.
         `cluster_cidr`: the range of the nodes' subnets (cube.manager.network); None: no cluster network.
-        `telemetry`: told of placements, reschedules, restarts and dispatches (cube.cluster.metrics)."""
+        `telemetry`: told of placements, reschedules, restarts and dispatches (cube.cluster.metrics).
+        `retention`, `keep_finished`: how long finished tasks are kept, and how many per job (housekeeping.py)."""
         scheduler.scorer(strategy)  # unknown strategy: fail at start, not at the first placement
         self.store = store
         self.strategy = strategy
@@ -133,6 +143,9 @@ class Manager(
         self._counts: Counter = Counter()  # (job, state) -> tasks: see tally.py
         self._counted: dict[str, tuple[str, str]] = {}
         self.telemetry = telemetry or ManagerTelemetry()
+        # Tasks not finished (desired to run, or still stopping): what `cube status` and the jobs list show. Kept as
+        # an index so that 100,000 finished tasks cost those lists nothing (housekeeping.py collects them later).
+        self._current: set[str] = set()
         self._reports: dict[str, dict[str, Reported]] = {}
         self._report_start: dict[str, float] = {}  # node -> monotonic start of the poll of its latest report
         self._folded: dict[str, tuple] = {}  # task id -> the report fields last copied into it
@@ -150,6 +163,8 @@ class Manager(
         self._store_warned: tuple[str, float, bool] = ("", float("-inf"), False)
         self._pool = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cube-dispatch")
         self._cluster_cidr = cluster_cidr
+        self.retention, self.keep_finished = retention, keep_finished
+        self._collected_at = float("-inf")
         self._load()
 
     # ---- persistence ---------------------------------------------------------------------------------------
@@ -194,6 +209,10 @@ class Manager(
             self._pending.add(task.id)
         else:
             self._pending.discard(task.id)
+        if finished(task):
+            self._current.discard(task.id)
+        else:
+            self._current.add(task.id)
         self._account(task)
         self._tally(task)
 
@@ -337,10 +356,12 @@ class Manager(
         del self.tasks[task.id]
         task.desired, task.node = Desired.STOP, ""  # so that _account releases what it held
         self._account(task)
-        for ids in (*self._by_node.values(), self._by_job.get(task.job, set()), self._pending):
+        for ids in (*self._by_node.values(), self._by_job.get(task.job, set()), self._pending, self._current):
             ids.discard(task.id)
         self.placements.pop(task.id, None)
         self._untally(task.id)
+        self._folded.pop(task.id, None)
+        self._healthy_since.pop(task.id, None)
 
     # ---- submitting work -----------------------------------------------------------------------------------
 
@@ -790,6 +811,7 @@ class Manager(
                 if node.state != "ready":
                     self._decide([self.tasks[i] for i in list(self._by_node.get(node.name, ()))])
         self._drain_round(now)
+        self._collect(now)
         for job in self._rolling_jobs():  # min_healthy_time and healthy_deadline pass on the clock
             for task_id in list(self._by_job.get(job.name, ())):
                 self._note_health(self.tasks[task_id])

@@ -1,6 +1,6 @@
 """How many tasks each job has in each state, kept as tasks change, so that a reader (`GET /metrics`, scraped every
 few seconds) takes a copy of a few counts under the manager's lock instead of deriving the state of every task:
-0.03-0.04 ms instead of 16-30 ms at 10,000 tasks (BENCHMARKS.md, 11). A mixin of `Manager`, which calls
+0.03-0.04 ms instead of 16-30 ms at 10,000 tasks (BENCHMARKS.md, 12). A mixin of `Manager`, which calls
 `_tally` from `_index` (every change of a task goes through it) and `_untally` when it forgets one.
 
 The counts are of the state derived as on a ready node; a task on a node that is down shows scheduled while its

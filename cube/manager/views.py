@@ -11,6 +11,8 @@ from cube.core.errors import BadRequest, NotFound
 from cube.core.model import Desired, Event, Job, Node, Task
 from cube.store import Store
 
+EVENT_SCAN = 50_000  # events one filtered read looks at, at most (the answer says where to go on)
+
 
 class ManagerViews:
     # Owned and written by Manager (see manager.py).
@@ -24,6 +26,7 @@ class ManagerViews:
     store: Store
     _by_node: dict[str, set[str]]
     _by_job: dict[str, set[str]]
+    _current: set[str]  # the tasks not finished (manager.finished)
 
     def view(self, task: Task) -> dict:
         """A task as the API shows it (lock held): derived with the state of its node."""
@@ -56,18 +59,21 @@ class ManagerViews:
         node: str | None = None,
         limit: int | None = None,
         after: tuple | None = None,
+        finished: bool | None = None,
     ) -> tuple[list[dict], tuple | None]:
-        """A page of the task list, oldest first, filtered by job, state and node: at most `limit` views after the
-        key `after` (the last one of the page before), and the key of this page's last view when more follow."""
+        """A page of the task list, oldest first, filtered by job, state, node and `finished` (False: only tasks
+        not over, True: only those over; see manager.finished): at most `limit` views after the key `after` (the
+        last one of the page before), and the key of this page's last view when more follow."""
         with self._lock:
-            if job is not None:
-                pool = [self.tasks[i] for i in self._by_job.get(job, ())]
-            elif node is not None:
-                pool = [self.tasks[i] for i in self._by_node.get(node, ())]
-            else:
-                pool = list(self.tasks.values())
+            pool = self._task_pool(job, node, finished)
             chosen = sorted(
-                (t for t in pool if (node is None or t.node == node) and (after is None or _key(t) > after)),
+                (
+                    t
+                    for t in pool
+                    if (node is None or t.node == node)
+                    and (after is None or _key(t) > after)
+                    and (finished is None or (t.id not in self._current) is finished)
+                ),
                 key=_key,
             )
             views = []
@@ -84,15 +90,24 @@ class ManagerViews:
             return views, (last["created_at"], last["name"], last["id"])
         return views, None
 
+    def _task_pool(self, job: str | None, node: str | None, finished: bool | None) -> list[Task]:
+        """The smallest index that holds every task the filters may keep (lock held)."""
+        pools = []
+        if job is not None:
+            pools.append(self._by_job.get(job, ()))
+        if node is not None:
+            pools.append(self._by_node.get(node, ()))
+        if finished is False:
+            pools.append(self._current)
+        if not pools:
+            return list(self.tasks.values())
+        return [self.tasks[i] for i in min(pools, key=len)]
+
     def job_detail(self, name: str) -> dict:
         with self._lock:
             job = self._job(name)
             data = job.to_dict()
-            views = [
-                v
-                for v in self.task_views(job=name)
-                if v["desired"] == "run" or v["state"] in ("pending", "scheduled", "running")
-            ]
+            views = self.task_page(job=name, finished=False)[0]
             data["tasks"] = views
             data["running"] = sum(1 for v in views if v["state"] == "running")
             data["deployment"] = self.deployment(name)
@@ -151,6 +166,26 @@ class ManagerViews:
 
     def events(self, since: int = 0, limit: int = 1000, task_id: str | None = None) -> list[Event]:
         return self.store.events(since=since, limit=limit, task_id=task_id)
+
+    def events_of(self, since: int, limit: int, job: str | None, node: str | None) -> tuple[list[Event], int]:
+        """Events after `since` of a job's tasks and/or on a node: at most `limit`, from a scan of at most
+        EVENT_SCAN events of the log. Returns them and the id the scan reached (the `since` of the next call)."""
+        with self._lock:
+            ids = set(self._by_job.get(job, ())) if job is not None else None
+        found: list[Event] = []
+        last = self.store.last_event_id()
+        cursor = since
+        while len(found) < limit and cursor < last and cursor - since < EVENT_SCAN:
+            batch = self.store.events(since=cursor, limit=1000)
+            if not batch:
+                break
+            for event in batch:
+                cursor = event.id
+                if (ids is None or event.task_id in ids) and (node is None or event.node == node):
+                    found.append(event)
+                    if len(found) >= limit:
+                        break
+        return found, cursor
 
     def last_event_id(self) -> int:
         return self.store.last_event_id()

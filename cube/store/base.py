@@ -63,6 +63,11 @@ class Store:
     def _task_event_ids(self, task_id: str) -> list[int]:
         raise NotImplementedError
 
+    def forget_task_events(self, task_id: str) -> None:
+        """Drop the index of a task's events (its record is gone: housekeeping); the events themselves stay in the
+        log until they are culled."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 

@@ -230,6 +230,11 @@ class DiskStore(Store):
         index = self._cache("_task_events", create=False)
         return [] if index is None else list(index.get(task_id, []))
 
+    def forget_task_events(self, task_id):
+        if self._cache("_task_events", create=False) is not None:
+            with self.batch():
+                self._write("_task_events", task_id, _DELETE)
+
     def close(self):
         with self._lock:
             for cache in self._caches.values():

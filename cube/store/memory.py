@@ -107,6 +107,12 @@ class MemoryStore(Store):
         with self._lock:
             return list(self._by_task.get(task_id, ()))
 
+    def forget_task_events(self, task_id):
+        with self._lock:
+            ids = self._by_task.pop(task_id, None)
+            if ids is not None:
+                self._remember(lambda: self._by_task.__setitem__(task_id, ids))
+
 
 def _copy(value: dict) -> dict:
     # Records are small JSON trees; a structural copy keeps callers from mutating the stored one. A pickle round

@@ -59,6 +59,7 @@ from cube.worker.runtime import ContainerInfo, Runtime
 log = logging.getLogger("cube.worker")
 ENGINE_RETRY_MAX = 5.0  # seconds between reconcile rounds while the engine does not answer (it was 142 logs/s)
 VOLUMES_EVERY = 30.0  # seconds between listings of the node's volumes (sooner after a start that mounts one)
+FORGET_AFTER = 600.0  # seconds an assignment stopped for good is still held (and reported) before it is dropped
 
 
 class Worker:
@@ -135,6 +136,8 @@ class Worker:
         self._dead_ids: set[str] = set()  # container ids the event stream reported dead
         self._store_trouble = ""  # the store's last refusal, logged once
         self.holds = Holds(monotonic())
+        self._answered_at = float("-inf")  # when the manager last had this node's state (wall clock)
+        self._forgot_at = float("-inf")
         # Engine health, as the last reconcile round found it.
         self.engine_ok = True
         self.engine_error = ""
@@ -308,6 +311,7 @@ class Worker:
             tasks = [t.to_dict() for t in self.tasks.values()]
             current = self.version
             self.holds.answered()
+            self._answered_at = self.clock()
         if released:
             self._kick.set()
         if events_since >= 0:
@@ -356,6 +360,7 @@ class Worker:
         with self._lock:
             self.holds.release(self.monotonic())
             self._disconnect(now)
+            self._forget_ended(now, containers)
             # A task whose action ended after the listing began is judged next round: the listing may
             # not show what that action did.
             skip = {tid for tid, at in self._settled.items() if at >= listed_at}
@@ -818,6 +823,33 @@ class Worker:
     def _bump(self) -> None:
         self.version += 1
         self._changed.notify_all()
+
+    def _forget_ended(self, now: float, containers) -> None:
+        """Drop the assignments that are over for good (lock held): stopped at the manager's word, no container
+        left, ended FORGET_AFTER ago, and reported to the manager since (it has their end; a later report without
+        them changes nothing there). A node's report and store then stay the size of what it runs."""
+        if now - self._forgot_at < FORGET_AFTER / 10:
+            return
+        self._forgot_at = now
+        present = {c.task_id for c in containers}
+        for task_id, task in list(self.tasks.items()):
+            ended_at = task.finished_at or task.updated_at
+            if (
+                task.desired is Desired.STOP
+                and task.state in (State.COMPLETED, State.FAILED)
+                and task_id not in present
+                and task_id not in self._busy
+                and now - ended_at > FORGET_AFTER
+                and self._answered_at > max(ended_at, task.updated_at)
+            ):
+                try:
+                    with self.store.batch():
+                        self.store.delete("tasks", task_id)
+                        self.store.forget_task_events(task_id)
+                except StorageFailed:
+                    return  # said by _save's path when it matters; tried again next time
+                del self.tasks[task_id]
+                self._bump()
 
     # ---- the cluster network (cube.worker.network) ------------------------------------------------------------
 
