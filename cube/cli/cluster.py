@@ -89,6 +89,7 @@ class ClusterCommands:
         device=(),
         pull_timeout: float = 300.0,
         pull_stall: float = 60.0,
+        metrics_open: bool = False,
         verbose: bool = False,
     ):
         """cube worker [FLAGS]
@@ -123,6 +124,7 @@ class ClusterCommands:
                                    repeatable)
           --pull-timeout S         seconds an image pull may take before its task fails (default 300)
           --pull-stall S           seconds a pull may go without progress before it fails sooner (default 60)
+          --metrics-open           GET /metrics (Prometheus) answers without the token
           --verbose                log more"""
         from cube.cluster.service import setup_logging
         from cube.cluster.worker_service import run_worker
@@ -150,6 +152,7 @@ class ClusterCommands:
             devices=as_list(device),
             pull_timeout=positive_seconds(pull_timeout, "--pull-timeout"),
             pull_stall=positive_seconds(pull_stall, "--pull-stall"),
+            metrics_open=bool(metrics_open),
         )
 
     def manager(
@@ -165,6 +168,7 @@ class ClusterCommands:
         insecure: bool = False,
         verbose: bool = False,
         cluster_cidr: str = "10.210.0.0/16",
+        metrics_open: bool = False,
     ):
         """cube manager [FLAGS]
 
@@ -184,6 +188,7 @@ class ClusterCommands:
                                  10.210.0.0/16; off: containers on each engine's own bridge only)
           --no-mdns              do not announce the manager on the LAN, nor look for workers there
           --insecure             plain HTTP instead of TLS
+          --metrics-open         GET /metrics (Prometheus) answers without the token
           --verbose              log more"""
         from cube.cluster.manager_service import run_manager
         from cube.cluster.service import setup_logging
@@ -202,6 +207,7 @@ class ClusterCommands:
             mdns=mdns,
             insecure=bool(insecure),
             cluster_cidr=cluster_cidr,
+            metrics_open=bool(metrics_open),
         )
 
     def dev(
@@ -214,6 +220,7 @@ class ClusterCommands:
         memory=None,
         stop_timeout: float = 10.0,
         insecure: bool = False,
+        metrics_open: bool = False,
         verbose: bool = False,
     ):
         """cube dev [FLAGS]
@@ -230,6 +237,7 @@ class ClusterCommands:
           --memory SIZE          memory each worker offers, e.g. 4g (default: all)
           --stop-timeout S       seconds a container gets to exit when stopped (default 10)
           --insecure             plain HTTP instead of TLS
+          --metrics-open         GET /metrics (Prometheus) answers without the token
           --verbose              log more"""
         from cube.cluster.manager_service import run_dev
         from cube.cluster.service import setup_logging
@@ -245,6 +253,7 @@ class ClusterCommands:
             memory=parse_size(memory, "--memory") if memory else None,
             stop_timeout=float(stop_timeout),
             insecure=bool(insecure),
+            metrics_open=bool(metrics_open),
         )
 
     def install(

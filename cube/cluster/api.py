@@ -1,8 +1,9 @@
 """The HTTP APIs (bottle is imported here only) and the server that runs them (cheroot, threaded, keep-alive,
 optional TLS — never bottle's single-threaded default). This module decides the wire contract: routes, the one
 JSON error shape `{"error": ..., "status": N}` (every CubeError and every bottle error goes through
-`_error_body`), bearer-token auth on every route but /health, and how request bodies are parsed and rejected.
-The routes only translate HTTP to calls on a Worker or Manager object; the logic lives there.
+`_error_body`), bearer-token auth on every route but /health (and /metrics with `--metrics-open`), and how request
+bodies are parsed and rejected. The routes only translate HTTP to calls on a Worker or Manager object; the logic
+lives there. Each request's duration is given to the service's exporter (cube.cluster.metrics) by its route's rule.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import re
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
@@ -127,11 +129,12 @@ class Access:
         return {"proof": proof(secret, "hello", challenge, role)}
 
 
-def _auth_plugin(access: Access):
+def _auth_plugin(access: Access, public: tuple[str, ...] = ()):
     def plugin(callback):
         def wrapper(*args, **kwargs):
             try:
-                access.check(bottle.request.environ, bottle.request.method, bottle.request.path)
+                if bottle.request.path not in public:
+                    access.check(bottle.request.environ, bottle.request.method, bottle.request.path)
             except Unauthorized as error:
                 return _json_response(error.to_dict(), 401)
             return callback(*args, **kwargs)
@@ -148,15 +151,47 @@ def _access(token, sessions: bool = False) -> Access:
     return Access(token, sessions=dashboard.Sessions() if sessions else None)
 
 
-def _new_app(access: Access, role: str) -> bottle.Bottle:
+class _Timing:
+    """Gives the exporter each request's duration (the first plugin installed: it wraps the others, auth included),
+    labelled by the route's rule, known when the route is made: `/tasks/<ref>`, never the ids of a path."""
+
+    api = 2
+
+    def __init__(self, exporter):
+        self.exporter = exporter
+
+    def apply(self, callback, route):
+        rule, method = route.rule, route.method
+
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return callback(*args, **kwargs)
+            finally:
+                self.exporter.request(method, rule, time.perf_counter() - started)
+
+        return wrapper
+
+
+def _new_app(access: Access, role: str, exporter=None) -> bottle.Bottle:
+    """`exporter` (cube.cluster.metrics): serves GET /metrics and is told how long each request took."""
     app = bottle.Bottle()
     app.config["catchall"] = False
+    if exporter is not None:
+        app.install(_Timing(exporter))
     app.install(_errors_plugin)
-    app.install(_auth_plugin(access))
+    app.install(_auth_plugin(access, ("/metrics",) if exporter is not None and exporter.open else ()))
 
     @app.get("/hello")
     def hello():
         return access.hello(bottle.request.query.get("nonce", ""), role)
+
+    if exporter is not None:
+
+        @app.get("/metrics")
+        def metrics():
+            body, content_type = exporter.exposition()
+            return bottle.HTTPResponse(body, headers={"Content-Type": content_type})
 
     def default_error(res: bottle.HTTPError):
         res.content_type = "application/json"
@@ -480,11 +515,11 @@ def _node_address(body) -> str:
     return address
 
 
-def worker_app(worker, token, upgrader=None) -> bottle.Bottle:
-    """The worker's API: the book's routes plus health, logs, state (the manager's long poll) and events.
-    `token`: an `Access`, or the bearer token (None: open). `upgrader`: how the worker replaces its pyz
-    (cube.ops.upgrade.SelfUpgrade; None: it runs from sources and says so)."""
-    app = _new_app(_access(token), "worker")
+def worker_app(worker, token, upgrader=None, exporter=None) -> bottle.Bottle:
+    """The worker's API: the book's routes plus health, logs, state (the manager's long poll) and events, and with
+    an `exporter` its metrics. `token`: an `Access`, or the bearer token (None: open). `upgrader`: how the worker
+    replaces its pyz (cube.ops.upgrade.SelfUpgrade; None: it runs from sources and says so)."""
+    app = _new_app(_access(token), "worker", exporter)
     _upgrade_route_worker(app, upgrader)
 
     @app.get("/health")
@@ -562,13 +597,14 @@ def worker_app(worker, token, upgrader=None) -> bottle.Bottle:
 
 
 def manager_app(
-    manager, membership, links, token, authority=None, registries=None, upgrades=None, shelf=None
+    manager, membership, links, token, authority=None, registries=None, upgrades=None, shelf=None, exporter=None
 ) -> bottle.Bottle:
     """The manager's API: the book's routes plus jobs, events, logs (proxied from the worker), nodes, health, and
-    with an `authority` (TLS) the CA, joins, token rotation and node removal. `token`: an `Access`, or the bearer
-    token (None: open). `upgrades` and `shelf`: `cube upgrade` (cube.manager.upgrade, cube.cluster.upgrade)."""
+    with an `authority` (TLS) the CA, joins, token rotation and node removal; with an `exporter`, its metrics.
+    `token`: an `Access`, or the bearer token (None: open). `upgrades` and `shelf`: `cube upgrade`
+    (cube.manager.upgrade, cube.cluster.upgrade)."""
     access = _access(token, sessions=True)
-    app = _new_app(access, "manager")
+    app = _new_app(access, "manager", exporter)
     _dashboard_routes(app, access)
     if upgrades is not None and shelf is not None:
         _upgrade_routes_manager(app, upgrades, shelf)

@@ -37,10 +37,13 @@ class ManagerService:
         insecure=False,
         role="manager",
         cluster_cidr: str | None = None,
+        metrics_open: bool = False,
     ):
+        """`metrics_open`: GET /metrics answers without the token (a Prometheus that has none)."""
         from cube.cluster.api import Access, Server, manager_app
         from cube.cluster.config import ensure_token
         from cube.cluster.links import Links
+        from cube.cluster.metrics import ManagerExporter
         from cube.cluster.sessions import Sessions
         from cube.cluster.trust import Trust, parse_token
         from cube.manager.health import HealthChecker
@@ -70,6 +73,7 @@ class ManagerService:
         self.links = Links(self.token if insecure else None, trust=self.trust)
         sealer = _sealer(self.directory)
         self.registries = Registries(self.store, sealer.seal, sealer.unseal)
+        self.exporter = ManagerExporter(metrics_open)
         self.manager = Manager(
             self.store,
             strategy=strategy,
@@ -77,16 +81,26 @@ class ManagerService:
             node_timeout=node_timeout,
             sealer=sealer,
             cluster_cidr=cluster_cidr,
+            telemetry=self.exporter,
         )
         self.membership = Membership(
             self.manager, self.links.request, self.store, poll_wait=poll_wait, url=self._worker_url
         )
+        self.exporter.watch(self.manager, self.membership)
         self.health = HealthChecker(self.manager)
         self.restart = threading.Event()  # set when the manager replaced its pyz (`cube upgrade`): exit, be restarted
         self.upgrades, shelf = self._upgrades()
         self.server = Server(
             manager_app(
-                self.manager, self.membership, self.links, access, self.authority, self.registries, self.upgrades, shelf
+                self.manager,
+                self.membership,
+                self.links,
+                access,
+                self.authority,
+                self.registries,
+                self.upgrades,
+                shelf,
+                self.exporter,
             ),
             host,
             port,
@@ -217,10 +231,19 @@ def run_manager(
     mdns=True,
     insecure=False,
     cluster_cidr: str | None = "10.210.0.0/16",
+    metrics_open: bool = False,
 ) -> None:
     """`cube manager`: serve the manager API until stopped."""
     service = ManagerService(
-        port, host, data, token, strategy, node_timeout, insecure=insecure, cluster_cidr=cluster_cidr
+        port,
+        host,
+        data,
+        token,
+        strategy,
+        node_timeout,
+        insecure=insecure,
+        cluster_cidr=cluster_cidr,
+        metrics_open=metrics_open,
     ).start()
     service.add_workers(workers)
     if mdns:
@@ -250,12 +273,16 @@ def start_dev(
     node_timeout=5.0,
     stop_timeout=10.0,
     insecure=False,
+    metrics_open=False,
 ) -> ManagerService:
     """A whole cluster in one process: a manager and `workers` local workers on the real Docker engine."""
     from cube.cluster.api import Access, Server, worker_app
+    from cube.cluster.metrics import WorkerExporter
     from cube.cluster.worker_service import build_worker  # imports psutil: a manager alone does not need it
 
-    service = ManagerService(port, host, data, None, strategy, node_timeout, insecure=insecure, role="dev")
+    service = ManagerService(
+        port, host, data, None, strategy, node_timeout, insecure=insecure, role="dev", metrics_open=metrics_open
+    )
     if runtime is None:
         from cube.worker.docker_runtime import DockerRuntime
 
@@ -263,6 +290,7 @@ def start_dev(
     service.start()
     base = socket.gethostname()
     for i in range(1, int(workers) + 1):
+        exporter = WorkerExporter(metrics_open)
         worker = build_worker(
             f"{base}-dev-{i}",
             os.path.join(service.directory, f"worker-{i}"),
@@ -271,13 +299,15 @@ def start_dev(
             runtime=runtime,
             stop_timeout=stop_timeout,
             unique_key=True,
+            telemetry=exporter,
         )
+        exporter.watch(worker)
         if service.authority is None:
-            server = Server(worker_app(worker, service.token), host, 0).start()
+            server = Server(worker_app(worker, service.token, exporter=exporter), host, 0).start()
         else:  # joined directly: the manager signs the worker's certificate in-process
             trust = service.authority.enroll(os.path.join(service.directory, f"worker-{i}"), worker.id)
             access = Access(None, "manager")
-            server = Server(worker_app(worker, access), host, 0, tls=trust.server_context())
+            server = Server(worker_app(worker, access, exporter=exporter), host, 0, tls=trust.server_context())
             server.start()
         worker.start()
         # Closed last-registered first: the worker wakes its long polls, then its server can stop at once.
@@ -289,11 +319,27 @@ def start_dev(
 
 
 def run_dev(
-    port=5555, data=None, workers=1, strategy="epvm", cpus=None, memory=None, stop_timeout=10.0, insecure=False
+    port=5555,
+    data=None,
+    workers=1,
+    strategy="epvm",
+    cpus=None,
+    memory=None,
+    stop_timeout=10.0,
+    insecure=False,
+    metrics_open=False,
 ) -> None:
     """`cube dev`: start the one-process cluster, print how to reach it, run until stopped."""
     service = start_dev(
-        port, data, workers, strategy, cpus=cpus, memory=memory, stop_timeout=stop_timeout, insecure=insecure
+        port,
+        data,
+        workers,
+        strategy,
+        cpus=cpus,
+        memory=memory,
+        stop_timeout=stop_timeout,
+        insecure=insecure,
+        metrics_open=metrics_open,
     )
     print(f"cube dev: manager {service.url} with {workers} worker(s); data {service.directory}")
     print(f"token: {service.join_token}")

@@ -129,6 +129,7 @@ CUBE_TOKEN=
 
 # Flags of `cube manager` (see `cube manager --help`): port, scheduler, and static workers for networks
 # without multicast. Example: --port {MANAGER_PORT} --scheduler epvm --workers 192.168.1.21:{WORKER_PORT}
+# Either service: --metrics-open lets a Prometheus without the token scrape GET /metrics.
 {ARGS["manager"]}="--port {MANAGER_PORT}"
 """
 

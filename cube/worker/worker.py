@@ -26,6 +26,7 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -42,6 +43,7 @@ from cube.core.errors import (
 )
 from cube.core.model import Assignment, Desired, Event, Health, Resources, State, transition
 from cube.core.spec import is_volume_name, shown
+from cube.core.telemetry import WorkerTelemetry
 from cube.store import Store, node_id
 from cube.worker.devices import DeviceScan
 from cube.worker.files import TaskFiles
@@ -83,12 +85,14 @@ class Worker:
         files: TaskFiles | None = None,
         network_host=None,
         network_dns: bool = False,
+        telemetry: WorkerTelemetry | None = None,
     ):
         """`sync` (tests): actions run inside `tick()` instead of on the thread pools. `devices`: what finds the
         device paths this node advertises (the usual places, see cube.worker.devices, by default). `image_source`:
         where a task's image that cannot be pulled is fetched from (a peer node, through the manager; see
         cube.worker.images). `network_host`: what sets the node's routes and rules for the cluster network
-        (cube.worker.network.SystemHost); None: the machine is left alone (tables are only kept and reported)."""
+        (cube.worker.network.SystemHost); None: the machine is left alone (tables are only kept and reported).
+        `telemetry`: told of container starts and refused starts (cube.cluster.metrics)."""
         self.name = name
         # What this worker's containers are labelled with (cube.node): its name by default. Two workers with one
         # hostname sharing one Docker engine need distinct keys, or each would remove the other's containers.
@@ -97,6 +101,7 @@ class Worker:
         self.runtime = runtime
         self.store = store
         self.metrics = metrics or Metrics()
+        self.telemetry = telemetry or WorkerTelemetry()
         self.labels = dict(labels or {})
         self.devices = devices or DeviceScan()
         # Registry credentials the manager hands over with assignments: memory only (see cube.worker.pulls); the
@@ -241,6 +246,20 @@ class Worker:
     def assignments(self) -> list[Assignment]:
         with self._lock:
             return [t.copy() for t in self.tasks.values()]
+
+    def state_counts(self) -> dict[str, int]:
+        """Observed state -> how many of the tasks this node holds."""
+        with self._lock:
+            return dict(Counter(t.state.value for t in self.tasks.values()))
+
+    def containers(self) -> list[tuple[str, str, str]]:
+        """(task id, job, container id) of the tasks running here."""
+        with self._lock:
+            return [
+                (t.id, t.job, t.container_id)
+                for t in self.tasks.values()
+                if t.state is State.RUNNING and t.container_id
+            ]
 
     def logs(self, task_id: str, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
         task = self.get(task_id)
@@ -562,9 +581,18 @@ class Worker:
         """Start on the cluster network when the node has one (cube.worker.network)."""
         files = self.files.mounts(task)
         attachment = self.network.attachment()
-        if attachment is None:
-            return self.runtime.start(task, self.key, files)
-        return self.runtime.start(task, self.key, files, network=attachment)
+        try:
+            if attachment is None:
+                info = self.runtime.start(task, self.key, files)
+            else:
+                info = self.runtime.start(task, self.key, files, network=attachment)
+        except Unavailable:
+            raise  # the engine, not the start: the node's health says it
+        except CubeError:
+            self.telemetry.start_failed()
+            raise
+        self.telemetry.started()
+        return info
 
     def _follow_pull(self, task_id: str, image: str, done: threading.Event) -> None:
         """While a start waits for its image, tell the task's events how the pull goes ("pulling nginx on n1:
@@ -630,6 +658,7 @@ class Worker:
                 self.runtime.remove(container_id)
             self._start(task_id)
             return
+        self.telemetry.started()
         self._running(task_id, info, f"container {info.id[:12]} restarted")
 
     def _failed_start(self, task_id: str, message: str) -> None:
