@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -176,6 +177,9 @@ def run_worker(
             if trust is None:
                 worker.store.close()
                 return
+            if os.environ.get(AFRESH) != "1":
+                worker.store.close()
+                _start_afresh()
         access = Access(given.secret if given else None, "manager")
     from cube.ops import zipapp
     from cube.ops.upgrade import SelfUpgrade, running_pyz
@@ -226,6 +230,20 @@ def join(url: str, token, directory: str, node: str):
     trust = member_trust(directory, "manager")
     assert trust is not None
     return trust
+
+
+AFRESH = "CUBE_STARTED_AFRESH"  # set in the environment of a worker started again after its join
+
+
+def _start_afresh() -> None:
+    """Start this `cube worker` command again in this process (os.execv: same pid, same systemd unit), now that it
+    has its certificate: the join's libraries (cryptography: about 12 MiB resident) do not stay in a worker that
+    runs for months. Only the CLI runs `run_worker`; the variable keeps a join that keeps failing from looping."""
+    log.info("joined: starting the worker afresh, without what the join needed in memory")
+    os.environ[AFRESH] = "1"
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.execv(sys.executable, list(sys.orig_argv))
 
 
 def join_when_found(worker, directory: str, token, manager: str | None, mdns: bool, closed: threading.Event):
