@@ -564,8 +564,7 @@ def _run(argv: list[str]) -> int:
         print(f"cube: unknown command {argv[0]!r}: see `cube --help`", file=sys.stderr)
         return 2
     from cube.cli.args import UsageError, help_text, parse
-    from cube.core.errors import Unauthorized, Untrusted
-    from cube.core.model import InvalidSpec
+    from cube.core.errors import InvalidSpec, Unauthorized, Untrusted
 
     rest = argv[1:]
     if any(a in ("-h", "--help") for a in rest):

@@ -10,7 +10,7 @@ import time
 
 from cube.cli.common import manager_client, show
 from cube.core.errors import Conflict, CubeError, NotFound
-from cube.core.spec import parse_duration
+from cube.core.units import parse_duration
 
 POLL_EVERY = 0.5
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 import time
 
-from cube.core.model import format_size
+from cube.core.units import format_size
 
 
 def table(headers: list[str], rows: list[list]) -> str:
