@@ -18,4 +18,5 @@ BENCHMARKS = (
     "image_push",
     "mesh",
     "finished",
+    "etcd_store",
 )

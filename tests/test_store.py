@@ -205,6 +205,19 @@ def test_forgetting_a_tasks_events_drops_its_index_only_and_a_refused_batch_keep
     assert ids(store.events(task_id="b")) == [2]
 
 
+def test_a_task_forgotten_then_given_events_in_one_batch_keeps_only_the_new_ones(store, monkeypatch):
+    set_retention(monkeypatch, 4)
+    for task_id in ("a", "a", "b"):
+        store.append_event(event(task_id=task_id))
+    with store.batch():
+        store.forget_task_events("a")
+        for _ in range(3):
+            store.append_event(event(task_id="a"))  # 4, 5, 6: the last two cull events 1 and 2
+        assert ids(store.events(task_id="a")) == [4, 5, 6]
+    assert ids(store.events(task_id="a")) == [4, 5, 6]
+    assert ids(store.events()) == [3, 4, 5, 6] and ids(store.events(task_id="b")) == [3]
+
+
 def test_event_log_and_records_do_not_touch_each_other(store):
     store.put("events", "1", {"not": "an event"})
     store.append_event(event())

@@ -3,18 +3,21 @@ through etcd's JSON gateway (/v3/...), so that several managers can share one st
 
 What it decides:
 - Layout under a prefix (default `/cube/`): `r/<kind>/<key>` a record (JSON), `e/<id, 12 digits>` an event,
-  `n/last_event` the event counter, `t/<task id>` a task's event ids. Keys and values are UTF-8 (etcd3gw's own
-  helpers encode keys as latin-1, so requests are built here and sent with its client's `post`).
+  `n/last_event` the event counter, `t/<task id>/<id>` one key per event of a task: its index. An append writes
+  that key without reading a list first (a read cost ~3 ms per new task); a task's entries go when it appends past
+  their event's retention or is forgotten, and reads take its newest TASK_EVENTS_KEPT. Keys and values are UTF-8
+  (etcd3gw's helpers encode keys as latin-1, so requests are built here and sent with its client's `post`).
 - A batch is ONE etcd transaction: writes wait in a per-thread buffer (reads inside the batch see them) and the
-  outermost batch sends them together; nothing reaches etcd before, so an exception undoes a batch by dropping
-  it. Writes of this process take a lock from a batch's first line to its commit (as DiskStore's), and every key
-  a batch read to change (the event counter, a task's event ids) is compared on its mod_revision in the txn: a
-  writer in another process that moved one in between makes the txn fail whole (`Moved`), and an append that is
-  a batch of its own is numbered again and retried.
+  outermost batch sends them together; nothing reaches etcd before, so an exception undoes a batch by dropping it.
+  Writes of this process take a lock from a batch's first line to its commit (as DiskStore's), and the event
+  counter the batch read is compared on its mod_revision in the txn: a writer in another process that moved it in
+  between makes the txn fail whole (`Moved`), and an append that is a batch of its own is numbered again and
+  retried. The counter as this process last committed it is remembered, so an append reads nothing.
 - Size: one batch must fit etcd's `--max-txn-ops` (default 128) and `--max-request-bytes` (default 1.5 MiB).
-  Cube does not split a batch (a split would need a commit marker that every read checks); it asks etcd users to
-  raise both limits (README: a job of 10,000 tasks is one batch of about 30,000 writes and 20 MB), and a batch
-  etcd refuses for its size raises `StorageFailed` naming the flag to raise, having written nothing.
+  Cube does not split a batch (a split stays atomic only with a commit marker that every read checks); it asks
+  etcd users to raise both limits (README): a job of 10,000 small tasks is one txn of 60,004 operations and 21.7 MB
+  (measured), so `--max-txn-ops=100000 --max-request-bytes=67108864`. A batch etcd refuses for its size raises
+  `StorageFailed` naming the flag to raise, having written nothing.
 - Fencing: `fence(key, value)` adds a compare (`key` holds `value`) to every later transaction, so a manager
   that lost its leadership cannot write; such a write raises `NotLeading` and leaves etcd as it was.
 - Errors: etcd unreachable, a URL that is not etcd, no quorum -> `StorageFailed` (503), one line naming the URL.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +43,7 @@ from cube.store.base import Store, record_kind
 TIMEOUT = 5.0  # seconds for one request: etcd itself gives up on a write without quorum after about 7 s
 MIN_VERSION = (3, 4)  # the gateway's path is /v3/ from 3.4 on (3.3 used /v3beta)
 EVENT_DIGITS = 12  # zero-padded event ids, so that a range read returns them in order
+KNOWN_KEPT = 20_000  # keys remembered in `_known` (each a task's event ids or the counter: a few hundred bytes)
 RANGE_CHUNK = 100  # reads per txn when fetching scattered events (under etcd's default --max-txn-ops of 128)
 _DELETE = None  # a buffered delete
 
@@ -85,7 +90,9 @@ class EtcdStore(Store):
         self._current = 0  # the endpoint that answered last
         self._write_lock = threading.RLock()  # one batch of this process at a time, from its first line to commit
         self._local = threading.local()  # the open batch of this thread
-        self._counter: tuple[int, int] | None = None  # (last event id, its mod_revision) as this process wrote it
+        # Keys this process read to change (event counter, task event ids) as its last commit left them: (value,
+        # mod_revision). A batch starts from these without a read; its commit's compares catch another writer.
+        self._known: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._fence: tuple[str, str] | None = None
         self.version = self._check()
 
@@ -190,8 +197,9 @@ class EtcdStore(Store):
     def _event_key(self, seq: int) -> str:
         return f"{self.prefix}e/{seq:0{EVENT_DIGITS}d}"
 
-    def _index_key(self, task_id: str) -> str:
-        return f"{self.prefix}t/{task_id}"
+    def _index_key(self, task_id: str, seq: int | None = None) -> str:
+        """A task's index entry for event `seq`; None: the prefix of all of them."""
+        return f"{self.prefix}t/{task_id}/" + ("" if seq is None else f"{seq:0{EVENT_DIGITS}d}")
 
     @property
     def _counter_key(self) -> str:
@@ -219,22 +227,32 @@ class EtcdStore(Store):
                 self._local.open = None
 
     def _commit(self, opened: _Batch) -> None:
-        if not opened.writes:
+        if not opened.writes and not opened.ranges:
             return  # a batch that writes nothing asks nothing of etcd
         compare = [_compare_mod(key, rev) for key, rev in opened.reads.items()]
         fence = self._fence
         if fence is not None:
             compare.append({"key": _b64(fence[0]), "target": "VALUE", "result": "EQUAL", "value": _b64(fence[1])})
         success = [_op(key, value) for key, value in opened.writes.items()]
+        puts = sorted(key for key, value in opened.writes.items() if value is not _DELETE)
+        for start, end in opened.ranges:
+            success += [
+                {"request_delete_range": {"key": _b64(a), "range_end": _b64(b)}} for a, b in _around(start, end, puts)
+            ]
         failure = [{"request_range": {"key": _b64(fence[0])}}] if fence is not None else []
         answer = self._txn(compare, success, failure)
         if not answer.get("succeeded"):
-            self._counter = None
+            self._known.clear()
             if fence is not None and _held(answer, fence[1]) is False:
                 raise NotLeading(f"this manager no longer leads (its key {fence[0]} in etcd is gone or another's)")
             raise Moved(f"another writer changed etcd at {self.url} during this batch (nothing of it was written)")
-        if opened.counter is not None:
-            self._counter = (opened.counter, int(answer["header"]["revision"]))
+        revision = int(answer["header"]["revision"])  # every key the txn wrote now has this mod_revision
+        for key, raw in opened.writes.items():
+            if key in opened.reads or key in self._known:
+                self._known[key] = (None, 0) if raw is _DELETE else (json.loads(raw), revision)
+                self._known.move_to_end(key)
+        while len(self._known) > KNOWN_KEPT:
+            self._known.popitem(last=False)
 
     def _open(self) -> _Batch | None:
         return getattr(self._local, "open", None)
@@ -248,6 +266,34 @@ class EtcdStore(Store):
             return
         opened.writes[key] = _DELETE if value is _DELETE else json.dumps(value, separators=(",", ":"))
 
+    def _delete_range(self, start: str, end: str) -> None:
+        """Buffer the deletion of every key in [start, end): the batch's own writes there are dropped (deleted
+        after they were made), and a key the batch puts there later is kept (the commit splits the range)."""
+        opened = self._open()
+        if opened is None:
+            with self.batch():
+                self._delete_range(start, end)
+            return
+        for key in [k for k in opened.writes if start <= k < end]:
+            del opened.writes[key]
+        opened.ranges.append((start, end))
+
+    def _scan(self, start: str, end: str) -> dict[str, bytes]:
+        """Keys in [start, end) with their values, as this thread's batch sees them, in key order."""
+        found = {_text(kv["key"]): base64.b64decode(kv.get("value", "")) for kv in self._range(start, end)}
+        opened = self._open()
+        if opened is not None:
+            for low, high in opened.ranges:
+                for key in [k for k in found if low <= k < high]:
+                    del found[key]
+            for key, raw in opened.writes.items():
+                if start <= key < end:
+                    if raw is _DELETE:
+                        found.pop(key, None)
+                    else:
+                        found[key] = raw.encode()
+        return dict(sorted(found.items()))
+
     def _read(self, key: str, track: bool = False) -> Any:
         """The value at `key` as this thread's batch sees it. `track`: the batch will change it, so its commit
         requires it unchanged since this read."""
@@ -255,6 +301,10 @@ class EtcdStore(Store):
         if opened is not None and key in opened.writes:
             raw = opened.writes[key]
             return None if raw is _DELETE else json.loads(raw)
+        if track and opened is not None and key in self._known:
+            value, revision = self._known[key]
+            opened.reads.setdefault(key, revision)
+            return value
         kvs = self._range(key)
         if track and opened is not None:
             opened.reads.setdefault(key, int(kvs[0]["mod_revision"]) if kvs else 0)
@@ -273,16 +323,7 @@ class EtcdStore(Store):
 
     def values(self, kind):
         start = self._record_key(record_kind(kind), "")
-        found = {_text(kv["key"]): base64.b64decode(kv.get("value", "")) for kv in self._range(start, _end(start))}
-        opened = self._open()
-        if opened is not None:  # the batch's own writes, over what etcd has
-            for key, raw in opened.writes.items():
-                if key.startswith(start):
-                    if raw is _DELETE:
-                        found.pop(key, None)
-                    else:
-                        found[key] = raw.encode()
-        return [json.loads(raw) for raw in found.values()]
+        return [json.loads(raw) for raw in self._scan(start, _end(start)).values()]
 
     def _append(self, event):
         if self._open() is not None:
@@ -306,21 +347,17 @@ class EtcdStore(Store):
         self._write(self._event_key(seq), event)
         if seq > base.EVENT_RETENTION:
             self._write(self._event_key(seq - base.EVENT_RETENTION), _DELETE)
-        index = self._index_key(event["task_id"])
-        ids = list(self._read(index, track=True) or [])
-        ids.append(seq)
-        self._write(index, ids[-base.TASK_EVENTS_KEPT :])
+        task_id = event["task_id"]
+        self._write(self._index_key(task_id, seq), seq)
+        if seq > base.EVENT_RETENTION:  # this task's entries of culled events
+            self._delete_range(self._index_key(task_id, 0), self._index_key(task_id, seq - base.EVENT_RETENTION + 1))
         return seq
 
     def _last_in_batch(self, opened: _Batch) -> int:
         """The last event id as the batch sees it; its first read is tracked (the commit compares the counter)."""
         if opened.counter is not None:
             return opened.counter
-        key = self._counter_key
-        if self._counter is not None:  # what this process wrote last; the commit's compare catches another writer
-            opened.reads.setdefault(key, self._counter[1])
-            return self._counter[0]
-        return int(self._read(key, track=True) or 0)
+        return int(self._read(self._counter_key, track=True) or 0)
 
     def _event(self, seq):
         return self._read(self._event_key(seq))
@@ -332,10 +369,19 @@ class EtcdStore(Store):
         return int(self._read(self._counter_key) or 0)
 
     def _task_event_ids(self, task_id):
-        return list(self._read(self._index_key(task_id)) or [])
+        start = self._index_key(task_id)
+        kept = base.TASK_EVENTS_KEPT
+        if self._open() is not None:
+            keys = list(self._scan(start, _end(start)))[-kept:]
+        else:  # the newest `kept`, keys only
+            body = {"key": _b64(start), "range_end": _b64(_end(start)), "limit": kept, "keys_only": True}
+            body.update(sort_order=2, sort_target=0)  # descending by key
+            keys = sorted(_text(kv["key"]) for kv in self._post("kv/range", body).get("kvs", []))
+        return [int(key.rsplit("/", 1)[1]) for key in keys]
 
     def forget_task_events(self, task_id):
-        self._write(self._index_key(task_id), _DELETE)
+        start = self._index_key(task_id)
+        self._delete_range(start, _end(start))
 
     def events(self, since: int = 0, limit: int = 1000, task_id: str | None = None) -> list:
         """As the interface's, with one range read (or a few txns of reads) instead of one request per event."""
@@ -408,11 +454,12 @@ class EtcdStore(Store):
 
 
 class _Batch:
-    """One thread's open batch: its writes in order (key -> JSON text, None: delete), the mod_revision of each key
-    it read to change, and the event counter as it left it."""
+    """One thread's open batch: its writes in order (key -> JSON text, None: delete), the ranges it deleted, the
+    mod_revision of each key it read to change, and the event counter as it left it."""
 
     def __init__(self):
         self.writes: dict[str, str | None] = {}
+        self.ranges: list[tuple[str, str]] = []  # [start, end) deleted
         self.reads: dict[str, int] = {}
         self.counter: int | None = None
 
@@ -428,6 +475,19 @@ def _text(data: str) -> str:
 def _end(prefix: str) -> str:
     """The end of the range of keys starting with `prefix` (its last character plus one)."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _around(start: str, end: str, puts: list[str]) -> list[tuple[str, str]]:
+    """[start, end) less the keys in `puts` (sorted): etcd refuses a txn that deletes a range holding a key it puts."""
+    pieces, low = [], start
+    for key in puts:
+        if low <= key < end:
+            if low < key:
+                pieces.append((low, key))
+            low = key + "\0"
+    if low < end:
+        pieces.append((low, end))
+    return pieces
 
 
 def _op(key: str, value: str | None) -> dict:
