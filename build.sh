@@ -104,10 +104,14 @@ for info in site.glob("*.dist-info/direct_url.json"):
     info.unlink()  # names the build directory: not the same on another checkout
 for declarations in sorted(site.rglob("*.pxd")):
     declarations.unlink()  # Cython declarations: they only served the removed accelerators
+# Accelerators whose pure-Python twin has another name: wrapt (etcd3gw -> futurist -> debtcollector) falls back
+# to wrappers.py when _wrappers cannot be imported.
+TWINS = {"wrapt/_wrappers": "wrappers.py"}
 for lib in sorted(site.rglob("*.so")):
     version_specific = re.match(r"(.+)\.cpython-3\d+-[^.]+\.so$", lib.name)
-    if version_specific and lib.with_name(version_specific.group(1) + ".py").exists():
-        lib.unlink()  # an optional accelerator: the .py next to it is the same module
+    twin = version_specific and TWINS.get(f"{lib.parent.name}/{version_specific.group(1)}")
+    if version_specific and (lib.with_name(version_specific.group(1) + ".py").exists() or twin):
+        lib.unlink()  # an optional accelerator: the .py next to it (or its twin) is the same module
         continue
     per_version = version_specific and lib.parent == site and version_specific.group(1) == "_cffi_backend"
     if not per_version and (version_specific or not lib.name.endswith(".abi3.so")):  # cffi: see above
