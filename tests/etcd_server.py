@@ -173,6 +173,16 @@ class EtcdCluster:
             tail = "".join(f.readlines()[-15:])
         raise RuntimeError(f"etcd member {self.names[i]} did not become healthy:\n{tail}")
 
+    def leader(self, asked: int) -> int:
+        """The index of the member that leads etcd's raft now, as member `asked` knows it."""
+        out = self.lan.exec(
+            self.hosts[asked], ["etcdctl", f"--endpoints={','.join(self.urls)}", "endpoint", "status", "-w", "json"]
+        )
+        statuses = json.loads(out.stdout)
+        ids = [s["Status"]["header"]["member_id"] for s in statuses]
+        leader = statuses[0]["Status"]["leader"]
+        return [self.urls.index(s["Endpoint"]) for s in statuses][ids.index(leader)]
+
     def kill(self, i: int) -> None:
         proc = self.procs[i]
         if proc is not None and proc.poll() is None:

@@ -12,7 +12,7 @@ import threading
 
 from cube.cluster.config import data_dir, private_dir
 from cube.cluster.service import wait_for_signal
-from cube.core.errors import BadRequest, CubeError, Untrusted
+from cube.core.errors import BadRequest, CubeError, Unavailable, Untrusted
 from cube.store import node_id
 
 log = logging.getLogger("cube")
@@ -37,6 +37,7 @@ class ManagerService:
         insecure=False,
         role="manager",
         cluster_cidr: str | None = None,
+        etcd: str | None = None,
     ):
         from cube.cluster.api import Access, Server, manager_app
         from cube.cluster.config import ensure_token
@@ -52,7 +53,11 @@ class ManagerService:
         self.directory = private_dir(data_dir(role, data))
         given = parse_token(token or os.environ.get("CUBE_TOKEN") or None)
         self.token = ensure_token(self.directory, given.secret if given else None)
-        self.store = DiskStore(os.path.join(self.directory, "store"))
+        self.leadership = None
+        if etcd:  # several managers on one etcd: this one serves only once it leads (cube/manager/leadership.py)
+            self.store, self.leadership = _lead_on_etcd(etcd)
+        else:
+            self.store = DiskStore(os.path.join(self.directory, "store"))
         self.authority = None
         if insecure:
             self.trust = Trust(insecure=True, peer_role="worker")
@@ -176,6 +181,8 @@ class ManagerService:
         self.server.stop()
         self.manager.close()
         self.store.close()
+        if self.leadership is not None:
+            self.leadership.close()  # last: nothing of this manager writes after it steps down
 
 
 def run_manager(
@@ -189,20 +196,39 @@ def run_manager(
     mdns=True,
     insecure=False,
     cluster_cidr: str | None = "10.210.0.0/16",
+    etcd: str | None = None,
 ) -> None:
-    """`cube manager`: serve the manager API until stopped."""
+    """`cube manager`: serve the manager API until stopped (with `etcd`: once it leads, until it no longer does)."""
     service = ManagerService(
-        port, host, data, token, strategy, node_timeout, insecure=insecure, cluster_cidr=cluster_cidr
+        port, host, data, token, strategy, node_timeout, insecure=insecure, cluster_cidr=cluster_cidr, etcd=etcd
     ).start()
     service.add_workers(workers)
     if mdns:
         service.announce()
     log.info("manager serving on %s (data %s, scheduler %s)", service.url, service.directory, strategy)
+    lost = service.leadership.lost if service.leadership is not None else None
     try:
-        wait_for_signal()
+        wait_for_signal(lost)
     finally:
         log.info("manager stopping")
         service.close()
+    if lost is not None and lost.is_set():
+        raise Unavailable("this manager lost the leadership in etcd and stopped (a new start campaigns again)")
+
+
+def _lead_on_etcd(urls: str):
+    """The etcd store and this manager's leadership, once it leads: a standby waits here (its state is loaded from
+    etcd only after, so it starts from what the last leader wrote)."""
+    from cube.manager.leadership import Leadership
+    from cube.store.etcd import EtcdStore
+
+    store = EtcdStore(urls)
+    leadership = Leadership(store, socket.gethostname())
+    holder = leadership.holder()
+    if holder is not None:
+        log.info("standby: %s leads (etcd %s); waiting for the leadership", holder.split()[0], store.url)
+    leadership.campaign()
+    return store, leadership
 
 
 def start_dev(

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +47,8 @@ MIN_VERSION = (3, 4)  # the gateway's path is /v3/ from 3.4 on (3.3 used /v3beta
 EVENT_DIGITS = 12  # zero-padded event ids, so that a range read returns them in order
 KNOWN_KEPT = 20_000  # keys remembered in `_known` (each a task's event ids or the counter: a few hundred bytes)
 RANGE_CHUNK = 100  # reads per txn when fetching scattered events (under etcd's default --max-txn-ops of 128)
+SETTLE = 15.0  # seconds a batch whose fate etcd left open is retried (an etcd election takes 1-2 s; no quorum: more)
+SETTLE_STEP = 0.3
 _DELETE = None  # a buffered delete
 
 
@@ -79,13 +83,15 @@ def parse_endpoints(urls: str | list[str] | tuple[str, ...]) -> list[str]:
 class EtcdStore(Store):
     """The store on etcd at `endpoints` (URLs), every key under `prefix`."""
 
-    def __init__(self, endpoints: str | list[str], prefix: str = "/cube/", timeout: float = TIMEOUT):
+    def __init__(
+        self, endpoints: str | list[str], prefix: str = "/cube/", timeout: float = TIMEOUT, settle: float = SETTLE
+    ):
         import etcd3gw  # only here: a manager on diskcache never loads it
 
         self._etcd3gw = etcd3gw
         self.endpoints = parse_endpoints(endpoints)
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
-        self.timeout = timeout
+        self.timeout, self.settle = timeout, settle
         self._clients = [self._client(url) for url in self.endpoints]
         self._current = 0  # the endpoint that answered last
         self._write_lock = threading.RLock()  # one batch of this process at a time, from its first line to commit
@@ -94,6 +100,7 @@ class EtcdStore(Store):
         # mod_revision). A batch starts from these without a read; its commit's compares catch another writer.
         self._known: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._fence: tuple[str, str] | None = None
+        self._on_refused: Callable[[], None] | None = None
         self.version = self._check()
 
     # ---- talking to etcd -----------------------------------------------------------------------------------
@@ -159,8 +166,13 @@ class EtcdStore(Store):
             return StorageFailed(f"etcd at {where} cannot be reached (is etcd running there?)")
         if isinstance(error, errors.ConnectionTimeoutError) or "timed out" in text or "leader" in text:
             if not self._has_leader():
-                return StorageFailed(f"etcd has no quorum (at {self.url}: no leader; start the members that are down)")
-            return StorageFailed(f"etcd at {self.url} did not answer in {self.timeout:g} s")
+                unsure = StorageFailed(
+                    f"etcd has no quorum (at {self.url}: no leader; start the members that are down)"
+                )
+            else:
+                unsure = StorageFailed(f"etcd at {self.url} did not answer in {self.timeout:g} s")
+            unsure.unsure = True  # type: ignore[attr-defined]  # a write may or may not have landed
+            return unsure
         limit = "--max-txn-ops" if "too many operations" in text else None
         if "too large" in text or "larger than max" in text:
             limit = "--max-request-bytes"
@@ -207,9 +219,11 @@ class EtcdStore(Store):
 
     # ---- fencing -------------------------------------------------------------------------------------------
 
-    def fence(self, key: str | None, value: str | None = None) -> None:
-        """From now on every write also requires `key` (a full etcd key) to hold `value`; None lifts the fence."""
+    def fence(self, key: str | None, value: str | None = None, refused: Callable[[], None] | None = None) -> None:
+        """From now on every write also requires `key` (a full etcd key) to hold `value`; None lifts the fence.
+        `refused` is called when etcd refuses a write for it (before NotLeading is raised)."""
         self._fence = None if key is None else (key, value or "")
+        self._on_refused = refused
 
     # ---- batches -------------------------------------------------------------------------------------------
 
@@ -240,19 +254,50 @@ class EtcdStore(Store):
                 {"request_delete_range": {"key": _b64(a), "range_end": _b64(b)}} for a, b in _around(start, end, puts)
             ]
         failure = [{"request_range": {"key": _b64(fence[0])}}] if fence is not None else []
-        answer = self._txn(compare, success, failure)
+        answer = self._send(compare, success, failure)
         if not answer.get("succeeded"):
             self._known.clear()
             if fence is not None and _held(answer, fence[1]) is False:
+                if self._on_refused is not None:
+                    self._on_refused()
                 raise NotLeading(f"this manager no longer leads (its key {fence[0]} in etcd is gone or another's)")
             raise Moved(f"another writer changed etcd at {self.url} during this batch (nothing of it was written)")
         revision = int(answer["header"]["revision"])  # every key the txn wrote now has this mod_revision
+        if not revision:  # landed, as its mark says, after an answer that never came: revisions unknown
+            self._known.clear()
+            return
         for key, raw in opened.writes.items():
             if key in opened.reads or key in self._known:
                 self._known[key] = (None, 0) if raw is _DELETE else (json.loads(raw), revision)
                 self._known.move_to_end(key)
         while len(self._known) > KNOWN_KEPT:
             self._known.popitem(last=False)
+
+    def _send(self, compare: list[dict], success: list[dict], failure: list[dict]) -> dict:
+        """Send a batch's txn, marked with a token of its own (`n/last_batch`). A txn whose fate etcd left open (no
+        answer in time, its raft leader lost) is settled by reading the mark back, once etcd answers again: there,
+        it landed; elsewhere, it did not and is sent again (its compares keep a resend from landing twice)."""
+        mark, token = f"{self.prefix}n/last_batch", secrets.token_hex(8)
+        success = [*success, {"request_put": {"key": _b64(mark), "value": _b64(token)}}]
+        deadline = time.monotonic() + self.settle
+        while True:
+            try:
+                return self._txn(compare, success, failure)
+            except StorageFailed as error:
+                if not getattr(error, "unsure", False):
+                    raise
+                last = error
+            while True:  # until etcd answers the question "did it land?"
+                if time.monotonic() > deadline:
+                    raise last
+                time.sleep(SETTLE_STEP)
+                try:
+                    landed = self.read_key(mark) == token
+                    break
+                except StorageFailed as error:
+                    last = error
+            if landed:
+                return {"succeeded": True, "header": {"revision": 0}}
 
     def _open(self) -> _Batch | None:
         return getattr(self._local, "open", None)
