@@ -3,6 +3,9 @@ when the leader steps down, and a leader whose key is gone cannot write (fencing
 three-member cluster with manager processes, kill -9 and a partition is tests/test_leadership_etcd.py. Also the
 `cube manager --etcd` mistakes said in one line."""
 
+import signal
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -73,3 +76,25 @@ def test_cube_manager_says_a_bad_or_unreachable_etcd_in_one_line(tmp_path, capsy
     assert capsys.readouterr().err == (
         "cube manager: etcd at http://127.0.0.1:9 cannot be reached (is etcd running there?)\n"
     )
+
+
+def test_a_leader_stopped_by_sigterm_steps_down_at_once_and_exits_0(etcd, tmp_path):
+    argv = [sys.executable, "-c", "import sys; from cube.cli.main import main; sys.exit(main())", "manager"]
+    argv += ["--etcd", etcd.url, "--data", str(tmp_path), "--insecure", "--no-mdns", "--host", "127.0.0.1"]
+    proc = subprocess.Popen([*argv, "--port", "0", "--token", "t"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    store = EtcdStore(etcd.url)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # until it serves (its signal handlers are set by then)
+            if b"manager serving" in line:
+                break
+        assert store.read_key("/cube/leader") is not None
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+        assert proc.returncode == 0, output
+        assert store.read_key("/cube/leader") is None, "stepped down: a standby need not wait for the lease"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        store.close()

@@ -108,6 +108,8 @@ def test_one_manager_leads_fails_over_and_is_fenced_and_etcd_quorum_is_said(tmp_
             time.sleep(1)  # b has had time to start: it must still be waiting, not serving
             assert b.poll() is None and leader(lan, client, urls) == first
             assert post_task(lan, client, b_host.ip)[0] == 0, "a standby does not serve (forwarding: later)"
+            with open(b.log_path) as f:  # type: ignore[attr-defined]
+                assert f"standby: {first.split()[0]} leads" in f.read()
 
             # kill -9 of the leader: the standby leads once the lease is gone.
             a.kill()
@@ -155,5 +157,7 @@ def test_one_manager_leads_fails_over_and_is_fenced_and_etcd_quorum_is_said(tmp_
                 == f"503 etcd has no quorum (at {alive[0]}: no leader; start the members that are down)"
             ), out
             assert "Traceback" not in out.stderr
+            wait_for(lambda: a2.poll() is not None, 30, "the leader stops without quorum (its lease cannot be kept)")
+            assert a2.returncode == 1
         finally:
             cluster.close()

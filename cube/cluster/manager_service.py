@@ -206,13 +206,15 @@ def run_manager(
     if mdns:
         service.announce()
     log.info("manager serving on %s (data %s, scheduler %s)", service.url, service.directory, strategy)
-    lost = service.leadership.lost if service.leadership is not None else None
+    stop = threading.Event()  # set by SIGTERM and SIGINT, or by the leadership's loss
+    if service.leadership is not None:
+        service.leadership.on_lost = stop.set
     try:
-        wait_for_signal(lost)
+        wait_for_signal(stop)
     finally:
         log.info("manager stopping")
         service.close()
-    if lost is not None and lost.is_set():
+    if service.leadership is not None and service.leadership.lost.is_set():
         raise Unavailable("this manager lost the leadership in etcd and stopped (a new start campaigns again)")
 
 

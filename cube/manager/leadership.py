@@ -19,6 +19,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 from cube.core.errors import StorageFailed
 
@@ -43,6 +44,7 @@ class Leadership:
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
+        self.on_lost: Callable[[], object] | None = None  # called once when the leadership is lost
 
     def holder(self) -> str | None:
         """Who leads now (the key's value: name and campaign), or None."""
@@ -100,6 +102,8 @@ class Leadership:
         log.error("lost the leadership: %s; stopping (a new start campaigns as a standby)", why)
         self.leading.clear()
         self.lost.set()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def close(self) -> None:
         """Stop campaigning; a leader steps down at once (its key and lease go) so a standby need not wait a TTL."""
