@@ -70,6 +70,9 @@ pyz() {  # pyz ARCH: build dist/cube-<version>-ARCH.pyz
   done
   "$VENV/bin/pip" install -q --no-compile --target "$site" --only-binary=:all: --implementation cp \
       --python-version 3.11 --platform "manylinux2014_$arch" "${deps[@]}" >/dev/null
+  # setuptools (800 KiB) comes only as pbr's declared dependency (etcd3gw -> pbr.version), which never imports it.
+  rm -rf "$site"/setuptools "$site"/setuptools-*.dist-info "$site"/pkg_resources "$site"/_distutils_hack \
+      "$site"/distutils-precedence.pth
   # PyYAML (compose files): its pure-Python loader, the same for every architecture and CPython. PyPI has no
   # armv7l wheel and each wheel's libyaml binding is built for one CPython, so the x86_64 wheel is taken and the
   # binding removed (yaml/__init__.py falls back to the pure loader, which cube.compose uses anyway).

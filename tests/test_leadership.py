@@ -98,3 +98,11 @@ def test_a_leader_stopped_by_sigterm_steps_down_at_once_and_exits_0(etcd, tmp_pa
             proc.kill()
             proc.wait()
         store.close()
+
+
+def test_the_pyz_carries_the_etcd_client(pyz, tmp_path):
+    # The shipped file, not the source tree: etcd3gw and its dependencies load from the pyz (build.sh).
+    argv = [pyz, "manager", "--etcd", "http://127.0.0.1:9", "--data", str(tmp_path), "--insecure", "--no-mdns"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == "cube manager: etcd at http://127.0.0.1:9 cannot be reached (is etcd running there?)\n"
