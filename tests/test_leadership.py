@@ -56,7 +56,7 @@ def test_a_leader_whose_key_is_gone_cannot_write_and_knows_it_lost(stores):
     try:
         assert leader.try_lead()
         stores[0].put("tasks", "a", {"v": 1})
-        stores[1].revoke(leader.lease)  # as when its lease ran out while it was paused: the key goes with it
+        stores[1].etcd.revoke(leader.lease)  # as when its lease ran out while it was paused: the key goes with it
         assert other.try_lead()
         with pytest.raises(NotLeading, match="no longer leads"):
             with stores[0].batch():
@@ -88,11 +88,11 @@ def test_a_leader_stopped_by_sigterm_steps_down_at_once_and_exits_0(etcd, tmp_pa
         for line in proc.stdout:  # until it serves (its signal handlers are set by then)
             if b"manager serving" in line:
                 break
-        assert store.read_key("/cube/leader") is not None
+        assert store.etcd.read_key("/cube/leader") is not None
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()
         assert proc.returncode == 0, output
-        assert store.read_key("/cube/leader") is None, "stepped down: a standby need not wait for the lease"
+        assert store.etcd.read_key("/cube/leader") is None, "stepped down: a standby need not wait for the lease"
     finally:
         if proc.poll() is None:
             proc.kill()

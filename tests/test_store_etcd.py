@@ -12,7 +12,8 @@ from etcd_server import Etcd, require
 
 from cube.core.errors import BadRequest, StorageFailed
 from cube.core.model import Event
-from cube.store.etcd import EtcdStore, NotLeading, parse_endpoints
+from cube.store.etcd import EtcdStore, NotLeading
+from cube.store.etcd_gateway import parse_endpoints
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,13 @@ def test_two_writers_on_one_etcd_number_events_once_each(etcd, prefix):
 def test_a_fenced_store_writes_nothing_once_its_fence_is_gone(etcd, prefix):
     leader_key = prefix + "leader"
     store, other = EtcdStore(etcd.url, prefix=prefix), EtcdStore(etcd.url, prefix=prefix)
-    assert store.create(leader_key, "me") == (True, "me")
-    assert store.create(leader_key, "other") == (False, "me")  # only if absent
+    assert store.etcd.create(leader_key, "me") == (True, "me")
+    assert store.etcd.create(leader_key, "other") == (False, "me")  # only if absent
     store.fence(leader_key, "me")
     store.put("tasks", "a", {"v": 1})
     assert other.get("tasks", "a") == {"v": 1}
-    assert other.delete_key(leader_key, "me")
-    assert other.create(leader_key, "other") == (True, "other")
+    assert other.etcd.delete_key(leader_key, "me")
+    assert other.etcd.create(leader_key, "other") == (True, "other")
     with pytest.raises(NotLeading, match="no longer leads"):
         with store.batch():
             store.put("tasks", "a", {"v": 2})

@@ -195,7 +195,7 @@ class ClusterCommands:
 
         parse_cidr(cluster_cidr)  # a mistake is said before anything starts
         if etcd is not None:
-            from cube.store.etcd import parse_endpoints
+            from cube.store.etcd_gateway import parse_endpoints
 
             etcd = ",".join(parse_endpoints(str(etcd)))
         setup_logging(verbose)

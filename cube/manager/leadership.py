@@ -33,12 +33,12 @@ class Leadership:
     client with a short timeout: a keep-alive must not wait out the store's timeout."""
 
     def __init__(self, store, name: str, ttl: int = TTL, poll: float = POLL):
-        from cube.store.etcd import EtcdStore
+        from cube.store.etcd_gateway import Gateway
 
         self.store, self.ttl, self.poll = store, int(ttl), poll
         self.key = store.prefix + "leader"
         self.value = f"{name} {secrets.token_hex(4)}"  # this campaign's: a restarted manager is another leader
-        self._etcd = EtcdStore(store.endpoints, prefix=store.prefix, timeout=max(0.5, self.ttl / 3))
+        self._etcd = Gateway(store.endpoints, timeout=max(0.5, self.ttl / 3))
         self.lease = 0
         self.leading = threading.Event()
         self.lost = threading.Event()

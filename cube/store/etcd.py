@@ -1,12 +1,11 @@
-"""The etcd store (the only module that imports etcd3gw): the store interface on an etcd 3.4+ cluster, spoken to
-through etcd's JSON gateway (/v3/...), so that several managers can share one state and one of them leads.
+"""The etcd store: the store interface on an etcd 3.4+ cluster (spoken to through etcd's JSON gateway:
+cube/store/etcd_gateway.py), so that several managers can share one state and one of them leads.
 
 What it decides:
 - Layout under a prefix (default `/cube/`): `r/<kind>/<key>` a record (JSON), `e/<id, 12 digits>` an event,
   `n/last_event` the event counter, `t/<task id>/<id>` one key per event of a task: its index. An append writes
   that key without reading a list first (a read cost ~3 ms per new task); a task's entries go when it appends past
-  their event's retention or is forgotten, and reads take its newest TASK_EVENTS_KEPT. Keys and values are UTF-8
-  (etcd3gw's helpers encode keys as latin-1, so requests are built here and sent with its client's `post`).
+  their event's retention or is forgotten, and reads take its newest TASK_EVENTS_KEPT. Records are JSON.
 - A batch is ONE etcd transaction: writes wait in a per-thread buffer (reads inside the batch see them) and the
   outermost batch sends them together; nothing reaches etcd before, so an exception undoes a batch by dropping it.
   Writes of this process take a lock from a batch's first line to its commit (as DiskStore's), and the event
@@ -20,9 +19,10 @@ What it decides:
   `StorageFailed` naming the flag to raise, having written nothing.
 - Fencing: `fence(key, value)` adds a compare (`key` holds `value`) to every later transaction, so a manager
   that lost its leadership cannot write; such a write raises `NotLeading` and leaves etcd as it was.
-- Errors: etcd unreachable, a URL that is not etcd, no quorum -> `StorageFailed` (503), one line naming the URL.
-  Several URLs: a request that could not connect goes to the next one; one that timed out is not sent again (it
-  may have been applied), so the caller hears of it.
+- A batch whose fate etcd left open (no answer in time: its raft leader died, or it lost quorum) is settled by a
+  mark it wrote (`n/last_batch`, a token of its own), read back once etcd answers: found, it landed; not found, it
+  is sent again (its compares keep a resend from landing twice); still no answer after SETTLE seconds, the caller
+  gets the gateway's one-line error ("etcd has no quorum ...").
 """
 
 from __future__ import annotations
@@ -36,14 +36,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
-from cube.core.errors import BadRequest, StorageFailed
+from cube.core.errors import StorageFailed
 from cube.store import base
 from cube.store.base import Store, record_kind
+from cube.store.etcd_gateway import TIMEOUT, Gateway, b64, text_of
 
-TIMEOUT = 5.0  # seconds for one request: etcd itself gives up on a write without quorum after about 7 s
-MIN_VERSION = (3, 4)  # the gateway's path is /v3/ from 3.4 on (3.3 used /v3beta)
 EVENT_DIGITS = 12  # zero-padded event ids, so that a range read returns them in order
 KNOWN_KEPT = 20_000  # keys remembered in `_known` (each a task's event ids or the counter: a few hundred bytes)
 RANGE_CHUNK = 100  # reads per txn when fetching scattered events (under etcd's default --max-txn-ops of 128)
@@ -60,40 +58,16 @@ class Moved(StorageFailed):
     """A key the batch read to change was changed by another writer before the batch committed."""
 
 
-def parse_endpoints(urls: str | list[str] | tuple[str, ...]) -> list[str]:
-    """`http://a:2379,http://b:2379` (or a list) as URLs, each checked: scheme http or https, a host, a port."""
-    items = urls.split(",") if isinstance(urls, str) else list(urls)
-    found = []
-    for item in (u.strip() for u in items):
-        if not item:
-            continue
-        try:
-            parts = urlsplit(item)
-            port = parts.port
-        except ValueError:
-            parts, port = None, None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-            raise BadRequest(f"etcd: {item!r} is not a URL like http://host:2379")
-        found.append(f"{parts.scheme}://{parts.netloc}" if port else f"{parts.scheme}://{parts.hostname}:2379")
-    if not found:
-        raise BadRequest("etcd: no URL given (like http://host:2379,http://other:2379)")
-    return found
-
-
 class EtcdStore(Store):
     """The store on etcd at `endpoints` (URLs), every key under `prefix`."""
 
     def __init__(
         self, endpoints: str | list[str], prefix: str = "/cube/", timeout: float = TIMEOUT, settle: float = SETTLE
     ):
-        import etcd3gw  # only here: a manager on diskcache never loads it
-
-        self._etcd3gw = etcd3gw
-        self.endpoints = parse_endpoints(endpoints)
+        self.etcd = Gateway(endpoints, timeout)
+        self.endpoints = self.etcd.endpoints
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
-        self.timeout, self.settle = timeout, settle
-        self._clients = [self._client(url) for url in self.endpoints]
-        self._current = 0  # the endpoint that answered last
+        self.settle = settle
         self._write_lock = threading.RLock()  # one batch of this process at a time, from its first line to commit
         self._local = threading.local()  # the open batch of this thread
         # Keys this process read to change (event counter, task event ids) as its last commit left them: (value,
@@ -101,105 +75,10 @@ class EtcdStore(Store):
         self._known: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._fence: tuple[str, str] | None = None
         self._on_refused: Callable[[], None] | None = None
-        self.version = self._check()
-
-    # ---- talking to etcd -----------------------------------------------------------------------------------
-
-    def _client(self, url: str):
-        parts = urlsplit(url)
-        return self._etcd3gw.Etcd3Client(
-            host=parts.hostname or "",
-            port=parts.port or 2379,
-            protocol=parts.scheme,
-            timeout=self.timeout,
-            api_path="/v3/",
-        )
-
-    def _check(self) -> str:
-        """etcd's version, refusing one older than MIN_VERSION: one clear line when etcd cannot be used."""
-        status = self._post("maintenance/status", {})
-        version = str(status.get("version", ""))
-        try:
-            numbers = tuple(int(p) for p in version.split(".")[:2])
-        except ValueError:
-            numbers = ()
-        if numbers < MIN_VERSION:
-            raise StorageFailed(
-                f"etcd at {self.url} is version {version or 'unknown'}: Cube needs etcd 3.4 or later (the /v3 gateway)"
-            )
-        return version
 
     @property
     def url(self) -> str:
-        return self.endpoints[self._current]
-
-    def _post(self, path: str, body: dict) -> dict:
-        """POST /v3/<path> to the endpoint that answered last, the next ones when it cannot be reached."""
-        errors = self._etcd3gw.exceptions
-        first = self._current
-        for step in range(len(self._clients)):
-            index = (first + step) % len(self._clients)
-            client = self._clients[index]
-            try:
-                answer = client.post(client.get_url(path), json=body)
-                self._current = index
-                return answer
-            except errors.ConnectionFailedError as error:
-                if not _unreached(error):
-                    self._current = index
-                    raise self._failure(error) from None
-                last: Exception = error
-                continue  # never reached etcd: safe to send elsewhere
-            except (errors.Etcd3Exception, ValueError) as error:
-                self._current = index
-                raise self._failure(error) from None
-        self._current = first
-        raise self._failure(last) from None
-
-    def _failure(self, error: Exception) -> StorageFailed:
-        """What an etcd error means for the user, in one line naming the URL."""
-        errors = self._etcd3gw.exceptions
-        detail = getattr(error, "detail_text", None)  # etcd3gw: the reply's body; args: its reason
-        text = " ".join(str(a) for a in (detail, *getattr(error, "args", ())) if a) or type(error).__name__
-        if isinstance(error, errors.ConnectionFailedError) and _unreached(error):
-            where = ", ".join(self.endpoints)
-            return StorageFailed(f"etcd at {where} cannot be reached (is etcd running there?)")
-        if isinstance(error, errors.ConnectionTimeoutError) or "timed out" in text or "leader" in text:
-            if not self._has_leader():
-                unsure = StorageFailed(
-                    f"etcd has no quorum (at {self.url}: no leader; start the members that are down)"
-                )
-            else:
-                unsure = StorageFailed(f"etcd at {self.url} did not answer in {self.timeout:g} s")
-            unsure.unsure = True  # type: ignore[attr-defined]  # a write may or may not have landed
-            return unsure
-        limit = "--max-txn-ops" if "too many operations" in text else None
-        if "too large" in text or "larger than max" in text:
-            limit = "--max-request-bytes"
-        if limit:
-            return StorageFailed(f"etcd at {self.url} refused a batch over its {limit} (raise it: see README)")
-        if isinstance(error, ValueError) or "Not Found" in text or "404" in text:
-            return StorageFailed(f"{self.url} does not answer as etcd's /v3 gateway (is it an etcd 3.4+ client URL?)")
-        return StorageFailed(f"etcd at {self.url} refused: {_message(detail) or _message(text)}")
-
-    def _has_leader(self) -> bool:
-        """Whether the endpoint in use knows a leader (False also when it does not answer at all)."""
-        client = self._clients[self._current]
-        try:
-            return bool(int(client.post(client.get_url("maintenance/status"), json={}).get("leader", 0)))
-        except (self._etcd3gw.exceptions.Etcd3Exception, ValueError):
-            return False
-
-    def _range(self, key: str, end: str | None = None, limit: int = 0) -> list[dict]:
-        body: dict[str, Any] = {"key": _b64(key)}
-        if end is not None:
-            body["range_end"] = _b64(end)
-        if limit:
-            body["limit"] = limit
-        return self._post("kv/range", body).get("kvs", [])
-
-    def _txn(self, compare: list[dict], success: list[dict], failure: list[dict] | None = None) -> dict:
-        return self._post("kv/txn", {"compare": compare, "success": success, "failure": failure or []})
+        return self.etcd.url
 
     # ---- keys ----------------------------------------------------------------------------------------------
 
@@ -246,14 +125,14 @@ class EtcdStore(Store):
         compare = [_compare_mod(key, rev) for key, rev in opened.reads.items()]
         fence = self._fence
         if fence is not None:
-            compare.append({"key": _b64(fence[0]), "target": "VALUE", "result": "EQUAL", "value": _b64(fence[1])})
+            compare.append({"key": b64(fence[0]), "target": "VALUE", "result": "EQUAL", "value": b64(fence[1])})
         success = [_op(key, value) for key, value in opened.writes.items()]
         puts = sorted(key for key, value in opened.writes.items() if value is not _DELETE)
         for start, end in opened.ranges:
             success += [
-                {"request_delete_range": {"key": _b64(a), "range_end": _b64(b)}} for a, b in _around(start, end, puts)
+                {"request_delete_range": {"key": b64(a), "range_end": b64(b)}} for a, b in _around(start, end, puts)
             ]
-        failure = [{"request_range": {"key": _b64(fence[0])}}] if fence is not None else []
+        failure = [{"request_range": {"key": b64(fence[0])}}] if fence is not None else []
         answer = self._send(compare, success, failure)
         if not answer.get("succeeded"):
             self._known.clear()
@@ -278,11 +157,11 @@ class EtcdStore(Store):
         answer in time, its raft leader lost) is settled by reading the mark back, once etcd answers again: there,
         it landed; elsewhere, it did not and is sent again (its compares keep a resend from landing twice)."""
         mark, token = f"{self.prefix}n/last_batch", secrets.token_hex(8)
-        success = [*success, {"request_put": {"key": _b64(mark), "value": _b64(token)}}]
+        success = [*success, {"request_put": {"key": b64(mark), "value": b64(token)}}]
         deadline = time.monotonic() + self.settle
         while True:
             try:
-                return self._txn(compare, success, failure)
+                return self.etcd.txn(compare, success, failure)
             except StorageFailed as error:
                 if not getattr(error, "unsure", False):
                     raise
@@ -292,7 +171,7 @@ class EtcdStore(Store):
                     raise last
                 time.sleep(SETTLE_STEP)
                 try:
-                    landed = self.read_key(mark) == token
+                    landed = self.etcd.read_key(mark) == token
                     break
                 except StorageFailed as error:
                     last = error
@@ -325,7 +204,7 @@ class EtcdStore(Store):
 
     def _scan(self, start: str, end: str) -> dict[str, bytes]:
         """Keys in [start, end) with their values, as this thread's batch sees them, in key order."""
-        found = {_text(kv["key"]): base64.b64decode(kv.get("value", "")) for kv in self._range(start, end)}
+        found = {text_of(kv["key"]): base64.b64decode(kv.get("value", "")) for kv in self.etcd.range(start, end)}
         opened = self._open()
         if opened is not None:
             for low, high in opened.ranges:
@@ -350,7 +229,7 @@ class EtcdStore(Store):
             value, revision = self._known[key]
             opened.reads.setdefault(key, revision)
             return value
-        kvs = self._range(key)
+        kvs = self.etcd.range(key)
         if track and opened is not None:
             opened.reads.setdefault(key, int(kvs[0]["mod_revision"]) if kvs else 0)
         return json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
@@ -419,9 +298,9 @@ class EtcdStore(Store):
         if self._open() is not None:
             keys = list(self._scan(start, _end(start)))[-kept:]
         else:  # the newest `kept`, keys only
-            body = {"key": _b64(start), "range_end": _b64(_end(start)), "limit": kept, "keys_only": True}
+            body = {"key": b64(start), "range_end": b64(_end(start)), "limit": kept, "keys_only": True}
             body.update(sort_order=2, sort_target=0)  # descending by key
-            keys = sorted(_text(kv["key"]) for kv in self._post("kv/range", body).get("kvs", []))
+            keys = sorted(text_of(kv["key"]) for kv in self.etcd.post("kv/range", body).get("kvs", []))
         return [int(key.rsplit("/", 1)[1]) for key in keys]
 
     def forget_task_events(self, task_id):
@@ -442,60 +321,19 @@ class EtcdStore(Store):
             newest = min(last, oldest + limit - 1)
             if newest < oldest:
                 return []
-            kvs = self._range(self._event_key(oldest), self._event_key(newest + 1))
+            kvs = self.etcd.range(self._event_key(oldest), self._event_key(newest + 1))
         else:
             ids = [i for i in self._task_event_ids(task_id) if i >= oldest][:limit]
             kvs = []
             for n in range(0, len(ids), RANGE_CHUNK):
-                reads = [{"request_range": {"key": _b64(self._event_key(i))}} for i in ids[n : n + RANGE_CHUNK]]
-                answer = self._txn([], reads)
+                reads = [{"request_range": {"key": b64(self._event_key(i))}} for i in ids[n : n + RANGE_CHUNK]]
+                answer = self.etcd.txn([], reads)
                 for response in answer.get("responses", []):
                     kvs.extend(response.get("response_range", {}).get("kvs", []))
         return [Event.from_dict(json.loads(base64.b64decode(kv["value"]))) for kv in kvs]
 
-    def lease(self, ttl: int) -> int:
-        """A new lease of `ttl` seconds (its id): keys put with it go when it is not kept alive."""
-        return int(self._post("lease/grant", {"TTL": ttl, "ID": 0})["ID"])
-
-    def keep_alive(self, lease: int) -> int:
-        """Refresh `lease`; its remaining TTL, 0 or less when it is gone."""
-        answer = self._post("lease/keepalive", {"ID": lease})
-        return int(answer.get("result", {}).get("TTL", 0))
-
-    def revoke(self, lease: int) -> None:
-        self._post("kv/lease/revoke", {"ID": lease})
-
-    def create(self, key: str, value: str, lease: int = 0) -> tuple[bool, str | None]:
-        """Put `key` (full etcd key) = `value` only if it is absent; (created, the value it holds now)."""
-        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
-        if lease:
-            put["lease"] = lease
-        answer = self._txn(
-            [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}],
-            [{"request_put": put}],
-            [{"request_range": {"key": _b64(key)}}],
-        )
-        if answer.get("succeeded"):
-            return True, value
-        kvs = answer["responses"][0].get("response_range", {}).get("kvs", [])
-        return False, _text(kvs[0].get("value", "")) if kvs else None
-
-    def read_key(self, key: str) -> str | None:
-        """The value at a full etcd key (outside the store's records), or None."""
-        kvs = self._range(key)
-        return _text(kvs[0].get("value", "")) if kvs else None
-
-    def delete_key(self, key: str, value: str) -> bool:
-        """Delete `key` if it still holds `value` (a leader stepping down leaves another's key alone)."""
-        answer = self._txn(
-            [{"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}],
-            [{"request_delete_range": {"key": _b64(key)}}],
-        )
-        return bool(answer.get("succeeded"))
-
     def close(self):
-        for client in self._clients:
-            client.session.close()
+        self.etcd.close()
 
 
 class _Batch:
@@ -507,14 +345,6 @@ class _Batch:
         self.ranges: list[tuple[str, str]] = []  # [start, end) deleted
         self.reads: dict[str, int] = {}
         self.counter: int | None = None
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def _text(data: str) -> str:
-    return base64.b64decode(data).decode()
 
 
 def _end(prefix: str) -> str:
@@ -537,33 +367,17 @@ def _around(start: str, end: str, puts: list[str]) -> list[tuple[str, str]]:
 
 def _op(key: str, value: str | None) -> dict:
     if value is _DELETE:
-        return {"request_delete_range": {"key": _b64(key)}}
-    return {"request_put": {"key": _b64(key), "value": _b64(value)}}
+        return {"request_delete_range": {"key": b64(key)}}
+    return {"request_put": {"key": b64(key), "value": b64(value)}}
 
 
 def _compare_mod(key: str, revision: int) -> dict:
     # A key never written has mod_revision 0 in etcd's compares, so "absent when read" is checked the same way.
-    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision}
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision}
 
 
 def _held(answer: dict, value: str) -> bool:
     """Whether the fence key (read in the failure branch) still holds `value`."""
     responses = answer.get("responses") or [{}]
     kvs = responses[0].get("response_range", {}).get("kvs", [])
-    return bool(kvs) and _text(kvs[0].get("value", "")) == value
-
-
-def _unreached(error: Exception) -> bool:
-    """A connection that failed before any answer (etcd3gw raises the same class, with the reply's reason in args,
-    for an HTTP 503 from etcd: that one was heard)."""
-    return not getattr(error, "args", ())
-
-
-def _message(text: str | None) -> str:
-    """etcd's own message from a reply body (JSON with "error"), else the text's first line."""
-    try:
-        message = str(json.loads(text or "").get("error") or "")
-    except (ValueError, AttributeError):
-        message = ""
-    lines = (message or text or "").strip().splitlines()
-    return lines[0][:200] if lines else ""
+    return bool(kvs) and text_of(kvs[0].get("value", "")) == value
