@@ -18,5 +18,6 @@ BENCHMARKS = (
     "image_push",
     "mesh",
     "finished",
+    "metrics",
     "etcd_store",
 )

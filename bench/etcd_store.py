@@ -1,4 +1,4 @@
-"""Benchmark 12: the manager on etcd against the manager on diskcache (issue 15), one run, side by side.
+"""Benchmark 13: the manager on etcd against the manager on diskcache (issue 15), one run, side by side.
 
 Two real `Manager`s, one on a `DiskStore` (as `cube manager` runs today) and one on an `EtcdStore` (a local etcd
 3.4 started here, one member on loopback with its own data directory under /var/tmp, fsync on, as Debian ships

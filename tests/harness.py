@@ -46,9 +46,11 @@ class ClusterHarness:
         cpus: float = 4,
         memory: int = 8 << 30,
         cluster_cidr: str | None = None,
+        telemetry=None,
     ):
         """`cluster_cidr`: the manager's cluster network (cube.manager.network); the nodes then have LAN addresses
-        (10.99.0.N) and each worker a MemoryHost for its routes and rules (`hosts`)."""
+        (10.99.0.N) and each worker a MemoryHost for its routes and rules (`hosts`). `telemetry`: the manager's
+        (cube.cluster.metrics.ManagerExporter), kept across manager restarts."""
         self.clock = Clock(1_000_000.0)
         self.mono = Clock(1000.0)
         self.node_timeout = node_timeout
@@ -66,6 +68,7 @@ class ClusterHarness:
         self.cluster_cidr = cluster_cidr
         self.hosts: dict[str, MemoryHost] = {}  # each node's kernel (routes, iptables) with a cluster network
         self.addresses: dict[str, str] = {}  # node -> the address the manager reaches it at
+        self.telemetry = telemetry
         self.manager = self._new_manager()
         for name in names:
             self.add_node(name)
@@ -81,6 +84,7 @@ class ClusterHarness:
             node_timeout=self.node_timeout,
             executor=Inline(),
             cluster_cidr=self.cluster_cidr,
+            telemetry=self.telemetry,
         )
 
     def restart_manager(self) -> None:

@@ -39,6 +39,8 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$work/out"
 cp "$PYZ" "$work/cube.pyz"
+# `cube upgrade`'s second pyz: the same code under another version (tests/repack.py; a second build takes minutes).
+python3 tests/repack.py "$PYZ" "$work/cube-new.pyz" "$(python3 "$PYZ" version | cut -d' ' -f2)+nspawn"
 
 cat >"$work/cube-boot-test.service" <<'EOF'
 [Unit]
@@ -112,6 +114,28 @@ after=$(systemctl show -p MainPID --value cube-worker cube-manager | tr '\n' ' '
 echo "main pids before: $before after: $after"
 test "$before" = "$after"
 
+step "cube upgrade to a second pyz: systemd restarts both services on it, the task's container keeps running"
+NEW=$(/cube-test/cube-new.pyz version | cut -d' ' -f2)
+cube run --image cube-busybox:latest --cmd "sleep 300" --name up-task --timeout 60 >/dev/null
+container() { cube status up-task --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["container_id"])'; }
+held=$(container)
+before=$(systemctl show -p MainPID --value cube-worker cube-manager | tr '\n' ' ')
+began=$(date +%s)
+/cube-test/cube-new.pyz upgrade --pyz /cube-test/cube-new.pyz
+echo "cube upgrade took $(( $(date +%s) - began )) s"
+after=$(systemctl show -p MainPID --value cube-worker cube-manager | tr '\n' ' ')
+echo "main pids before: $before after: $after"
+test "$(echo $before | cut -d' ' -f1)" != "$(echo $after | cut -d' ' -f1)"
+test "$(echo $before | cut -d' ' -f2)" != "$(echo $after | cut -d' ' -f2)"
+systemctl show -p NRestarts -p Result cube-worker cube-manager | paste -sd' '
+get https://127.0.0.1:15555/health | grep "\"version\": \"$NEW\""
+cube nodes | tee /tmp/nodes.out
+grep -q " $NEW\$" /tmp/nodes.out
+ls -l /usr/local/bin/cube /usr/local/bin/cube.old
+test "$(container)" = "$held"
+echo "container $held kept running"
+cube stop up-task
+
 step "services and hardening"
 systemctl --no-pager status cube-manager cube-worker | grep -E 'Active:|Main PID|cube\.service|─'
 systemd-analyze security --no-pager cube-worker.service | tail -1
@@ -120,7 +144,7 @@ systemd-analyze security --no-pager cube-manager.service | tail -1
 step "uninstall --purge"
 cube uninstall worker --purge
 cube uninstall manager --purge
-for path in /usr/local/bin/cube /etc/cube /var/lib/cube /etc/systemd/system/cube-worker.service \
+for path in /usr/local/bin/cube /usr/local/bin/cube.old /etc/cube /var/lib/cube /etc/systemd/system/cube-worker.service \
     /etc/systemd/system/cube-manager.service; do
   if [ -e "$path" ]; then echo "still there: $path"; exit 1; fi
 done
@@ -137,6 +161,7 @@ timeout 300 systemd-nspawn -q -b -D "$TREE" --register=no --keep-unit --private-
     --machine="$NODE" \
     --bind-ro="$work/cube-boot-test.service:/etc/systemd/system/cube-boot-test.service" \
     --bind-ro="$work/inside.sh:/cube-test/inside.sh" --bind-ro="$work/cube.pyz:/cube-test/cube.pyz" \
+    --bind-ro="$work/cube-new.pyz:/cube-test/cube-new.pyz" \
     --bind="$work/out:/cube-test/out" --bind=/run/docker.sock:/run/docker.sock \
     systemd.wants=cube-boot-test.service >"$work/console.log" 2>&1
 status=$?

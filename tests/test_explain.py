@@ -18,13 +18,16 @@ def c():
 
 
 def test_a_running_task_says_where_and_why(c):
+    first = c.submit({"image": "app", "memory": "256m"})
+    c.settle()
+    assert "tied with 2 of 3 feasible (ties go by a hash" in c.manager.explain_task(first["id"])["summary"]
     task = c.submit({"image": "app", "memory": "256m"})
     c.settle()
     out = c.manager.explain_task(task["id"])
     node = c.task(task["id"])["node"]
     assert out["state"] == "running" and out["node"] == node
     assert out["summary"].startswith(f"running on {node}: placed by epvm with score ")
-    assert "best of 3 feasible" in out["summary"]
+    assert "tied with 1 of 3 feasible" in out["summary"]  # the node of the first task scores lower
     assert set(out["placed"]["scores"]) == {"n1", "n2", "n3"}
     assert all(row["feasible"] for row in out["nodes"]) and len(out["nodes"]) == 3
 
@@ -71,6 +74,8 @@ def test_routes_answer_and_unknown_names_are_404(c):
     assert "deadline" in error_of(call(app, "POST", "/nodes/n1/drain", {"until": 5}, token=None), 400)
     assert "no node named 'n9'" in error_of(call(app, "POST", "/nodes/n9/drain", token=None), 404)
     assert call(app, "POST", "/nodes/n1/eligible", token=None).json()["eligibility"] == "eligible"
+    used = call(app, "GET", "/nodes", token=None).json()[0]["used"]  # the machine's own figures, not stored
+    assert used["memory"] > 0 and used["cpu"] >= 0 and c.store.get("nodes", "n1").get("used") is None
     with pytest.raises(NotFound):
         c.manager.explain_task("missing")
 

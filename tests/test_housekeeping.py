@@ -103,3 +103,28 @@ def test_events_filter_by_job_and_node_and_say_where_the_next_read_starts(c):
     assert [e["id"] for e in first.json() + rest] == [e["id"] for e in web.json()]
     on_n1 = call(app, "GET", "/events?node=n1", token=None).json()
     assert on_n1 and all(e["node"] == "n1" for e in on_n1)
+
+
+def test_a_worker_forgets_what_stopped_for_good_once_the_manager_has_heard_of_it(c):
+    from cube.worker import worker as worker_module
+
+    keep = c.submit({"image": "keep"})
+    gone = c.submit({"image": "gone"})
+    c.settle()
+    node = c.task(gone["id"])["node"]
+    c.manager.stop_task(gone["id"])  # delivered at once (the harness's dispatch is inline)
+    c.cut.add(node)  # then the manager hears nothing from the node: the task's end is not reported yet
+    c.workers[node].tick()
+    assert c.workers[node].tasks[gone["id"]].state.value == "completed"
+    c.clock.now += worker_module.FORGET_AFTER + 1
+    c.workers[node].tick()
+    assert gone["id"] in c.workers[node].tasks, "not reported to the manager yet: kept"
+    c.cut.discard(node)
+    c.settle()
+    assert c.task(gone["id"])["state"] == "completed"
+    c.clock.now += worker_module.FORGET_AFTER + 1
+    c.settle()
+    assert gone["id"] not in c.workers[node].tasks and c.stores[node].get("tasks", gone["id"]) is None
+    assert keep["id"] in c.workers[c.task(keep["id"])["node"]].tasks
+    assert c.task(gone["id"])["state"] == "completed", "the manager's record is unchanged by the shorter report"
+    assert c.task(keep["id"])["state"] == "running"

@@ -290,6 +290,17 @@ def test_restart_runs_the_same_container_again(subject):
     assert [c.id for c in subject.runtime.list_owned(subject.node)] == [info.id]
 
 
+def test_usage_is_given_for_running_containers_only(subject):
+    _, running = start(subject)
+    _, stopped = start(subject)
+    subject.runtime.stop(stopped.id, timeout=0)
+    used = subject.runtime.usage([running.id, stopped.id, "0123456789ab"], timeout=10)
+    assert set(used) == {running.id}
+    assert used[running.id].cpu_seconds >= 0 and used[running.id].memory >= 0
+    if subject.engine == "docker":  # the fake uses what it is told (nothing by default); a real sleep uses memory
+        assert used[running.id].memory > 0
+
+
 def test_remove_is_idempotent_and_the_container_is_gone(subject):
     _, info = start(subject)
     subject.runtime.remove(info.id)  # removes a running container too
@@ -413,8 +424,9 @@ def test_every_verb_raises_unavailable_when_the_engine_does_not_answer(engine, v
 
 @pytest.mark.parametrize("engine", ["fake", "docker"])
 def test_not_alive_and_events_end_on_stop_when_the_engine_does_not_answer(engine, dead_engine):
-    runtime, _ = dead_engine
+    runtime, container_id = dead_engine
     assert runtime.alive() is False
+    assert runtime.usage([container_id], timeout=1) == {}  # a scrape of /metrics: no figures, no error
     # The event stream does not raise when the engine is away (Docker's reconnects with a backoff, the fake's waits
     # for events): it yields nothing and ends when told to.
     events = Events(runtime, "node-a")

@@ -89,6 +89,7 @@ class ClusterCommands:
         device=(),
         pull_timeout: float = 300.0,
         pull_stall: float = 60.0,
+        metrics_open: bool = False,
         verbose: bool = False,
     ):
         """cube worker [FLAGS]
@@ -123,6 +124,7 @@ class ClusterCommands:
                                    repeatable)
           --pull-timeout S         seconds an image pull may take before its task fails (default 300)
           --pull-stall S           seconds a pull may go without progress before it fails sooner (default 60)
+          --metrics-open           GET /metrics (Prometheus) answers without the token
           --verbose                log more"""
         from cube.cluster.service import setup_logging
         from cube.cluster.worker_service import run_worker
@@ -150,6 +152,7 @@ class ClusterCommands:
             devices=as_list(device),
             pull_timeout=positive_seconds(pull_timeout, "--pull-timeout"),
             pull_stall=positive_seconds(pull_stall, "--pull-stall"),
+            metrics_open=bool(metrics_open),
         )
 
     def manager(
@@ -165,6 +168,7 @@ class ClusterCommands:
         insecure: bool = False,
         verbose: bool = False,
         cluster_cidr: str = "10.210.0.0/16",
+        metrics_open: bool = False,
         etcd: str | None = None,
     ):
         """cube manager [FLAGS]
@@ -188,6 +192,7 @@ class ClusterCommands:
                                  store: several managers share it and the one elected serves (README, "When you
                                  outgrow one manager")
           --insecure             plain HTTP instead of TLS
+          --metrics-open         GET /metrics (Prometheus) answers without the token
           --verbose              log more"""
         from cube.cluster.manager_service import run_manager
         from cube.cluster.service import setup_logging
@@ -210,6 +215,7 @@ class ClusterCommands:
             mdns=mdns,
             insecure=bool(insecure),
             cluster_cidr=cluster_cidr,
+            metrics_open=bool(metrics_open),
             etcd=etcd,
         )
 
@@ -223,6 +229,7 @@ class ClusterCommands:
         memory=None,
         stop_timeout: float = 10.0,
         insecure: bool = False,
+        metrics_open: bool = False,
         verbose: bool = False,
     ):
         """cube dev [FLAGS]
@@ -239,6 +246,7 @@ class ClusterCommands:
           --memory SIZE          memory each worker offers, e.g. 4g (default: all)
           --stop-timeout S       seconds a container gets to exit when stopped (default 10)
           --insecure             plain HTTP instead of TLS
+          --metrics-open         GET /metrics (Prometheus) answers without the token
           --verbose              log more"""
         from cube.cluster.manager_service import run_dev
         from cube.cluster.service import setup_logging
@@ -254,6 +262,7 @@ class ClusterCommands:
             memory=parse_size(memory, "--memory") if memory else None,
             stop_timeout=float(stop_timeout),
             insecure=bool(insecure),
+            metrics_open=bool(metrics_open),
         )
 
     def install(
@@ -336,6 +345,46 @@ class ClusterCommands:
         checks = doctor.run(str(role))
         print(doctor.render(checks, as_json=bool(json)))
         if doctor.failed(checks):
+            raise SystemExit(1)
+
+    def upgrade(
+        self,
+        pyz=(),
+        dry_run: bool = False,
+        status: bool = False,
+        wait: bool = True,
+        manager: str | None = None,
+        token: str | None = None,
+        json: bool = False,
+    ):
+        """cube upgrade [--pyz FILE ...] [--dry-run] [--status] [--no-wait]
+
+        Upgrades the cluster to a new cube.pyz: uploads it to the manager, which replaces the workers' pyz one at a
+        time (each restarts on it and adopts its running containers, which keep running), then its own. A pyz more
+        than one API level from the manager's is refused. Without --pyz, this cube.pyz is the new one.
+        Example: cube upgrade --pyz cube-0.2.0-x86_64.pyz --pyz cube-0.2.0-aarch64.pyz
+
+        Flags:
+          --pyz FILE             the new pyz, one per architecture the cluster runs (repeatable; default: this one)
+          --dry-run              check the files against the cluster and say what would be upgraded; send nothing
+          --status               show the last upgrade's progress
+          --no-wait              start the upgrade and return (cube upgrade --status follows it)"""
+        import json as json_module
+
+        from cube.cli import upgrade
+
+        client = manager_client(manager, token)
+        if status:
+            now = client.get("/upgrade")
+            print(json_module.dumps(now, indent=2) if json else upgrade.render(now))
+            return None
+        files = upgrade.read_files(as_list(pyz))
+        started = upgrade.start(client, files, bool(dry_run), print)
+        if started is None:
+            return None
+        final = upgrade.follow(client, started, print) if wait else started
+        print(json_module.dumps(final, indent=2) if json else upgrade.render(final))
+        if final.get("status") == "failed":
             raise SystemExit(1)
 
     def version(self):

@@ -48,6 +48,7 @@ Cluster:
   token     print the join token (--rotate: a new one)
   install   install this file as a systemd service (worker or manager)
   uninstall remove the systemd service
+  upgrade   roll a new cube.pyz out to the workers, one at a time, then the manager
   doctor    check that this machine can run Cube
 
 Every command reads CUBE_MANAGER (manager URL) and CUBE_TOKEN from the environment; without them it finds the
@@ -367,7 +368,8 @@ class Commands(ClusterCommands, StackCommands, OperateCommands):
     ):
         """cube nodes [drain|eligible|rm NAME] [--json]
 
-        Lists the nodes: name, address, state, eligibility, arch, cpu/memory/disk (allocated/total), tasks.
+        Lists the nodes: name, address, state, eligibility, arch, cpu/memory/disk (allocated/total), tasks, cube
+        version.
 
         `cube node drain NAME [--deadline 5m] [--force] [--detach]` takes a node out for maintenance: no new tasks
         go there, and each service task gets a replacement running (and healthy) on another node before its copy

@@ -72,9 +72,10 @@ def nodes_table(nodes: list[dict]) -> str:
                 f"{format_size(alloc.get('memory', 0))}/{format_size(n.get('memory', 0))}",
                 f"{format_size(alloc.get('disk', 0))}/{format_size(n.get('disk', 0))}",
                 n.get("tasks", 0),
+                n.get("version") or "-",
             ]
         )
-    text = table(["NAME", "ADDRESS", "STATE", "ELIGIBILITY", "ARCH", "CPU", "MEMORY", "DISK", "TASKS"], rows)
+    text = table(["NAME", "ADDRESS", "STATE", "ELIGIBILITY", "ARCH", "CPU", "MEMORY", "DISK", "TASKS", "VERSION"], rows)
     # Why a node is not ready, below the table: a reason is a sentence, too long for a column.
     notes = [f"{n['name']}: {n['state']} — {n['reason']}" for n in nodes if n.get("reason")]
     return "\n".join([text, *notes])

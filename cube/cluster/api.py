@@ -1,8 +1,9 @@
 """The HTTP APIs (bottle is imported here only) and the server that runs them (cheroot, threaded, keep-alive,
 optional TLS — never bottle's single-threaded default). This module decides the wire contract: routes, the one
 JSON error shape `{"error": ..., "status": N}` (every CubeError and every bottle error goes through
-`_error_body`), bearer-token auth on every route but /health, and how request bodies are parsed and rejected.
-The routes only translate HTTP to calls on a Worker or Manager object; the logic lives there.
+`_error_body`), bearer-token auth on every route but /health (and /metrics with `--metrics-open`), and how request
+bodies are parsed and rejected. The routes only translate HTTP to calls on a Worker or Manager object; the logic
+lives there. Each request's duration is given to the service's exporter (cube.cluster.metrics) by its route's rule.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import re
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
@@ -24,10 +26,10 @@ from urllib.parse import urlsplit
 import bottle
 from cheroot import wsgi
 
-from cube import __version__, web
+from cube import API_VERSION, __version__, web
 from cube.cluster import sessions as dashboard
 from cube.cluster.trust import proof
-from cube.core.errors import BadRequest, CubeError, NotFound, TooLarge, TooManyRequests, Unauthorized
+from cube.core.errors import BadRequest, Conflict, CubeError, NotFound, TooLarge, TooManyRequests, Unauthorized
 from cube.core.model import Assignment, State
 from cube.core.spec import MAX_WHOLE, shown, text
 
@@ -127,11 +129,12 @@ class Access:
         return {"proof": proof(secret, "hello", challenge, role)}
 
 
-def _auth_plugin(access: Access):
+def _auth_plugin(access: Access, public: tuple[str, ...] = ()):
     def plugin(callback):
         def wrapper(*args, **kwargs):
             try:
-                access.check(bottle.request.environ, bottle.request.method, bottle.request.path)
+                if bottle.request.path not in public:
+                    access.check(bottle.request.environ, bottle.request.method, bottle.request.path)
             except Unauthorized as error:
                 return _json_response(error.to_dict(), 401)
             return callback(*args, **kwargs)
@@ -148,15 +151,47 @@ def _access(token, sessions: bool = False) -> Access:
     return Access(token, sessions=dashboard.Sessions() if sessions else None)
 
 
-def _new_app(access: Access, role: str) -> bottle.Bottle:
+class _Timing:
+    """Gives the exporter each request's duration (the first plugin installed: it wraps the others, auth included),
+    labelled by the route's rule, known when the route is made: `/tasks/<ref>`, never the ids of a path."""
+
+    api = 2
+
+    def __init__(self, exporter):
+        self.exporter = exporter
+
+    def apply(self, callback, route):
+        rule, method = route.rule, route.method
+
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return callback(*args, **kwargs)
+            finally:
+                self.exporter.request(method, rule, time.perf_counter() - started)
+
+        return wrapper
+
+
+def _new_app(access: Access, role: str, exporter=None) -> bottle.Bottle:
+    """`exporter` (cube.cluster.metrics): serves GET /metrics and is told how long each request took."""
     app = bottle.Bottle()
     app.config["catchall"] = False
+    if exporter is not None:
+        app.install(_Timing(exporter))
     app.install(_errors_plugin)
-    app.install(_auth_plugin(access))
+    app.install(_auth_plugin(access, ("/metrics",) if exporter is not None and exporter.open else ()))
 
     @app.get("/hello")
     def hello():
         return access.hello(bottle.request.query.get("nonce", ""), role)
+
+    if exporter is not None:
+
+        @app.get("/metrics")
+        def metrics():
+            body, content_type = exporter.exposition()
+            return bottle.HTTPResponse(body, headers={"Content-Type": content_type})
 
     def default_error(res: bottle.HTTPError):
         res.content_type = "application/json"
@@ -341,12 +376,12 @@ def _rest_of_stream(first: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
             close()
 
 
-def _upload() -> Callable[[int], bytes]:
-    """The raw request body of an image upload, to read as it comes (never bottle's whole-body buffer). Uploads are
-    chunked; cheroot's backstop on chunked bodies (max_request_body_size, 4 MiB) is lifted for this request alone,
-    which only a caller the auth plugin let in reaches."""
+def _upload(what: str = "the image", how: str = "cube image push") -> Callable[[int], bytes]:
+    """The raw request body of an upload (an image, a pyz), to read as it comes (never bottle's whole-body buffer).
+    Uploads are chunked; cheroot's backstop on chunked bodies (max_request_body_size, 4 MiB) is lifted for this
+    request alone, which only a caller the auth plugin let in reaches."""
     if not bottle.request.chunked:
-        raise BadRequest("send the image as a chunked body (Transfer-Encoding: chunked), as `cube image push` does")
+        raise BadRequest(f"send {what} as a chunked body (Transfer-Encoding: chunked), as `{how}` does")
     stream = bottle.request.environ["wsgi.input"]
     if hasattr(stream, "maxlen"):
         stream.maxlen = 0
@@ -410,6 +445,56 @@ def _image_routes_manager(app: bottle.Bottle, manager, links) -> None:
         return _stream_bytes(chunks, {images.SOURCE_HEADER: source})
 
 
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_PYZ_CHUNKS = 128  # MiB of a refused pyz read to its end (cube.ops.upgrade.MAX_PYZ)
+
+
+def _upgrade_route_worker(app: bottle.Bottle, upgrader) -> None:
+    """`cube upgrade` on a worker: the manager pushes the new pyz (cube.cluster.upgrade.push)."""
+
+    @app.post("/upgrade")
+    def upgrade():
+        read = _upload("the pyz", "cube upgrade")
+        try:
+            if upgrader is None:
+                raise Conflict("this worker runs inside its manager's process (cube dev): it cannot replace itself")
+            sha256 = bottle.request.query.get("sha256", "")
+            if not _SHA256_RE.fullmatch(sha256):
+                raise BadRequest(f"query parameter sha256 must be 64 hex digits, not {shown(sha256)}")
+            version = text(bottle.request.query.get("version", ""), "version", 64)
+            if not version:
+                raise BadRequest("query parameter version is missing: the version of the pyz sent")
+            return upgrader.apply(read, sha256, version)
+        except CubeError:
+            # The manager sees the refusal, not a broken pipe: read the rest of the pyz (bounded) first.
+            for _ in range(MAX_PYZ_CHUNKS):
+                if not read(1 << 20):
+                    break
+            raise
+
+
+def _upgrade_routes_manager(app: bottle.Bottle, upgrades, shelf) -> None:
+    """`cube upgrade` on the manager: the pyz files (one per architecture), the rollout, its progress."""
+
+    @app.put("/upgrade/pyz/<arch>")
+    def put_pyz(arch):
+        running = upgrades.current()
+        keep = running["sha256"].get(arch) if running and running["status"] == "running" else None
+        return shelf.put(arch, _upload("the pyz", "cube upgrade"), keep)
+
+    @app.get("/upgrade/pyz")
+    def held_pyz():
+        return shelf.held()
+
+    @app.post("/upgrade")
+    def start_upgrade():
+        return upgrades.begin(read_json())
+
+    @app.get("/upgrade")
+    def upgrade_status():
+        return upgrades.status()
+
+
 def _node_address(body) -> str:
     """The address of a worker to admit: http(s)://HOST[:PORT], or HOST[:PORT]. Checked here so that a bad one is
     a 400 naming the field (a port of 99999 raised inside the HTTP client: a 500)."""
@@ -430,14 +515,16 @@ def _node_address(body) -> str:
     return address
 
 
-def worker_app(worker, token) -> bottle.Bottle:
-    """The worker's API: the book's routes plus health, logs, state (the manager's long poll) and events.
-    `token`: an `Access`, or the bearer token (None: open)."""
-    app = _new_app(_access(token), "worker")
+def worker_app(worker, token, upgrader=None, exporter=None) -> bottle.Bottle:
+    """The worker's API: the book's routes plus health, logs, state (the manager's long poll) and events, and with
+    an `exporter` its metrics. `token`: an `Access`, or the bearer token (None: open). `upgrader`: how the worker
+    replaces its pyz (cube.ops.upgrade.SelfUpgrade; None: it runs from sources and says so)."""
+    app = _new_app(_access(token), "worker", exporter)
+    _upgrade_route_worker(app, upgrader)
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "role": "worker", "name": worker.name, "version": __version__}
+        return {"status": "ok", "role": "worker", "name": worker.name, "version": __version__, "api": API_VERSION}
 
     @app.post("/tasks")
     def post_task():
@@ -509,13 +596,18 @@ def worker_app(worker, token) -> bottle.Bottle:
     return app
 
 
-def manager_app(manager, membership, links, token, authority=None, registries=None) -> bottle.Bottle:
+def manager_app(
+    manager, membership, links, token, authority=None, registries=None, upgrades=None, shelf=None, exporter=None
+) -> bottle.Bottle:
     """The manager's API: the book's routes plus jobs, events, logs (proxied from the worker), nodes, health, and
-    with an `authority` (TLS) the CA, joins, token rotation and node removal. `token`: an `Access`, or the bearer
-    token (None: open)."""
+    with an `authority` (TLS) the CA, joins, token rotation and node removal; with an `exporter`, its metrics.
+    `token`: an `Access`, or the bearer token (None: open). `upgrades` and `shelf`: `cube upgrade`
+    (cube.manager.upgrade, cube.cluster.upgrade)."""
     access = _access(token, sessions=True)
-    app = _new_app(access, "manager")
+    app = _new_app(access, "manager", exporter)
     _dashboard_routes(app, access)
+    if upgrades is not None and shelf is not None:
+        _upgrade_routes_manager(app, upgrades, shelf)
 
     @app.get("/ca")
     def get_ca():
@@ -552,7 +644,7 @@ def manager_app(manager, membership, links, token, authority=None, registries=No
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "role": "manager", "version": __version__}
+        return {"status": "ok", "role": "manager", "version": __version__, "api": API_VERSION}
 
     @app.post("/tasks")
     def post_task():

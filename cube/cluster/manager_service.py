@@ -37,11 +37,14 @@ class ManagerService:
         insecure=False,
         role="manager",
         cluster_cidr: str | None = None,
+        metrics_open: bool = False,
         etcd: str | None = None,
     ):
+        """`metrics_open`: GET /metrics answers without the token (a Prometheus that has none)."""
         from cube.cluster.api import Access, Server, manager_app
         from cube.cluster.config import ensure_token
         from cube.cluster.links import Links
+        from cube.cluster.metrics import ManagerExporter
         from cube.cluster.sessions import Sessions
         from cube.cluster.trust import Trust, parse_token
         from cube.manager.health import HealthChecker
@@ -75,6 +78,7 @@ class ManagerService:
         self.links = Links(self.token if insecure else None, trust=self.trust)
         sealer = _sealer(self.directory)
         self.registries = Registries(self.store, sealer.seal, sealer.unseal)
+        self.exporter = ManagerExporter(metrics_open)
         self.manager = Manager(
             self.store,
             strategy=strategy,
@@ -82,19 +86,55 @@ class ManagerService:
             node_timeout=node_timeout,
             sealer=sealer,
             cluster_cidr=cluster_cidr,
+            telemetry=self.exporter,
         )
         self.membership = Membership(
             self.manager, self.links.request, self.store, poll_wait=poll_wait, url=self._worker_url
         )
+        self.exporter.watch(self.manager, self.membership)
         self.health = HealthChecker(self.manager)
+        self.restart = threading.Event()  # set when the manager replaced its pyz (`cube upgrade`): exit, be restarted
+        self.upgrades, shelf = self._upgrades()
         self.server = Server(
-            manager_app(self.manager, self.membership, self.links, access, self.authority, self.registries),
+            manager_app(
+                self.manager,
+                self.membership,
+                self.links,
+                access,
+                self.authority,
+                self.registries,
+                self.upgrades,
+                shelf,
+                self.exporter,
+            ),
             host,
             port,
             tls=None if insecure else self.trust.server_context(),
         )
         self._closers: list = []
         self._ignored: set[str] = set()
+
+    def _upgrades(self):
+        """`cube upgrade`: the pyz shelf in the data directory, and the rollout driven from the store. The manager
+        replaces itself last when it runs from a pyz."""
+        from cube.cluster import upgrade
+        from cube.manager.upgrade import Upgrades
+        from cube.ops import zipapp
+        from cube.ops.upgrade import SelfUpgrade, running_pyz
+
+        shelf = upgrade.Shelf(self.directory)
+        own = running_pyz()
+        self.upgrader = SelfUpgrade(own, zipapp.BUILD_ARCH, self.restart.set, role="manager")
+        upgrades = Upgrades(
+            self.store,
+            self.manager.list_nodes,
+            shelf.held,
+            lambda node, arch: upgrade.push(self.links, shelf, node, arch),
+            lambda arch: upgrade.replace_self(shelf, self.upgrader, arch),
+            manager_pyz=own,
+            manager_arch=zipapp.BUILD_ARCH,
+        )
+        return upgrades, shelf
 
     def client(self, timeout: float = 10.0):
         """A client of this manager's API, as the CLI on this machine would make it (tests, `cube dev`)."""
@@ -121,6 +161,7 @@ class ManagerService:
         self.server.start()
         self.membership.start()
         self.health.start()
+        self.upgrades.start()
         try:  # a convenience for local tools: a full or read-only disk must not keep the manager from serving
             with open(os.path.join(self.directory, "url"), "w") as handle:
                 handle.write(self.url + "\n")
@@ -175,6 +216,7 @@ class ManagerService:
     def close(self) -> None:
         self.manager.stop_waiting()  # a client's long poll of /events would hold the server's stop for 30 s
         self.health.close()
+        self.upgrades.close()
         self.membership.close()
         for closer in reversed(self._closers):
             closer()
@@ -196,24 +238,40 @@ def run_manager(
     mdns=True,
     insecure=False,
     cluster_cidr: str | None = "10.210.0.0/16",
+    metrics_open: bool = False,
     etcd: str | None = None,
 ) -> None:
     """`cube manager`: serve the manager API until stopped (with `etcd`: once it leads, until it no longer does)."""
     service = ManagerService(
-        port, host, data, token, strategy, node_timeout, insecure=insecure, cluster_cidr=cluster_cidr, etcd=etcd
+        port,
+        host,
+        data,
+        token,
+        strategy,
+        node_timeout,
+        insecure=insecure,
+        cluster_cidr=cluster_cidr,
+        metrics_open=metrics_open,
+        etcd=etcd,
     ).start()
     service.add_workers(workers)
     if mdns:
         service.announce()
     log.info("manager serving on %s (data %s, scheduler %s)", service.url, service.directory, strategy)
-    stop = threading.Event()  # set by SIGTERM and SIGINT, or by the leadership's loss
-    if service.leadership is not None:
-        service.leadership.on_lost = stop.set
+    if service.leadership is not None:  # a lost leadership stops the manager as a signal or an upgrade does
+        service.leadership.on_lost = service.restart.set
+        if service.leadership.lost.is_set():  # lost before the hook was there
+            service.restart.set()
     try:
-        wait_for_signal(stop)
+        wait_for_signal(service.restart)
     finally:
         log.info("manager stopping")
         service.close()
+    if service.upgrader.exiting:
+        from cube.ops.upgrade import RESTART_EXIT
+
+        log.info("manager exiting to be restarted on its new pyz")
+        raise SystemExit(RESTART_EXIT)
     if service.leadership is not None and service.leadership.lost.is_set():
         raise Unavailable("this manager lost the leadership in etcd and stopped (a new start campaigns again)")
 
@@ -245,12 +303,16 @@ def start_dev(
     node_timeout=5.0,
     stop_timeout=10.0,
     insecure=False,
+    metrics_open=False,
 ) -> ManagerService:
     """A whole cluster in one process: a manager and `workers` local workers on the real Docker engine."""
     from cube.cluster.api import Access, Server, worker_app
+    from cube.cluster.metrics import WorkerExporter
     from cube.cluster.worker_service import build_worker  # imports psutil: a manager alone does not need it
 
-    service = ManagerService(port, host, data, None, strategy, node_timeout, insecure=insecure, role="dev")
+    service = ManagerService(
+        port, host, data, None, strategy, node_timeout, insecure=insecure, role="dev", metrics_open=metrics_open
+    )
     if runtime is None:
         from cube.worker.docker_runtime import DockerRuntime
 
@@ -258,6 +320,7 @@ def start_dev(
     service.start()
     base = socket.gethostname()
     for i in range(1, int(workers) + 1):
+        exporter = WorkerExporter(metrics_open)
         worker = build_worker(
             f"{base}-dev-{i}",
             os.path.join(service.directory, f"worker-{i}"),
@@ -266,13 +329,15 @@ def start_dev(
             runtime=runtime,
             stop_timeout=stop_timeout,
             unique_key=True,
+            telemetry=exporter,
         )
+        exporter.watch(worker)
         if service.authority is None:
-            server = Server(worker_app(worker, service.token), host, 0).start()
+            server = Server(worker_app(worker, service.token, exporter=exporter), host, 0).start()
         else:  # joined directly: the manager signs the worker's certificate in-process
             trust = service.authority.enroll(os.path.join(service.directory, f"worker-{i}"), worker.id)
             access = Access(None, "manager")
-            server = Server(worker_app(worker, access), host, 0, tls=trust.server_context())
+            server = Server(worker_app(worker, access, exporter=exporter), host, 0, tls=trust.server_context())
             server.start()
         worker.start()
         # Closed last-registered first: the worker wakes its long polls, then its server can stop at once.
@@ -284,11 +349,27 @@ def start_dev(
 
 
 def run_dev(
-    port=5555, data=None, workers=1, strategy="epvm", cpus=None, memory=None, stop_timeout=10.0, insecure=False
+    port=5555,
+    data=None,
+    workers=1,
+    strategy="epvm",
+    cpus=None,
+    memory=None,
+    stop_timeout=10.0,
+    insecure=False,
+    metrics_open=False,
 ) -> None:
     """`cube dev`: start the one-process cluster, print how to reach it, run until stopped."""
     service = start_dev(
-        port, data, workers, strategy, cpus=cpus, memory=memory, stop_timeout=stop_timeout, insecure=insecure
+        port,
+        data,
+        workers,
+        strategy,
+        cpus=cpus,
+        memory=memory,
+        stop_timeout=stop_timeout,
+        insecure=insecure,
+        metrics_open=metrics_open,
     )
     print(f"cube dev: manager {service.url} with {workers} worker(s); data {service.directory}")
     print(f"token: {service.join_token}")

@@ -36,10 +36,11 @@ def build_worker(
     pull_timeout: float = 300.0,
     pull_stall: float = 60.0,
     image_source=None,
+    telemetry=None,
 ):
     """A Worker on the real Docker engine (or the given runtime) with its diskcache store. `unique_key`: label
     its containers with the name plus the node id even though a name is given (`cube dev`'s generated names repeat
-    from one dev cluster to the next on the same engine)."""
+    from one dev cluster to the next on the same engine). `telemetry`: its exporter (cube.cluster.metrics)."""
     from cube.store import DiskStore
     from cube.worker.devices import DeviceScan
     from cube.worker.files import TaskFiles
@@ -77,6 +78,7 @@ def build_worker(
         files=files,
         network_host=SystemHost(),
         network_dns=True,
+        telemetry=telemetry,
     )
 
 
@@ -112,12 +114,14 @@ def run_worker(
     devices=(),
     pull_timeout: float = 300.0,
     pull_stall: float = 60.0,
+    metrics_open: bool = False,
 ) -> None:
     """`cube worker`: serve the worker API until stopped. `threads`: how many container actions run at once.
     `disconnect_timeout`: seconds without a manager before tasks with on_disconnect=stop are stopped (0: never).
     Joins the cluster first when this node has no certificate yet (the token is then needed; after, it is not)."""
     from cube.cluster.api import Access, Server, worker_app
     from cube.cluster.images import ManagerSource
+    from cube.cluster.metrics import WorkerExporter
     from cube.cluster.trust import Trust, member_trust, parse_token
 
     given = parse_token(find_token(token, token_file))
@@ -138,6 +142,7 @@ def run_worker(
         given.secret if insecure and given else None,
         lambda: Trust(insecure=True) if insecure else member_trust(directory, "manager"),
     )
+    exporter = WorkerExporter(metrics_open)
     worker = build_worker(
         name,
         data,
@@ -153,7 +158,9 @@ def run_worker(
         pull_timeout=pull_timeout,
         pull_stall=pull_stall,
         image_source=source,
+        telemetry=exporter,
     )
+    exporter.watch(worker)
     for path in devices:
         if not os.path.exists(path):
             log.warning("--device %s: no such path on this machine; advertised once it exists", path)
@@ -170,7 +177,13 @@ def run_worker(
                 worker.store.close()
                 return
         access = Access(given.secret if given else None, "manager")
-    server = Server(worker_app(worker, access), host, port, tls=None if insecure else trust.server_context())
+    from cube.ops import zipapp
+    from cube.ops.upgrade import SelfUpgrade, running_pyz
+
+    upgrader = SelfUpgrade(running_pyz(), zipapp.BUILD_ARCH, closed.set)  # `cube upgrade`: see cube.ops.upgrade
+    server = Server(
+        worker_app(worker, access, upgrader, exporter), host, port, tls=None if insecure else trust.server_context()
+    )
     worker.start()
     server.start()
     log.info("worker %s serving on %s:%s (data %s)", worker.name, host, server.port, directory)
@@ -183,9 +196,14 @@ def run_worker(
         log.info("worker %s stopping", worker.name)
         for close in extras:
             close()
-        worker.close()  # wakes the manager's long poll, so the server stops at once
+        worker.close()  # wakes the manager's long poll, so the server stops at once; containers keep running
         server.stop()
         worker.store.close()
+    if upgrader.exiting:
+        from cube.ops.upgrade import RESTART_EXIT
+
+        log.info("worker %s exiting to be restarted on its new pyz", worker.name)
+        raise SystemExit(RESTART_EXIT)
 
 
 def join(url: str, token, directory: str, node: str):

@@ -592,6 +592,7 @@ class Node:
     disconnect_timeout: float = 0.0  # the worker stops its on-disconnect=stop tasks after this long alone
     stop_timeout: float = 10.0
     devices: frozenset = frozenset()  # the device paths the worker found on its machine (cube.worker.devices)
+    version: str = ""  # the cube version the worker runs, from its reports (`cube upgrade` waits on it)
     # Written by the manager on a user's word: whether new tasks may be placed here, and a drain under way.
     eligible: bool = True
     drain: Drain | None = None
@@ -625,6 +626,7 @@ class Node:
             "disconnect_timeout": self.disconnect_timeout,
             "stop_timeout": self.stop_timeout,
             "devices": sorted(self.devices),
+            "version": self.version,
         }
 
     @classmethod
@@ -656,6 +658,7 @@ class Node:
             disconnect_timeout=get.time("disconnect_timeout"),
             stop_timeout=get.time("stop_timeout", 10.0) or 10.0,
             devices=device_paths(get.data.get("devices"), "node record: devices"),
+            version=get.text("version"),
             eligible=get.data.get("eligibility", "eligible") == "eligible",
             drain=Drain.from_dict(get.data.get("drain")),
         )

@@ -150,6 +150,9 @@ def _task_summary(out: dict, record: dict | None, now: Placement) -> str:
         others = len(record.get("scores") or {}) - 1
         scored = f" with score {score:g}" if score is not None else ""
         against = f", best of {others + 1} feasible" if others > 0 else ""
+        tied = sum(1 for other in (record.get("scores") or {}).values() if other == score) - 1
+        if tied > 0:
+            against = f", tied with {tied} of {others + 1} feasible (ties go by a hash of the task's id)"
         rejected = record.get("counts") or {}
         tally = ", ".join(f"{n} {kind}" for kind, n in sorted(rejected.items(), key=lambda kv: -kv[1]))
         return f"{state} on {node}: placed by {record.get('strategy')}{scored}{against}" + (

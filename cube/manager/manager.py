@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ from cube.core.model import (
 )
 from cube.core.spec import shown
 from cube.core.spec import task_id as spec_task_id
+from cube.core.telemetry import ManagerTelemetry
 from cube.manager.deployments import UNCHANGED, ManagerDeployments
 from cube.manager.drain import ManagerDrain
 from cube.manager.explain import ManagerExplain
@@ -61,6 +63,7 @@ from cube.manager.platforms import KIND as PLATFORMS_KIND
 from cube.manager.platforms import ManagerPlatforms
 from cube.manager.reconcile import Reported, node_diff, task_decision
 from cube.manager.stacks import ManagerStacks
+from cube.manager.tally import ManagerTally
 from cube.manager.views import ManagerViews
 from cube.manager.volumes import ManagerVolumes
 from cube.store import Store
@@ -86,6 +89,7 @@ def holds(task: Task) -> bool:
 
 class Manager(
     ManagerViews,
+    ManagerTally,
     ManagerVolumes,
     ManagerPlatforms,
     ManagerNetwork,
@@ -108,12 +112,14 @@ class Manager(
         executor=None,
         sealer=None,
         cluster_cidr: str | None = None,
+        telemetry: ManagerTelemetry | None = None,
         retention: float = RETENTION,
         keep_finished: int = KEEP_FINISHED,
     ):
         """`executor` (tests): runs deliveries (`submit(fn, *args)`) instead of the manager's thread pool.
         `sealer`: what seals a stack's files in the store (cube.cluster.pki.Sealer); None keeps them as given.
         `cluster_cidr`: the range of the nodes' subnets (cube.manager.network); None: no cluster network.
+        `telemetry`: told of placements, reschedules, restarts and dispatches (cube.cluster.metrics).
         `retention`, `keep_finished`: how long finished tasks are kept, and how many per job (housekeeping.py)."""
         scheduler.scorer(strategy)  # unknown strategy: fail at start, not at the first placement
         self.store = store
@@ -134,6 +140,9 @@ class Manager(
         self._by_node: dict[str, set[str]] = {}  # node -> ids of the tasks placed there
         self._by_job: dict[str, set[str]] = {}
         self._pending: set[str] = set()  # desired to run, placed nowhere
+        self._counts: Counter = Counter()  # (job, state) -> tasks: see tally.py
+        self._counted: dict[str, tuple[str, str]] = {}
+        self.telemetry = telemetry or ManagerTelemetry()
         # Tasks not finished (desired to run, or still stopping): what `cube status` and the jobs list show. Kept as
         # an index so that 100,000 finished tasks cost those lists nothing (housekeeping.py collects them later).
         self._current: set[str] = set()
@@ -146,6 +155,9 @@ class Manager(
         self._dirty: dict[str, set[str] | None] = {}
         self._raw: dict[str, dict[str, tuple]] = {}  # node -> task id -> (generation, state, desired) as reported
         self._seen: dict[str, float] = {}  # node -> its last answer (see alive), written without the lock
+        # node -> what its machine uses now (cpu cores, memory and disk bytes), from its last answer: shown, never
+        # stored (it changes at every answer, and an SD card would pay for each write).
+        self._usage: dict[str, dict] = {}
         self._swept = float("-inf")
         self._touched: dict[str, set[str]] | None = None  # what the open store batch changed (see _saving)
         self._unsaved: set[str] = set()  # nodes whose record the store refused: saved again by tick
@@ -205,6 +217,7 @@ class Manager(
         else:
             self._current.add(task.id)
         self._account(task)
+        self._tally(task)
 
     def _account(self, task: Task) -> None:
         """Bring the node allocations in line with whether `task` holds resources now."""
@@ -349,6 +362,7 @@ class Manager(
         for ids in (*self._by_node.values(), self._by_job.get(task.job, set()), self._pending, self._current):
             ids.discard(task.id)
         self.placements.pop(task.id, None)
+        self._untally(task.id)
         self._folded.pop(task.id, None)
         self._healthy_since.pop(task.id, None)
 
@@ -482,7 +496,8 @@ class Manager(
                 self._note(task, summary)
                 self._commit(task, message=summary)
             if previous and previous.get("reasons") == record["reasons"]:
-                return  # the same refusal again: nothing new to keep (idle managers write nothing)
+                return  # the same refusal again: nothing new to keep (idle managers write nothing), nor to count
+        self.telemetry.placed(placement.node is not None, placement.counts())
         self.store.put("placements", task.id, record)
 
     @staticmethod
@@ -597,7 +612,10 @@ class Manager(
             if self._folded.get(task_id) == fields:
                 continue
             self._folded[task_id] = fields
+            was = task.current
             task.observed = Observed.from_report(node_name, data)
+            if was is not None and task.observed.restarts > was.restarts:
+                self.telemetry.restarted(task.observed.restarts - was.restarts)
             self._note_platform(task)
             self._note_health(task)
             self._commit(task)
@@ -634,6 +652,8 @@ class Manager(
             task.not_before, task.avoid = decision.not_before, decision.avoid
             if decision.reschedules is not None:
                 task.reschedules = decision.reschedules
+            if task.desired is Desired.RUN:
+                self.telemetry.rescheduled()
             self._note(task, decision.note)
             self._commit(task, before, decision.note)
             moved.append(task)
@@ -678,7 +698,7 @@ class Manager(
             self.store.delete("nodes", name)  # first: a refusal (507, 503) leaves the node as it was
             del self.nodes[name]
             self.images.forget(name)
-            for per_node in (self._seen, self._reports, self._report_start, self._dirty, self._raw):
+            for per_node in (self._seen, self._reports, self._report_start, self._dirty, self._raw, self._usage):
                 per_node.pop(name, None)
             self._unsaved.discard(name)
             self._free_subnet(name)
@@ -703,6 +723,7 @@ class Manager(
             if node is None:
                 return
             node.last_seen = max(node.last_seen, self._seen.get(node_name, 0.0))
+            self._usage[node_name] = _usage(stats)
             self._heard_volumes(node_name, stats)
             self._heard_network(node_name, stats)
             self.images.heard(node_name, stats.get("images"))
@@ -858,6 +879,7 @@ class Manager(
             if body is not None and task is not None and task.spec.files:
                 body["files"] = self.file_contents(task)  # a stack's secrets and configs, for this send only
         ok, refused = False, None
+        started = self.monotonic()
         try:
             if node is None or self._dispatch is None or (kind == "send" and body is None):
                 return
@@ -875,6 +897,8 @@ class Manager(
                 log.warning("%s of %s to %s failed: %s", kind, task_id, node_name, error.message)
         finally:
             self._delivered(node_name, (kind, task_id, generation), ok, refused)
+        outcome = "ok" if ok else "refused" if refused else "failed"
+        self.telemetry.dispatched(kind, outcome, self.monotonic() - started)
 
     def _delivered(self, node_name: str, key: tuple, ok: bool, refused: str | None) -> None:
         with self._lock:
@@ -967,8 +991,22 @@ def _assignment(task: Task) -> dict:
     }
 
 
+def _usage(stats: dict) -> dict:
+    """What a node's machine uses, from its answer: cpu in cores, memory and disk in bytes (None: not said)."""
+    cpu, memory, disk = stats.get("cpu") or {}, stats.get("memory") or {}, stats.get("disk") or {}
+    try:
+        return {
+            "cpu": round(float(cpu["percent"]) / 100 * float(cpu["count"]), 2) if "percent" in cpu else None,
+            "memory": int(memory["total"]) - int(memory["available"]) if "available" in memory else None,
+            "disk": int(disk["total"]) - int(disk["free"]) if "free" in disk else None,
+        }
+    except (KeyError, TypeError, ValueError):
+        return {"cpu": None, "memory": None, "disk": None}
+
+
 def _refresh(node: Node, stats: dict) -> bool:
-    """Copy what a node says of itself (capacity, timeouts, devices) into its record. Returns whether it changed."""
+    """Copy what a node says of itself (capacity, timeouts, devices, version) into its record. Returns whether it
+    changed."""
     capacity = Resources.from_dict(stats.get("capacity")) if stats.get("capacity") else node.capacity
     disconnect = float(stats.get("disconnect_timeout") or 0)
     stop = float(stats.get("stop_timeout") or node.stop_timeout)
@@ -978,15 +1016,17 @@ def _refresh(node: Node, stats: dict) -> bool:
         devices = device_paths(stats["devices"], "the worker's devices") if "devices" in stats else node.devices
     except InvalidSpec:
         devices = node.devices
-    if (capacity.to_dict(), disconnect, stop, devices) == (
+    version = str(stats.get("version") or node.version)[:64]  # a worker restarted onto a new pyz (`cube upgrade`)
+    if (capacity.to_dict(), disconnect, stop, devices, version) == (
         node.capacity.to_dict(),
         node.disconnect_timeout,
         node.stop_timeout,
         node.devices,
+        node.version,
     ):
         return False
     node.capacity, node.disconnect_timeout, node.stop_timeout = capacity, disconnect, stop
-    node.devices = devices
+    node.devices, node.version = devices, version
     return True
 
 

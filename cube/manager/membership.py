@@ -42,10 +42,17 @@ class Membership:
         self._pollers: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._open = 0  # long polls sent and not yet answered (GET /metrics)
 
     @property
     def closed(self) -> threading.Event:
         return self._closed
+
+    @property
+    def open_polls(self) -> int:
+        """How many long polls to workers are held open now."""
+        with self._lock:
+            return self._open
 
     def add(self, address: str) -> Node:
         """Admit the worker at `address` (after it proves it belongs to the cluster) and start polling it."""
@@ -102,6 +109,8 @@ class Membership:
             if node is None:
                 return
             started = self.manager.monotonic()
+            with self._lock:
+                self._open += 1
             try:
                 answer = self.request(
                     node.address,
@@ -112,6 +121,11 @@ class Membership:
                 )
             except CubeError as error:
                 log.debug("poll of %s failed: %s", name, error.message)
+                answer = None
+            finally:
+                with self._lock:
+                    self._open -= 1
+            if answer is None:
                 version = None
                 self._closed.wait(0.5)
                 continue
@@ -158,4 +172,5 @@ def node_from_stats(stats: dict, address: str, now: float) -> Node:
         disconnect_timeout=float(stats.get("disconnect_timeout") or 0),
         stop_timeout=float(stats.get("stop_timeout") or 10.0),
         devices=device_paths(stats.get("devices"), "the worker's devices"),
+        version=str(stats.get("version") or ""),
     )

@@ -27,6 +27,7 @@ class ManagerViews:
     _by_node: dict[str, set[str]]
     _by_job: dict[str, set[str]]
     _current: set[str]  # the tasks not finished (manager.finished)
+    _usage: dict[str, dict]  # node -> what its machine uses now
 
     def view(self, task: Task) -> dict:
         """A task as the API shows it (lock held): derived with the state of its node."""
@@ -119,7 +120,11 @@ class ManagerViews:
 
     def list_nodes(self) -> list[dict]:
         with self._lock:
-            return [n.to_dict() for n in sorted(self.nodes.values(), key=lambda n: n.name)]
+            return [self._node_dict(n) for n in sorted(self.nodes.values(), key=lambda n: n.name)]
+
+    def _node_dict(self, node: Node) -> dict:
+        """A node as the API shows it: its record, and what its machine uses now (lock held)."""
+        return {**node.to_dict(), "used": self._usage.get(node.name)}
 
     def node_view(self, name: str) -> dict:
         """The API's view of one node."""
@@ -127,7 +132,7 @@ class ManagerViews:
             node = self.nodes.get(name)
             if node is None:
                 raise NotFound(f"no node named {name!r}: `cube nodes` lists them")
-            return node.to_dict()
+            return self._node_dict(node)
 
     def node(self, name: str) -> Node | None:
         """A copy of the node record, or None."""

@@ -53,6 +53,9 @@ EnvironmentFile=-{env_file}
 ExecStart={python} -I {pyz} {role} ${args}
 Restart=on-failure
 RestartSec=3
+# `cube upgrade`: a service that replaced its pyz exits 75 to be started again on the new one.
+RestartForceExitStatus=75
+SuccessExitStatus=75
 TimeoutStopSec=30
 StateDirectory=cube
 StateDirectoryMode=0700
@@ -80,6 +83,8 @@ MemoryDenyWriteExecute=yes
 SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallErrorNumber=EPERM
+# `cube upgrade` renames a new pyz over {pyz} (keeping the old one as {pyz}.old).
+ReadWritePaths={pyz_dir}
 {extra}
 [Install]
 WantedBy=multi-user.target
@@ -124,6 +129,7 @@ CUBE_TOKEN=
 
 # Flags of `cube manager` (see `cube manager --help`): port, scheduler, and static workers for networks
 # without multicast. Example: --port {MANAGER_PORT} --scheduler epvm --workers 192.168.1.21:{WORKER_PORT}
+# Either service: --metrics-open lets a Prometheus without the token scrape GET /metrics.
 {ARGS["manager"]}="--port {MANAGER_PORT}"
 """
 
@@ -140,6 +146,7 @@ def unit_text(role: str) -> str:
         env_file=ENV_FILE,
         python=PYTHON,
         pyz=PYZ,
+        pyz_dir=os.path.dirname(PYZ),
         args=ARGS[role],
         **_ROLE_UNIT[role],
     )
@@ -551,6 +558,7 @@ def uninstall(role: str, purge: bool = False, host: Host | None = None) -> list[
         _remove(host.path(f"{STATE_DIR}/{role}"), done)
     if last:
         _remove(host.path(PYZ), done)
+        _remove(host.path(PYZ + ".old"), done)  # what `cube upgrade` kept for a manual rollback
         _remove(host.path(SHIV_ROOT), done)
         if purge:
             _remove(host.path(ENV_FILE), done)

@@ -127,6 +127,15 @@ def missing_bind(source: str, node: str) -> RuntimeFailure:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What a container uses now, as its engine counts it: CPU time since it started (seconds), and memory
+    (bytes, without the page cache the kernel may take back, as `docker stats` shows it)."""
+
+    cpu_seconds: float
+    memory: int
+
+
+@dataclass(frozen=True)
 class RuntimeEvent:
     """Something happened to a container this node owns: `action` is Docker's (start, die, oom, destroy)."""
 
@@ -152,6 +161,10 @@ class Runtime(Protocol):
         """Whether the engine answers a new connection (not one it keeps while shutting down)."""
 
     def logs(self, container_id: str, tail: int | None = None, follow: bool = False) -> Iterator[bytes]: ...
+
+    def usage(self, container_ids: Sequence[str], timeout: float = 2.0) -> dict[str, Usage]:
+        """Container id -> what it uses now, for the running ones among `container_ids`; those the engine does not
+        tell within `timeout` seconds (or at all) are left out."""
 
     def events(self, node: str, stop: threading.Event) -> Iterator[RuntimeEvent]:
         """Blocks, yielding events of this node's containers until `stop` is set."""
@@ -218,6 +231,7 @@ class FakeRuntime:
         self.loads = 0  # how many loads this engine was asked for
         self.networks: dict[str, str] = {}  # name -> subnet (ensure_network)
         self.attached: dict[str, tuple[str, str]] = {}  # container id -> (network, DNS server) it was started with
+        self.used: dict[str, Usage] = {}  # container id -> what `usage` says it uses (nothing: 0 s, 0 bytes)
 
     def alive(self) -> bool:
         return self.down is None and not self.stopping
@@ -353,6 +367,16 @@ class FakeRuntime:
             self._get(container_id)
             lines = list(self.logs_by_id.get(container_id, []))
         return iter(lines[-tail:] if tail else lines)
+
+    def usage(self, container_ids: Sequence[str], timeout: float = 2.0) -> dict[str, Usage]:
+        with self._lock:
+            if self.down:
+                return {}
+            return {
+                i: self.used.get(i, Usage(0.0, 0))
+                for i in container_ids
+                if i in self.containers and self.containers[i].running
+            }
 
     def events(self, node: str, stop: threading.Event) -> Iterator[RuntimeEvent]:
         q: queue.Queue = queue.Queue()

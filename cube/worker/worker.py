@@ -26,6 +26,7 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -42,6 +43,7 @@ from cube.core.errors import (
 )
 from cube.core.model import Assignment, Desired, Event, Health, Resources, State, transition
 from cube.core.spec import is_volume_name, shown
+from cube.core.telemetry import WorkerTelemetry
 from cube.store import Store, node_id
 from cube.worker.devices import DeviceScan
 from cube.worker.files import TaskFiles
@@ -57,6 +59,7 @@ from cube.worker.runtime import ContainerInfo, Runtime
 log = logging.getLogger("cube.worker")
 ENGINE_RETRY_MAX = 5.0  # seconds between reconcile rounds while the engine does not answer (it was 142 logs/s)
 VOLUMES_EVERY = 30.0  # seconds between listings of the node's volumes (sooner after a start that mounts one)
+FORGET_AFTER = 600.0  # seconds an assignment stopped for good is still held (and reported) before it is dropped
 
 
 class Worker:
@@ -82,12 +85,14 @@ class Worker:
         files: TaskFiles | None = None,
         network_host=None,
         network_dns: bool = False,
+        telemetry: WorkerTelemetry | None = None,
     ):
         """`sync` (tests): actions run inside `tick()` instead of on the thread pools. `devices`: what finds the
         device paths this node advertises (the usual places, see cube.worker.devices, by default). `image_source`:
         where a task's image that cannot be pulled is fetched from (a peer node, through the manager; see
         cube.worker.images). `network_host`: what sets the node's routes and rules for the cluster network
-        (cube.worker.network.SystemHost); None: the machine is left alone (tables are only kept and reported)."""
+        (cube.worker.network.SystemHost); None: the machine is left alone (tables are only kept and reported).
+        `telemetry`: told of container starts and refused starts (cube.cluster.metrics)."""
         self.name = name
         # What this worker's containers are labelled with (cube.node): its name by default. Two workers with one
         # hostname sharing one Docker engine need distinct keys, or each would remove the other's containers.
@@ -96,6 +101,7 @@ class Worker:
         self.runtime = runtime
         self.store = store
         self.metrics = metrics or Metrics()
+        self.telemetry = telemetry or WorkerTelemetry()
         self.labels = dict(labels or {})
         self.devices = devices or DeviceScan()
         # Registry credentials the manager hands over with assignments: memory only (see cube.worker.pulls); the
@@ -130,6 +136,8 @@ class Worker:
         self._dead_ids: set[str] = set()  # container ids the event stream reported dead
         self._store_trouble = ""  # the store's last refusal, logged once
         self.holds = Holds(monotonic())
+        self._answered_at = float("-inf")  # when the manager last had this node's state (wall clock)
+        self._forgot_at = float("-inf")
         # Engine health, as the last reconcile round found it.
         self.engine_ok = True
         self.engine_error = ""
@@ -239,6 +247,20 @@ class Worker:
         with self._lock:
             return [t.copy() for t in self.tasks.values()]
 
+    def state_counts(self) -> dict[str, int]:
+        """Observed state -> how many of the tasks this node holds."""
+        with self._lock:
+            return dict(Counter(t.state.value for t in self.tasks.values()))
+
+    def containers(self) -> list[tuple[str, str, str]]:
+        """(task id, job, container id) of the tasks running here."""
+        with self._lock:
+            return [
+                (t.id, t.job, t.container_id)
+                for t in self.tasks.values()
+                if t.state is State.RUNNING and t.container_id
+            ]
+
     def logs(self, task_id: str, tail: int | None = None, follow: bool = False) -> Iterator[bytes]:
         task = self.get(task_id)
         if not task.container_id:
@@ -289,6 +311,7 @@ class Worker:
             tasks = [t.to_dict() for t in self.tasks.values()]
             current = self.version
             self.holds.answered()
+            self._answered_at = self.clock()
         if released:
             self._kick.set()
         if events_since >= 0:
@@ -337,6 +360,7 @@ class Worker:
         with self._lock:
             self.holds.release(self.monotonic())
             self._disconnect(now)
+            self._forget_ended(now, containers)
             # A task whose action ended after the listing began is judged next round: the listing may
             # not show what that action did.
             skip = {tid for tid, at in self._settled.items() if at >= listed_at}
@@ -557,9 +581,18 @@ class Worker:
         """Start on the cluster network when the node has one (cube.worker.network)."""
         files = self.files.mounts(task)
         attachment = self.network.attachment()
-        if attachment is None:
-            return self.runtime.start(task, self.key, files)
-        return self.runtime.start(task, self.key, files, network=attachment)
+        try:
+            if attachment is None:
+                info = self.runtime.start(task, self.key, files)
+            else:
+                info = self.runtime.start(task, self.key, files, network=attachment)
+        except Unavailable:
+            raise  # the engine, not the start: the node's health says it
+        except CubeError:
+            self.telemetry.start_failed()
+            raise
+        self.telemetry.started()
+        return info
 
     def _follow_pull(self, task_id: str, image: str, done: threading.Event) -> None:
         """While a start waits for its image, tell the task's events how the pull goes ("pulling nginx on n1:
@@ -625,6 +658,7 @@ class Worker:
                 self.runtime.remove(container_id)
             self._start(task_id)
             return
+        self.telemetry.started()
         self._running(task_id, info, f"container {info.id[:12]} restarted")
 
     def _failed_start(self, task_id: str, message: str) -> None:
@@ -789,6 +823,33 @@ class Worker:
     def _bump(self) -> None:
         self.version += 1
         self._changed.notify_all()
+
+    def _forget_ended(self, now: float, containers) -> None:
+        """Drop the assignments that are over for good (lock held): stopped at the manager's word, no container
+        left, ended FORGET_AFTER ago, and reported to the manager since (it has their end; a later report without
+        them changes nothing there). A node's report and store then stay the size of what it runs."""
+        if now - self._forgot_at < FORGET_AFTER / 10:
+            return
+        self._forgot_at = now
+        present = {c.task_id for c in containers}
+        for task_id, task in list(self.tasks.items()):
+            ended_at = task.finished_at or task.updated_at
+            if (
+                task.desired is Desired.STOP
+                and task.state in (State.COMPLETED, State.FAILED)
+                and task_id not in present
+                and task_id not in self._busy
+                and now - ended_at > FORGET_AFTER
+                and self._answered_at > max(ended_at, task.updated_at)
+            ):
+                try:
+                    with self.store.batch():
+                        self.store.delete("tasks", task_id)
+                        self.store.forget_task_events(task_id)
+                except StorageFailed:
+                    return  # said by _save's path when it matters; tried again next time
+                del self.tasks[task_id]
+                self._bump()
 
     # ---- the cluster network (cube.worker.network) ------------------------------------------------------------
 
