@@ -113,12 +113,34 @@ class NotEtcd(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_url_that_is_not_etcd_is_one_line():
-    server = http.server.HTTPServer(("127.0.0.1", 0), NotEtcd)
+class OldEtcd(http.server.BaseHTTPRequestHandler):
+    """What etcd 3.3 would answer at /v3/maintenance/status, had it a /v3 gateway (its was /v3beta)."""
+
+    def do_POST(self):
+        body = b'{"header": {}, "version": "3.3.25", "leader": "1"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(
+    "handler, said",
+    [
+        (NotEtcd, r"does not answer as etcd's /v3 gateway \(is it an etcd 3.4\+ client URL\?\)"),
+        (OldEtcd, r"is version 3.3.25: Cube needs etcd 3.4 or later"),
+    ],
+)
+def test_a_url_that_is_not_etcd_or_too_old_is_one_line(handler, said):
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}"
     try:
-        with pytest.raises(StorageFailed, match=r"does not answer as etcd's /v3 gateway") as refused:
+        with pytest.raises(StorageFailed, match=said) as refused:
             EtcdStore(url, timeout=2)
         assert url in str(refused.value) and "\n" not in str(refused.value)
     finally:
