@@ -39,7 +39,7 @@ from typing import Any
 
 from cube.core.errors import StorageFailed
 from cube.store import base
-from cube.store.base import Store, record_kind
+from cube.store.base import Store, open_batch, record_kind
 from cube.store.etcd_gateway import TIMEOUT, Gateway, b64, text_of
 
 EVENT_DIGITS = 12  # zero-padded event ids, so that a range read returns them in order
@@ -108,16 +108,10 @@ class EtcdStore(Store):
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        if getattr(self._local, "open", None) is not None:
-            yield  # nested: the outermost batch decides
-            return
-        with self._write_lock:
-            self._local.open = opened = _Batch()
-            try:
-                yield
+        with open_batch(self._local, self._write_lock, _Batch) as opened:
+            yield
+            if opened is not None:  # the outermost: nothing reached etcd before this one transaction
                 self._commit(opened)
-            finally:
-                self._local.open = None
 
     def _commit(self, opened: _Batch) -> None:
         if not opened.writes and not opened.ranges:
