@@ -52,6 +52,11 @@ class Managers:
         return proc
 
 
+def log_of(proc) -> str:
+    with open(proc.log_path) as f:
+        return f.read()
+
+
 def leader(lan, client_host, urls) -> str:
     """The value of /cube/leader ("<name> <campaign>") as etcd has it, or ""."""
     out = lan.exec(
@@ -105,11 +110,10 @@ def test_one_manager_leads_fails_over_and_is_fenced_and_etcd_quorum_is_said(tmp_
             first = wait_for(lambda: leader(lan, client, urls), 30, "a manager leads")
             wait_for(lambda: post_task(lan, client, a_host.ip)[0] == 201, 30, "the leader serves")
             b = managers.start(b_host)
-            time.sleep(1)  # b has had time to start: it must still be waiting, not serving
+            said = f"standby: {first.split()[0]} leads"
+            wait_for(lambda: said in log_of(b), 30, "the standby says who leads")
             assert b.poll() is None and leader(lan, client, urls) == first
             assert post_task(lan, client, b_host.ip)[0] == 0, "a standby does not serve (forwarding: later)"
-            with open(b.log_path) as f:  # type: ignore[attr-defined]
-                assert f"standby: {first.split()[0]} leads" in f.read()
 
             # kill -9 of the leader: the standby leads once the lease is gone.
             a.kill()
@@ -128,8 +132,7 @@ def test_one_manager_leads_fails_over_and_is_fenced_and_etcd_quorum_is_said(tmp_
             wait_for(lambda: b.poll() is not None, 30, "the cut-off leader stops")
             print(f"cut-off leader stopped after {time.monotonic() - cut:.2f} s, exit {b.returncode}")
             assert b.returncode != 0
-            with open(b.log_path) as f:  # type: ignore[attr-defined]
-                assert "lost the leadership" in f.read()
+            assert "lost the leadership" in log_of(b)
             third = wait_for(lambda: (v := leader(lan, client, urls)) and v != second and v, 30, "a2 leads")
             assert third.split()[1] != first.split()[1]
             wait_for(lambda: post_task(lan, client, a_host.ip)[0] == 201, 30, "a2 serves")
