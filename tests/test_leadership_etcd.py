@@ -4,9 +4,10 @@ member in its own network namespace, and `cube manager --etcd` processes in two 
 One test walks through the failures in order (starting the cluster is the slow part): one manager leads and serves,
 the other waits; kill -9 of the leader -> the standby leads (the time is printed: issue 15 asks for it, and
 BENCHMARKS.md keeps it; no timing is asserted here); the leader cut from etcd stops (its lease is gone, so is its
-key) and the other takes over; a leader paused past its lease (SIGSTOP) finds it gone when it resumes and stops
-(a write it made first would be refused by etcd: the fence, tested in tests/test_leadership.py); one etcd member killed -> writes still land; two killed -> a write is refused with "etcd has no quorum", in
-one line, and the leader stops; nothing is numbered twice throughout."""
+key) and the other takes over; a leader paused past its lease (SIGSTOP) finds it gone when it resumes and stops (a
+write it made first would be refused by etcd: the fence, tested in tests/test_leadership.py); one etcd member
+killed -> writes still land; two killed -> a write is refused with "etcd has no quorum", in one line, and the
+leader stops; nothing is numbered twice throughout."""
 
 import os
 import signal
