@@ -11,7 +11,7 @@ import socket
 import threading
 
 from cube.cluster.config import data_dir, private_dir
-from cube.cluster.service import wait_for_signal
+from cube.cluster.service import stop_on_signal, wait_for_signal
 from cube.core.errors import BadRequest, CubeError, Unavailable, Untrusted
 from cube.store import node_id
 
@@ -257,6 +257,7 @@ def run_manager(
     service.add_workers(workers)
     if mdns:
         service.announce()
+    stop_on_signal(service.restart)  # before the line that says it serves: a SIGTERM from then on stops it cleanly
     log.info("manager serving on %s (data %s, scheduler %s)", service.url, service.directory, strategy)
     if service.leadership is not None:  # a lost leadership stops the manager as a signal or an upgrade does
         service.leadership.on_lost = service.restart.set

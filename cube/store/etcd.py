@@ -32,7 +32,6 @@ import json
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -43,7 +42,6 @@ from cube.store.base import Store, open_batch, record_kind
 from cube.store.etcd_gateway import TIMEOUT, Gateway, b64, text_of
 
 EVENT_DIGITS = 12  # zero-padded event ids, so that a range read returns them in order
-KNOWN_KEPT = 20_000  # keys remembered in `_known` (each a task's event ids or the counter: a few hundred bytes)
 RANGE_CHUNK = 100  # reads per txn when fetching scattered events (under etcd's default --max-txn-ops of 128)
 SETTLE = 15.0  # seconds a batch whose fate etcd left open is retried (an etcd election takes 1-2 s; no quorum: more)
 SETTLE_STEP = 0.3
@@ -70,9 +68,9 @@ class EtcdStore(Store):
         self.settle = settle
         self._write_lock = threading.RLock()  # one batch of this process at a time, from its first line to commit
         self._local = threading.local()  # the open batch of this thread
-        # Keys this process read to change (event counter, task event ids) as its last commit left them: (value,
-        # mod_revision). A batch starts from these without a read; its commit's compares catch another writer.
-        self._known: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        # The event counter as this process's last commit left it: (last id, mod_revision); None: read it again.
+        # A batch starts from it without a read; its commit's compare catches another writer.
+        self._counter: tuple[int, int] | None = None
         self._fence: tuple[str, str] | None = None
         self._on_refused: Callable[[], None] | None = None
 
@@ -129,22 +127,16 @@ class EtcdStore(Store):
         failure = [{"request_range": {"key": b64(fence[0])}}] if fence is not None else []
         answer = self._send(compare, success, failure)
         if not answer.get("succeeded"):
-            self._known.clear()
+            self._counter = None
             if fence is not None and _held(answer, fence[1]) is False:
                 if self._on_refused is not None:
                     self._on_refused()
                 raise NotLeading(f"this manager no longer leads (its key {fence[0]} in etcd is gone or another's)")
             raise Moved(f"another writer changed etcd at {self.url} during this batch (nothing of it was written)")
-        revision = int(answer["header"]["revision"])  # every key the txn wrote now has this mod_revision
-        if not revision:  # landed, as its mark says, after an answer that never came: revisions unknown
-            self._known.clear()
-            return
-        for key, raw in opened.writes.items():
-            if key in opened.reads or key in self._known:
-                self._known[key] = (None, 0) if raw is _DELETE else (json.loads(raw), revision)
-                self._known.move_to_end(key)
-        while len(self._known) > KNOWN_KEPT:
-            self._known.popitem(last=False)
+        # Every key the txn wrote now has its revision (0: landed as its mark says, its answer lost: unknown).
+        revision = int(answer["header"]["revision"])
+        if opened.counter is not None:
+            self._counter = (opened.counter, revision) if revision else None
 
     def _send(self, compare: list[dict], success: list[dict], failure: list[dict]) -> dict:
         """Send a batch's txn, marked with a token of its own (`n/last_batch`). A txn whose fate etcd left open (no
@@ -212,20 +204,13 @@ class EtcdStore(Store):
                         found[key] = raw.encode()
         return dict(sorted(found.items()))
 
-    def _read(self, key: str, track: bool = False) -> Any:
-        """The value at `key` as this thread's batch sees it. `track`: the batch will change it, so its commit
-        requires it unchanged since this read."""
+    def _read(self, key: str) -> Any:
+        """The value at `key` as this thread's batch sees it."""
         opened = self._open()
         if opened is not None and key in opened.writes:
             raw = opened.writes[key]
             return None if raw is _DELETE else json.loads(raw)
-        if track and opened is not None and key in self._known:
-            value, revision = self._known[key]
-            opened.reads.setdefault(key, revision)
-            return value
         kvs = self.etcd.range(key)
-        if track and opened is not None:
-            opened.reads.setdefault(key, int(kvs[0]["mod_revision"]) if kvs else 0)
         return json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
 
     # ---- the interface -------------------------------------------------------------------------------------
@@ -272,10 +257,17 @@ class EtcdStore(Store):
         return seq
 
     def _last_in_batch(self, opened: _Batch) -> int:
-        """The last event id as the batch sees it; its first read is tracked (the commit compares the counter)."""
+        """The last event id as the batch sees it; the commit will require the counter unchanged since."""
         if opened.counter is not None:
             return opened.counter
-        return int(self._read(self._counter_key, track=True) or 0)
+        key = self._counter_key
+        if self._counter is None:
+            kvs = self.etcd.range(key)
+            value = int(json.loads(base64.b64decode(kvs[0]["value"]))) if kvs else 0
+            self._counter = (value, int(kvs[0]["mod_revision"]) if kvs else 0)
+        last, revision = self._counter
+        opened.reads[key] = revision
+        return last
 
     def _event(self, seq):
         return self._read(self._event_key(seq))
