@@ -70,6 +70,9 @@ pyz() {  # pyz ARCH: build dist/cube-<version>-ARCH.pyz
   done
   "$VENV/bin/pip" install -q --no-compile --target "$site" --only-binary=:all: --implementation cp \
       --python-version 3.11 --platform "manylinux2014_$arch" "${deps[@]}" >/dev/null
+  # setuptools (800 KiB) comes only as pbr's declared dependency (etcd3gw -> pbr.version), which never imports it.
+  rm -rf "$site"/setuptools "$site"/setuptools-*.dist-info "$site"/pkg_resources "$site"/_distutils_hack \
+      "$site"/distutils-precedence.pth
   # PyYAML (compose files): its pure-Python loader, the same for every architecture and CPython. PyPI has no
   # armv7l wheel and each wheel's libyaml binding is built for one CPython, so the x86_64 wheel is taken and the
   # binding removed (yaml/__init__.py falls back to the pure loader, which cube.compose uses anyway).
@@ -104,10 +107,14 @@ for info in site.glob("*.dist-info/direct_url.json"):
     info.unlink()  # names the build directory: not the same on another checkout
 for declarations in sorted(site.rglob("*.pxd")):
     declarations.unlink()  # Cython declarations: they only served the removed accelerators
+# Accelerators whose pure-Python twin has another name: wrapt (etcd3gw -> futurist -> debtcollector) falls back
+# to wrappers.py when _wrappers cannot be imported.
+TWINS = {"wrapt/_wrappers": "wrappers.py"}
 for lib in sorted(site.rglob("*.so")):
     version_specific = re.match(r"(.+)\.cpython-3\d+-[^.]+\.so$", lib.name)
-    if version_specific and lib.with_name(version_specific.group(1) + ".py").exists():
-        lib.unlink()  # an optional accelerator: the .py next to it is the same module
+    twin = version_specific and TWINS.get(f"{lib.parent.name}/{version_specific.group(1)}")
+    if version_specific and (lib.with_name(version_specific.group(1) + ".py").exists() or twin):
+        lib.unlink()  # an optional accelerator: the .py next to it (or its twin) is the same module
         continue
     per_version = version_specific and lib.parent == site and version_specific.group(1) == "_cffi_backend"
     if not per_version and (version_specific or not lib.name.endswith(".abi3.so")):  # cffi: see above

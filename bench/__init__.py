@@ -19,4 +19,5 @@ BENCHMARKS = (
     "mesh",
     "finished",
     "metrics",
+    "etcd_store",
 )

@@ -1,13 +1,16 @@
 """One contract suite for the store interface (`cube.store.base.Store`), run against every backend: records by kind,
-the numbered event log, retention, concurrency. Disk-only promises (a reopened directory keeps everything, reads
+the numbered event log, retention, concurrency. The etcd backend runs on a real etcd (tests/etcd_server.py: one
+process for the session, a fresh key prefix per test). Disk-only promises (a reopened directory keeps everything, reads
 write nothing, kind names are checked) are tested on `DiskStore` alone."""
 
 import os
 import sqlite3
 import threading
+import uuid
 from contextlib import contextmanager
 
 import pytest
+from etcd_server import Etcd, require
 
 import cube.store.base
 import cube.store.disk
@@ -16,16 +19,27 @@ from cube.core.errors import StorageFull
 from cube.core.model import Event
 from cube.store import DiskStore, MemoryStore
 
-BACKENDS = ("memory", "disk")
+BACKENDS = ("memory", "disk", "etcd")
 
 
-def open_store(kind: str, directory) -> cube.store.Store:
-    return MemoryStore() if kind == "memory" else DiskStore(str(directory))
+@pytest.fixture(scope="session")
+def etcd_url(tmp_path_factory):
+    """One etcd for the session's tests (each works under a key prefix of its own); killed at the end."""
+    require()
+    with Etcd(tmp_path_factory.mktemp("etcd")) as etcd:
+        yield etcd.url
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path):
-    s = open_store(request.param, tmp_path / "store")
+    if request.param == "etcd":
+        from cube.store.etcd import EtcdStore
+
+        s: cube.store.Store = EtcdStore(request.getfixturevalue("etcd_url"), prefix=f"/test/{uuid.uuid4().hex}/")
+    elif request.param == "memory":
+        s = MemoryStore()
+    else:
+        s = DiskStore(str(tmp_path / "store"))
     yield s
     s.close()
 
@@ -189,6 +203,19 @@ def test_forgetting_a_tasks_events_drops_its_index_only_and_a_refused_batch_keep
         store.forget_task_events("b")
         raise RuntimeError("refused")
     assert ids(store.events(task_id="b")) == [2]
+
+
+def test_a_task_forgotten_then_given_events_in_one_batch_keeps_only_the_new_ones(store, monkeypatch):
+    set_retention(monkeypatch, 4)
+    for task_id in ("a", "a", "b"):
+        store.append_event(event(task_id=task_id))
+    with store.batch():
+        store.forget_task_events("a")
+        for _ in range(3):
+            store.append_event(event(task_id="a"))  # 4, 5, 6: the last two cull events 1 and 2
+        assert ids(store.events(task_id="a")) == [4, 5, 6]
+    assert ids(store.events(task_id="a")) == [4, 5, 6]
+    assert ids(store.events()) == [3, 4, 5, 6] and ids(store.events(task_id="b")) == [3]
 
 
 def test_event_log_and_records_do_not_touch_each_other(store):

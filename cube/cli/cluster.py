@@ -169,6 +169,7 @@ class ClusterCommands:
         verbose: bool = False,
         cluster_cidr: str = "10.210.0.0/16",
         metrics_open: bool = False,
+        etcd: str | None = None,
     ):
         """cube manager [FLAGS]
 
@@ -187,6 +188,9 @@ class ClusterCommands:
           --cluster-cidr RANGE   the containers' addresses: a /24 of it per node, routed between nodes (default
                                  10.210.0.0/16; off: containers on each engine's own bridge only)
           --no-mdns              do not announce the manager on the LAN, nor look for workers there
+          --etcd URL,...         keep the state in etcd 3.4+ (http://a:2379,http://b:2379,...) instead of --data's
+                                 store: several managers share it and the one elected serves (README, "When you
+                                 outgrow one manager")
           --insecure             plain HTTP instead of TLS
           --metrics-open         GET /metrics (Prometheus) answers without the token
           --verbose              log more"""
@@ -195,6 +199,10 @@ class ClusterCommands:
         from cube.manager.network import parse_cidr
 
         parse_cidr(cluster_cidr)  # a mistake is said before anything starts
+        if etcd is not None:
+            from cube.store.etcd_gateway import parse_endpoints
+
+            etcd = ",".join(parse_endpoints(str(etcd)))
         setup_logging(verbose)
         run_manager(
             port=int(port),
@@ -208,6 +216,7 @@ class ClusterCommands:
             insecure=bool(insecure),
             cluster_cidr=cluster_cidr,
             metrics_open=bool(metrics_open),
+            etcd=etcd,
         )
 
     def dev(

@@ -11,8 +11,8 @@ import socket
 import threading
 
 from cube.cluster.config import data_dir, private_dir
-from cube.cluster.service import wait_for_signal
-from cube.core.errors import BadRequest, CubeError, Untrusted
+from cube.cluster.service import stop_on_signal, wait_for_signal
+from cube.core.errors import BadRequest, CubeError, Unavailable, Untrusted
 from cube.store import node_id
 
 log = logging.getLogger("cube")
@@ -38,6 +38,7 @@ class ManagerService:
         role="manager",
         cluster_cidr: str | None = None,
         metrics_open: bool = False,
+        etcd: str | None = None,
     ):
         """`metrics_open`: GET /metrics answers without the token (a Prometheus that has none)."""
         from cube.cluster.api import Access, Server, manager_app
@@ -55,7 +56,11 @@ class ManagerService:
         self.directory = private_dir(data_dir(role, data))
         given = parse_token(token or os.environ.get("CUBE_TOKEN") or None)
         self.token = ensure_token(self.directory, given.secret if given else None)
-        self.store = DiskStore(os.path.join(self.directory, "store"))
+        self.leadership = None
+        if etcd:  # several managers on one etcd: this one serves only once it leads (cube/manager/leadership.py)
+            self.store, self.leadership = _lead_on_etcd(etcd)
+        else:
+            self.store = DiskStore(os.path.join(self.directory, "store"))
         self.authority = None
         if insecure:
             self.trust = Trust(insecure=True, peer_role="worker")
@@ -218,6 +223,8 @@ class ManagerService:
         self.server.stop()
         self.manager.close()
         self.store.close()
+        if self.leadership is not None:
+            self.leadership.close()  # last: nothing of this manager writes after it steps down
 
 
 def run_manager(
@@ -232,8 +239,9 @@ def run_manager(
     insecure=False,
     cluster_cidr: str | None = "10.210.0.0/16",
     metrics_open: bool = False,
+    etcd: str | None = None,
 ) -> None:
-    """`cube manager`: serve the manager API until stopped."""
+    """`cube manager`: serve the manager API until stopped (with `etcd`: once it leads, until it no longer does)."""
     service = ManagerService(
         port,
         host,
@@ -244,11 +252,17 @@ def run_manager(
         insecure=insecure,
         cluster_cidr=cluster_cidr,
         metrics_open=metrics_open,
+        etcd=etcd,
     ).start()
     service.add_workers(workers)
     if mdns:
         service.announce()
+    stop_on_signal(service.restart)  # before the line that says it serves: a SIGTERM from then on stops it cleanly
     log.info("manager serving on %s (data %s, scheduler %s)", service.url, service.directory, strategy)
+    if service.leadership is not None:  # a lost leadership stops the manager as a signal or an upgrade does
+        service.leadership.on_lost = service.restart.set
+        if service.leadership.lost.is_set():  # lost before the hook was there
+            service.restart.set()
     try:
         wait_for_signal(service.restart)
     finally:
@@ -259,6 +273,23 @@ def run_manager(
 
         log.info("manager exiting to be restarted on its new pyz")
         raise SystemExit(RESTART_EXIT)
+    if service.leadership is not None and service.leadership.lost.is_set():
+        raise Unavailable("this manager lost the leadership in etcd and stopped (a new start campaigns again)")
+
+
+def _lead_on_etcd(urls: str):
+    """The etcd store and this manager's leadership, once it leads: a standby waits here (its state is loaded from
+    etcd only after, so it starts from what the last leader wrote)."""
+    from cube.manager.leadership import Leadership
+    from cube.store.etcd import EtcdStore
+
+    store = EtcdStore(urls)
+    leadership = Leadership(store, socket.gethostname())
+    holder = leadership.holder()
+    if holder is not None:
+        log.info("standby: %s leads (etcd %s); waiting for the leadership", holder.split()[0], store.url)
+    leadership.campaign()
+    return store, leadership
 
 
 def start_dev(

@@ -1,6 +1,7 @@
 """Where Cube keeps what must survive a `kill -9`: records by kind (tasks, jobs, nodes, ...) and a numbered event
-log. One interface, two backends: `DiskStore` (diskcache, the only module that imports it) for the real thing and
-`MemoryStore` for fast tests and simulations; `tests/test_store.py` runs one suite against both.
+log. One interface, three backends: `DiskStore` (diskcache, the only module that imports it) for the real thing,
+`MemoryStore` for fast tests and simulations, and `EtcdStore` (store/etcd.py) for several managers sharing one state;
+`tests/test_store.py` runs one suite against all three.
 
 Records are plain JSON-able dicts; callers convert to and from model objects. Nothing is written while nothing
 changes (SD cards wear out): eviction and statistics are off, reading a kind never written creates nothing, and
@@ -13,8 +14,10 @@ I/O) naming the directory, after undoing the whole batch: callers keep their mem
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import TypeVar
 
 from cube.core.model import Event
 
@@ -88,6 +91,24 @@ class Store:
             ids = range(start, min(last, start + limit - 1) + 1)
         found = (self._event(i) for i in ids)
         return [Event.from_dict(e) for e in found if e is not None]
+
+
+B = TypeVar("B")
+
+
+@contextmanager
+def open_batch(local: threading.local, lock: AbstractContextManager, make: Callable[[], B]) -> Iterator[B | None]:
+    """This thread's batch as a backend keeps it: None inside one already open (nested: the outermost decides),
+    else a new one from `make`, held in `local.open` under `lock` (other threads' batches wait) until the block ends."""
+    if getattr(local, "open", None) is not None:
+        yield None
+        return
+    with lock:
+        local.open = opened = make()
+        try:
+            yield opened
+        finally:
+            local.open = None
 
 
 def node_id(store: Store) -> str:

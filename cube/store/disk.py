@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from cube.core.errors import StorageFailed, StorageFull
 from cube.store import base
-from cube.store.base import Store, record_kind
+from cube.store.base import Store, open_batch, record_kind
 
 DB = "cache.db"  # diskcache's file name
 SETTINGS = {"eviction_policy": "none", "size_limit": 2**62, "cull_limit": 0, "statistics": False}
@@ -140,11 +140,10 @@ class DiskStore(Store):
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        if getattr(self._local, "open", None) is not None:
-            yield  # nested: the outermost batch decides
-            return
-        with self._write_lock:
-            self._local.open = opened = _Batch()
+        with open_batch(self._local, self._write_lock, _Batch) as opened:
+            if opened is None:
+                yield
+                return
             try:
                 with ExitStack() as stack:
                     opened.stack = stack
@@ -156,8 +155,6 @@ class DiskStore(Store):
                 if isinstance(error, (OSError, sqlite3.Error, self._diskcache.Timeout)):
                     raise self._failure(error) from None
                 raise
-            finally:
-                self._local.open = None
 
     def _write(self, kind: str, key, value) -> None:
         """Set (or delete: `_DELETE`) `key` of `kind` inside this thread's batch, remembering its value before."""
