@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from cube.core.errors import BadRequest, Conflict, NotFound
+from cube.core.errors import BadRequest, Conflict
 from cube.core.jobs import Job
 from cube.core.model import ACTIVE, Desired, Drain, Node, State, Task
 from cube.manager.parts import ManagerParts
@@ -42,6 +42,7 @@ class ManagerDrain(ManagerParts):
     save_node: Callable[[Node], None]
     volumes: dict[str, dict]
     _by_node: dict[str, set[str]]
+    _node_named: Callable[[str], Node]
 
     def drain_node(self, name: str, deadline: float | None = None, force: bool = False) -> Node:
         """Start draining `name` (again: a new deadline or `force` replaces the drain's). `deadline`: seconds from
@@ -53,7 +54,7 @@ class ManagerDrain(ManagerParts):
         if not isinstance(force, bool):
             raise BadRequest("force must be true or false")
         with self._lock:
-            node = self._drain_target(name)
+            node = self._node_named(name)
             bound = self._volume_bound(node.name)
             if bound and not force:
                 raise Conflict(_bound_message(node.name, bound))
@@ -71,7 +72,7 @@ class ManagerDrain(ManagerParts):
     def make_eligible(self, name: str) -> Node:
         """Let `name` take tasks again; a drain under way ends where it is (what moved stays moved)."""
         with self._lock:
-            node = self._drain_target(name)
+            node = self._node_named(name)
             with self._saving():
                 node.eligible, node.drain = True, None
                 self.save_node(node)
@@ -79,12 +80,6 @@ class ManagerDrain(ManagerParts):
             due = self._flush()
         self._deliver_later(due)
         log.info("node %s eligible", name)
-        return node
-
-    def _drain_target(self, name: str) -> Node:
-        node = self.nodes.get(name)
-        if node is None:
-            raise NotFound(f"no node named {name!r}: `cube nodes` lists them")
         return node
 
     def _volume_bound(self, name: str) -> list[Task]:

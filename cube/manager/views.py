@@ -129,10 +129,7 @@ class ManagerViews:
     def node_view(self, name: str) -> dict:
         """The API's view of one node."""
         with self._lock:
-            node = self.nodes.get(name)
-            if node is None:
-                raise NotFound(f"no node named {name!r}: `cube nodes` lists them")
-            return self._node_dict(node)
+            return self._node_dict(self._node_named(name))
 
     def node(self, name: str) -> Node | None:
         """A copy of the node record, or None."""
@@ -162,6 +159,12 @@ class ManagerViews:
         if task is None:
             return self.tasks[self.find_task(task_id).id]
         return task
+
+    def _node_named(self, name: str) -> Node:
+        node = self.nodes.get(name)
+        if node is None:
+            raise NotFound(f"no node named {name!r}: `cube nodes` lists them")
+        return node
 
     def _job(self, name: str) -> Job:
         job = self.jobs.get(name)
