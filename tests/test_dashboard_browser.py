@@ -71,6 +71,10 @@ def test_the_dashboard_signs_in_shows_the_cluster_and_acts_on_it(browser, cluste
                 "cpu": 0.25,
                 "memory": "128m",
             },
+            # A drain moves max_parallel tasks at a time, each once its successor has served min_healthy_time:
+            # the defaults (one at a time, 10 s) would make the drain below outlast the page's 30 s wait when all
+            # three tasks sit on the drained node.
+            "update": {"min_healthy_time": 1, "max_parallel": 3},
         },
     )
     context = browser.new_context(ignore_https_errors=True, viewport={"width": 1360, "height": 900})

@@ -128,3 +128,22 @@ def test_a_worker_forgets_what_stopped_for_good_once_the_manager_has_heard_of_it
     assert keep["id"] in c.workers[c.task(keep["id"])["node"]].tasks
     assert c.task(gone["id"])["state"] == "completed", "the manager's record is unchanged by the shorter report"
     assert c.task(keep["id"])["state"] == "running"
+
+
+def test_a_filtered_list_keeps_every_filter_whichever_index_it_starts_from(c):
+    """The job's own index is bigger than the index of current tasks here: the job filter must still hold."""
+    c.manager.submit_job({"name": "web", "count": 1, "task": {"image": "app"}})
+    other = c.submit({"image": "solo"})
+    _finished(c, 0)
+    for _ in range(3):  # web's finished tasks: web's index grows past the index of current tasks
+        c.manager.scale_job("web", 0)
+        c.settle()
+        c.manager.scale_job("web", 1)
+        c.settle()
+    views = c.manager.task_page(job="web", finished=False)[0]
+    assert [v["job"] for v in views] == ["web"], views
+    assert other["id"] not in {v["id"] for v in views}
+    assert c.manager.job_detail("web")["running"] == 1
+    assert [v["id"] for v in c.manager.task_page(node=c.task(other["id"])["node"], finished=False, job="web")[0]] == [
+        v["id"] for v in views if v["node"] == c.task(other["id"])["node"]
+    ]

@@ -71,7 +71,8 @@ class ManagerViews:
                 (
                     t
                     for t in pool
-                    if (node is None or t.node == node)
+                    if (job is None or t.job == job)
+                    and (node is None or t.node == node)
                     and (after is None or _key(t) > after)
                     and (finished is None or (t.id not in self._current) is finished)
                 ),
