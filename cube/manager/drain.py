@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from cube.core.errors import BadRequest, Conflict
 from cube.core.jobs import Job
-from cube.core.model import ACTIVE, Desired, Drain, Node, State, Task
+from cube.core.model import ACTIVE, Desired, Drain, Node, Task
 from cube.manager.parts import ManagerParts
 from cube.scheduler import Placement
 
@@ -84,16 +84,12 @@ class ManagerDrain(ManagerParts):
 
     def _volume_bound(self, name: str) -> list[Task]:
         """The tasks running on node `name` that mount a named volume living there (lock held)."""
-        return [
-            task
-            for task in self._on(name)
-            if any(self.volumes.get(v, {}).get("node") == name for v in task.spec.named_volumes)
-        ]
+        return [task for task in self._on(name) if self._bound_to(task, name)]
 
     def _on(self, name: str) -> list[Task]:
         """The tasks placed on node `name` still desired to run and not finished (lock held)."""
         tasks = (self.tasks[i] for i in self._by_node.get(name, ()))
-        return [t for t in tasks if t.desired is Desired.RUN and t.state not in (State.COMPLETED, State.FAILED)]
+        return [t for t in tasks if t.desired is Desired.RUN and t.state in ACTIVE]
 
     def _leaving(self, tasks: list[Task]) -> frozenset[str]:
         """Which of `tasks` are on a draining node and may move (lock held): not those bound to its volumes."""
